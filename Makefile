@@ -1,0 +1,59 @@
+# Two commands on a fresh machine: `make run` and `make test`. Both install what they need.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+export DAGSTER_HOME ?= $(CURDIR)/.dagster
+VENV := $(CURDIR)/.venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.8
+UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
+SCALE ?= 0.1
+HOST ?= 127.0.0.1
+PORT ?= 3000
+
+.PHONY: help install run test lint dev clean
+
+help:
+	@echo "make run    install, build the demo source if absent, advance it one batch, materialise everything, print a summary"
+	@echo "make test   install and run the whole test suite (what .ci/run calls)"
+	@echo "make dev    the Dagster UI and daemon on http://$(HOST):$(PORT)"
+	@echo "make lint   ruff"
+	@echo "make clean  remove the demo data, the Dagster instance and the virtualenv"
+
+# uv from PyPI into a private folder when the machine has none.
+$(CURDIR)/.tools/bin/uv:
+	python3 -m venv $(CURDIR)/.tools
+	$(CURDIR)/.tools/bin/pip install --quiet uv==$(UV_VERSION)
+
+$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --quiet
+	@touch $@
+
+$(DAGSTER_HOME)/dagster.yaml:
+	@mkdir -p $(DAGSTER_HOME)/.nux
+	@printf 'telemetry:\n  enabled: false\n' > $@
+	@printf 'seen: 1\n' > $(DAGSTER_HOME)/.nux/nux.yaml
+
+install: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
+
+run: install
+	$(BIN)/lakehouse demo init --scale $(SCALE)
+	$(BIN)/lakehouse demo advance
+	@status=0; $(BIN)/dagster asset materialize -m lakehouse.definitions --select '*' || status=$$?; \
+	  $(BIN)/lakehouse summary; \
+	  if [ $$status -ne 0 ]; then echo "materialisation failed (exit $$status): see the log above"; fi; \
+	  exit $$status
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+dev: install
+	$(BIN)/dagster dev -w workspace.yaml --host $(HOST) --port $(PORT)
+
+clean:
+	rm -rf data $(DAGSTER_HOME) $(VENV) .tools

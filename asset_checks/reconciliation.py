@@ -1,0 +1,123 @@
+"""Reconciliation checks: nothing is lost or duplicated between a source and bronze."""
+
+import dagster as dg
+import polars as pl
+
+from lakehouse import delta
+from lakehouse.bronze.assets import LandingZone
+from lakehouse.bronze.database import read_watermark
+from lakehouse.bronze.landing import file_key
+from lakehouse.contract import Contract
+from lakehouse.delta import LakehouseStorage
+from lakehouse.source import SourceDatabase
+
+SAMPLE_ROWS = 10
+
+
+def _sample(frame: pl.DataFrame) -> dg.MetadataValue:
+    head = frame.head(SAMPLE_ROWS)
+    header = "| " + " | ".join(head.columns) + " |\n|" + " --- |" * len(head.columns)
+    body = "\n".join("| " + " | ".join(str(value) for value in row) + " |" for row in head.iter_rows())
+    return dg.MetadataValue.md(f"{header}\n{body}")
+
+
+def _source_rows_check(contract: Contract) -> dg.AssetChecksDefinition:
+    assert contract.watermark is not None
+
+    @dg.asset_check(
+        asset=dg.AssetKey(["bronze", contract.name]),
+        name="source_rows_in_bronze",
+        description="Every source row version up to bronze's watermark is in bronze (nothing lost).",
+        blocking=True,
+    )
+    def check(source: SourceDatabase, lakehouse: LakehouseStorage) -> dg.AssetCheckResult:
+        uri = lakehouse.table_uri("bronze", contract.name)
+        table = delta.open_table(uri)
+        watermark = read_watermark(table, contract)
+        if watermark is None:
+            return dg.AssetCheckResult(passed=True, metadata={"rows_checked": 0, "note": "bronze is empty"})
+        column, identity = (
+            contract.watermark.column,
+            [*contract.primary_key, contract.watermark.column],
+        )
+        expected = source.read(
+            f"SELECT {', '.join(identity)} FROM {contract.source.table} "
+            f"WHERE {column} <= {source.placeholder(1)}",
+            [source.timestamp_parameter(watermark)],
+            what=f"reconciling {contract.source.table}",
+        )
+        stored = pl.scan_delta(uri).select(identity).collect()
+        expected = expected.cast(dict(stored.schema))
+        missing = expected.join(stored, on=identity, how="anti", nulls_equal=True)
+        duplicated = stored.filter(pl.struct(identity).is_duplicated())
+        return dg.AssetCheckResult(
+            passed=missing.is_empty() and duplicated.is_empty(),
+            metadata={
+                "rows_checked": expected.height,
+                "missing_rows": missing.height,
+                "duplicated_rows": duplicated.height,
+                "sample": _sample(pl.concat([missing, duplicated]) if not missing.is_empty() else duplicated),
+            },
+        )
+
+    return check
+
+
+def _landing_lines_check(contract: Contract) -> dg.AssetChecksDefinition:
+    @dg.asset_check(
+        asset=dg.AssetKey(["bronze", contract.name]),
+        name="lines_in_bronze_or_quarantine",
+        description="Every line of every ingested landing file is in bronze or in quarantine, exactly once.",
+        blocking=True,
+    )
+    def check(landing: LandingZone, lakehouse: LakehouseStorage) -> dg.AssetCheckResult:
+        table = delta.open_table(lakehouse.table_uri("bronze", contract.name))
+        if table is None:
+            return dg.AssetCheckResult(passed=True, metadata={"files_checked": 0, "note": "bronze is empty"})
+        lines = [
+            pl.scan_delta(uri).select("_source_file", "_line_number").collect()
+            for uri in (
+                lakehouse.table_uri("bronze", contract.name),
+                lakehouse.table_uri("quarantine", f"{contract.name}_malformed"),
+            )
+            if delta.open_table(uri) is not None
+        ]
+        stored = (
+            pl.concat(lines)
+            .group_by("_source_file")
+            .agg(stored=pl.len(), distinct=pl.col("_line_number").n_unique())
+        )
+        ingested = [
+            path
+            for path in sorted(landing.folder.glob(contract.source.glob))
+            if table.transaction_version(file_key(contract, path.name)) is not None
+        ]
+        expected = pl.DataFrame(
+            {
+                "_source_file": [path.name for path in ingested],
+                "lines": [
+                    path.read_bytes().rstrip(b"\n").count(b"\n") + (path.stat().st_size > 0)
+                    for path in ingested
+                ],
+            },
+            schema={"_source_file": pl.String, "lines": pl.Int64},
+        )
+        compared = expected.join(stored, on="_source_file", how="left").fill_null(0)
+        wrong = compared.filter(
+            (pl.col("lines") != pl.col("stored")) | (pl.col("stored") != pl.col("distinct"))
+        )
+        return dg.AssetCheckResult(
+            passed=wrong.is_empty(),
+            metadata={
+                "files_checked": expected.height,
+                "lines_checked": int(expected["lines"].sum()),
+                "files_wrong": wrong.height,
+                "sample": _sample(wrong),
+            },
+        )
+
+    return check
+
+
+def bronze_checks(contracts: list[Contract]) -> list[dg.AssetChecksDefinition]:
+    return [_source_rows_check(c) if c.is_database else _landing_lines_check(c) for c in contracts]

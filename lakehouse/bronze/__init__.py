@@ -1,0 +1,1 @@
+"""Bronze: raw, append-only Delta copies of every source row version and landing line."""

@@ -1,0 +1,132 @@
+"""Bronze assets, one per dataset contract: raw, append-only Delta copies of the sources."""
+
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from lakehouse import delta
+from lakehouse.bronze.database import extract_table
+from lakehouse.bronze.landing import ingest_files
+from lakehouse.contract import Contract
+from lakehouse.delta import LakehouseStorage
+from lakehouse.source import SourceDatabase
+
+LISTED_FILES = 20
+
+
+class LandingZone(dg.ConfigurableResource):
+    """The folder where event files arrive."""
+
+    path: str
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.path)
+
+
+def _table_metadata(table: delta.DeltaTable | None) -> dict[str, Any]:
+    return delta.table_metadata(table) if table else {"dagster/row_count": 0}
+
+
+def _database_asset(contract: Contract) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=["bronze", contract.name],
+        group_name="bronze",
+        kinds={"deltalake", "polars"},
+        description=f"Every extracted version of source rows, append-only. {contract.description}",
+        tags={"lakehouse/source": "database"},
+    )
+    def bronze_table(
+        context: dg.AssetExecutionContext, source: SourceDatabase, lakehouse: LakehouseStorage
+    ) -> dg.MaterializeResult:
+        result = extract_table(
+            contract, source, lakehouse.table_uri("bronze", contract.name), context.run.run_id
+        )
+        context.log.info(
+            f"bronze/{contract.name}: read {result.rows_read} rows, appended {result.rows_appended}, "
+            f"watermark {result.watermark_before} -> {result.watermark_after}"
+        )
+        return dg.MaterializeResult(
+            metadata={
+                **_table_metadata(result.table),
+                "rows_read": result.rows_read,
+                "rows_appended": result.rows_appended,
+                "watermark_before": str(result.watermark_before),
+                "watermark_after": str(result.watermark_after),
+                "added_columns": ", ".join(result.added_columns) or "none",
+            }
+        )
+
+    return bronze_table
+
+
+def _landing_asset(contract: Contract) -> dg.AssetsDefinition:
+    quarantine_name = f"{contract.name}_malformed"
+
+    @dg.multi_asset(
+        name=f"bronze_{contract.name}",
+        group_name="bronze",
+        specs=[
+            dg.AssetSpec(
+                ["bronze", contract.name],
+                kinds={"deltalake", "polars"},
+                description=f"Every line of the landing files that is a JSON object, fields as text. "
+                f"{contract.description}",
+                tags={"lakehouse/source": "landing"},
+            ),
+            dg.AssetSpec(
+                ["quarantine", quarantine_name],
+                kinds={"deltalake", "polars"},
+                description=f"Lines of {contract.name} landing files that are not JSON objects, "
+                "with file, line number, raw text and reason.",
+            ),
+        ],
+    )
+    def bronze_files(context: dg.AssetExecutionContext, landing: LandingZone, lakehouse: LakehouseStorage):
+        result = ingest_files(
+            contract,
+            landing.folder,
+            lakehouse.table_uri("bronze", contract.name),
+            lakehouse.table_uri("quarantine", quarantine_name),
+            f"landing:{contract.source.glob}",
+            context.run.run_id,
+        )
+        context.log.info(
+            f"bronze/{contract.name}: {len(result.files)} files, {result.rows_appended} rows, "
+            f"{result.lines_quarantined} lines quarantined, {result.files_waiting} files left for the next run"
+        )
+        yield dg.MaterializeResult(
+            asset_key=["bronze", contract.name],
+            metadata={
+                **_table_metadata(result.table),
+                "files_ingested": len(result.files),
+                "files_waiting": result.files_waiting,
+                "lines_read": result.lines_read,
+                "rows_appended": result.rows_appended,
+                "rows_quarantined": result.lines_quarantined,
+                "files": dg.MetadataValue.md(
+                    "\n".join(f"- {name}" for name in result.files[:LISTED_FILES])
+                    + (
+                        f"\n- ... and {len(result.files) - LISTED_FILES} more"
+                        if len(result.files) > LISTED_FILES
+                        else ""
+                    )
+                    or "none"
+                ),
+                "added_columns": ", ".join(result.added_columns) or "none",
+            },
+        )
+        yield dg.MaterializeResult(
+            asset_key=["quarantine", quarantine_name],
+            metadata={
+                **_table_metadata(result.quarantine),
+                "rows_quarantined": result.lines_quarantined,
+            },
+        )
+
+    return bronze_files
+
+
+def bronze_assets(contracts: list[Contract]) -> list[dg.AssetsDefinition]:
+    return [_database_asset(c) if c.is_database else _landing_asset(c) for c in contracts]

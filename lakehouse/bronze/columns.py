@@ -1,0 +1,75 @@
+"""Columns every bronze row carries, and the stable types bronze stores."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import polars as pl
+import polars.selectors as cs
+import pyarrow as pa
+
+from lakehouse.contract import Contract
+
+PARTITION_COLUMN = "_ingest_date"
+# Storage types for columns whose type the source did not reveal (an all-NULL column arrives
+# from SQLite as int64): the contract's type, otherwise text, which any later value fits.
+CONTRACT_STORAGE_TYPES = {
+    "int": pl.Int64,
+    "float": pl.Float64,
+    "bool": pl.Boolean,
+    "date": pl.Date,
+    "timestamp": pl.Datetime("us", "UTC"),
+}
+
+
+class BronzeSchemaError(TypeError):
+    """A batch whose column cannot be stored in the type bronze already has for it."""
+
+
+def with_audit_columns(frame: pl.DataFrame, source: str, run_id: str, extracted_at: datetime) -> pl.DataFrame:
+    """Add where, when and by which run each row was extracted, and the ingest-date partition."""
+    return frame.with_columns(
+        _extracted_at=pl.lit(extracted_at, dtype=pl.Datetime("us", "UTC")),
+        _source=pl.lit(source, dtype=pl.String),
+        _run_id=pl.lit(run_id, dtype=pl.String),
+        **{PARTITION_COLUMN: pl.lit(extracted_at.date(), dtype=pl.Date)},
+    )
+
+
+def pin_types(
+    frame: pl.DataFrame,
+    contract: Contract,
+    stored: pa.Schema | None,
+    table: str,
+    guessed_nulls: bool = True,
+) -> pl.DataFrame:
+    """Give every column the type bronze stores for it, so batches never flip a column's type.
+
+    With `guessed_nulls`, an all-NULL column is taken to have no real type (database drivers
+    guess one) and gets the stored type, else the contract's, else text.
+
+    Timestamps are kept in UTC (naive ones are taken as UTC). A value that cannot be cast to
+    the stored type fails the batch with an error naming the table and column.
+    """
+    frame = frame.with_columns(
+        cs.datetime(time_zone=None).dt.replace_time_zone("UTC"),
+        cs.datetime(time_zone="*").dt.convert_time_zone("UTC"),
+    )
+    stored_types = (
+        dict(zip(stored.names, pl.DataFrame(stored.empty_table()).dtypes, strict=True)) if stored else {}
+    )
+    casts = []
+    for name, dtype in frame.schema.items():
+        unknown = dtype == pl.Null or (guessed_nulls and frame.get_column(name).null_count() == frame.height)
+        if name in stored_types and stored_types[name] != dtype:
+            casts.append((name, stored_types[name]))
+        elif unknown and name not in stored_types:
+            casts.append((name, CONTRACT_STORAGE_TYPES.get(contract.column_type(name) or "", pl.String)))
+    for name, target in casts:
+        try:
+            frame = frame.with_columns(pl.col(name).cast(target, strict=True))
+        except pl.exceptions.InvalidOperationError as error:
+            raise BronzeSchemaError(
+                f"{table}: column '{name}' arrived as {frame.schema[name]} but bronze stores {target}: {error}"
+            ) from error
+    return frame

@@ -1,0 +1,176 @@
+"""Exactly-once ingestion of landing files (JSON lines) into bronze, with a quarantine.
+
+Every line of every file ends up in one of two tables: a line holding a JSON object in
+bronze (each field as text, nested values as JSON text, so nothing is lost or coerced), any
+other line in the quarantine table with its file, line number, raw text and the reason.
+
+The ledger of ingested files is one Delta app transaction per file, committed together with
+the file's rows. Quarantined lines are written first with a MERGE on (file, line), so a crash
+between the two commits cannot duplicate them when the files are read again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+
+from lakehouse import delta
+from lakehouse.bronze.columns import PARTITION_COLUMN, pin_types, with_audit_columns
+from lakehouse.contract import Contract
+
+MAX_FILES_PER_RUN = 500
+QUARANTINE_SCHEMA = {
+    "_source_file": pl.String,
+    "_line_number": pl.Int64,
+    "_raw_line": pl.String,
+    "_error": pl.String,
+}
+
+
+@dataclass(frozen=True)
+class Ingestion:
+    files: list[str]
+    lines_read: int
+    rows_appended: int
+    lines_quarantined: int
+    files_waiting: int
+    added_columns: list[str]
+    table: delta.DeltaTable | None
+    quarantine: delta.DeltaTable | None
+
+
+def file_key(contract: Contract, name: str) -> str:
+    return f"lakehouse.bronze.{contract.name}.file:{name}"
+
+
+def pending_files(contract: Contract, landing: Path, table: delta.DeltaTable | None) -> list[Path]:
+    """Landing files matching the contract's glob that bronze has not committed, oldest first."""
+    assert not contract.is_database
+    files = sorted(path for path in landing.glob(contract.source.glob) if path.is_file())
+    if table is None:
+        return files
+    return [path for path in files if table.transaction_version(file_key(contract, path.name)) is None]
+
+
+def _as_text(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"))
+
+
+def parse_file(path: Path) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    """Split a file into rows (JSON objects, fields as text) and rejected lines with reasons."""
+    rows: list[dict[str, object]] = []
+    rejected: list[dict[str, object]] = []
+    raw_lines = path.read_bytes().split(b"\n")
+    if raw_lines and raw_lines[-1] == b"":
+        raw_lines.pop()  # the newline that ends the last line
+    for number, raw in enumerate(raw_lines, start=1):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            rejected.append(_rejected(path, number, raw.decode("utf-8", "replace"), f"not UTF-8: {error}"))
+            continue
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as error:
+            reason = "empty line" if not text.strip() else f"not JSON: {error.msg} at column {error.colno}"
+            rejected.append(_rejected(path, number, text, reason))
+            continue
+        if not isinstance(value, dict):
+            rejected.append(
+                _rejected(path, number, text, f"not a JSON object: a JSON {type(value).__name__}")
+            )
+            continue
+        row = {key: _as_text(field) for key, field in value.items()}
+        row["_source_file"], row["_line_number"] = path.name, number
+        rows.append(row)
+    return rows, rejected
+
+
+def _rejected(path: Path, number: int, text: str, reason: str) -> dict[str, object]:
+    return {"_source_file": path.name, "_line_number": number, "_raw_line": text, "_error": reason}
+
+
+def _rows_frame(rows: list[dict[str, object]], contract: Contract) -> pl.DataFrame:
+    names = list(dict.fromkeys([*contract.columns, *(key for row in rows for key in row)]))
+    schema = {name: pl.Int64 if name == "_line_number" else pl.String for name in names}
+    return pl.DataFrame(rows, schema=schema)
+
+
+def _quarantine(uri: str, rejected: pl.DataFrame) -> delta.DeltaTable | None:
+    table = delta.open_table(uri)
+    if rejected.is_empty():
+        return table
+    if table is None:
+        return delta.write(uri, rejected, partition_by=[PARTITION_COLUMN])
+    (
+        table.merge(
+            delta.to_arrow(rejected),
+            predicate="t._source_file = s._source_file AND t._line_number = s._line_number",
+            source_alias="s",
+            target_alias="t",
+        )
+        .when_not_matched_insert_all()
+        .execute()
+    )
+    return delta.DeltaTable(uri)
+
+
+def ingest_files(
+    contract: Contract,
+    landing: Path,
+    uri: str,
+    quarantine_uri: str,
+    source: str,
+    run_id: str,
+    now: datetime | None = None,
+) -> Ingestion:
+    table = delta.open_table(uri)
+    waiting = pending_files(contract, landing, table)
+    files = waiting[:MAX_FILES_PER_RUN]
+    extracted_at = now or datetime.now(UTC)
+    rows: list[dict[str, object]] = []
+    rejected: list[dict[str, object]] = []
+    for path in files:
+        file_rows, file_rejected = parse_file(path)
+        rows.extend(file_rows)
+        rejected.extend(file_rejected)
+
+    bad = with_audit_columns(pl.DataFrame(rejected, schema=QUARANTINE_SCHEMA), source, run_id, extracted_at)
+    quarantine = _quarantine(quarantine_uri, bad)
+    if not files:
+        return Ingestion([], 0, 0, 0, 0, [], table, quarantine)
+
+    stored = delta.arrow_schema(table) if table else None
+    good = pin_types(
+        _rows_frame(rows, contract),
+        contract,
+        stored,
+        f"bronze/{contract.name}",
+        guessed_nulls=False,
+    )
+    added = [name for name in good.columns if stored is not None and name not in stored.names]
+    good = with_audit_columns(good, source, run_id, extracted_at)
+    names = [path.name for path in files]
+    written = delta.write(
+        uri,
+        good,
+        partition_by=[PARTITION_COLUMN],
+        metadata={"lakehouse.run_id": run_id, "lakehouse.files": json.dumps(names)},
+        transactions={file_key(contract, name): 1 for name in names},
+    )
+    return Ingestion(
+        files=names,
+        lines_read=len(rows) + len(rejected),
+        rows_appended=good.height,
+        lines_quarantined=len(rejected),
+        files_waiting=len(waiting) - len(files),
+        added_columns=added,
+        table=written,
+        quarantine=quarantine,
+    )

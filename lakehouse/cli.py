@@ -1,0 +1,98 @@
+"""The `lakehouse` command: build and advance the demo source, summarise the tables."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from lakehouse.settings import setting
+from lakehouse.source import SourceDatabase
+
+
+def _moment(text: str) -> datetime:
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _rate(text: str) -> tuple[str, float]:
+    from lakehouse.demo.simulation import DEFAULT_DEFECT_RATES
+
+    name, _, value = text.partition("=")
+    if name not in DEFAULT_DEFECT_RATES or not value:
+        raise argparse.ArgumentTypeError(
+            f"'{text}': use NAME=RATE with NAME one of {', '.join(DEFAULT_DEFECT_RATES)}"
+        )
+    return name, float(value)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lakehouse", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="the demo shop source").add_subparsers(
+        dest="action", required=True
+    )
+    init = demo.add_parser("init", help="create the shop database and landing files")
+    init.add_argument("--scale", type=float, default=0.1, help="1 = 100k customers, 1M orders (default 0.1)")
+    init.add_argument("--seed", type=int, default=42)
+    init.add_argument("--now", type=_moment, help="pin the demo clock (ISO-8601), default: now")
+    init.add_argument(
+        "--defect",
+        type=_rate,
+        action="append",
+        default=[],
+        metavar="NAME=RATE",
+        help="override a defect rate, e.g. malformed_line=0.01 (repeatable)",
+    )
+    init.add_argument("--drift-batch", type=int, default=2, help="batch from which orders has coupon_code")
+    init.add_argument("--force", action="store_true", help="rebuild even if a demo source exists")
+    advance = demo.add_parser("advance", help="simulate more shop activity")
+    advance.add_argument("--batches", type=int, default=1)
+    advance.add_argument("--now", type=_moment, help="pin the demo clock (ISO-8601), default: now")
+
+    commands.add_parser("summary", help="rows and Delta version of every lakehouse table")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    source = SourceDatabase(url=setting("LAKEHOUSE_SOURCE_URL"))
+    landing = Path(setting("LAKEHOUSE_LANDING"))
+    if args.command == "demo":
+        from lakehouse.demo import simulation
+
+        if args.action == "init":
+            existing = simulation.Manifest.load(landing)
+            if existing and not args.force:
+                print(
+                    f"demo source exists (scale {existing.scale}, seed {existing.seed}, "
+                    f"{existing.batches} batches, clock {existing.anchor}); --force rebuilds it"
+                )
+                return 0
+            manifest = simulation.init(
+                source,
+                landing,
+                args.scale,
+                args.seed,
+                args.now,
+                dict(args.defect),
+                args.drift_batch,
+            )
+        else:
+            manifest = simulation.advance(source, landing, args.batches, args.now)
+        batch = manifest.log[-1]
+        rows = ", ".join(f"{table} {counts}" for table, counts in batch["rows"].items())
+        print(
+            f"demo batch {batch['batch']} at {manifest.anchor} into {source.label}: {rows}; "
+            f"{sum(batch['event_files'].values())} events in {len(batch['event_files'])} files"
+        )
+        return 0
+    from lakehouse.summary import print_summary
+
+    return print_summary()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

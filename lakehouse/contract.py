@@ -1,0 +1,175 @@
+"""Dataset contracts: one YAML file per dataset describes its source, keys, columns and SLAs.
+
+Everything generic (bronze and silver assets, Pandera schemas, checks, docs) is derived
+from these, so adding a source table means adding one YAML file.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
+COLUMN_TYPES = ("int", "float", "string", "bool", "date", "timestamp", "json")
+DECIMAL_TYPE = re.compile(r"^decimal\((\d+),(\d+)\)$")
+DURATION = re.compile(r"^(\d+)([mhd])$")
+DURATION_UNITS = {"m": "minutes", "h": "hours", "d": "days"}
+
+Identifier = Annotated[str, Field(pattern=IDENTIFIER)]
+
+
+class ContractError(ValueError):
+    """A contract file that cannot be used; the message names the file and the field."""
+
+
+def parse_duration(text: str) -> timedelta:
+    """'90m', '2h' or '7d' as a timedelta."""
+    match = DURATION.match(str(text))
+    if not match:
+        raise ValueError(f"'{text}' is not a duration like 30m, 2h or 7d")
+    return timedelta(**{DURATION_UNITS[match.group(2)]: int(match.group(1))})
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Range(_Strict):
+    min: float | None = None
+    max: float | None = None
+
+
+class Column(_Strict):
+    type: str
+    nullable: bool = True
+    unique: bool = False
+    allowed_values: list[str] | None = None
+    range: Range | None = None
+    pii: Literal["hash"] | None = None
+    references: str | None = Field(default=None, pattern=r"^\w+\.\w+$")
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        if value not in COLUMN_TYPES and not DECIMAL_TYPE.match(value):
+            raise ValueError(f"unknown type '{value}'; use one of {', '.join(COLUMN_TYPES)} or decimal(p,s)")
+        return value
+
+
+class DatabaseSource(_Strict):
+    kind: Literal["database"]
+    table: Identifier
+
+
+class LandingSource(_Strict):
+    kind: Literal["landing"]
+    glob: str
+    format: Literal["jsonl"] = "jsonl"
+
+
+class Watermark(_Strict):
+    column: Identifier
+    lookback: timedelta = timedelta(0)
+
+    @field_validator("lookback", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> timedelta:
+        return value if isinstance(value, timedelta) else parse_duration(str(value))
+
+
+class Freshness(_Strict):
+    column: Identifier
+    warn_after: timedelta
+    error_after: timedelta
+
+    @field_validator("warn_after", "error_after", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> timedelta:
+        return value if isinstance(value, timedelta) else parse_duration(str(value))
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Freshness:
+        if self.error_after < self.warn_after:
+            raise ValueError("error_after must not be shorter than warn_after")
+        return self
+
+
+class Partitioning(_Strict):
+    column: Identifier
+    granularity: Literal["day", "month"]
+
+
+class Contract(_Strict):
+    name: Identifier
+    description: str = Field(min_length=1)
+    source: DatabaseSource | LandingSource = Field(discriminator="kind")
+    primary_key: list[Identifier] = Field(min_length=1)
+    watermark: Watermark | None = None
+    event_time: Identifier | None = None
+    freshness: Freshness | None = None
+    history: Literal["current", "scd2", "append"] = "current"
+    partitioning: Partitioning | None = None
+    columns: dict[Identifier, Column] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Contract:
+        named = {
+            "primary_key": self.primary_key,
+            "watermark.column": [self.watermark.column] if self.watermark else [],
+            "event_time": [self.event_time] if self.event_time else [],
+            "freshness.column": [self.freshness.column] if self.freshness else [],
+            "partitioning.column": [self.partitioning.column] if self.partitioning else [],
+        }
+        for field, names in named.items():
+            for column in names:
+                if column not in self.columns:
+                    raise ValueError(f"{field}: '{column}' is not one of the contract's columns")
+        if isinstance(self.source, DatabaseSource) and self.watermark is None:
+            raise ValueError("watermark: a database source needs a watermark column")
+        return self
+
+    @property
+    def is_database(self) -> bool:
+        return isinstance(self.source, DatabaseSource)
+
+    def column_type(self, column: str) -> str | None:
+        spec = self.columns.get(column)
+        return spec.type if spec else None
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"] if not str(part).startswith("function-"))
+        parts.append(f"field '{field or '(top level)'}': {item['msg']}")
+    return "; ".join(parts)
+
+
+def load_contract(path: Path) -> Contract:
+    """Parse and validate one contract file; errors name the file and the field."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ContractError(f"{path}: not valid YAML: {error}") from error
+    if not isinstance(raw, dict):
+        raise ContractError(f"{path}: a contract must be a mapping of fields")
+    try:
+        contract = Contract.model_validate(raw)
+    except ValidationError as error:
+        raise ContractError(f"{path}: {_describe(error)}") from error
+    if contract.name != path.stem:
+        raise ContractError(f"{path}: field 'name': '{contract.name}' must match the file name")
+    return contract
+
+
+def load_contracts(folder: Path) -> list[Contract]:
+    """Every `*.yaml` contract in the folder, sorted by name."""
+    paths = sorted(folder.glob("*.yaml"))
+    if not paths:
+        raise ContractError(f"{folder}: no contract files (*.yaml) found")
+    return [load_contract(path) for path in paths]

@@ -1,0 +1,101 @@
+"""Delta Lake tables of the lakehouse: where they live, how they are written, what they report."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import dagster as dg
+import polars as pl
+import pyarrow as pa
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
+
+COMMIT_ATTEMPTS = 5
+
+
+class LakehouseStorage(dg.ConfigurableResource):
+    """The Delta root: a local folder or an object-store URI (s3://, gs://, az://)."""
+
+    root: str
+
+    def table_uri(self, layer: str, name: str) -> str:
+        if "://" in self.root:
+            return f"{self.root.rstrip('/')}/{layer}/{name}"
+        return str(Path(self.root).resolve() / layer / name)
+
+
+def open_table(uri: str) -> DeltaTable | None:
+    """The table at `uri`, or None before its first commit."""
+    try:
+        return DeltaTable(uri)
+    except TableNotFoundError:
+        return None
+
+
+def row_count(table: DeltaTable) -> int:
+    """Rows in the current version, from the log's file statistics (no data is read)."""
+    counts = pl.DataFrame(table.get_add_actions(flatten=True)).get_column("num_records")
+    return int(counts.sum())
+
+
+def arrow_schema(table: DeltaTable) -> pa.Schema:
+    return pa.schema(table.schema().to_arrow())
+
+
+def table_metadata(table: DeltaTable) -> dict[str, Any]:
+    """What every materialisation reports about its table."""
+    schema = arrow_schema(table)
+    return {
+        "dagster/row_count": row_count(table),
+        "delta_version": table.version(),
+        "dagster/uri": table.table_uri,
+        "dagster/column_schema": dg.TableSchema(
+            columns=[dg.TableColumn(field.name, str(field.type)) for field in schema]
+        ),
+    }
+
+
+def to_arrow(frame: pl.DataFrame) -> pa.Table:
+    # Plain strings, not string_view: DuckDB's and dbt's readers cannot filter string_view.
+    return frame.to_arrow(compat_level=pl.CompatLevel.oldest())
+
+
+def write(
+    uri: str,
+    frame: pl.DataFrame,
+    *,
+    mode: Literal["append", "overwrite"] = "append",
+    partition_by: list[str] | None = None,
+    metadata: dict[str, str] | None = None,
+    transactions: dict[str, int] | None = None,
+) -> DeltaTable:
+    """Write `frame` in one commit that also carries `metadata` and app `transactions`.
+
+    The transactions are the table's ledger (watermarks, ingested files): they land in the
+    same atomic commit as the rows they describe and survive log checkpoints. New columns
+    are merged into the schema. Commit conflicts with concurrent writers are retried.
+    """
+    properties = CommitProperties(
+        custom_metadata=metadata,
+        app_transactions=[
+            Transaction(app_id=key, version=value) for key, value in (transactions or {}).items()
+        ],
+    )
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        try:
+            write_deltalake(
+                uri,
+                to_arrow(frame),
+                mode=mode,
+                partition_by=partition_by,
+                schema_mode="merge",
+                commit_properties=properties,
+            )
+            break
+        except CommitFailedError:
+            if attempt == COMMIT_ATTEMPTS:
+                raise
+            time.sleep(0.2 * 2**attempt)
+    return DeltaTable(uri)

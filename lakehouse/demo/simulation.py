@@ -1,0 +1,304 @@
+"""`demo init` and `demo advance`: build the shop's source and move its clock forward.
+
+The manifest (`<landing>/demo_manifest.json`) records the seed, the clock, the defect rates
+and how many of each defect every batch planted, so tests can compare the lakehouse with it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from lakehouse.demo import store
+from lakehouse.demo.events import EVENT_DEFECTS, event_lines, write_event_file
+from lakehouse.demo.shop import (
+    CUSTOMER_HISTORY,
+    HISTORY,
+    OPEN_STATUSES,
+    Catalogue,
+    OrderDefectRates,
+    Volumes,
+    changed_customers,
+    new_customers,
+    new_orders,
+    new_products,
+    progressed_orders,
+    repriced_products,
+)
+from lakehouse.source import SourceDatabase
+
+MANIFEST_NAME = "demo_manifest.json"
+EVENTS_FOLDER = "events"
+DEFAULT_DEFECT_RATES = {
+    "malformed_line": 0.002,
+    "missing_event_id": 0.002,
+    "unknown_event_type": 0.002,
+    "bad_timestamp": 0.002,
+    "duplicate_event": 0.005,
+    "late_event": 0.01,
+    "negative_amount": 0.002,
+    "unknown_status": 0.002,
+    "orphan_order_item": 0.002,
+}
+MIN_BATCH = timedelta(hours=1)
+INITIAL_EVENT_FILES = 24  # one per hour of the last day
+EVENT_FILES_PER_BATCH = 2
+
+
+@dataclass
+class SchemaDrift:
+    """From `from_batch` on, `table` has a new nullable text column `column`."""
+
+    table: str = "orders"
+    column: str = "coupon_code"
+    from_batch: int = 2
+    applied: bool = False
+
+
+@dataclass
+class Manifest:
+    seed: int
+    scale: float
+    anchor: str
+    defect_rates: dict[str, float]
+    schema_drift: SchemaDrift
+    batches: int = 0
+    defects: dict[str, int] = field(default_factory=dict)
+    event_files: dict[str, int] = field(default_factory=dict)
+    log: list[dict] = field(default_factory=list)
+
+    @property
+    def anchor_time(self) -> datetime:
+        return datetime.fromisoformat(self.anchor)
+
+    def record(self, batch: dict) -> None:
+        self.log.append(batch)
+        for name, count in batch["defects"].items():
+            self.defects[name] = self.defects.get(name, 0) + count
+        self.event_files.update(batch["event_files"])
+
+    def save(self, landing: Path) -> None:
+        landing.mkdir(parents=True, exist_ok=True)
+        (landing / MANIFEST_NAME).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, landing: Path) -> Manifest | None:
+        path = landing / MANIFEST_NAME
+        if not path.exists():
+            return None
+        raw = json.loads(path.read_text())
+        return cls(**{**raw, "schema_drift": SchemaDrift(**raw["schema_drift"])})
+
+
+def _order_defects(rates: dict[str, float]) -> OrderDefectRates:
+    return OrderDefectRates(rates["negative_amount"], rates["unknown_status"], rates["orphan_order_item"])
+
+
+def _event_files(
+    rng: np.random.Generator,
+    landing: Path,
+    manifest: Manifest,
+    catalogue: Catalogue,
+    windows: list[tuple[datetime, datetime]],
+    per_file: int,
+    batch: int,
+) -> tuple[dict[str, int], dict[str, int]]:
+    earlier: list[str] = []
+    files, defects = {}, dict.fromkeys(EVENT_DEFECTS, 0)
+    for number, (start, end) in enumerate(windows):
+        lines, counts = event_lines(
+            rng,
+            per_file,
+            start,
+            end,
+            catalogue.customer_ids,
+            catalogue.customer_weights,
+            catalogue.product_ids,
+            manifest.defect_rates,
+            earlier,
+        )
+        # Names sort by arrival: the window's end, then batch and file number for uniqueness.
+        name = f"events_{end:%Y%m%dT%H%M%S}_{batch:05d}_{number:02d}.jsonl"
+        write_event_file(landing / EVENTS_FOLDER, name, lines)
+        files[name] = len(lines)
+        for key, count in counts.items():
+            defects[key] += count
+    return files, defects
+
+
+def init(
+    source: SourceDatabase,
+    landing: Path,
+    scale: float = 0.1,
+    seed: int = 42,
+    now: datetime | None = None,
+    defect_rates: dict[str, float] | None = None,
+    drift_batch: int = 2,
+) -> Manifest:
+    """Create the shop database and the last day of event files from scratch."""
+    anchor = (now or datetime.now(UTC)).astimezone(UTC)
+    rates = {**DEFAULT_DEFECT_RATES, **(defect_rates or {})}
+    manifest = Manifest(seed, scale, anchor.isoformat(), rates, SchemaDrift(from_batch=drift_batch))
+    volumes = Volumes.for_scale(scale)
+    rng = np.random.default_rng([seed, 0])
+
+    store.recreate_schema(source)
+    for stale in (landing / EVENTS_FOLDER).glob("*.jsonl"):
+        stale.unlink()
+    history_start = anchor - HISTORY
+    customers = new_customers(rng, 1, volumes.customers, anchor - CUSTOMER_HISTORY, history_start)
+    products = new_products(rng, 1, volumes.products, anchor - CUSTOMER_HISTORY, history_start)
+    catalogue = Catalogue.build(customers, products, seed)
+    orders, items, order_defects = new_orders(
+        rng,
+        catalogue,
+        1,
+        1,
+        volumes.orders,
+        history_start,
+        anchor,
+        seed,
+        _order_defects(rates),
+        coupon_codes=False,
+    )
+    for table, frame in (
+        ("customers", customers),
+        ("products", products),
+        ("orders", orders),
+        ("order_items", items),
+    ):
+        store.insert(source, table, frame)
+
+    hours = [
+        (anchor - timedelta(hours=h + 1), anchor - timedelta(hours=h))
+        for h in reversed(range(INITIAL_EVENT_FILES))
+    ]
+    files, event_defects = _event_files(rng, landing, manifest, catalogue, hours, volumes.events_per_file, 0)
+    manifest.record(
+        {
+            "batch": 0,
+            "window": [history_start.isoformat(), anchor.isoformat()],
+            "rows": {
+                "customers": {"inserted": customers.height},
+                "products": {"inserted": products.height},
+                "orders": {"inserted": orders.height},
+                "order_items": {"inserted": items.height},
+            },
+            "defects": {**order_defects, **event_defects},
+            "event_files": files,
+        }
+    )
+    manifest.save(landing)
+    return manifest
+
+
+def advance(source: SourceDatabase, landing: Path, batches: int = 1, now: datetime | None = None) -> Manifest:
+    """Simulate `batches` more periods of shop activity, each at least an hour long."""
+    manifest = Manifest.load(landing)
+    if manifest is None:
+        raise FileNotFoundError(f"no demo source at {landing}; run `lakehouse demo init` first")
+    start = manifest.anchor_time
+    end = max((now or datetime.now(UTC)).astimezone(UTC), start + batches * MIN_BATCH)
+    step = (end - start) / batches
+    for i in range(batches):
+        _advance_one(source, landing, manifest, start + i * step, start + (i + 1) * step)
+    return manifest
+
+
+def _advance_one(
+    source: SourceDatabase, landing: Path, manifest: Manifest, start: datetime, end: datetime
+) -> None:
+    batch = manifest.batches + 1
+    rng = np.random.default_rng([manifest.seed, batch])
+    volumes = Volumes.for_scale(manifest.scale)
+    drift = manifest.schema_drift
+    if batch >= drift.from_batch and not drift.applied:
+        store.add_column(source, drift.table, drift.column)
+        drift.applied = True
+
+    customers = store.read(source, "SELECT * FROM customers ORDER BY customer_id")
+    products = store.read(source, "SELECT product_id, price FROM products ORDER BY product_id")
+    open_orders = store.read(
+        source,
+        "SELECT order_id, status, created_at FROM orders WHERE status IN "
+        f"({', '.join(repr(s) for s in OPEN_STATUSES)}) ORDER BY order_id",
+    )
+    last = store.read(
+        source,
+        "SELECT MAX(order_id) AS orders, (SELECT MAX(order_item_id) FROM order_items) AS items FROM orders",
+    )
+
+    joined = new_customers(
+        rng, int(customers["customer_id"].max()) + 1, volumes.new_customers_per_batch, start, end
+    )
+    changed = changed_customers(rng, customers, volumes.customer_changes_per_batch, start, end)
+    repriced = repriced_products(rng, products, volumes.price_changes_per_batch, start, end)
+    moved = progressed_orders(open_orders, end, manifest.seed)
+    catalogue = Catalogue.build(
+        pl.concat([customers.select("customer_id"), joined.select("customer_id")]),
+        products.update(repriced.select("product_id", "price"), on="product_id"),
+        manifest.seed,
+    )
+    orders, items, order_defects = new_orders(
+        rng,
+        catalogue,
+        int(last["orders"][0]) + 1,
+        int(last["items"][0]) + 1,
+        volumes.orders_per_batch,
+        start,
+        end,
+        manifest.seed,
+        _order_defects(manifest.defect_rates),
+        coupon_codes=drift.applied and drift.table == "orders",
+    )
+
+    store.insert(source, "customers", joined)
+    store.update(
+        source,
+        "customers",
+        "customer_id",
+        changed.select("customer_id", "email", "street_address", "city", "country", "updated_at"),
+    )
+    store.update(source, "products", "product_id", repriced)
+    store.insert(source, "orders", orders)
+    store.insert(source, "order_items", items)
+    store.update(source, "orders", "order_id", moved)
+
+    halves = [
+        (
+            start + (end - start) * k / EVENT_FILES_PER_BATCH,
+            start + (end - start) * (k + 1) / EVENT_FILES_PER_BATCH,
+        )
+        for k in range(EVENT_FILES_PER_BATCH)
+    ]
+    files, event_defects = _event_files(
+        rng,
+        landing,
+        manifest,
+        catalogue,
+        halves,
+        volumes.events_per_file // EVENT_FILES_PER_BATCH,
+        batch,
+    )
+    manifest.batches = batch
+    manifest.anchor = end.isoformat()
+    manifest.record(
+        {
+            "batch": batch,
+            "window": [start.isoformat(), end.isoformat()],
+            "rows": {
+                "customers": {"inserted": joined.height, "updated": changed.height},
+                "products": {"updated": repriced.height},
+                "orders": {"inserted": orders.height, "updated": moved.height},
+                "order_items": {"inserted": items.height},
+            },
+            "defects": {**order_defects, **event_defects},
+            "event_files": files,
+        }
+    )
+    manifest.save(landing)

@@ -1,0 +1,158 @@
+"""The operational source database (SQLite or PostgreSQL), read through ADBC with retries."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import dagster as dg
+import polars as pl
+import pyarrow as pa
+
+T = TypeVar("T")
+
+# SQLite has no timestamp type: the demo writes, and the watermark query compares, ISO-8601
+# text in UTC in this one fixed-width form (a polars format; Python's
+# `isoformat(sep=" ", timespec="microseconds")` of a UTC datetime is the same), so text order
+# is time order.
+SQLITE_TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S%.6f%:z"
+# ADBC's SQLite driver infers each column's type from the first batch of rows and fails when a
+# later batch disagrees (a column NULL in its first rows, text later). One batch for the whole
+# result makes the inference see every row; an all-NULL column is typed by bronze.
+SQLITE_ONE_BATCH = {"adbc.sqlite.query.batch_rows": str(2**30)}
+
+TRANSIENT_MARKERS = (
+    "database is locked",
+    "database table is locked",
+    "busy",
+    "connection refused",
+    "could not connect",
+    "server closed the connection",
+    "the database system is starting up",
+    "too many connections",
+    "timeout",
+    "timed out",
+)
+
+
+def timestamp_text(value: datetime) -> str:
+    """A moment in the text form SQLite sources store (see SQLITE_TIMESTAMP_FORMAT)."""
+    return value.astimezone(UTC).isoformat(sep=" ", timespec="microseconds")
+
+
+class SourceUnavailableError(RuntimeError):
+    """The source stayed unreachable or locked through every retry."""
+
+
+def is_transient(error: BaseException) -> bool:
+    """Errors worth retrying: locks, refused or dropped connections, a starting server."""
+    text = str(error).lower()
+    return any(marker in text for marker in TRANSIENT_MARKERS)
+
+
+def _without_extension_types(table: pa.Table) -> pa.Table:
+    """PostgreSQL NUMERIC arrives as an opaque extension type; keep its exact text instead."""
+    columns = [
+        pa.chunked_array([chunk.storage for chunk in column.chunks], type=column.type.storage_type)
+        if isinstance(column.type, pa.ExtensionType)
+        else column
+        for column in table.columns
+    ]
+    return pa.table(columns, names=table.column_names)
+
+
+class SourceDatabase(dg.ConfigurableResource):
+    """The shop's operational database; `url` is `sqlite:///path` or `postgresql://...`."""
+
+    url: str
+    max_attempts: int = 6
+    backoff_seconds: float = 0.5
+    max_backoff_seconds: float = 15.0
+
+    @property
+    def dialect(self) -> str:
+        scheme = urlsplit(self.url).scheme.split("+")[0]
+        if scheme in ("postgresql", "postgres"):
+            return "postgresql"
+        if scheme == "sqlite":
+            return "sqlite"
+        raise ValueError(f"LAKEHOUSE_SOURCE_URL: unsupported scheme '{scheme}' (use sqlite or postgresql)")
+
+    @property
+    def sqlite_path(self) -> Path:
+        return Path(self.url.removeprefix("sqlite:///"))
+
+    @property
+    def label(self) -> str:
+        """Where the data came from, without credentials."""
+        if self.dialect == "sqlite":
+            return f"sqlite:{self.sqlite_path.name}"
+        parts = urlsplit(self.url)
+        return f"postgresql:{parts.hostname or 'localhost'}{parts.path}"
+
+    def placeholder(self, position: int) -> str:
+        return "?" if self.dialect == "sqlite" else f"${position}"
+
+    def timestamp_parameter(self, value: datetime) -> str | datetime:
+        """A bind value comparable with the dialect's timestamp columns (text in SQLite)."""
+        return timestamp_text(value) if self.dialect == "sqlite" else value
+
+    def with_retries(self, action: Callable[[], T], what: str) -> T:
+        """Run `action`, retrying transient failures with exponential backoff and full jitter."""
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                return action()
+            except Exception as error:
+                if not is_transient(error):
+                    raise
+                if attempt == self.max_attempts:
+                    raise SourceUnavailableError(
+                        f"{what} failed after {attempt} attempts against {self.label}: {error}"
+                    ) from error
+                ceiling = min(self.max_backoff_seconds, self.backoff_seconds * 2 ** (attempt - 1))
+                time.sleep(random.uniform(0, ceiling))
+        raise AssertionError("unreachable")
+
+    def _open(self) -> Any:
+        if self.dialect == "sqlite":
+            import adbc_driver_sqlite.dbapi as driver
+
+            if not self.sqlite_path.exists():
+                raise FileNotFoundError(
+                    f"source database {self.sqlite_path} does not exist; run `lakehouse demo init`"
+                )
+            return driver.connect(str(self.sqlite_path))
+        import adbc_driver_postgresql.dbapi as driver
+
+        return driver.connect(self.url)
+
+    @contextmanager
+    def connect(self) -> Iterator[Any]:
+        """An ADBC DB-API connection, opened with retries and always closed."""
+        connection = self.with_retries(self._open, "connecting")
+        try:
+            yield connection
+        finally:
+            connection.close()
+
+    def read(self, query: str, parameters: Sequence[Any] = (), what: str = "query") -> pl.DataFrame:
+        """Run a query and return its result; connecting and reading are retried together."""
+
+        def attempt() -> pa.Table:
+            connection = self._open()
+            try:
+                cursor = connection.cursor()
+                if self.dialect == "sqlite":
+                    cursor.adbc_statement.set_options(**SQLITE_ONE_BATCH)
+                cursor.execute(query, list(parameters) or None)
+                return cursor.fetch_arrow_table()
+            finally:
+                connection.close()
+
+        return pl.from_arrow(_without_extension_types(self.with_retries(attempt, what)))
