@@ -94,7 +94,7 @@ def _landing_asset(contract: Contract) -> dg.AssetsDefinition:
         )
         context.log.info(
             f"bronze/{contract.name}: {len(result.files)} files, {result.rows_appended} rows, "
-            f"{result.lines_quarantined} lines quarantined, {result.files_waiting} files left for the next run"
+            f"{result.lines_quarantined} lines quarantined, {result.files_waiting} files wait for the next"
         )
         yield dg.MaterializeResult(
             asset_key=["bronze", contract.name],

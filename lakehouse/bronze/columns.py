@@ -70,6 +70,7 @@ def pin_types(
             frame = frame.with_columns(pl.col(name).cast(target, strict=True))
         except pl.exceptions.InvalidOperationError as error:
             raise BronzeSchemaError(
-                f"{table}: column '{name}' arrived as {frame.schema[name]} but bronze stores {target}: {error}"
+                f"{table}: column '{name}' arrived as {frame.schema[name]} "
+                f"but bronze stores it as {target}: {error}"
             ) from error
     return frame

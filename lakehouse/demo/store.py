@@ -11,25 +11,25 @@ from lakehouse.source import SQLITE_TIMESTAMP_FORMAT, SourceDatabase
 
 TABLES = ("order_items", "orders", "products", "customers")  # drop order: children first
 
-# {ts}, {money} and {id} differ between the dialects. order_items.product_id has no foreign
+# {ts}, {money} and {int} differ between the dialects. order_items.product_id has no foreign
 # key on purpose: the catalogue is maintained elsewhere, so items can refer to products the
 # shop database does not know (one of the defects the lakehouse has to handle).
 DDL = (
     """CREATE TABLE customers (
-        customer_id {id} PRIMARY KEY, first_name TEXT NOT NULL, last_name TEXT NOT NULL,
+        customer_id {int} PRIMARY KEY, first_name TEXT NOT NULL, last_name TEXT NOT NULL,
         email TEXT NOT NULL, phone TEXT, street_address TEXT, city TEXT NOT NULL,
         country TEXT NOT NULL, created_at {ts} NOT NULL, updated_at {ts} NOT NULL)""",
     """CREATE TABLE products (
-        product_id {id} PRIMARY KEY, sku TEXT NOT NULL UNIQUE, name TEXT NOT NULL,
+        product_id {int} PRIMARY KEY, sku TEXT NOT NULL UNIQUE, name TEXT NOT NULL,
         category TEXT NOT NULL, price {money} NOT NULL,
         created_at {ts} NOT NULL, updated_at {ts} NOT NULL)""",
     """CREATE TABLE orders (
-        order_id {id} PRIMARY KEY, customer_id {id} NOT NULL REFERENCES customers (customer_id),
+        order_id {int} PRIMARY KEY, customer_id {int} NOT NULL REFERENCES customers (customer_id),
         status TEXT NOT NULL, total_amount {money} NOT NULL, currency TEXT NOT NULL,
         created_at {ts} NOT NULL, updated_at {ts} NOT NULL)""",
     """CREATE TABLE order_items (
-        order_item_id {id} PRIMARY KEY, order_id {id} NOT NULL REFERENCES orders (order_id),
-        product_id {id} NOT NULL, quantity INTEGER NOT NULL, unit_price {money} NOT NULL,
+        order_item_id {int} PRIMARY KEY, order_id {int} NOT NULL REFERENCES orders (order_id),
+        product_id {int} NOT NULL, quantity {int} NOT NULL, unit_price {money} NOT NULL,
         created_at {ts} NOT NULL, updated_at {ts} NOT NULL)""",
     "CREATE INDEX customers_updated_at ON customers (updated_at)",
     "CREATE INDEX products_updated_at ON products (updated_at)",
@@ -38,8 +38,8 @@ DDL = (
     "CREATE INDEX order_items_updated_at ON order_items (updated_at)",
 )
 TYPES = {
-    "sqlite": {"id": "INTEGER", "ts": "TEXT", "money": "REAL"},
-    "postgresql": {"id": "BIGINT", "ts": "TIMESTAMPTZ", "money": "DOUBLE PRECISION"},
+    "sqlite": {"int": "INTEGER", "ts": "TEXT", "money": "REAL"},
+    "postgresql": {"int": "BIGINT", "ts": "TIMESTAMPTZ", "money": "DOUBLE PRECISION"},
 }
 
 

@@ -1,0 +1,133 @@
+"""Fixtures: a demo shop source in a temporary folder, with its lakehouse beside it.
+
+Everything is real: SQLite files (or the PostgreSQL that `.ci/run` starts), Delta tables on
+disk, Dagster materialising in-process.
+"""
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from asset_checks import bronze_checks
+from lakehouse.bronze.assets import LandingZone, bronze_assets
+from lakehouse.contract import Contract, load_contracts
+from lakehouse.delta import LakehouseStorage
+from lakehouse.demo import simulation, store
+from lakehouse.settings import DEFAULTS
+from lakehouse.source import SourceDatabase
+
+PROJECT = Path(__file__).resolve().parent.parent
+CLOCK = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
+SCALE = 0.01
+POSTGRES_URL = os.environ.get("LAKEHOUSE_TEST_POSTGRES_URL")
+
+
+@dataclass
+class Lake:
+    """A demo source with its lakehouse, and the helpers tests use to drive them."""
+
+    folder: Path
+    source: SourceDatabase
+    contracts: list[Contract] = field(
+        default_factory=lambda: load_contracts(Path(DEFAULTS["LAKEHOUSE_CONTRACTS"]))
+    )
+    clock: datetime = CLOCK
+
+    @property
+    def landing(self) -> Path:
+        return self.folder / "landing"
+
+    @property
+    def storage(self) -> LakehouseStorage:
+        return LakehouseStorage(root=str(self.folder / "lakehouse"))
+
+    def contract(self, name: str) -> Contract:
+        return next(contract for contract in self.contracts if contract.name == name)
+
+    def uri(self, layer: str, name: str) -> str:
+        return self.storage.table_uri(layer, name)
+
+    def init(self, **options) -> simulation.Manifest:
+        return simulation.init(self.source, self.landing, scale=SCALE, seed=7, now=self.clock, **options)
+
+    def advance(self, batches: int = 1) -> simulation.Manifest:
+        self.clock += timedelta(hours=batches)
+        return simulation.advance(self.source, self.landing, batches, now=self.clock)
+
+    def materialize(
+        self, selection: str | dg.AssetSelection = "*", raise_on_error: bool = True
+    ) -> dg.ExecuteInProcessResult:
+        return dg.materialize(
+            [*bronze_assets(self.contracts), *bronze_checks(self.contracts)],
+            selection=selection,
+            resources={
+                "source": self.source,
+                "lakehouse": self.storage,
+                "landing": LandingZone(path=str(self.landing)),
+            },
+            raise_on_error=raise_on_error,
+        )
+
+    def table(self, layer: str, name: str) -> pl.DataFrame:
+        return pl.read_delta(self.uri(layer, name))
+
+    def source_rows(self, table: str) -> pl.DataFrame:
+        return store.read(self.source, f"SELECT * FROM {table}")
+
+    @property
+    def manifest(self) -> simulation.Manifest:
+        manifest = simulation.Manifest.load(self.landing)
+        assert manifest is not None
+        return manifest
+
+
+def sqlite_source(folder: Path) -> SourceDatabase:
+    return SourceDatabase(url=f"sqlite:///{folder / 'source' / 'shop.db'}", backoff_seconds=0.05)
+
+
+def postgres_source() -> SourceDatabase:
+    if not POSTGRES_URL:
+        if os.environ.get("CI"):
+            pytest.fail("LAKEHOUSE_TEST_POSTGRES_URL is not set: .ci/run starts PostgreSQL and sets it")
+        pytest.skip("no PostgreSQL: set LAKEHOUSE_TEST_POSTGRES_URL (.ci/run does)")
+    return SourceDatabase(url=POSTGRES_URL, backoff_seconds=0.05)
+
+
+@pytest.fixture
+def lake(tmp_path: Path) -> Lake:
+    """A fresh demo source (SQLite) at scale 0.01 with an empty lakehouse."""
+    built = Lake(tmp_path, sqlite_source(tmp_path))
+    built.init()
+    return built
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_lake(request: pytest.FixtureRequest, tmp_path: Path) -> Lake:
+    """The same demo source in SQLite and in PostgreSQL."""
+    source = sqlite_source(tmp_path) if request.param == "sqlite" else postgres_source()
+    built = Lake(tmp_path, source)
+    built.init()
+    return built
+
+
+def run_command(args: list[str], folder: Path, **env: str) -> subprocess.CompletedProcess:
+    """Run a project command (`lakehouse`, `dagster`) the way a user does, against `folder`."""
+    environment = {
+        **os.environ,
+        "LAKEHOUSE_ROOT": str(folder / "lakehouse"),
+        "LAKEHOUSE_SOURCE_URL": f"sqlite:///{folder / 'source' / 'shop.db'}",
+        "LAKEHOUSE_LANDING": str(folder / "landing"),
+        **env,
+    }
+    environment.pop("DAGSTER_HOME", None)
+    return subprocess.run(
+        [str(Path(sys.executable).parent / args[0]), *args[1:]],
+        cwd=PROJECT, env=environment, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip

@@ -1,0 +1,171 @@
+"""Bronze extraction: complete, incremental, idempotent and crash-safe."""
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import polars as pl
+import pytest
+from conftest import Lake
+
+from lakehouse import delta
+from lakehouse.bronze.database import watermark_key
+from lakehouse.source import SourceUnavailableError
+
+DATABASE_TABLES = {"customers": "customer_id", "products": "product_id", "orders": "order_id",
+                   "order_items": "order_item_id"}  # fmt: skip
+
+
+def versions(frame: pl.DataFrame, key: str) -> set[tuple]:
+    """(primary key, updated_at) pairs: one per row version, whatever type updated_at has."""
+    moments = frame.get_column("updated_at")
+    if moments.dtype == pl.String:
+        moments = moments.str.to_datetime(time_unit="us", time_zone="UTC")
+    return set(zip(frame.get_column(key).to_list(), moments.to_list(), strict=True))
+
+
+def snapshot(lake: Lake) -> dict[str, set[tuple]]:
+    return {table: versions(lake.source_rows(table), key) for table, key in DATABASE_TABLES.items()}
+
+
+def assert_bronze_holds(lake: Lake, expected: dict[str, set[tuple]]) -> None:
+    for table, key in DATABASE_TABLES.items():
+        bronze = lake.table("bronze", table)
+        assert bronze.height == len(expected[table]), f"bronze/{table} has duplicates or gaps"
+        assert versions(bronze, key) == expected[table], f"bronze/{table} differs from the source"
+
+
+def test_incremental_extraction_keeps_every_row_version(any_lake: Lake) -> None:
+    """Full load, then two rounds of source changes: bronze holds every version exactly once."""
+    seen = snapshot(any_lake)
+    any_lake.materialize()
+    assert_bronze_holds(any_lake, seen)
+
+    for _ in range(2):
+        any_lake.advance()
+        for table, rows in snapshot(any_lake).items():
+            seen[table] |= rows
+        result = any_lake.materialize()
+        assert result.success
+    assert_bronze_holds(any_lake, seen)
+
+    log = any_lake.manifest.log
+    updated_orders = sum(batch["rows"]["orders"].get("updated", 0) for batch in log)
+    inserted_orders = sum(batch["rows"]["orders"]["inserted"] for batch in log)
+    assert len(seen["orders"]) == inserted_orders + updated_orders
+
+
+def test_rerun_without_source_change_appends_nothing(lake: Lake) -> None:
+    lake.materialize()
+    before = {table: delta.open_table(lake.uri("bronze", table)).version() for table in DATABASE_TABLES}
+    events_before = delta.open_table(lake.uri("bronze", "events")).version()
+
+    result = lake.materialize()
+
+    for table in DATABASE_TABLES:
+        table_now = delta.open_table(lake.uri("bronze", table))
+        assert table_now.version() == before[table], f"bronze/{table} got a commit with nothing new"
+        metadata = result.asset_materializations_for_node(f"bronze__{table}")[0].metadata
+        assert metadata["rows_appended"].value == 0
+        assert metadata["watermark_before"].value == metadata["watermark_after"].value
+    assert delta.open_table(lake.uri("bronze", "events")).version() == events_before
+
+
+def test_crash_before_commit_loses_and_duplicates_nothing(lake: Lake, monkeypatch) -> None:
+    lake.materialize()
+    lake.advance()
+    expected = snapshot(lake)
+    for table, key in DATABASE_TABLES.items():
+        expected[table] |= versions(lake.table("bronze", table), key)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk went away after the source was read")
+
+    monkeypatch.setattr(delta, "write_deltalake", crash)
+    failed = lake.materialize(raise_on_error=False)
+    assert not failed.success
+    monkeypatch.undo()
+
+    assert lake.materialize().success
+    assert_bronze_holds(lake, expected)
+
+
+def test_materialization_reports_rows_watermark_version_and_schema(lake: Lake) -> None:
+    result = lake.materialize()
+    metadata = result.asset_materializations_for_node("bronze__orders")[0].metadata
+    bronze = lake.table("bronze", "orders")
+    table = delta.open_table(lake.uri("bronze", "orders"))
+
+    assert metadata["dagster/row_count"].value == bronze.height
+    assert metadata["rows_appended"].value == bronze.height
+    assert metadata["watermark_before"].value == "None"
+    assert metadata["watermark_after"].value.startswith(lake.clock.date().isoformat())
+    assert metadata["delta_version"].value == table.version()
+    columns = [column.name for column in metadata["dagster/column_schema"].value.columns]
+    assert columns == bronze.columns
+    assert {"_extracted_at", "_source", "_run_id", "_ingest_date"} <= set(columns)
+    assert table.transaction_version(watermark_key(lake.contract("orders"))) is not None
+    history = table.history(1)[0]
+    assert history["lakehouse.watermark"] and history["lakehouse.run_id"]
+
+
+def test_new_source_column_is_added_to_bronze_and_named(lake: Lake) -> None:
+    lake.materialize()
+    drift = lake.manifest.schema_drift
+    lake.advance(batches=drift.from_batch)
+
+    result = lake.materialize()
+
+    metadata = result.asset_materializations_for_node(f"bronze__{drift.table}")[0].metadata
+    assert metadata["added_columns"].value == drift.column
+    bronze = lake.table("bronze", drift.table)
+    assert bronze.schema[drift.column] == pl.String
+    source_codes = lake.source_rows(drift.table).get_column(drift.column).drop_nulls()
+    assert source_codes.len() > 0
+    assert set(source_codes) == set(bronze.get_column(drift.column).drop_nulls())
+
+
+# SQLite's file locks are per process, so the lock is held by another process, as a busy
+# writer application would hold it.
+HOLD_LOCK = """
+import sqlite3, sys, time
+connection = sqlite3.connect(sys.argv[1], isolation_level=None)
+connection.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+connection.execute("ROLLBACK")
+"""
+
+
+@contextmanager
+def locked(path: Path, seconds: float) -> Iterator[subprocess.Popen]:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(path), str(seconds)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_locked_source_is_retried_until_it_frees_up(lake: Lake) -> None:
+    source = lake.source.model_copy(update={"max_attempts": 10, "backoff_seconds": 0.25})
+    with locked(source.sqlite_path, seconds=1.0) as holder:
+        frame = source.read("SELECT COUNT(*) AS n FROM products", what="counting products")
+        assert holder.wait() == 0, "the lock was released by its holder, not broken"
+    assert frame["n"][0] == lake.manifest.log[0]["rows"]["products"]["inserted"]
+
+
+def test_source_that_stays_locked_fails_with_a_clear_message(lake: Lake) -> None:
+    source = lake.source.model_copy(update={"max_attempts": 3})
+    with (
+        locked(source.sqlite_path, seconds=60),
+        pytest.raises(
+            SourceUnavailableError, match=r"counting products failed after 3 attempts against sqlite:shop\.db"
+        ),
+    ):
+        source.read("SELECT COUNT(*) FROM products", what="counting products")

@@ -1,0 +1,117 @@
+"""Landing files: every line ingested exactly once, into bronze or into quarantine."""
+
+import json
+
+import dagster as dg
+import polars as pl
+from conftest import Lake
+
+from lakehouse import delta
+from lakehouse.demo.events import EVENT_TYPES
+
+EVENT_ASSETS = dg.AssetSelection.assets(["bronze", "events"], ["quarantine", "events_malformed"])
+
+
+def landing_lines(lake: Lake) -> int:
+    return sum(lake.manifest.event_files.values())
+
+
+def test_every_line_is_in_bronze_or_quarantine_as_the_manifest_says(lake: Lake) -> None:
+    lake.advance(batches=2)
+    result = lake.materialize()
+    manifest = lake.manifest
+    bronze = lake.table("bronze", "events")
+    quarantine = lake.table("quarantine", "events_malformed")
+
+    assert bronze.height + quarantine.height == landing_lines(lake)
+    assert quarantine.height == manifest.defects["malformed_line"]
+    assert (
+        quarantine.get_column("_error").str.starts_with("not a JSON object").sum()
+        + quarantine.get_column("_error").str.starts_with("not JSON").sum()
+        == quarantine.height
+    )
+    assert (
+        quarantine.select(pl.col("_source_file", "_line_number", "_raw_line"))
+        .null_count()
+        .sum_horizontal()[0]
+        == 0
+    )
+    for row in quarantine.iter_rows(named=True):
+        lines = (lake.landing / "events" / row["_source_file"]).read_text().splitlines()
+        assert lines[row["_line_number"] - 1] == row["_raw_line"]
+
+    assert bronze.get_column("event_id").null_count() == manifest.defects["missing_event_id"]
+    unknown = bronze.filter(~pl.col("event_type").is_in(EVENT_TYPES)).height
+    assert unknown == manifest.defects["unknown_event_type"]
+    unparseable = bronze.get_column("timestamp").str.to_datetime(strict=False, time_zone="UTC").null_count()
+    assert unparseable == manifest.defects["bad_timestamp"]
+    repeated = bronze.drop_nulls("event_id").height - bronze.get_column("event_id").drop_nulls().n_unique()
+    assert repeated == manifest.defects["duplicate_event"]
+
+    properties = json.loads(bronze.filter(pl.col("event_type") == "click").get_column("properties")[0])
+    assert set(properties) == {"element", "product_id"}
+    metadata = result.asset_materializations_for_node("bronze_events")
+    counts = {m.asset_key.path[0]: m.metadata for m in metadata}
+    assert counts["bronze"]["files_ingested"].value == len(manifest.event_files)
+    assert counts["bronze"]["rows_quarantined"].value == quarantine.height
+    assert counts["quarantine"]["dagster/row_count"].value == quarantine.height
+
+
+def test_each_file_is_ingested_once(lake: Lake) -> None:
+    lake.materialize()
+    versions = (delta.open_table(lake.uri("bronze", "events")).version(),
+                delta.open_table(lake.uri("quarantine", "events_malformed")).version())  # fmt: skip
+
+    again = lake.materialize()
+
+    bronze_metadata = again.asset_materializations_for_node("bronze_events")[0].metadata
+    assert bronze_metadata["files_ingested"].value == 0
+    assert (delta.open_table(lake.uri("bronze", "events")).version(),
+            delta.open_table(lake.uri("quarantine", "events_malformed")).version()) == versions  # fmt: skip
+
+    lake.advance()
+    lake.materialize()
+    assert lake.table("bronze", "events").height + lake.table("quarantine", "events_malformed").height == (
+        landing_lines(lake)
+    )
+
+
+def test_crash_between_quarantine_and_bronze_commits_duplicates_nothing(lake: Lake, monkeypatch) -> None:
+    original = delta.write
+
+    def crash_on_bronze(uri: str, *args, **kwargs):
+        if "/bronze/" in uri:
+            raise OSError("killed before the bronze commit")
+        return original(uri, *args, **kwargs)
+
+    monkeypatch.setattr(delta, "write", crash_on_bronze)
+    assert not lake.materialize(EVENT_ASSETS, raise_on_error=False).success
+    assert lake.table("quarantine", "events_malformed").height == lake.manifest.defects["malformed_line"]
+    monkeypatch.undo()
+
+    assert lake.materialize(EVENT_ASSETS).success
+    quarantine = lake.table("quarantine", "events_malformed")
+    assert quarantine.height == lake.manifest.defects["malformed_line"]
+    assert lake.table("bronze", "events").height + quarantine.height == landing_lines(lake)
+
+
+def test_lines_that_are_not_json_objects_are_quarantined_with_reasons(lake: Lake) -> None:
+    odd = lake.landing / "events" / "events_20991231T000000_99999_00.jsonl"
+    odd.write_bytes(b'{"event_id": "a", "event_type": "click"}\n\n[1, 2]\n{"broken": \n\xff\xfe\n"text"\n')
+
+    lake.materialize()
+
+    rows = (
+        lake.table("quarantine", "events_malformed")
+        .filter(pl.col("_source_file") == odd.name)
+        .sort("_line_number")
+    )
+    assert rows.get_column("_line_number").to_list() == [2, 3, 4, 5, 6]
+    reasons = rows.get_column("_error").to_list()
+    assert reasons[0] == "empty line"
+    assert reasons[1] == "not a JSON object: a JSON list"
+    assert reasons[2].startswith("not JSON: Expecting value at column")
+    assert reasons[3].startswith("not UTF-8")
+    assert reasons[4] == "not a JSON object: a JSON str"
+    bronze = lake.table("bronze", "events").filter(pl.col("_source_file") == odd.name)
+    assert bronze.select("event_id", "_line_number").rows() == [("a", 1)]
