@@ -11,8 +11,13 @@ from lakehouse.settings import setting
 LAYERS = ("bronze", "silver", "gold", "quarantine")
 
 
-def table_rows(root: Path) -> list[tuple[str, int, int, str]]:
-    """(layer/table, rows, Delta version, last commit time) for every table under the root."""
+def _rows_added(commit: dict) -> int:
+    metrics = commit.get("operationMetrics", {})
+    return int(metrics.get("num_added_rows", metrics.get("num_target_rows_inserted", 0)))
+
+
+def table_rows(root: Path) -> list[tuple[str, int, int, int, str]]:
+    """(layer/table, rows, Delta version, rows the last commit added, its time) per table."""
     rows = []
     for layer in LAYERS:
         for folder in sorted((root / layer).glob("*/_delta_log")):
@@ -26,6 +31,7 @@ def table_rows(root: Path) -> list[tuple[str, int, int, str]]:
                     f"{layer}/{folder.parent.name}",
                     delta.row_count(table),
                     table.version(),
+                    _rows_added(last),
                     committed,
                 )
             )
@@ -42,7 +48,7 @@ def print_summary() -> int:
         print(f"no Delta tables under {root.resolve()}")
         return 1
     print(f"\nLakehouse at {root.resolve()}\n")
-    print(f"{'table':<32} {'rows':>12} {'version':>8}  last commit (UTC)")
-    for name, count, version, committed in rows:
-        print(f"{name:<32} {count:>12,} {version:>8}  {committed}")
+    print(f"{'table':<32} {'rows':>12} {'version':>8} {'last added':>11}  last commit (UTC)")
+    for name, count, version, added, committed in rows:
+        print(f"{name:<32} {count:>12,} {version:>8} {added:>11,}  {committed}")
     return 0
