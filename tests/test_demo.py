@@ -126,7 +126,7 @@ def test_cli_builds_and_advances_the_source(tmp_path: Path) -> None:
     again = run_command(["lakehouse", "demo", "init"], tmp_path)
     assert again.returncode == 0 and "demo source exists" in again.stdout
     moved = run_command(
-        ["lakehouse", "demo", "advance", "--batches", "2", "--now", "2026-11-01T13:00:00Z"], tmp_path
+        ["lakehouse", "demo", "advance", "--batches", "2", "--now", "2026-11-01T14:00:00Z"], tmp_path
     )
     assert moved.returncode == 0, moved.stderr
     assert "demo batch 2 at 2026-11-01T14:00:00+00:00" in moved.stdout

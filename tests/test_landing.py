@@ -48,6 +48,21 @@ def test_every_line_is_in_bronze_or_quarantine_as_the_manifest_says(lake: Lake) 
     repeated = bronze.drop_nulls("event_id").height - bronze.get_column("event_id").drop_nulls().n_unique()
     assert repeated == manifest.defects["duplicate_event"]
 
+    # init writes one file per hour, named by the hour's end: a late event is 2-8 hours older.
+    # Duplicates repeat earlier events (from older files too), so each event counts once.
+    first_seen = bronze.sort("_source_file", "_line_number").unique(
+        "event_id", keep="first", maintain_order=True
+    )
+    hourly = first_seen.filter(pl.col("_source_file").str.contains(r"_00000_")).with_columns(
+        window_start=pl.col("_source_file")
+        .str.extract(r"events_(\d{8}T\d{6})")
+        .str.to_datetime("%Y%m%dT%H%M%S", time_zone="UTC")
+        - pl.duration(hours=1),
+        moment=pl.col("timestamp").str.to_datetime(strict=False, time_zone="UTC"),
+    )
+    late = hourly.filter(pl.col("moment") < pl.col("window_start") - pl.duration(hours=2)).height
+    assert late == manifest.log[0]["defects"]["late_event"] > 0
+
     properties = json.loads(bronze.filter(pl.col("event_type") == "click").get_column("properties")[0])
     assert set(properties) == {"element", "product_id"}
     metadata = result.asset_materializations_for_node("bronze_events")

@@ -45,7 +45,9 @@ DEFAULT_DEFECT_RATES = {
     "unknown_status": 0.002,
     "orphan_order_item": 0.002,
 }
-MIN_BATCH = timedelta(hours=1)
+# A batch covers the time since the previous one, so the demo clock follows the wall clock
+# (and stays out of the future) however often `make run` is called.
+MIN_BATCH = timedelta(minutes=1)
 INITIAL_EVENT_FILES = 24  # one per hour of the last day
 EVENT_FILES_PER_BATCH = 2
 
@@ -198,7 +200,7 @@ def init(
 
 
 def advance(source: SourceDatabase, landing: Path, batches: int = 1, now: datetime | None = None) -> Manifest:
-    """Simulate `batches` more periods of shop activity, each at least an hour long."""
+    """Simulate `batches` more periods of shop activity up to `now`, each at least a minute long."""
     manifest = Manifest.load(landing)
     if manifest is None:
         raise FileNotFoundError(f"no demo source at {landing}; run `lakehouse demo init` first")
