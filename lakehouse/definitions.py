@@ -9,17 +9,20 @@ from lakehouse.bronze.assets import LandingZone, bronze_assets
 from lakehouse.contract import load_contracts
 from lakehouse.delta import LakehouseStorage
 from lakehouse.settings import resource_value, setting
+from lakehouse.silver.assets import silver_assets
+from lakehouse.silver.pii import PiiHasher
 from lakehouse.source import SourceDatabase
 
 contracts = load_contracts(Path(setting("LAKEHOUSE_CONTRACTS")))
 
 defs = dg.Definitions(
-    assets=bronze_assets(contracts),
+    assets=[*bronze_assets(contracts), *silver_assets(contracts)],
     asset_checks=bronze_checks(contracts),
     resources={
         "source": SourceDatabase(url=resource_value("LAKEHOUSE_SOURCE_URL")),
         "lakehouse": LakehouseStorage(root=resource_value("LAKEHOUSE_ROOT")),
         "landing": LandingZone(path=resource_value("LAKEHOUSE_LANDING")),
+        "pii": PiiHasher(salt=resource_value("LAKEHOUSE_PII_SALT")),
     },
     # Steps are short and mostly I/O: running them in one process avoids re-importing the
     # definitions for every step, which costs seconds each on two cores (see README).

@@ -13,6 +13,8 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 COMMIT_ATTEMPTS = 5
+# Bronze is read incrementally by silver through the change data feed.
+CHANGE_DATA_FEED = {"delta.enableChangeDataFeed": "true"}
 
 
 class LakehouseStorage(dg.ConfigurableResource):
@@ -70,12 +72,14 @@ def write(
     partition_by: list[str] | None = None,
     metadata: dict[str, str] | None = None,
     transactions: dict[str, int] | None = None,
+    configuration: dict[str, str | None] | None = None,
 ) -> DeltaTable:
     """Write `frame` in one commit that also carries `metadata` and app `transactions`.
 
     The transactions are the table's ledger (watermarks, ingested files): they land in the
     same atomic commit as the rows they describe and survive log checkpoints. New columns
-    are merged into the schema. Commit conflicts with concurrent writers are retried.
+    are merged into the schema; `configuration` applies when the write creates the table.
+    Commit conflicts with concurrent writers are retried.
     """
     properties = CommitProperties(
         custom_metadata=metadata,
@@ -91,6 +95,7 @@ def write(
                 mode=mode,
                 partition_by=partition_by,
                 schema_mode="merge",
+                configuration=configuration,
                 commit_properties=properties,
             )
             break

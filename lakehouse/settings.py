@@ -13,6 +13,7 @@ DEFAULTS = {
     "LAKEHOUSE_LANDING": "./data/landing",
     "LAKEHOUSE_WAREHOUSE": "./data/warehouse.duckdb",
     "LAKEHOUSE_CONTRACTS": str(Path(__file__).parent / "contracts"),
+    "LAKEHOUSE_PII_SALT": "lakehouse-development-salt-do-not-use-in-production",
 }
 
 

@@ -21,11 +21,14 @@ from lakehouse.contract import Contract, load_contracts
 from lakehouse.delta import LakehouseStorage
 from lakehouse.demo import simulation, store
 from lakehouse.settings import DEFAULTS
+from lakehouse.silver.assets import silver_assets
+from lakehouse.silver.pii import PiiHasher
 from lakehouse.source import SourceDatabase
 
 PROJECT = Path(__file__).resolve().parent.parent
 CLOCK = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 SCALE = 0.01
+TEST_SALT = "test-salt"
 POSTGRES_URL = os.environ.get("LAKEHOUSE_TEST_POSTGRES_URL")
 
 
@@ -65,12 +68,13 @@ class Lake:
         self, selection: str | dg.AssetSelection = "*", raise_on_error: bool = True
     ) -> dg.ExecuteInProcessResult:
         return dg.materialize(
-            [*bronze_assets(self.contracts), *bronze_checks(self.contracts)],
+            [*bronze_assets(self.contracts), *silver_assets(self.contracts), *bronze_checks(self.contracts)],
             selection=selection,
             resources={
                 "source": self.source,
                 "lakehouse": self.storage,
                 "landing": LandingZone(path=str(self.landing)),
+                "pii": PiiHasher(salt=TEST_SALT),
             },
             raise_on_error=raise_on_error,
         )

@@ -91,6 +91,7 @@ def extract_table(
         uri,
         frame,
         partition_by=[PARTITION_COLUMN],
+        configuration=delta.CHANGE_DATA_FEED,
         metadata={
             "lakehouse.run_id": run_id,
             "lakehouse.watermark": after.isoformat(),

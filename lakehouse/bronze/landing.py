@@ -21,6 +21,7 @@ import polars as pl
 from lakehouse import delta
 from lakehouse.bronze.columns import PARTITION_COLUMN, pin_types, with_audit_columns
 from lakehouse.contract import Contract
+from lakehouse.merge import merge
 
 MAX_FILES_PER_RUN = 500
 QUARANTINE_SCHEMA = {
@@ -103,22 +104,10 @@ def _rows_frame(rows: list[dict[str, object]], contract: Contract) -> pl.DataFra
 
 
 def _quarantine(uri: str, rejected: pl.DataFrame) -> delta.DeltaTable | None:
-    table = delta.open_table(uri)
     if rejected.is_empty():
-        return table
-    if table is None:
-        return delta.write(uri, rejected, partition_by=[PARTITION_COLUMN])
-    (
-        table.merge(
-            delta.to_arrow(rejected),
-            predicate="t._source_file = s._source_file AND t._line_number = s._line_number",
-            source_alias="s",
-            target_alias="t",
-        )
-        .when_not_matched_insert_all()
-        .execute()
-    )
-    return delta.DeltaTable(uri)
+        return delta.open_table(uri)
+    # Keyed by file and line only: a re-run on another day must still find the same lines.
+    return merge(uri, rejected, ["_source_file", "_line_number"]).table
 
 
 def ingest_files(
@@ -161,6 +150,7 @@ def ingest_files(
         uri,
         good,
         partition_by=[PARTITION_COLUMN],
+        configuration=delta.CHANGE_DATA_FEED,
         metadata={"lakehouse.run_id": run_id, "lakehouse.files": json.dumps(names)},
         transactions={file_key(contract, name): 1 for name in names},
     )

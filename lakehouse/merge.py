@@ -1,0 +1,112 @@
+"""Delta MERGE: idempotent inserts, and upserts that never replace a row with an older one."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import polars as pl
+from deltalake import CommitProperties, Transaction
+from deltalake.exceptions import CommitFailedError
+
+from lakehouse import delta
+
+
+@dataclass(frozen=True)
+class MergeCounts:
+    inserted: int
+    updated: int
+    unchanged: int
+    table: delta.DeltaTable
+
+
+def quoted(name: str) -> str:
+    return f'"{name}"'
+
+
+def _literal(value: object) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _predicate(keys: list[str], partition: str | None, frame: pl.DataFrame) -> str:
+    matches = [f"t.{quoted(key)} = s.{quoted(key)}" for key in keys]
+    if partition:
+        # A literal list of the batch's partitions lets the MERGE prune every other file.
+        values = ", ".join(_literal(v) for v in frame.get_column(partition).unique().sort())
+        matches = [
+            f"t.{quoted(partition)} IN ({values})",
+            f"t.{quoted(partition)} = s.{quoted(partition)}",
+            *matches,
+        ]
+    return " AND ".join(matches)
+
+
+def _evolve_schema(uri: str, frame: pl.DataFrame, table: delta.DeltaTable) -> None:
+    """Add the frame's new columns first: a MERGE does not add columns (delta-rs #4009)."""
+    if set(frame.columns) - set(delta.arrow_schema(table).names):
+        delta.write(uri, frame.head(0))
+
+
+def merge(
+    uri: str,
+    frame: pl.DataFrame,
+    keys: list[str],
+    *,
+    update_when: str | None = None,
+    partition: str | None = None,
+    metadata: dict[str, str] | None = None,
+    transactions: dict[str, int] | None = None,
+) -> MergeCounts:
+    """Insert the frame's new keys; replace matched rows where `update_when` holds.
+
+    `update_when` is a SQL predicate over the source `s` and the target `t`, for example
+    `s."updated_at" > t."updated_at"` so that an older version never replaces a newer one.
+    The frame must hold each key once. The commit carries `metadata` and `transactions`; when
+    the MERGE changes nothing, an empty commit carries them, so the ledger always moves.
+    """
+    table = delta.open_table(uri)
+    if table is not None and frame.is_empty():
+        moved = (
+            delta.write(uri, frame, metadata=metadata, transactions=transactions) if transactions else table
+        )
+        return MergeCounts(0, 0, 0, moved)
+    if table is None:
+        created = delta.write(
+            uri,
+            frame,
+            partition_by=[partition] if partition else None,
+            metadata=metadata,
+            transactions=transactions,
+        )
+        return MergeCounts(frame.height, 0, 0, created)
+    _evolve_schema(uri, frame, table)
+    properties = CommitProperties(
+        custom_metadata=metadata,
+        app_transactions=[
+            Transaction(app_id=key, version=value) for key, value in (transactions or {}).items()
+        ],
+    )
+    for attempt in range(1, delta.COMMIT_ATTEMPTS + 1):
+        table = delta.DeltaTable(uri)
+        before = table.version()
+        merger = table.merge(
+            delta.to_arrow(frame),
+            predicate=_predicate(keys, partition, frame),
+            source_alias="s",
+            target_alias="t",
+            commit_properties=properties,
+        )
+        if update_when:
+            merger = merger.when_matched_update_all(predicate=update_when)
+        try:
+            metrics = merger.when_not_matched_insert_all().execute()
+            break
+        except CommitFailedError:
+            if attempt == delta.COMMIT_ATTEMPTS:
+                raise
+            time.sleep(0.2 * 2**attempt)
+    merged = delta.DeltaTable(uri)
+    if merged.version() == before and (metadata or transactions):
+        merged = delta.write(uri, frame.head(0), metadata=metadata, transactions=transactions)
+    inserted, updated = metrics["num_target_rows_inserted"], metrics["num_target_rows_updated"]
+    return MergeCounts(inserted, updated, frame.height - inserted - updated, merged)

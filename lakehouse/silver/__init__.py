@@ -1,0 +1,1 @@
+"""Silver: validated, typed, deduplicated current state (and history), merged from bronze."""

@@ -1,0 +1,107 @@
+"""Silver assets, one per dataset contract, with the dataset's quarantine (and history)."""
+
+from typing import Any
+
+import dagster as dg
+
+from lakehouse import delta
+from lakehouse.contract import Contract
+from lakehouse.delta import LakehouseStorage
+from lakehouse.merge import MergeCounts
+from lakehouse.silver.load import load_silver
+from lakehouse.silver.pii import PiiHasher
+
+KINDS = {"deltalake", "polars"}
+
+
+def _table_metadata(lakehouse: LakehouseStorage, layer: str, name: str) -> dict[str, Any]:
+    table = delta.open_table(lakehouse.table_uri(layer, name))
+    return delta.table_metadata(table) if table else {"dagster/row_count": 0}
+
+
+def _merge_metadata(counts: MergeCounts | None) -> dict[str, int]:
+    if counts is None:
+        return {"rows_inserted": 0, "rows_updated": 0, "rows_unchanged": 0}
+    return {
+        "rows_inserted": counts.inserted,
+        "rows_updated": counts.updated,
+        "rows_unchanged": counts.unchanged,
+    }
+
+
+def _silver_asset(contract: Contract) -> dg.AssetsDefinition:
+    name = contract.name
+    parents = sorted({spec.references.split(".")[0] for spec in contract.columns.values() if spec.references})
+    specs = [
+        dg.AssetSpec(
+            ["silver", name],
+            deps=[["bronze", name], *(["silver", parent] for parent in parents)],
+            kinds=KINDS,
+            description=f"Validated, typed, deduplicated current state. {contract.description}",
+        ),
+        dg.AssetSpec(
+            ["quarantine", name],
+            deps=[["bronze", name]],
+            kinds=KINDS,
+            description=f"Bronze {name} rows that broke a contract rule: the row as it came, with "
+            "`_error` naming every rule broken.",
+        ),
+    ]
+    if contract.history == "scd2":
+        specs.append(
+            dg.AssetSpec(
+                ["silver", f"{name}_history"],
+                deps=[["bronze", name]],
+                kinds=KINDS,
+                description=f"Every change of a {name} record's attributes (SCD2) with valid_from, "
+                "valid_to and is_current.",
+            )
+        )
+
+    @dg.multi_asset(name=f"silver_{name}", group_name="silver", specs=specs)
+    def silver_table(context: dg.AssetExecutionContext, lakehouse: LakehouseStorage, pii: PiiHasher):
+        if pii.uses_development_salt:
+            context.log.warning(
+                "PII is hashed with the development salt: set LAKEHOUSE_PII_SALT in production"
+            )
+        load = load_silver(contract, lakehouse, pii, context.run.run_id)
+        context.log.info(
+            f"silver/{name}: {load.rows_read} bronze rows (version {load.bronze_version_before} -> "
+            f"{load.bronze_version}), {load.rows_quarantined} quarantined, "
+            f"{load.duplicates_collapsed} duplicates collapsed, {_merge_metadata(load.silver)}"
+        )
+        yield dg.MaterializeResult(
+            asset_key=["silver", name],
+            metadata={
+                **_table_metadata(lakehouse, "silver", name),
+                "rows_read": load.rows_read,
+                **_merge_metadata(load.silver),
+                "duplicates_collapsed": load.duplicates_collapsed,
+                "rows_quarantined": load.rows_quarantined,
+                "orphans": load.orphans,
+                "bronze_version_before": str(load.bronze_version_before),
+                "bronze_version_after": load.bronze_version,
+                "pii_salt": "development default" if pii.uses_development_salt else "LAKEHOUSE_PII_SALT",
+            },
+        )
+        yield dg.MaterializeResult(
+            asset_key=["quarantine", name],
+            metadata={
+                **_table_metadata(lakehouse, "quarantine", name),
+                "rows_quarantined": load.rows_quarantined,
+            },
+        )
+        if contract.history == "scd2":
+            yield dg.MaterializeResult(
+                asset_key=["silver", f"{name}_history"],
+                metadata={
+                    **_table_metadata(lakehouse, "silver", f"{name}_history"),
+                    **_merge_metadata(load.history),
+                },
+            )
+
+    return silver_table
+
+
+def silver_assets(contracts: list[Contract]) -> list[dg.AssetsDefinition]:
+    return [_silver_asset(contract) for contract in contracts]

@@ -1,0 +1,60 @@
+"""SCD2 history: one row per change of a record's tracked attributes, with its validity range."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from lakehouse import delta
+from lakehouse.contract import Contract
+from lakehouse.merge import MergeCounts, merge
+
+VALID_FROM, VALID_TO, IS_CURRENT = "valid_from", "valid_to", "is_current"
+
+
+def tracked_columns(contract: Contract) -> list[str]:
+    """Every contract column but the key and the version timestamp."""
+    assert contract.watermark is not None
+    return [
+        name for name in contract.columns if name not in (*contract.primary_key, contract.watermark.column)
+    ]
+
+
+def record_changes(uri: str, versions: pl.DataFrame, contract: Contract) -> MergeCounts | None:
+    """Add the versions that change a tracked attribute, closing the rows they supersede.
+
+    Versions not newer than a key's current history row (replays, late older versions) do
+    not rewrite history, so loading the same bronze rows twice changes nothing.
+    """
+    assert contract.watermark is not None
+    keys, moment, tracked = contract.primary_key, contract.watermark.column, tracked_columns(contract)
+    incoming = versions.select(*keys, *tracked, pl.col(moment).alias(VALID_FROM)).unique([*keys, VALID_FROM])
+    table = delta.open_table(uri)
+    current = (
+        pl.scan_delta(uri)
+        .filter(pl.col(IS_CURRENT))
+        .select(*keys, *tracked, VALID_FROM)
+        .join(incoming.lazy().select(keys).unique(), on=keys, how="semi")
+        .collect()
+        if table
+        else incoming.head(0)
+    )
+    newer = incoming.join(
+        current.select(*keys, pl.col(VALID_FROM).alias("_since")), on=keys, how="left"
+    ).filter(pl.col("_since").is_null() | (pl.col(VALID_FROM) > pl.col("_since")))
+    timeline = pl.concat(
+        [
+            current.with_columns(_stored=pl.lit(True)),
+            newer.drop("_since").with_columns(_stored=pl.lit(False)),
+        ],
+        how="diagonal_relaxed",
+    ).sort(*keys, VALID_FROM)
+    fingerprint = pl.struct(tracked).hash()
+    changes = timeline.filter((fingerprint != fingerprint.shift(1).over(keys)).fill_null(True)).with_columns(
+        pl.col(VALID_FROM).shift(-1).over(keys).alias(VALID_TO)
+    )
+    changes = changes.with_columns(pl.col(VALID_TO).is_null().alias(IS_CURRENT))
+    # Stored rows are written again only when a newer version closes them.
+    rows = changes.filter(~pl.col("_stored") | pl.col(VALID_TO).is_not_null()).drop("_stored")
+    if rows.is_empty():
+        return None
+    return merge(uri, rows, [*keys, VALID_FROM], update_when="t.is_current AND NOT s.is_current")

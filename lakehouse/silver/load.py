@@ -1,0 +1,197 @@
+"""Loading one dataset from bronze into silver, incrementally and restart-safe.
+
+A run reads the bronze rows committed since the bronze version silver last consumed (through
+bronze's change data feed), types and validates them, quarantines the invalid ones, and
+MERGEs the newest version of each valid key into silver. The bronze version consumed is an
+app transaction in silver's own commit, so a crash anywhere before it makes the next run
+read the same rows again; quarantine and history are written first, by MERGEs keyed on the
+bronze row, so reading them again duplicates nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import polars as pl
+
+from lakehouse import delta
+from lakehouse.bronze.columns import PARTITION_COLUMN
+from lakehouse.contract import Contract
+from lakehouse.delta import LakehouseStorage
+from lakehouse.merge import MergeCounts, merge, quoted
+from lakehouse.silver import history
+from lakehouse.silver.pii import PiiHasher
+from lakehouse.silver.validate import split_valid
+
+CHANGE_FEED_COLUMNS = ("_change_type", "_commit_version", "_commit_timestamp")
+ORPHAN_COLUMN = "_orphan"
+LOADED_AT = "_loaded_at"
+
+
+@dataclass(frozen=True)
+class SilverLoad:
+    bronze_version_before: int | None
+    bronze_version: int
+    rows_read: int
+    duplicates_collapsed: int
+    rows_quarantined: int
+    orphans: int
+    silver: MergeCounts | None
+    history: MergeCounts | None
+
+
+def position_key(contract: Contract) -> str:
+    return f"lakehouse.silver.{contract.name}.bronze_version"
+
+
+def partition_column(contract: Contract) -> str | None:
+    return (
+        f"{contract.partitioning.column}_{contract.partitioning.granularity}"
+        if contract.partitioning
+        else None
+    )
+
+
+def bronze_identity(contract: Contract) -> list[str]:
+    """The columns that tell one bronze row from every other."""
+    if contract.is_database:
+        assert contract.watermark is not None
+        return [*contract.primary_key, contract.watermark.column]
+    return ["_source_file", "_line_number"]
+
+
+def read_bronze_changes(uri: str, since: int | None) -> tuple[pl.DataFrame, int]:
+    """Bronze rows committed after version `since` (all rows when None), and the version read."""
+    table = delta.DeltaTable(uri)
+    version = table.version()
+    if since is None:
+        return pl.read_delta(uri, version=version), version
+    if since >= version:
+        return pl.DataFrame(schema=pl.Schema(delta.arrow_schema(table))), version
+    changes = pl.DataFrame(table.load_cdf(starting_version=since + 1, ending_version=version).read_all())
+    return changes.filter(pl.col("_change_type") == "insert").drop(CHANGE_FEED_COLUMNS), version
+
+
+def _with_partition(frame: pl.DataFrame, contract: Contract) -> pl.DataFrame:
+    column = partition_column(contract)
+    if column is None:
+        return frame
+    assert contract.partitioning is not None
+    pattern = "%Y-%m" if contract.partitioning.granularity == "month" else "%Y-%m-%d"
+    return frame.with_columns(pl.col(contract.partitioning.column).dt.strftime(pattern).alias(column))
+
+
+def _flag_orphans(frame: pl.DataFrame, contract: Contract, lakehouse: LakehouseStorage) -> pl.DataFrame:
+    """Name, per row, each reference to a parent silver does not hold yet (null: none)."""
+    missing = []
+    for name, spec in contract.columns.items():
+        if not spec.references:
+            continue
+        table, column = spec.references.split(".")
+        parent_uri = lakehouse.table_uri("silver", table)
+        known = (
+            pl.scan_delta(parent_uri).select(column).collect().get_column(column)
+            if delta.open_table(parent_uri)
+            else pl.Series(column, [], dtype=frame.schema[name])
+        )
+        missing.append(pl.when(~pl.col(name).is_in(known.implode())).then(pl.lit(f"{name} not in {table}")))
+    if not missing:
+        return frame
+    reasons = pl.concat_str(missing, separator="; ", ignore_nulls=True)
+    return frame.with_columns(pl.when(reasons != "").then(reasons).alias(ORPHAN_COLUMN))
+
+
+def resolve_orphans(uri: str, contract: Contract, lakehouse: LakehouseStorage) -> int:
+    """Clear the orphan flag of rows whose parents have arrived since; returns rows still orphaned."""
+    table = delta.open_table(uri)
+    if table is None or ORPHAN_COLUMN not in delta.arrow_schema(table).names:
+        return 0
+    flagged = pl.scan_delta(uri).filter(pl.col(ORPHAN_COLUMN).is_not_null()).collect()
+    if flagged.is_empty():
+        return 0
+    rechecked = _flag_orphans(flagged.drop(ORPHAN_COLUMN), contract, lakehouse)
+    resolved = rechecked.filter(pl.col(ORPHAN_COLUMN).is_null())
+    if not resolved.is_empty():
+        table.merge(
+            delta.to_arrow(resolved.select(*contract.primary_key, ORPHAN_COLUMN)),
+            predicate=" AND ".join(f"t.{quoted(key)} = s.{quoted(key)}" for key in contract.primary_key),
+            source_alias="s",
+            target_alias="t",
+        ).when_matched_update(updates={ORPHAN_COLUMN: f"s.{quoted(ORPHAN_COLUMN)}"}).execute()
+    return flagged.height - resolved.height
+
+
+def _newest_per_key(frame: pl.DataFrame, contract: Contract) -> pl.DataFrame:
+    """One row per primary key: the newest version, or the first arrival for append-only data."""
+    if contract.history == "append":
+        return frame.sort("_source_file", "_line_number").unique(
+            contract.primary_key, keep="first", maintain_order=True
+        )
+    assert contract.watermark is not None
+    return frame.sort(contract.watermark.column).unique(
+        contract.primary_key, keep="last", maintain_order=True
+    )
+
+
+def load_silver(
+    contract: Contract,
+    lakehouse: LakehouseStorage,
+    hasher: PiiHasher,
+    run_id: str,
+    now: datetime | None = None,
+) -> SilverLoad:
+    silver_uri = lakehouse.table_uri("silver", contract.name)
+    silver = delta.open_table(silver_uri)
+    since = silver.transaction_version(position_key(contract)) if silver else None
+    changes, version = read_bronze_changes(lakehouse.table_uri("bronze", contract.name), since)
+    if changes.is_empty() and since is not None:
+        # No new rows, but parents may have arrived for rows flagged as orphans.
+        return SilverLoad(
+            since, version, 0, 0, 0, resolve_orphans(silver_uri, contract, lakehouse), None, None
+        )
+    loaded_at = now or datetime.now(UTC)
+
+    valid, invalid = split_valid(changes, contract)
+    if not invalid.is_empty():
+        # PII is hashed here too: raw values stay in bronze only.
+        quarantined = (
+            hasher.protect(invalid, contract)
+            .drop(PARTITION_COLUMN, strict=False)
+            .with_columns(_quarantined_at=pl.lit(loaded_at, dtype=pl.Datetime("us", "UTC")))
+        )
+        merge(lakehouse.table_uri("quarantine", contract.name), quarantined, bronze_identity(contract))
+
+    partition = partition_column(contract)
+    valid = _with_partition(hasher.protect(valid, contract), contract).with_columns(
+        pl.lit(loaded_at, dtype=pl.Datetime("us", "UTC")).alias(LOADED_AT)
+    )
+    valid = _flag_orphans(valid.drop(PARTITION_COLUMN), contract, lakehouse)
+    changed = None
+    if contract.history == "scd2":
+        changed = history.record_changes(
+            lakehouse.table_uri("silver", f"{contract.name}_history"), valid, contract
+        )
+
+    newest = _newest_per_key(valid, contract)
+    wm = contract.watermark.column if contract.watermark else ""
+    counts = merge(
+        silver_uri,
+        newest,
+        contract.primary_key,
+        update_when=None if contract.history == "append" else f"s.{quoted(wm)} > t.{quoted(wm)}",
+        partition=partition,
+        metadata={"lakehouse.run_id": run_id, "lakehouse.bronze_version": str(version)},
+        transactions={position_key(contract): version},
+    )
+    orphans = resolve_orphans(silver_uri, contract, lakehouse)
+    return SilverLoad(
+        bronze_version_before=since,
+        bronze_version=version,
+        rows_read=changes.height,
+        duplicates_collapsed=valid.height - newest.height,
+        rows_quarantined=invalid.height,
+        orphans=orphans,
+        silver=counts,
+        history=changed,
+    )

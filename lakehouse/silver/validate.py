@@ -1,0 +1,79 @@
+"""Typing and validating bronze rows against their contract.
+
+Every rule a row breaks is named in `_error` (`total_amount < 0`, `status not in allowed
+values`, `event_id is null`, `timestamp unparseable`, ...); rows with no error are valid.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from lakehouse.contract import DECIMAL_TYPE, Column, Contract
+
+ERROR_COLUMN = "_error"
+SIMPLE_TYPES = {
+    "int": pl.Int64,
+    "float": pl.Float64,
+    "string": pl.String,
+    "json": pl.String,
+    "bool": pl.Boolean,
+    "date": pl.Date,
+}
+UTC_TIMESTAMP = pl.Datetime("us", "UTC")
+
+
+def storage_type(spec: Column) -> pl.DataType:
+    """The polars type silver stores a contract column as."""
+    if spec.type == "timestamp":
+        return UTC_TIMESTAMP
+    decimal = DECIMAL_TYPE.match(spec.type)
+    if decimal:
+        return pl.Decimal(int(decimal.group(1)), int(decimal.group(2)))
+    return SIMPLE_TYPES[spec.type]
+
+
+def _typed(raw: pl.Expr, dtype: pl.DataType, source: pl.DataType) -> pl.Expr:
+    """`raw` in the contract's type; values that do not convert become null."""
+    if dtype == UTC_TIMESTAMP and source == pl.String:
+        # ISO-8601 with a space or a T, fractional seconds optional, offset or Z.
+        text = raw.str.replace(r"Z$", "+00:00").str.replace("T", " ", literal=True)
+        return text.str.to_datetime(
+            "%Y-%m-%d %H:%M:%S%.f%:z", strict=False, time_unit="us"
+        ).dt.convert_time_zone("UTC")
+    if dtype == UTC_TIMESTAMP and isinstance(source, pl.Datetime):
+        return raw.dt.convert_time_zone("UTC") if source.time_zone else raw.dt.replace_time_zone("UTC")
+    return raw.cast(dtype, strict=False)
+
+
+def _rules(name: str, spec: Column, raw: pl.Expr, typed: pl.Expr) -> list[pl.Expr]:
+    """One expression per rule: the rule's name where the row breaks it, else null."""
+    broken = [
+        (raw.is_not_null() & typed.is_null(), f"{name} unparseable"),
+        (raw.is_null(), f"{name} is null") if not spec.nullable else None,
+        (~typed.cast(pl.String).is_in(spec.allowed_values), f"{name} not in allowed values")
+        if spec.allowed_values
+        else None,
+        (typed < spec.range.min, f"{name} < {spec.range.min:g}")
+        if spec.range and spec.range.min is not None
+        else None,
+        (typed > spec.range.max, f"{name} > {spec.range.max:g}")
+        if spec.range and spec.range.max is not None
+        else None,
+    ]
+    return [pl.when(condition).then(pl.lit(rule)) for condition, rule in filter(None, broken)]
+
+
+def split_valid(frame: pl.DataFrame, contract: Contract) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(valid rows typed per contract, invalid rows as they came with `_error`)."""
+    typed_columns, rules = [], []
+    for name, spec in contract.columns.items():
+        raw = pl.col(name) if name in frame.columns else pl.lit(None, dtype=pl.String)
+        source = frame.schema.get(name, pl.String)
+        typed = _typed(raw, storage_type(spec), source)
+        typed_columns.append(typed.alias(name))
+        rules.extend(_rules(name, spec, raw, typed))
+    errors = pl.concat_list(rules).list.drop_nulls().list.join("; ") if rules else pl.lit("")
+    checked = frame.with_columns(errors.alias(ERROR_COLUMN))
+    invalid = checked.filter(pl.col(ERROR_COLUMN) != "")
+    valid = checked.filter(pl.col(ERROR_COLUMN) == "").drop(ERROR_COLUMN).with_columns(typed_columns)
+    return valid, invalid
