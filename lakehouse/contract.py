@@ -11,16 +11,25 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
+import polars as pl
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
-COLUMN_TYPES = ("int", "float", "string", "bool", "date", "timestamp", "json")
 DECIMAL_TYPE = re.compile(r"^decimal\((\d+),(\d+)\)$")
 DURATION = re.compile(r"^(\d+)([mhd])$")
 DURATION_UNITS = {"m": "minutes", "h": "hours", "d": "days"}
 
 Identifier = Annotated[str, Field(pattern=IDENTIFIER)]
+DTYPES = {
+    "int": pl.Int64,
+    "float": pl.Float64,
+    "string": pl.String,
+    "json": pl.String,
+    "bool": pl.Boolean,
+    "date": pl.Date,
+    "timestamp": pl.Datetime("us", "UTC"),
+}
 
 
 class ContractError(ValueError):
@@ -53,11 +62,17 @@ class Column(_Strict):
     pii: Literal["hash"] | None = None
     references: str | None = Field(default=None, pattern=r"^\w+\.\w+$")
 
+    @property
+    def dtype(self) -> pl.DataType:
+        """The polars type the lakehouse stores this column as (timestamps in UTC)."""
+        decimal = DECIMAL_TYPE.match(self.type)
+        return pl.Decimal(int(decimal.group(1)), int(decimal.group(2))) if decimal else DTYPES[self.type]
+
     @field_validator("type")
     @classmethod
     def _known_type(cls, value: str) -> str:
-        if value not in COLUMN_TYPES and not DECIMAL_TYPE.match(value):
-            raise ValueError(f"unknown type '{value}'; use one of {', '.join(COLUMN_TYPES)} or decimal(p,s)")
+        if value not in DTYPES and not DECIMAL_TYPE.match(value):
+            raise ValueError(f"unknown type '{value}'; use one of {', '.join(DTYPES)} or decimal(p,s)")
         return value
 
 
@@ -136,10 +151,6 @@ class Contract(_Strict):
     @property
     def is_database(self) -> bool:
         return isinstance(self.source, DatabaseSource)
-
-    def column_type(self, column: str) -> str | None:
-        spec = self.columns.get(column)
-        return spec.type if spec else None
 
 
 def _describe(error: ValidationError) -> str:

@@ -11,15 +11,6 @@ import pyarrow as pa
 from lakehouse.contract import Contract
 
 PARTITION_COLUMN = "_ingest_date"
-# Storage types for columns whose type the source did not reveal (an all-NULL column arrives
-# from SQLite as int64): the contract's type, otherwise text, which any later value fits.
-CONTRACT_STORAGE_TYPES = {
-    "int": pl.Int64,
-    "float": pl.Float64,
-    "bool": pl.Boolean,
-    "date": pl.Date,
-    "timestamp": pl.Datetime("us", "UTC"),
-}
 
 
 class BronzeSchemaError(TypeError):
@@ -64,7 +55,8 @@ def pin_types(
         if name in stored_types and stored_types[name] != dtype:
             casts.append((name, stored_types[name]))
         elif unknown and name not in stored_types:
-            casts.append((name, CONTRACT_STORAGE_TYPES.get(contract.column_type(name) or "", pl.String)))
+            # The driver could not type it: the contract's type, otherwise text, which fits anything.
+            casts.append((name, contract.columns[name].dtype if name in contract.columns else pl.String))
     for name, target in casts:
         try:
             frame = frame.with_columns(pl.col(name).cast(target, strict=True))

@@ -8,28 +8,10 @@ from __future__ import annotations
 
 import polars as pl
 
-from lakehouse.contract import DECIMAL_TYPE, Column, Contract
+from lakehouse.contract import Column, Contract
 
 ERROR_COLUMN = "_error"
-SIMPLE_TYPES = {
-    "int": pl.Int64,
-    "float": pl.Float64,
-    "string": pl.String,
-    "json": pl.String,
-    "bool": pl.Boolean,
-    "date": pl.Date,
-}
 UTC_TIMESTAMP = pl.Datetime("us", "UTC")
-
-
-def storage_type(spec: Column) -> pl.DataType:
-    """The polars type silver stores a contract column as."""
-    if spec.type == "timestamp":
-        return UTC_TIMESTAMP
-    decimal = DECIMAL_TYPE.match(spec.type)
-    if decimal:
-        return pl.Decimal(int(decimal.group(1)), int(decimal.group(2)))
-    return SIMPLE_TYPES[spec.type]
 
 
 def _typed(raw: pl.Expr, dtype: pl.DataType, source: pl.DataType) -> pl.Expr:
@@ -69,7 +51,7 @@ def split_valid(frame: pl.DataFrame, contract: Contract) -> tuple[pl.DataFrame, 
     for name, spec in contract.columns.items():
         raw = pl.col(name) if name in frame.columns else pl.lit(None, dtype=pl.String)
         source = frame.schema.get(name, pl.String)
-        typed = _typed(raw, storage_type(spec), source)
+        typed = _typed(raw, spec.dtype, source)
         typed_columns.append(typed.alias(name))
         rules.extend(_rules(name, spec, raw, typed))
     errors = pl.concat_list(rules).list.drop_nulls().list.join("; ") if rules else pl.lit("")
