@@ -1,5 +1,6 @@
 """Silver: validated, deduplicated current state that never regresses and never loses a row."""
 
+import re
 import sqlite3
 from datetime import timedelta
 from pathlib import Path
@@ -275,3 +276,21 @@ def test_a_new_source_column_appears_in_silver(lake: Lake) -> None:
     assert joined.get_column(drift.column).equals(
         joined.get_column(f"{drift.column}_silver"), check_names=False
     )
+
+
+def test_an_incremental_merge_touches_only_the_batch_partitions(lake: Lake) -> None:
+    lake.materialize()
+    lake.advance()
+    lake.materialize()
+
+    table = delta.open_table(lake.uri("silver", "orders"))
+    merge = next(commit for commit in table.history() if commit["operation"] == "MERGE")
+    bronze = lake.table("bronze", "orders")
+    batch = bronze.filter(pl.col("_extracted_at") == pl.col("_extracted_at").max())
+    batch_months = set(batch.get_column("created_at").str.slice(0, 7))
+    assert set(
+        re.findall(r"created_at_month = '(\d{4}-\d{2})'", merge["operationParameters"]["predicate"])
+    ) == (batch_months)
+    metrics = merge["operationMetrics"]
+    assert metrics["num_target_files_skipped_during_scan"] > 0
+    assert metrics["num_target_files_scanned"] < len(table.file_uris())
