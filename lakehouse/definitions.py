@@ -8,6 +8,7 @@ from asset_checks import bronze_checks
 from lakehouse.bronze.assets import LandingZone, bronze_assets
 from lakehouse.contract import load_contracts
 from lakehouse.delta import LakehouseStorage
+from lakehouse.gold.assets import gold_assets
 from lakehouse.settings import resource_value, setting
 from lakehouse.silver.assets import silver_assets
 from lakehouse.silver.pii import PiiHasher
@@ -16,7 +17,7 @@ from lakehouse.source import SourceDatabase
 contracts = load_contracts(Path(setting("LAKEHOUSE_CONTRACTS")))
 
 defs = dg.Definitions(
-    assets=[*bronze_assets(contracts), *silver_assets(contracts)],
+    assets=[*bronze_assets(contracts), *silver_assets(contracts), *gold_assets()],
     asset_checks=bronze_checks(contracts),
     resources={
         "source": SourceDatabase(url=resource_value("LAKEHOUSE_SOURCE_URL")),

@@ -69,6 +69,7 @@ def write(
     frame: pl.DataFrame,
     *,
     mode: Literal["append", "overwrite"] = "append",
+    predicate: str | None = None,
     partition_by: list[str] | None = None,
     metadata: dict[str, str] | None = None,
     transactions: dict[str, int] | None = None,
@@ -79,6 +80,7 @@ def write(
     The transactions are the table's ledger (watermarks, ingested files): they land in the
     same atomic commit as the rows they describe and survive log checkpoints. New columns
     are merged into the schema; `configuration` applies when the write creates the table.
+    An overwrite with a `predicate` replaces only the rows matching it.
     Commit conflicts with concurrent writers are retried.
     """
     properties = CommitProperties(
@@ -93,6 +95,7 @@ def write(
                 uri,
                 to_arrow(frame),
                 mode=mode,
+                predicate=predicate,
                 partition_by=partition_by,
                 schema_mode="merge",
                 configuration=configuration,

@@ -20,6 +20,7 @@ from lakehouse.bronze.assets import LandingZone, bronze_assets
 from lakehouse.contract import Contract, load_contracts
 from lakehouse.delta import LakehouseStorage
 from lakehouse.demo import simulation, store
+from lakehouse.gold.assets import gold_assets
 from lakehouse.settings import DEFAULTS
 from lakehouse.silver.assets import silver_assets
 from lakehouse.silver.pii import PiiHasher
@@ -68,7 +69,12 @@ class Lake:
         self, selection: str | dg.AssetSelection = "*", raise_on_error: bool = True
     ) -> dg.ExecuteInProcessResult:
         return dg.materialize(
-            [*bronze_assets(self.contracts), *silver_assets(self.contracts), *bronze_checks(self.contracts)],
+            [
+                *bronze_assets(self.contracts),
+                *silver_assets(self.contracts),
+                *gold_assets(),
+                *bronze_checks(self.contracts),
+            ],
             selection=selection,
             resources={
                 "source": self.source,

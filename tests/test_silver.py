@@ -181,7 +181,9 @@ def test_no_raw_pii_leaves_bronze(lake: Lake) -> None:
     for column in ("email", "phone", "street_address"):
         raw |= set(customers.get_column(column).drop_nulls())
     root = Path(lake.storage.root)
-    for table_folder in sorted(p for layer in ("silver", "quarantine") for p in (root / layer).iterdir()):
+    for table_folder in sorted(
+        p for layer in ("silver", "gold", "quarantine") for p in (root / layer).iterdir()
+    ):
         frame = pl.read_delta(str(table_folder))
         for column in frame.select(pl.col(pl.String)).columns:
             leaked = raw & set(frame.get_column(column).drop_nulls())

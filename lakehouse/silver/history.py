@@ -9,6 +9,7 @@ from lakehouse.contract import Contract
 from lakehouse.merge import MergeCounts, merge
 
 VALID_FROM, VALID_TO, IS_CURRENT = "valid_from", "valid_to", "is_current"
+LOADED_AT = "_loaded_at"  # when the row was last written, for downstream change detection
 
 
 def tracked_columns(contract: Contract) -> list[str]:
@@ -55,6 +56,7 @@ def record_changes(uri: str, versions: pl.DataFrame, contract: Contract) -> Merg
     changes = changes.with_columns(pl.col(VALID_TO).is_null().alias(IS_CURRENT))
     # Stored rows are written again only when a newer version closes them.
     rows = changes.filter(~pl.col("_stored") | pl.col(VALID_TO).is_not_null()).drop("_stored")
+    rows = rows.with_columns(pl.lit(versions.get_column(LOADED_AT).max()).alias(LOADED_AT))
     if rows.is_empty():
         return None
     return merge(uri, rows, [*keys, VALID_FROM], update_when="t.is_current AND NOT s.is_current")

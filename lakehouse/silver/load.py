@@ -111,14 +111,19 @@ def resolve_orphans(uri: str, contract: Contract, lakehouse: LakehouseStorage) -
     if flagged.is_empty():
         return 0
     rechecked = _flag_orphans(flagged.drop(ORPHAN_COLUMN), contract, lakehouse)
-    resolved = rechecked.filter(pl.col(ORPHAN_COLUMN).is_null())
+    # A new _loaded_at tells downstream tables these rows changed.
+    resolved = rechecked.filter(pl.col(ORPHAN_COLUMN).is_null()).with_columns(
+        pl.lit(datetime.now(UTC), dtype=pl.Datetime("us", "UTC")).alias(LOADED_AT)
+    )
     if not resolved.is_empty():
         table.merge(
-            delta.to_arrow(resolved.select(*contract.primary_key, ORPHAN_COLUMN)),
+            delta.to_arrow(resolved.select(*contract.primary_key, ORPHAN_COLUMN, LOADED_AT)),
             predicate=" AND ".join(f"t.{quoted(key)} = s.{quoted(key)}" for key in contract.primary_key),
             source_alias="s",
             target_alias="t",
-        ).when_matched_update(updates={ORPHAN_COLUMN: f"s.{quoted(ORPHAN_COLUMN)}"}).execute()
+        ).when_matched_update(
+            updates={name: f"s.{quoted(name)}" for name in (ORPHAN_COLUMN, LOADED_AT)}
+        ).execute()
     return flagged.height - resolved.height
 
 

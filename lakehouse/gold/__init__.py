@@ -1,0 +1,1 @@
+"""Gold: facts, dimensions and aggregates for analysis, built from silver with polars."""

@@ -1,0 +1,38 @@
+"""Gold assets, one per table in `GOLD_TABLES`."""
+
+import dagster as dg
+
+from lakehouse import delta
+from lakehouse.delta import LakehouseStorage
+from lakehouse.gold.build import build_gold
+from lakehouse.gold.tables import GOLD_TABLES, GoldTable
+
+LISTED_PERIODS = 20
+
+
+def _gold_asset(table: GoldTable) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=["gold", table.name],
+        group_name="gold",
+        kinds={"deltalake", "polars"},
+        deps=[["silver", upstream] for upstream in table.upstream],
+        description=table.description,
+    )
+    def gold_table(context: dg.AssetExecutionContext, lakehouse: LakehouseStorage) -> dg.MaterializeResult:
+        built = build_gold(table, lakehouse)
+        rebuilt = "all" if built.rebuilt is None else ", ".join(built.rebuilt[:LISTED_PERIODS]) or "none"
+        context.log.info(f"gold/{table.name}: {built.rows_written} rows written for periods: {rebuilt}")
+        return dg.MaterializeResult(
+            metadata={
+                **(delta.table_metadata(built.table) if built.table else {"dagster/row_count": 0}),
+                "rows_written": built.rows_written,
+                "periods_rewritten": rebuilt,
+                "periods_rewritten_count": -1 if built.rebuilt is None else len(built.rebuilt),
+            }
+        )
+
+    return gold_table
+
+
+def gold_assets() -> list[dg.AssetsDefinition]:
+    return [_gold_asset(table) for table in GOLD_TABLES]
