@@ -29,12 +29,20 @@ $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen --quiet
 	@touch $@
 
-$(DAGSTER_HOME)/dagster.yaml:
+# The dbt manifest, prepared before anything loads the definitions (run workers never parse).
+MANIFEST := dbt/target/manifest.json
+DBT_SOURCES := dbt/dbt_project.yml dbt/profiles.yml $(shell find dbt/models dbt/tests -type f 2>/dev/null)
+
+$(MANIFEST): $(VENV)/.installed $(DBT_SOURCES)
+	cd dbt && $(BIN)/dbt parse --profiles-dir . --quiet
+
+# Telemetry off; one writer at a time in the DuckDB warehouse (the dbt step's pool).
+$(DAGSTER_HOME)/dagster.yaml: Makefile
 	@mkdir -p $(DAGSTER_HOME)/.nux
-	@printf 'telemetry:\n  enabled: false\n' > $@
+	@printf 'telemetry:\n  enabled: false\nconcurrency:\n  pools:\n    default_limit: 1\n' > $@
 	@printf 'seen: 1\n' > $(DAGSTER_HOME)/.nux/nux.yaml
 
-install: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
+install: $(VENV)/.installed $(MANIFEST) $(DAGSTER_HOME)/dagster.yaml
 
 run: install
 	$(BIN)/lakehouse demo init --scale $(SCALE)
@@ -56,4 +64,4 @@ dev: install
 	$(BIN)/dagster dev -w workspace.yaml --host $(HOST) --port $(PORT)
 
 clean:
-	rm -rf data $(DAGSTER_HOME) $(VENV) .tools
+	rm -rf data $(DAGSTER_HOME) $(VENV) .tools dbt/target dbt/logs

@@ -3,12 +3,14 @@
 from pathlib import Path
 
 import dagster as dg
+from dagster_dbt import DbtCliResource
 
 from asset_checks import bronze_checks
 from lakehouse.bronze.assets import LandingZone, bronze_assets
 from lakehouse.contract import load_contracts
 from lakehouse.delta import LakehouseStorage
 from lakehouse.gold.assets import gold_assets
+from lakehouse.marts import DBT_EXECUTABLE, Warehouse, dbt_models, dbt_project
 from lakehouse.settings import resource_value, setting
 from lakehouse.silver.assets import silver_assets
 from lakehouse.silver.pii import PiiHasher
@@ -17,13 +19,15 @@ from lakehouse.source import SourceDatabase
 contracts = load_contracts(Path(setting("LAKEHOUSE_CONTRACTS")))
 
 defs = dg.Definitions(
-    assets=[*bronze_assets(contracts), *silver_assets(contracts), *gold_assets()],
+    assets=[*bronze_assets(contracts), *silver_assets(contracts), *gold_assets(), dbt_models],
     asset_checks=bronze_checks(contracts),
     resources={
         "source": SourceDatabase(url=resource_value("LAKEHOUSE_SOURCE_URL")),
         "lakehouse": LakehouseStorage(root=resource_value("LAKEHOUSE_ROOT")),
         "landing": LandingZone(path=resource_value("LAKEHOUSE_LANDING")),
         "pii": PiiHasher(salt=resource_value("LAKEHOUSE_PII_SALT")),
+        "warehouse": Warehouse(path=resource_value("LAKEHOUSE_WAREHOUSE")),
+        "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=DBT_EXECUTABLE),
     },
     # Steps are short and mostly I/O: running them in one process avoids re-importing the
     # definitions for every step, which costs seconds each on two cores (see README).

@@ -22,10 +22,13 @@ class LakehouseStorage(dg.ConfigurableResource):
 
     root: str
 
+    @property
+    def location(self) -> str:
+        """The root as an absolute path or URI."""
+        return self.root.rstrip("/") if "://" in self.root else str(Path(self.root).resolve())
+
     def table_uri(self, layer: str, name: str) -> str:
-        if "://" in self.root:
-            return f"{self.root.rstrip('/')}/{layer}/{name}"
-        return str(Path(self.root).resolve() / layer / name)
+        return f"{self.location}/{layer}/{name}"
 
 
 def open_table(uri: str) -> DeltaTable | None:

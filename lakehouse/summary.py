@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import duckdb
+
 from lakehouse import delta
 from lakehouse.settings import setting
 
@@ -38,6 +40,21 @@ def table_rows(root: Path) -> list[tuple[str, int, int, int, str]]:
     return rows
 
 
+def warehouse_rows(path: Path) -> list[tuple[str, int]]:
+    """(model, rows) for the dbt models in the warehouse, read through a short-lived read-only
+    connection (DuckDB allows one writer per file; this must never be it)."""
+    if not path.exists():
+        return []
+    with duckdb.connect(str(path), read_only=True) as connection:
+        tables = connection.sql(
+            "select table_name from duckdb_tables() where schema_name = 'main' order by 1"
+        )
+        names = [name for (name,) in tables.fetchall()]
+        return [
+            (name, connection.sql(f'select count(*) from main."{name}"').fetchall()[0][0]) for name in names
+        ]
+
+
 def print_summary() -> int:
     root = Path(setting("LAKEHOUSE_ROOT"))
     if "://" in str(setting("LAKEHOUSE_ROOT")):
@@ -51,4 +68,11 @@ def print_summary() -> int:
     print(f"{'table':<32} {'rows':>12} {'version':>8} {'last added':>11}  last commit (UTC)")
     for name, count, version, added, committed in rows:
         print(f"{name:<32} {count:>12,} {version:>8} {added:>11,}  {committed}")
+    warehouse = Path(setting("LAKEHOUSE_WAREHOUSE"))
+    models = warehouse_rows(warehouse)
+    if models:
+        print(f"\ndbt models in {warehouse.resolve()}\n")
+        print(f"{'model':<32} {'rows':>12}")
+        for name, count in models:
+            print(f"{name:<32} {count:>12,}")
     return 0

@@ -14,6 +14,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
+from dagster_dbt import DbtCliResource
 
 from asset_checks import bronze_checks
 from lakehouse.bronze.assets import LandingZone, bronze_assets
@@ -21,6 +22,7 @@ from lakehouse.contract import Contract, load_contracts
 from lakehouse.delta import LakehouseStorage
 from lakehouse.demo import simulation, store
 from lakehouse.gold.assets import gold_assets
+from lakehouse.marts import DBT_EXECUTABLE, Warehouse, dbt_models, dbt_project
 from lakehouse.settings import DEFAULTS
 from lakehouse.silver.assets import silver_assets
 from lakehouse.silver.pii import PiiHasher
@@ -31,6 +33,8 @@ CLOCK = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 SCALE = 0.01
 TEST_SALT = "test-salt"
 POSTGRES_URL = os.environ.get("LAKEHOUSE_TEST_POSTGRES_URL")
+# dbt costs seconds per build: tests that are not about the marts leave them out.
+WITHOUT_DBT = dg.AssetSelection.all() - dg.AssetSelection.groups("staging", "marts")
 
 
 @dataclass
@@ -65,14 +69,19 @@ class Lake:
         self.clock += timedelta(hours=batches)
         return simulation.advance(self.source, self.landing, batches, now=self.clock)
 
+    @property
+    def warehouse(self) -> Path:
+        return self.folder / "warehouse.duckdb"
+
     def materialize(
-        self, selection: str | dg.AssetSelection = "*", raise_on_error: bool = True
+        self, selection: str | dg.AssetSelection = WITHOUT_DBT, raise_on_error: bool = True
     ) -> dg.ExecuteInProcessResult:
         return dg.materialize(
             [
                 *bronze_assets(self.contracts),
                 *silver_assets(self.contracts),
                 *gold_assets(),
+                dbt_models,
                 *bronze_checks(self.contracts),
             ],
             selection=selection,
@@ -81,6 +90,8 @@ class Lake:
                 "lakehouse": self.storage,
                 "landing": LandingZone(path=str(self.landing)),
                 "pii": PiiHasher(salt=TEST_SALT),
+                "warehouse": Warehouse(path=str(self.warehouse)),
+                "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=DBT_EXECUTABLE),
             },
             raise_on_error=raise_on_error,
         )
@@ -108,6 +119,15 @@ def postgres_source() -> SourceDatabase:
             pytest.fail("LAKEHOUSE_TEST_POSTGRES_URL is not set: .ci/run starts PostgreSQL and sets it")
         pytest.skip("no PostgreSQL: set LAKEHOUSE_TEST_POSTGRES_URL (.ci/run does)")
     return SourceDatabase(url=POSTGRES_URL, backoff_seconds=0.05)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def dbt_manifest() -> None:
+    """The manifest `make` prepares; built here when pytest runs on its own."""
+    if not dbt_project.manifest_path.exists():
+        subprocess.run(
+            [DBT_EXECUTABLE, "parse", "--profiles-dir", "."], cwd=dbt_project.project_dir, check=True
+        )
 
 
 @pytest.fixture

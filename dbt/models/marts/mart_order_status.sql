@@ -1,0 +1,33 @@
+{{
+    config(
+        materialized='incremental',
+        unique_key='order_id',
+        incremental_strategy='delete+insert'
+    )
+}}
+
+-- New orders and newer versions of known ones, whatever their timestamps: comparing with
+-- what this table holds (rather than with its newest timestamp) keeps late data correct.
+with
+
+orders as (
+    select * from {{ ref('stg_orders') }}
+)
+
+select
+    order_id,
+    customer_id,
+    status,
+    is_cancelled,
+    total_amount,
+    order_date,
+    updated_at
+from orders
+{% if is_incremental() %}
+where not exists (
+    select 1
+    from {{ this }} as held
+    where held.order_id = orders.order_id
+      and held.updated_at >= orders.updated_at
+)
+{% endif %}

@@ -1,0 +1,29 @@
+with
+
+products as (
+    select * from {{ ref('stg_products') }}
+),
+
+sold as (
+    select
+        product_id,
+        sum(quantity) as units_sold,
+        count(distinct order_id) as orders,
+        sum(line_amount) as revenue
+    from {{ ref('stg_order_items') }}
+    where has_order and status <> 'cancelled'
+    group by product_id
+)
+
+select
+    products.product_id,
+    products.sku,
+    products.product_name,
+    products.category,
+    products.price,
+    coalesce(sold.units_sold, 0) as units_sold,
+    coalesce(sold.orders, 0) as orders,
+    coalesce(sold.revenue, 0) as revenue,
+    rank() over (partition by products.category order by coalesce(sold.revenue, 0) desc) as revenue_rank_in_category
+from products
+left join sold using (product_id)

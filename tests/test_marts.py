@@ -1,0 +1,154 @@
+"""dbt marts over the gold Delta tables: one lineage graph, tested, consistent with gold."""
+
+import sqlite3
+import subprocess
+import sys
+from datetime import timedelta
+
+import dagster as dg
+import duckdb
+import polars as pl
+import pytest
+from conftest import Lake
+
+from lakehouse.gold.tables import GOLD_TABLES
+from lakehouse.marts import dbt_models
+
+MARTS = (
+    "mart_sales_daily",
+    "mart_customer_ltv",
+    "mart_product_performance",
+    "mart_event_funnel",
+    "mart_order_status",
+)
+
+
+def warehouse_table(lake: Lake, name: str) -> pl.DataFrame:
+    with duckdb.connect(str(lake.warehouse), read_only=True) as connection:
+        return connection.sql(f"select * from main.{name}").pl()
+
+
+@pytest.fixture
+def built(lake: Lake) -> tuple[Lake, dg.ExecuteInProcessResult]:
+    """The demo after two batches of changes, materialised from bronze through the marts."""
+    lake.materialize()
+    lake.advance(batches=2)
+    return lake, lake.materialize("*")
+
+
+def test_marts_agree_with_gold(built: tuple[Lake, dg.ExecuteInProcessResult]) -> None:
+    lake, _ = built
+    revenue = lake.table("gold", "daily_revenue")
+    orders = lake.table("gold", "fct_orders")
+    sales = warehouse_table(lake, "mart_sales_daily")
+
+    assert sales.get_column("gross_revenue").sum() == revenue.get_column("gross_revenue").sum()
+    assert sales.get_column("cancelled_revenue").sum() == revenue.get_column("cancelled_revenue").sum()
+    assert sales.get_column("orders").sum() == orders.height
+
+    paid = orders.filter(~pl.col("is_cancelled"))
+    ltv = warehouse_table(lake, "mart_customer_ltv")
+    assert ltv.get_column("lifetime_value").sum() == paid.get_column("total_amount").sum()
+    assert ltv.height == orders.get_column("customer_id").n_unique()
+
+    known = revenue.filter(pl.col("category") != "unknown").get_column("gross_revenue").sum()
+    assert warehouse_table(lake, "mart_product_performance").get_column("revenue").sum() == known
+    funnel = warehouse_table(lake, "mart_event_funnel").sort("event_date")
+    assert funnel.get_column("purchasers").to_list() == (
+        lake.table("gold", "funnel_daily").sort("event_date").get_column("purchasers").to_list()
+    )
+
+
+def test_dbt_tests_are_asset_checks_and_models_report_rows_and_schema(
+    built: tuple[Lake, dg.ExecuteInProcessResult],
+) -> None:
+    lake, result = built
+    checks = {(e.asset_key.path[-1], e.check_name): e.passed for e in result.get_asset_check_evaluations()}
+    assert checks[
+        ("stg_orders", "accepted_values_stg_orders_status__pending__confirmed__shipped__delivered__cancelled")
+    ]
+    assert checks[("mart_sales_daily", "non_negative_mart_sales_daily_gross_revenue")]
+    assert checks[
+        ("mart_customer_ltv", "relationships_mart_customer_ltv_customer_id__customer_id__ref_stg_customers_")
+    ]
+    assert all(checks.values()), [name for name, passed in checks.items() if not passed]
+
+    for name in MARTS:
+        metadata = next(
+            m.metadata
+            for m in result.asset_materializations_for_node("dbt_models")
+            if m.asset_key.path == ["marts", name]
+        )
+        assert metadata["dagster/row_count"].value == warehouse_table(lake, name).height
+        columns = [column.name for column in metadata["dagster/column_schema"].value.columns]
+        assert columns == warehouse_table(lake, name).columns
+
+
+def test_one_lineage_graph_from_bronze_to_marts() -> None:
+    gold = {dg.AssetKey(["gold", table.name]) for table in GOLD_TABLES}
+    staging_inputs = set()
+    for key in dbt_models.keys:
+        staging_inputs |= set(dbt_models.asset_deps[key])
+    assert (
+        gold - {dg.AssetKey(["gold", "daily_revenue"]), dg.AssetKey(["gold", "event_windows_5m"])}
+        <= staging_inputs
+    )
+    assert {key.path[0] for key in dbt_models.keys} == {"staging", "marts"}
+
+
+def test_the_incremental_model_takes_late_updates(built: tuple[Lake, dg.ExecuteInProcessResult]) -> None:
+    lake, _ = built
+    old = (
+        warehouse_table(lake, "mart_order_status")
+        .filter(pl.col("status") == "delivered")
+        .sort("order_date")
+        .row(0, named=True)
+    )
+    late = (lake.clock + timedelta(minutes=1)).isoformat(sep=" ", timespec="microseconds")
+    with sqlite3.connect(lake.source.sqlite_path) as connection:  # a return booked weeks later
+        connection.execute(
+            "UPDATE orders SET status = 'cancelled', updated_at = ? WHERE order_id = ?",
+            (late, old["order_id"]),
+        )
+
+    lake.materialize("*")
+
+    status = warehouse_table(lake, "mart_order_status").sort("order_id")
+    row = status.filter(pl.col("order_id") == old["order_id"]).row(0, named=True)
+    assert (row["status"], row["is_cancelled"]) == ("cancelled", True)
+    expected = lake.table("gold", "fct_orders").select("order_id", "status").sort("order_id")
+    assert status.select("order_id", "status").equals(expected)
+
+
+READER = """
+import sys, time, duckdb
+from pathlib import Path
+path, stop = sys.argv[1], Path(sys.argv[2])
+reads = locked = 0
+while not stop.exists():
+    try:
+        with duckdb.connect(path, read_only=True) as connection:
+            connection.sql("select count(*) from information_schema.tables").fetchall()
+        reads += 1
+    except duckdb.IOException:
+        locked += 1  # dbt holds the write lock for a moment; a short-lived reader tries again
+    time.sleep(0.02)
+print(reads, locked)
+"""
+
+
+def test_dbt_builds_while_another_process_reads_the_warehouse(lake: Lake) -> None:
+    lake.materialize()
+    lake.materialize("*")  # the warehouse file exists from here on
+    stop = lake.folder / "stop-reading"
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, str(lake.warehouse), str(stop)], stdout=subprocess.PIPE, text=True
+    )
+    lake.advance()
+    result = lake.materialize("*")
+    stop.touch()
+    output, _ = reader.communicate(timeout=30)
+
+    assert result.success, "dbt failed while another process was reading the warehouse"
+    reads, _locked = (int(count) for count in output.split())
+    assert reader.returncode == 0 and reads > 0
