@@ -97,3 +97,14 @@ def test_a_late_event_lands_in_its_own_window_and_is_counted_late(lake: Lake) ->
 
     assert after["event_count"] == before["event_count"] + 1
     assert after["late_events"] == before["late_events"] + 1
+
+
+def test_gold_reports_periods_and_column_lineage(lake: Lake) -> None:
+    result = lake.materialize()
+    metadata = result.asset_materializations_for_node("gold__fct_orders")[0].metadata
+    assert metadata["periods_rewritten"].value == "all"
+    assert metadata["dagster/row_count"].value == lake.table("gold", "fct_orders").height
+    lineage = metadata["dagster/column_lineage"].value.deps_by_column
+    assert lineage["total_amount"][0].asset_key.path == ["silver", "orders"]
+    assert lineage["quantity"][0].column_name == "quantity"
+    assert set(lineage) <= set(lake.table("gold", "fct_orders").columns)

@@ -10,6 +10,15 @@ from lakehouse.gold.tables import GOLD_TABLES, GoldTable
 LISTED_PERIODS = 20
 
 
+def _column_lineage(table: GoldTable) -> dg.TableColumnLineage:
+    return dg.TableColumnLineage(
+        deps_by_column={
+            column: [dg.TableColumnDep(asset_key=dg.AssetKey(["silver", source]), column_name=source_column)]
+            for column, (source, source_column) in table.lineage.items()
+        }
+    )
+
+
 def _gold_asset(table: GoldTable) -> dg.AssetsDefinition:
     @dg.asset(
         key=["gold", table.name],
@@ -28,6 +37,7 @@ def _gold_asset(table: GoldTable) -> dg.AssetsDefinition:
                 "rows_written": built.rows_written,
                 "periods_rewritten": rebuilt,
                 "periods_rewritten_count": -1 if built.rebuilt is None else len(built.rebuilt),
+                **({"dagster/column_lineage": _column_lineage(table)} if table.lineage else {}),
             }
         )
 

@@ -7,7 +7,7 @@ or 'YYYY-MM-DD' days; None builds everything) and returns the rows of those peri
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import polars as pl
@@ -245,6 +245,7 @@ class GoldTable:
 
     `upstream` maps each silver table read to the timestamp column that places a changed row
     in a period; `period` is the output column rebuilt by period (None: rebuilt whole).
+    `lineage` names, for the columns taken over from silver, the silver table and column.
     """
 
     name: str
@@ -254,6 +255,11 @@ class GoldTable:
     period: str | None = None
     granularity: Literal["day", "month"] = "day"
     partition_by: str | None = None
+    lineage: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+
+def _same_columns(table: str, *columns: str) -> dict[str, tuple[str, str]]:
+    return {column: (table, column) for column in columns}
 
 
 # Order facts change when an order or an item does; a new customer version or product price
@@ -265,12 +271,28 @@ GOLD_TABLES = (
         description="One row per version of a customer (SCD2), with its surrogate key.",
         build=dim_customers,
         upstream={"customers_history": "valid_from"},
+        lineage=_same_columns(
+            "customers_history",
+            "customer_id",
+            "first_name",
+            "last_name",
+            "email",
+            "phone",
+            "street_address",
+            "city",
+            "country",
+            "created_at",
+            "valid_from",
+            "valid_to",
+            "is_current",
+        ),
     ),
     GoldTable(
         name="dim_products",
         description="One row per product, with its category and current price.",
         build=dim_products,
         upstream={"products": "updated_at"},
+        lineage=_same_columns("products", "product_id", "sku", "name", "category", "price", "updated_at"),
     ),
     GoldTable(
         name="fct_orders",
@@ -280,6 +302,22 @@ GOLD_TABLES = (
         period="order_month",
         granularity="month",
         partition_by="order_month",
+        lineage={
+            **_same_columns(
+                "orders",
+                "order_id",
+                "customer_id",
+                "status",
+                "total_amount",
+                "currency",
+                "created_at",
+                "updated_at",
+            ),
+            "order_date": ("orders", "created_at"),
+            "item_count": ("order_items", "order_item_id"),
+            "quantity": ("order_items", "quantity"),
+            "customer_key": ("customers_history", "valid_from"),
+        },
     ),
     GoldTable(
         name="fct_order_items",
@@ -289,6 +327,20 @@ GOLD_TABLES = (
         period="order_month",
         granularity="month",
         partition_by="order_month",
+        lineage={
+            **_same_columns(
+                "order_items",
+                "order_item_id",
+                "order_id",
+                "product_id",
+                "quantity",
+                "unit_price",
+                "created_at",
+            ),
+            **_same_columns("orders", "customer_id", "status"),
+            "category": ("products", "category"),
+            "line_amount": ("order_items", "unit_price"),
+        },
     ),
     GoldTable(
         name="daily_revenue",
