@@ -265,6 +265,9 @@ def _same_columns(table: str, *columns: str) -> dict[str, tuple[str, str]]:
 # Order facts change when an order or an item does; a new customer version or product price
 # does not rewrite the past (the fact keeps the version valid at order time).
 ORDER_SOURCES = {"orders": "created_at", "order_items": "created_at"}
+MONTHLY_ORDER_FACT = {
+    "upstream": ORDER_SOURCES, "period": "order_month", "granularity": "month", "partition_by": "order_month",
+}  # fmt: skip
 GOLD_TABLES = (
     GoldTable(
         name="dim_customers",
@@ -298,10 +301,7 @@ GOLD_TABLES = (
         name="fct_orders",
         description="One row per order: status, amount, items, and the customer version of its day.",
         build=fct_orders,
-        upstream=ORDER_SOURCES,
-        period="order_month",
-        granularity="month",
-        partition_by="order_month",
+        **MONTHLY_ORDER_FACT,
         lineage={
             **_same_columns(
                 "orders",
@@ -323,10 +323,7 @@ GOLD_TABLES = (
         name="fct_order_items",
         description="One row per order line: quantity, price, amount, product category, order status.",
         build=fct_order_items,
-        upstream=ORDER_SOURCES,
-        period="order_month",
-        granularity="month",
-        partition_by="order_month",
+        **MONTHLY_ORDER_FACT,
         lineage={
             **_same_columns(
                 "order_items",
