@@ -9,10 +9,11 @@ import dagster as dg
 import duckdb
 import polars as pl
 import pytest
+import yaml
 from conftest import Lake
 
 from lakehouse.gold.tables import GOLD_TABLES
-from lakehouse.marts import dbt_models
+from lakehouse.marts import dbt_models, dbt_project
 
 MARTS = (
     "mart_sales_daily",
@@ -59,7 +60,7 @@ def test_marts_agree_with_gold(built: tuple[Lake, dg.ExecuteInProcessResult]) ->
     )
 
 
-def test_dbt_tests_are_asset_checks_and_models_report_rows_and_schema(
+def test_dbt_tests_are_asset_checks_models_report_rows_and_schema_and_columns_are_documented(
     built: tuple[Lake, dg.ExecuteInProcessResult],
 ) -> None:
     lake, result = built
@@ -72,6 +73,13 @@ def test_dbt_tests_are_asset_checks_and_models_report_rows_and_schema(
         ("mart_customer_ltv", "relationships_mart_customer_ltv_customer_id__customer_id__ref_stg_customers_")
     ]
     assert all(checks.values()), [name for name, passed in checks.items() if not passed]
+
+    for yml in sorted((dbt_project.project_dir / "models").rglob("*.yml")):
+        for model in yaml.safe_load(yml.read_text()).get("models", []):
+            documented = {column["name"] for column in model["columns"] if column.get("description")}
+            assert documented == set(warehouse_table(lake, model["name"]).columns), (
+                f"{yml.name} is out of date"
+            )
 
     for name in MARTS:
         metadata = next(
