@@ -3,6 +3,7 @@
 import dagster as dg
 import polars as pl
 
+from asset_checks.report import sample
 from lakehouse import delta
 from lakehouse.bronze.assets import LandingZone
 from lakehouse.bronze.database import read_watermark
@@ -10,15 +11,6 @@ from lakehouse.bronze.landing import file_key
 from lakehouse.contract import Contract
 from lakehouse.delta import LakehouseStorage
 from lakehouse.source import SourceDatabase
-
-SAMPLE_ROWS = 10
-
-
-def _sample(frame: pl.DataFrame) -> dg.MetadataValue:
-    head = frame.head(SAMPLE_ROWS)
-    header = "| " + " | ".join(head.columns) + " |\n|" + " --- |" * len(head.columns)
-    body = "\n".join("| " + " | ".join(str(value) for value in row) + " |" for row in head.iter_rows())
-    return dg.MetadataValue.md(f"{header}\n{body}")
 
 
 def _source_rows_check(contract: Contract) -> dg.AssetChecksDefinition:
@@ -56,7 +48,7 @@ def _source_rows_check(contract: Contract) -> dg.AssetChecksDefinition:
                 "rows_checked": expected.height,
                 "missing_rows": missing.height,
                 "duplicated_rows": duplicated.height,
-                "sample": _sample(pl.concat([missing, duplicated]) if not missing.is_empty() else duplicated),
+                "sample": sample(pl.concat([missing, duplicated]) if not missing.is_empty() else duplicated),
             },
         )
 
@@ -112,7 +104,7 @@ def _landing_lines_check(contract: Contract) -> dg.AssetChecksDefinition:
                 "files_checked": expected.height,
                 "lines_checked": int(expected["lines"].sum()),
                 "files_wrong": wrong.height,
-                "sample": _sample(wrong),
+                "sample": sample(wrong),
             },
         )
 

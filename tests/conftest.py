@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 from dagster_dbt import DbtCliResource
 
-from asset_checks import bronze_checks
+from asset_checks import bronze_checks, silver_checks
 from lakehouse.bronze.assets import LandingZone, bronze_assets
 from lakehouse.contract import Contract, load_contracts
 from lakehouse.delta import LakehouseStorage
@@ -83,6 +83,7 @@ class Lake:
                 *gold_assets(),
                 dbt_models,
                 *bronze_checks(self.contracts),
+                *silver_checks(self.contracts),
             ],
             selection=selection,
             resources={
