@@ -1,6 +1,32 @@
-"""Data-quality checks on the lakehouse's assets, registered in the one `Definitions`."""
+"""Data-quality checks on the lakehouse's assets, registered in the one `Definitions`.
 
-from asset_checks.contract_rules import silver_checks
-from asset_checks.reconciliation import bronze_checks
+Row rules (Pandera, from the contracts and the gold keys), data freshness, volume anomalies,
+and reconciliation (nothing lost from the source to bronze to silver, gold money = silver's).
+"""
 
-__all__ = ["bronze_checks", "silver_checks"]
+import dagster as dg
+
+from asset_checks.freshness import Clock, freshness_checks
+from asset_checks.reconciliation import reconciliation_checks
+from asset_checks.revenue import revenue_checks
+from asset_checks.row_checks import contract_checks, gold_checks
+from asset_checks.volume import volume_checks
+from lakehouse.contract import Contract
+
+__all__ = ["Clock", "all_checks"]
+
+
+def all_checks(contracts: list[Contract]) -> list[dg.AssetChecksDefinition]:
+    """Every check: those each contract implies on its bronze and silver assets, and gold's."""
+    per_contract = [
+        check
+        for contract in contracts
+        for checks in (
+            contract_checks(contract),
+            freshness_checks(contract),
+            volume_checks(contract),
+            reconciliation_checks(contract),
+        )
+        for check in checks
+    ]
+    return [*per_contract, *gold_checks(), *revenue_checks()]

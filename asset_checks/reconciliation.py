@@ -1,15 +1,18 @@
-"""Reconciliation checks: nothing is lost or duplicated between a source and bronze."""
+"""Reconciliation checks: nothing is lost or duplicated between the source, bronze and silver."""
 
 import dagster as dg
 import polars as pl
 
-from asset_checks.report import sample
+from asset_checks.row_checks import read_columns
+from asset_checks.sample import sample
 from lakehouse import delta
 from lakehouse.bronze.assets import LandingZone
 from lakehouse.bronze.database import read_watermark
 from lakehouse.bronze.landing import file_key
 from lakehouse.contract import Contract
 from lakehouse.delta import LakehouseStorage
+from lakehouse.silver.load import bronze_identity, position_key
+from lakehouse.silver.validate import typed
 from lakehouse.source import SourceDatabase
 
 
@@ -111,5 +114,61 @@ def _landing_lines_check(contract: Contract) -> dg.AssetChecksDefinition:
     return check
 
 
-def bronze_checks(contracts: list[Contract]) -> list[dg.AssetChecksDefinition]:
-    return [_source_rows_check(c) if c.is_database else _landing_lines_check(c) for c in contracts]
+def _silver_accounts_check(contract: Contract) -> dg.AssetChecksDefinition:
+    key = contract.primary_key
+    watermark = [contract.watermark.column] if contract.watermark else []
+
+    @dg.asset_check(
+        asset=dg.AssetKey(["silver", contract.name]),
+        name="bronze_rows_accounted",
+        description="Every bronze row silver has consumed is in silver (that version or a newer one) or in "
+        "quarantine: consumed = merged + collapsed + quarantined, and silver holds no row bronze lacks.",
+        blocking=True,
+    )
+    def check(lakehouse: LakehouseStorage) -> dg.AssetCheckResult:
+        silver = delta.open_table(lakehouse.table_uri("silver", contract.name))
+        position = silver.transaction_version(position_key(contract)) if silver else None
+        if position is None:
+            return dg.AssetCheckResult(passed=True, metadata={"rows_consumed": 0, "note": "silver is empty"})
+        identity = bronze_identity(contract)
+        consumed = (
+            pl.scan_delta(lakehouse.table_uri("bronze", contract.name), version=position)
+            .select(list(dict.fromkeys([*identity, *key, *watermark])))
+            .collect()
+        )
+        quarantine = read_columns(lakehouse.table_uri("quarantine", contract.name), identity)
+        if quarantine.is_empty():
+            quarantine = consumed.select(identity).head(0)
+        valid = typed(consumed.join(quarantine, on=identity, how="anti", nulls_equal=True), contract)
+        current = read_columns(lakehouse.table_uri("silver", contract.name), [*key, *watermark])
+        matched = valid.join(
+            current.with_columns(_in_silver=pl.lit(True)), on=key, how="left", suffix="_silver"
+        )
+        lost = pl.col("_in_silver").is_null()
+        for column in watermark:
+            lost = lost | (pl.col(f"{column}_silver") < pl.col(column))
+        missing = matched.filter(lost).select(*key, *watermark)
+        merged = current.join(valid, on=key, how="semi").height
+        unexplained = current.join(valid, on=key, how="anti")
+        quarantined = consumed.height - valid.height
+        return dg.AssetCheckResult(
+            passed=missing.is_empty() and unexplained.is_empty(),
+            metadata={
+                "bronze_version": position,
+                "rows_consumed": consumed.height,
+                "rows_merged": merged,
+                "rows_collapsed": valid.height - missing.height - merged,
+                "rows_quarantined": quarantined,
+                "rows_missing": missing.height,
+                "silver_rows_without_bronze": unexplained.height,
+                "sample": sample(missing if not missing.is_empty() else unexplained),
+            },
+        )
+
+    return check
+
+
+def reconciliation_checks(contract: Contract) -> list[dg.AssetChecksDefinition]:
+    """Source (or landing files) to bronze, and bronze to silver."""
+    bronze = _source_rows_check(contract) if contract.is_database else _landing_lines_check(contract)
+    return [bronze, _silver_accounts_check(contract)]

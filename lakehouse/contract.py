@@ -114,6 +114,28 @@ class Freshness(_Strict):
         return self
 
 
+class Sla(_Strict):
+    """What the table promises its users, reported by `lakehouse quality report`; its
+    freshness is the contract's `freshness.warn_after`."""
+
+    completeness: float = Field(default=1.0, ge=0, le=1)
+    duplicate_rate: float = Field(default=0.0, ge=0, le=1)
+
+
+class Volume(_Strict):
+    """The band a materialisation may move the row count by, as a fraction of the previous
+    count (-0.1 = 10 % fewer rows, 0.5 = 50 % more); outside it the volume check warns."""
+
+    min_change: float = Field(ge=-1)
+    max_change: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Volume:
+        if self.max_change < self.min_change:
+            raise ValueError("max_change must not be below min_change")
+        return self
+
+
 class Partitioning(_Strict):
     column: Identifier
     granularity: Literal["day", "month"]
@@ -129,6 +151,8 @@ class Contract(_Strict):
     freshness: Freshness | None = None
     history: Literal["current", "scd2", "append"] = "current"
     partitioning: Partitioning | None = None
+    sla: Sla = Sla()
+    volume: Volume | None = None
     columns: dict[Identifier, Column] = Field(min_length=1)
 
     @model_validator(mode="after")

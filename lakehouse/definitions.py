@@ -5,7 +5,7 @@ from pathlib import Path
 import dagster as dg
 from dagster_dbt import DbtCliResource
 
-from asset_checks import bronze_checks, silver_checks
+from asset_checks import Clock, all_checks
 from lakehouse.bronze.assets import LandingZone, bronze_assets
 from lakehouse.contract import load_contracts
 from lakehouse.delta import LakehouseStorage
@@ -20,13 +20,14 @@ contracts = load_contracts(Path(setting("LAKEHOUSE_CONTRACTS")))
 
 defs = dg.Definitions(
     assets=[*bronze_assets(contracts), *silver_assets(contracts), *gold_assets(), dbt_models],
-    asset_checks=[*bronze_checks(contracts), *silver_checks(contracts)],
+    asset_checks=all_checks(contracts),
     resources={
         "source": SourceDatabase(url=resource_value("LAKEHOUSE_SOURCE_URL")),
         "lakehouse": LakehouseStorage(root=resource_value("LAKEHOUSE_ROOT")),
         "landing": LandingZone(path=resource_value("LAKEHOUSE_LANDING")),
         "pii": PiiHasher(salt=resource_value("LAKEHOUSE_PII_SALT")),
         "warehouse": Warehouse(path=resource_value("LAKEHOUSE_WAREHOUSE")),
+        "clock": Clock(),
         "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=DBT_EXECUTABLE),
     },
     # Steps are short and mostly I/O: running them in one process avoids re-importing the

@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 from dagster_dbt import DbtCliResource
 
-from asset_checks import bronze_checks, silver_checks
+from asset_checks import Clock, all_checks
 from lakehouse.bronze.assets import LandingZone, bronze_assets
 from lakehouse.contract import Contract, load_contracts
 from lakehouse.delta import LakehouseStorage
@@ -47,6 +47,8 @@ class Lake:
         default_factory=lambda: load_contracts(Path(DEFAULTS["LAKEHOUSE_CONTRACTS"]))
     )
     clock: datetime = CLOCK
+    # One instance across materialisations, as a deployment has: checks compare with earlier runs.
+    instance: dg.DagsterInstance = field(default_factory=dg.DagsterInstance.ephemeral)
 
     @property
     def landing(self) -> Path:
@@ -82,8 +84,7 @@ class Lake:
                 *silver_assets(self.contracts),
                 *gold_assets(),
                 dbt_models,
-                *bronze_checks(self.contracts),
-                *silver_checks(self.contracts),
+                *all_checks(self.contracts),
             ],
             selection=selection,
             resources={
@@ -92,8 +93,10 @@ class Lake:
                 "landing": LandingZone(path=str(self.landing)),
                 "pii": PiiHasher(salt=TEST_SALT),
                 "warehouse": Warehouse(path=str(self.warehouse)),
+                "clock": Clock(now=self.clock.isoformat()),
                 "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=DBT_EXECUTABLE),
             },
+            instance=self.instance,
             raise_on_error=raise_on_error,
         )
 

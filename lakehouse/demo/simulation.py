@@ -48,7 +48,7 @@ DEFAULT_DEFECT_RATES = {
 # A batch covers the time since the previous one, so the demo clock follows the wall clock
 # (and stays out of the future) however often `make run` is called.
 MIN_BATCH = timedelta(minutes=1)
-INITIAL_EVENT_FILES = 24  # one per hour of the last day
+INITIAL_HOURS = 24  # a new source holds the last day of events (a file an hour) and changes
 EVENT_FILES_PER_BATCH = 2
 
 
@@ -168,17 +168,21 @@ def init(
         _order_defects(rates),
         coupon_codes=False,
     )
+    # The last day's customer and price changes at the hourly batch rate, like the events: a new
+    # source is as fresh as one that has been running, so freshness checks pass on it.
+    last_day = (anchor - timedelta(hours=INITIAL_HOURS), anchor)
+    changed = changed_customers(rng, customers, volumes.customer_changes_per_batch * INITIAL_HOURS, *last_day)
+    repriced = repriced_products(rng, products, volumes.price_changes_per_batch * INITIAL_HOURS, *last_day)
     for table, frame in (
-        ("customers", customers),
-        ("products", products),
+        ("customers", customers.update(changed, on="customer_id")),
+        ("products", products.update(repriced, on="product_id")),
         ("orders", orders),
         ("order_items", items),
     ):
         store.insert(source, table, frame)
 
     hours = [
-        (anchor - timedelta(hours=h + 1), anchor - timedelta(hours=h))
-        for h in reversed(range(INITIAL_EVENT_FILES))
+        (anchor - timedelta(hours=h + 1), anchor - timedelta(hours=h)) for h in reversed(range(INITIAL_HOURS))
     ]
     files, event_defects = _event_files(rng, landing, manifest, catalogue, hours, volumes.events_per_file, 0)
     manifest.record(

@@ -246,11 +246,13 @@ class GoldTable:
     `upstream` maps each silver table read to the timestamp column that places a changed row
     in a period; `period` is the output column rebuilt by period (None: rebuilt whole).
     `lineage` names, for the columns taken over from silver, the silver table and column.
+    `primary_key` identifies a row; the gold checks hold it unique and not null.
     """
 
     name: str
     description: str
     build: Callable[[Reader, Periods], pl.DataFrame]
+    primary_key: tuple[str, ...]
     upstream: dict[str, str]
     period: str | None = None
     granularity: Literal["day", "month"] = "day"
@@ -273,6 +275,7 @@ GOLD_TABLES = (
         name="dim_customers",
         description="One row per version of a customer (SCD2), with its surrogate key.",
         build=dim_customers,
+        primary_key=("customer_key",),
         upstream={"customers_history": "valid_from"},
         lineage=_same_columns(
             "customers_history",
@@ -294,6 +297,7 @@ GOLD_TABLES = (
         name="dim_products",
         description="One row per product, with its category and current price.",
         build=dim_products,
+        primary_key=("product_id",),
         upstream={"products": "updated_at"},
         lineage=_same_columns("products", "product_id", "sku", "name", "category", "price", "updated_at"),
     ),
@@ -301,6 +305,7 @@ GOLD_TABLES = (
         name="fct_orders",
         description="One row per order: status, amount, items, and the customer version of its day.",
         build=fct_orders,
+        primary_key=("order_id",),
         **MONTHLY_ORDER_FACT,
         lineage={
             **_same_columns(
@@ -323,6 +328,7 @@ GOLD_TABLES = (
         name="fct_order_items",
         description="One row per order line: quantity, price, amount, product category, order status.",
         build=fct_order_items,
+        primary_key=("order_item_id",),
         **MONTHLY_ORDER_FACT,
         lineage={
             **_same_columns(
@@ -343,6 +349,7 @@ GOLD_TABLES = (
         name="daily_revenue",
         description="Per day and product category: orders, items, gross and cancelled revenue, AOV.",
         build=daily_revenue,
+        primary_key=("order_date", "category"),
         upstream=ORDER_SOURCES,
         period="order_date",
     ),
@@ -350,6 +357,7 @@ GOLD_TABLES = (
         name="event_windows_5m",
         description="Per 5-minute window and event type: events and distinct users (by event time).",
         build=event_windows_5m,
+        primary_key=("window_start", "event_type"),
         upstream={"events": "timestamp"},
         period="event_date",
     ),
@@ -357,6 +365,7 @@ GOLD_TABLES = (
         name="funnel_daily",
         description="Per day: users who viewed, clicked and purchased, and the conversion rates.",
         build=funnel_daily,
+        primary_key=("event_date",),
         upstream={"events": "timestamp"},
         period="event_date",
     ),

@@ -27,6 +27,16 @@ def _typed(raw: pl.Expr, dtype: pl.DataType, source: pl.DataType) -> pl.Expr:
     return raw.cast(dtype, strict=False)
 
 
+def typed(frame: pl.DataFrame, contract: Contract) -> pl.DataFrame:
+    """The frame with its contract columns in the contract's types; values that do not convert
+    become null (`split_valid` names them as unparseable)."""
+    return frame.with_columns(
+        _typed(pl.col(name), contract.columns[name].dtype, dtype).alias(name)
+        for name, dtype in frame.schema.items()
+        if name in contract.columns
+    )
+
+
 def _rules(name: str, spec: Column, raw: pl.Expr, typed: pl.Expr) -> list[pl.Expr]:
     """One expression per rule: the rule's name where the row breaks it, else null."""
     broken = [

@@ -1,0 +1,87 @@
+"""Data freshness: how old the newest value of the contract's freshness column is.
+
+Dagster's freshness policies are evaluated by the daemon only, never in a run, so the age of
+the data itself is an asset check: WARN past the contract's `warn_after`, ERROR past
+`error_after`, with the age in hours in the metadata.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import polars as pl
+
+from lakehouse import delta
+from lakehouse.contract import Contract, Freshness
+from lakehouse.delta import LakehouseStorage
+from lakehouse.silver.validate import typed
+
+HOUR = timedelta(hours=1)
+
+
+class Clock(dg.ConfigurableResource):
+    """The time data age is measured against: the wall clock, unless `now` pins it (ISO-8601),
+    as tests do and as a user does to re-evaluate checks as of a past moment."""
+
+    now: str | None = None
+
+    def current(self) -> datetime:
+        if not self.now:
+            return datetime.now(UTC)
+        moment = datetime.fromisoformat(self.now)
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def newest(uri: str, contract: Contract) -> datetime | None:
+    """The newest value of the freshness column (typed per contract: bronze may hold text)."""
+    assert contract.freshness is not None
+    column = contract.freshness.column
+    table = delta.open_table(uri)
+    if table is None or column not in delta.arrow_schema(table).names:
+        return None
+    values = pl.scan_delta(uri).select(column).collect()
+    return typed(values, contract).get_column(column).max()  # type: ignore[return-value]
+
+
+def age_status(age: timedelta | None, freshness: Freshness) -> str:
+    """'pass' within warn_after, 'warn' within error_after, else (or with no data) 'fail'."""
+    if age is None or age > freshness.error_after:
+        return "fail"
+    return "pass" if age <= freshness.warn_after else "warn"
+
+
+def _freshness_check(contract: Contract, layer: str) -> dg.AssetChecksDefinition:
+    freshness = contract.freshness
+    assert freshness is not None
+
+    @dg.asset_check(
+        asset=dg.AssetKey([layer, contract.name]),
+        name="freshness",
+        description=f"The newest {freshness.column} is at most {freshness.warn_after} old (WARN after that, "
+        f"ERROR after {freshness.error_after}).",
+        blocking=False,
+    )
+    def check(lakehouse: LakehouseStorage, clock: Clock) -> dg.AssetCheckResult:
+        now = clock.current()
+        latest = newest(lakehouse.table_uri(layer, contract.name), contract)
+        age = now - latest if latest else None
+        status = age_status(age, freshness)
+        return dg.AssetCheckResult(
+            passed=status == "pass",
+            severity=dg.AssetCheckSeverity.WARN if status == "warn" else dg.AssetCheckSeverity.ERROR,
+            metadata={
+                "newest": latest.isoformat() if latest else "no rows",
+                "now": now.isoformat(),
+                **({"age_hours": round(age / HOUR, 3)} if age is not None else {}),
+                "warn_after_hours": freshness.warn_after / HOUR,
+                "error_after_hours": freshness.error_after / HOUR,
+            },
+        )
+
+    return check
+
+
+def freshness_checks(contract: Contract) -> list[dg.AssetChecksDefinition]:
+    """Freshness of the contract's bronze and silver assets, when it names a freshness SLA."""
+    return [_freshness_check(contract, layer) for layer in ("bronze", "silver") if contract.freshness]

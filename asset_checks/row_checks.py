@@ -1,0 +1,252 @@
+"""Row-rule checks on every layer: from the contracts on bronze and silver, from the table
+keys on gold.
+
+- bronze: `not_null`, `unique` (one row per source row version) and `valid_values` on the
+  rows the latest materialisation appended, as WARN: bronze keeps what arrived, and the
+  warning shows how much bad data is coming in (silver quarantines it).
+- silver: `not_null` and `unique` (primary key and `unique` columns) are blocking ERROR
+  checks, so gold and dbt never build on bad silver data; `valid_values` and `references`
+  (every foreign key exists in its parent table) are ERROR checks that do not block.
+- gold: `not_null` and `unique` on each table's key, blocking ERROR so dbt does not build on
+  a broken fact table.
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import dagster as dg
+import pandera.polars as pa
+import polars as pl
+
+from asset_checks import rules
+from lakehouse import delta
+from lakehouse.contract import Contract
+from lakehouse.delta import LakehouseStorage
+from lakehouse.gold.tables import GOLD_TABLES
+from lakehouse.silver.validate import typed
+
+Reader = Callable[[dg.AssetCheckExecutionContext, LakehouseStorage, list[str]], tuple[pl.DataFrame, dict]]
+SchemaFor = Callable[[LakehouseStorage], pa.DataFrameSchema]
+ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
+
+
+def read_columns(uri: str, wanted: list[str]) -> pl.DataFrame:
+    """The table's rows with those of the wanted columns it has (none: an empty frame)."""
+    table = delta.open_table(uri)
+    present = set(delta.arrow_schema(table).names) if table else set()
+    columns = [name for name in dict.fromkeys(wanted) if name in present]
+    return pl.scan_delta(uri).select(columns).collect() if columns else pl.DataFrame()
+
+
+def whole_table(layer: str, name: str) -> Reader:
+    """Every row of the table, with only the columns the rule needs."""
+
+    def read(_: dg.AssetCheckExecutionContext, lakehouse: LakehouseStorage, wanted: list[str]):
+        return read_columns(lakehouse.table_uri(layer, name), wanted), {"scope": "whole table"}
+
+    return read
+
+
+def latest_batch(contract: Contract, as_typed: bool) -> Reader:
+    """The bronze rows the asset's latest materialisation appended (its run id), optionally in
+    the contract's types; every bronze file holds one run's rows, so the filter prunes files."""
+    key = dg.AssetKey(["bronze", contract.name])
+
+    def read(context: dg.AssetCheckExecutionContext, lakehouse: LakehouseStorage, wanted: list[str]):
+        latest = context.instance.get_latest_materialization_event(key)
+        uri = lakehouse.table_uri("bronze", contract.name)
+        table = delta.open_table(uri)
+        if latest is None or table is None:
+            return pl.DataFrame(), {"scope": "no materialisation yet"}
+        columns = [name for name in dict.fromkeys(wanted) if name in delta.arrow_schema(table).names]
+        frame = pl.scan_delta(uri).filter(pl.col("_run_id") == latest.run_id).select(columns).collect()
+        return (typed(frame, contract) if as_typed else frame), {"scope": f"rows of run {latest.run_id}"}
+
+    return read
+
+
+def _check(
+    asset: dg.AssetKey,
+    rule: str,
+    description: str,
+    row_key: Sequence[str],
+    columns: Sequence[str],
+    schema: SchemaFor,
+    read: Reader,
+    severity: dg.AssetCheckSeverity,
+    blocking: bool,
+) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=asset, name=rule, description=description, blocking=blocking)
+    def check(context: dg.AssetCheckExecutionContext, lakehouse: LakehouseStorage) -> dg.AssetCheckResult:
+        frame, scope = read(context, lakehouse, [*row_key, *columns])
+        return rules.rule_result(frame, schema(lakehouse), severity, scope)
+
+    return check
+
+
+def _fixed(schema: pa.DataFrameSchema) -> SchemaFor:
+    return lambda _: schema
+
+
+def _parent_keys(contract: Contract) -> SchemaFor:
+    """`references` needs the parents' current keys, read when the check runs."""
+
+    def schema(lakehouse: LakehouseStorage) -> pa.DataFrameSchema:
+        columns: dict[str, Any] = {}
+        for name, spec in contract.columns.items():
+            if spec.references:
+                table, column = spec.references.split(".")
+                keys = read_columns(lakehouse.table_uri("silver", table), [column])
+                parents = keys.get_column(column) if column in keys.columns else pl.Series([], dtype=pl.Int64)
+                columns.update(rules.references(name, spec.references, parents).columns)
+        return pa.DataFrameSchema(columns)
+
+    return schema
+
+
+def version_key(contract: Contract) -> list[str]:
+    """What identifies one source row version in bronze: the key and its watermark."""
+    return [*contract.primary_key, *([contract.watermark.column] if contract.watermark else [])]
+
+
+def _bronze(
+    contract: Contract,
+    rule: str,
+    description: str,
+    columns: list[str],
+    schema: pa.DataFrameSchema,
+    as_typed: bool = False,
+) -> dg.AssetChecksDefinition:
+    return _check(
+        dg.AssetKey(["bronze", contract.name]),
+        rule,
+        f"Incoming rows: {description}",
+        version_key(contract),
+        columns,
+        _fixed(schema),
+        latest_batch(contract, as_typed),
+        WARN,
+        blocking=False,
+    )
+
+
+def _silver(
+    contract: Contract, rule: str, description: str, columns: list[str], schema: SchemaFor, blocking: bool
+) -> dg.AssetChecksDefinition:
+    return _check(
+        dg.AssetKey(["silver", contract.name]),
+        rule,
+        description,
+        contract.primary_key,
+        columns,
+        schema,
+        whole_table("silver", contract.name),
+        ERROR,
+        blocking,
+    )
+
+
+def contract_checks(contract: Contract) -> list[dg.AssetChecksDefinition]:
+    """The row-rule checks the contract implies, on its bronze and silver assets."""
+    columns = contract.columns
+    required = [name for name, spec in columns.items() if not spec.nullable]
+    singles = [name for name, spec in columns.items() if spec.unique and [name] != contract.primary_key]
+    ruled = {name: spec for name, spec in columns.items() if spec.allowed_values or spec.range}
+    referencing = {name: spec.references for name, spec in columns.items() if spec.references}
+    checks = [
+        _bronze(
+            contract,
+            "not_null",
+            "the non-nullable columns arrived filled.",
+            required,
+            rules.not_null(required),
+        ),
+        _bronze(
+            contract,
+            "unique",
+            "each source row version arrived once.",
+            [],
+            rules.unique(version_key(contract)),
+        ),
+        _silver(
+            contract,
+            "not_null",
+            "The contract's non-nullable columns hold no nulls.",
+            required,
+            _fixed(rules.not_null(required)),
+            blocking=True,
+        ),
+        _silver(
+            contract,
+            "unique",
+            "The primary key (and each unique column) identifies one row.",
+            singles,
+            _fixed(rules.unique(contract.primary_key, singles)),
+            blocking=True,
+        ),
+    ]
+    if ruled:
+        checks += [
+            _bronze(
+                contract,
+                "valid_values",
+                "values within the allowed values and ranges.",
+                list(ruled),
+                rules.valid_values(ruled),
+                as_typed=True,
+            ),
+            _silver(
+                contract,
+                "valid_values",
+                "Values are within the contract's allowed values and ranges.",
+                list(ruled),
+                _fixed(rules.valid_values(ruled)),
+                blocking=False,
+            ),
+        ]
+    if referencing:
+        named = ", ".join(f"{name} -> {parent}" for name, parent in referencing.items())
+        checks.append(
+            _silver(
+                contract,
+                "references",
+                f"Every reference ({named}) exists in its parent table.",
+                list(referencing),
+                _parent_keys(contract),
+                blocking=False,
+            )
+        )
+    return checks
+
+
+def gold_checks() -> list[dg.AssetChecksDefinition]:
+    """`not_null` and `unique` on every gold table's key."""
+    checks = []
+    for table in GOLD_TABLES:
+        asset, key = dg.AssetKey(["gold", table.name]), list(table.primary_key)
+        read = whole_table("gold", table.name)
+        checks += [
+            _check(
+                asset,
+                "not_null",
+                "The key columns hold no nulls.",
+                key,
+                [],
+                _fixed(rules.not_null(key)),
+                read,
+                ERROR,
+                blocking=True,
+            ),
+            _check(
+                asset,
+                "unique",
+                f"({', '.join(key)}) identifies one row.",
+                key,
+                [],
+                _fixed(rules.unique(key)),
+                read,
+                ERROR,
+                blocking=True,
+            ),
+        ]
+    return checks
