@@ -58,8 +58,8 @@ def _freshness_check(contract: Contract, layer: str) -> dg.AssetChecksDefinition
     @dg.asset_check(
         asset=dg.AssetKey([layer, contract.name]),
         name="freshness",
-        description=f"The newest {freshness.column} is at most {freshness.warn_after} old (WARN after that, "
-        f"ERROR after {freshness.error_after}).",
+        description=f"The newest {freshness.column} is at most {freshness.warn_after / HOUR:g} h old (WARN "
+        f"after that, ERROR after {freshness.error_after / HOUR:g} h).",
         blocking=False,
     )
     def check(lakehouse: LakehouseStorage, clock: Clock) -> dg.AssetCheckResult:

@@ -53,7 +53,33 @@ def _parser() -> argparse.ArgumentParser:
     advance.add_argument("--now", type=_moment, help="pin the demo clock (ISO-8601), default: now")
 
     commands.add_parser("summary", help="rows and Delta version of every lakehouse table")
+
+    quality = commands.add_parser("quality", help="data quality of the silver tables").add_subparsers(
+        dest="action", required=True
+    )
+    report = quality.add_parser(
+        "report", help="rows, freshness, duplicates and null rates against the SLAs; exit 1 on failure"
+    )
+    report.add_argument("--table", help="one table (e.g. orders), default: every contract's table")
+    report.add_argument("--format", choices=("md", "json"), default="md")
+    report.add_argument("--now", type=_moment, help="measure freshness as of this moment (ISO-8601)")
     return parser
+
+
+def _quality_report(args: argparse.Namespace) -> int:
+    from asset_checks.quality_report import quality_report, to_json, to_markdown
+    from lakehouse.contract import load_contracts
+    from lakehouse.delta import LakehouseStorage
+
+    contracts = load_contracts(Path(setting("LAKEHOUSE_CONTRACTS")))
+    lakehouse = LakehouseStorage(root=setting("LAKEHOUSE_ROOT"))
+    try:
+        report = quality_report(lakehouse, contracts, args.now or datetime.now(UTC), args.table)
+    except ValueError as error:
+        print(f"lakehouse quality report: {error}", file=sys.stderr)
+        return 2
+    print(to_json(report) if args.format == "json" else to_markdown(report), end="")
+    return 0 if report["status"] == "pass" else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{sum(batch['event_files'].values())} events in {len(batch['event_files'])} files"
         )
         return 0
+    if args.command == "quality":
+        return _quality_report(args)
     from lakehouse.summary import print_summary
 
     return print_summary()

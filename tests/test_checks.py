@@ -1,21 +1,45 @@
-"""Contract checks on silver: they pass on clean data, name exactly the planted bad rows, and
-the blocking ones stop gold from building on bad data."""
+"""Data-quality checks: every check passes on clean data and names exactly the planted bad rows;
+blocking checks stop what is built downstream; freshness follows the clock; the quality report
+gates CI."""
 
-from datetime import UTC, datetime
+import json
+from datetime import timedelta
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
-from conftest import Lake
+import pytest
+from conftest import TEST_SALT, Lake, run_command, sqlite_source
 
 from lakehouse import delta
+from lakehouse.demo.simulation import DEFAULT_DEFECT_RATES
+from lakehouse.gold.tables import GOLD_TABLES
 
-ORDERS_CHECKS = dg.AssetSelection.checks_for_assets(dg.AssetKey(["silver", "orders"]))
+ORDERS = dg.AssetKey(["silver", "orders"])
+UTC_TIMESTAMP = pl.Datetime("us", "UTC")
 
 
-def evaluations(result: dg.ExecuteInProcessResult, table: str) -> dict[str, dg.AssetCheckEvaluation]:
+def evaluations(
+    result: dg.ExecuteInProcessResult, layer: str, table: str
+) -> dict[str, dg.AssetCheckEvaluation]:
     return {
-        e.check_name: e for e in result.get_asset_check_evaluations() if e.asset_key.path == ["silver", table]
+        e.check_name: e for e in result.get_asset_check_evaluations() if e.asset_key.path == [layer, table]
     }
+
+
+def checks_of(*keys: dg.AssetKey) -> dg.AssetSelection:
+    return dg.AssetSelection.checks_for_assets(*keys)
+
+
+def values(check: dg.AssetCheckEvaluation, name: str) -> int | float | str:
+    return check.metadata[name].value  # type: ignore[return-value]
+
+
+def sample_column(check: dg.AssetCheckEvaluation, column: str) -> list[str]:
+    """The values of one column in the check's markdown sample."""
+    header, _, *rows = str(values(check, "sample")).splitlines()
+    position = [cell.strip() for cell in header.strip("|").split("|")].index(column)
+    return [row.strip("|").split("|")[position].strip() for row in rows]
 
 
 def plant(lake: Lake, rows: pl.DataFrame) -> None:
@@ -23,16 +47,116 @@ def plant(lake: Lake, rows: pl.DataFrame) -> None:
     delta.write(lake.uri("silver", "orders"), rows)
 
 
-def test_contract_checks_pass_on_clean_silver(lake: Lake) -> None:
+def expected_checks(lake: Lake) -> set[tuple[str, str]]:
+    """The checks each contract implies, and gold's: what a user can read off the YAML files."""
+    expected = set()
+    for contract in lake.contracts:
+        bronze, silver = f"bronze/{contract.name}", f"silver/{contract.name}"
+        columns = contract.columns.values()
+        expected |= {(bronze, "not_null"), (bronze, "unique"), (silver, "not_null"), (silver, "unique")}
+        expected |= {(silver, "bronze_rows_accounted")}
+        expected.add(
+            (bronze, "source_rows_in_bronze" if contract.is_database else "lines_in_bronze_or_quarantine")
+        )
+        if any(c.allowed_values or c.range for c in columns):
+            expected |= {(bronze, "valid_values"), (silver, "valid_values")}
+        if any(c.references for c in columns):
+            expected.add((silver, "references"))
+        if contract.freshness:
+            expected |= {(bronze, "freshness"), (silver, "freshness")}
+        if contract.volume:
+            expected |= {(bronze, "volume"), (silver, "volume")}
+    for table in GOLD_TABLES:
+        expected |= {(f"gold/{table.name}", "not_null"), (f"gold/{table.name}", "unique")}
+    return expected | {
+        ("gold/fct_orders", "orders_match_silver"),
+        ("gold/daily_revenue", "revenue_matches_silver"),
+    }
+
+
+def test_every_contract_asset_has_its_checks_in_definitions(lake: Lake) -> None:
+    from lakehouse.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    ours = {
+        (key.asset_key.to_user_string(), key.name): graph.get_check_spec(key)
+        for key in graph.asset_check_keys
+        if key.asset_key.path[0] in ("bronze", "silver", "gold")
+    }
+    assert set(ours) == expected_checks(lake)
+    blocking = {key for key, spec in ours.items() if spec.blocking}
+    for contract in lake.contracts:
+        assert {(f"silver/{contract.name}", "not_null"), (f"silver/{contract.name}", "unique")} <= blocking
+        assert not any(
+            key[0] == f"bronze/{contract.name}" and key[1] in ("not_null", "unique") for key in blocking
+        )
+
+
+def test_the_orders_contract_expresses_the_standard_suite(lake: Lake) -> None:
+    orders = lake.contract("orders")
+    columns = orders.columns
+    assert orders.primary_key == ["order_id"] and columns["order_id"].unique
+    assert not columns["order_id"].nullable and not columns["customer_id"].nullable
+    assert not columns["created_at"].nullable  # the order date
+    assert (columns["total_amount"].range.min, columns["total_amount"].range.max) == (0, 1_000_000)
+    assert set(columns["status"].allowed_values) == {
+        "pending",
+        "confirmed",
+        "shipped",
+        "delivered",
+        "cancelled",
+    }
+    assert orders.freshness.column == "updated_at" and orders.freshness.error_after == timedelta(days=1)
+    assert columns["customer_id"].references == "customers.customer_id"
+    # The SLA: freshness 1 h, completeness >= 99.9 %, duplicate rate <= 0.01 %.
+    assert orders.freshness.warn_after == timedelta(hours=1)
+    assert (orders.sla.completeness, orders.sla.duplicate_rate) == (0.999, 0.0001)
+
+
+def test_every_check_passes_on_clean_demo_data(tmp_path: Path) -> None:
+    clean = Lake(tmp_path, sqlite_source(tmp_path))
+    clean.init(defect_rates=dict.fromkeys(DEFAULT_DEFECT_RATES, 0.0))
+    for _ in range(2):  # the second run also has earlier row counts to compare volumes with
+        result = clean.materialize()
+        checked = {
+            (e.asset_key.to_user_string(), e.check_name): e for e in result.get_asset_check_evaluations()
+        }
+        assert set(checked) == expected_checks(clean)
+        failed = {key: e.metadata for key, e in checked.items() if not e.passed}
+        assert failed == {}
+        clean.advance()
+    volume = evaluations(result, "silver", "orders")["volume"]
+    assert 0 < values(volume, "change") < 0.5
+
+
+def test_bronze_checks_warn_with_exactly_the_defects_the_demo_planted(lake: Lake) -> None:
     result = lake.materialize()
-    for table in ("customers", "products", "orders", "order_items", "events"):
-        checks = evaluations(result, table)
-        assert set(checks) == {"not_null", "unique", "valid_values"}, table
-        assert all(check.passed for check in checks.values()), table
-        assert checks["not_null"].metadata["rows_checked"].value == lake.table("silver", table).height
+    assert result.success  # bronze checks warn: bronze keeps what arrived, silver quarantines it
+    defects = lake.manifest.defects
+    events = evaluations(result, "bronze", "events")
+    assert values(events["not_null"], "failing_rows") == defects["missing_event_id"]
+    assert values(events["unique"], "failing_rows") == defects["duplicate_event"]
+    assert values(events["valid_values"], "failing_rows") == defects["unknown_event_type"]
+    assert all(events[name].severity == dg.AssetCheckSeverity.WARN for name in ("not_null", "unique"))
+
+    orders = evaluations(result, "bronze", "orders")["valid_values"]
+    assert values(orders, "failing_rows") == defects["negative_amount"] + defects["unknown_status"]
+    planted = lake.source_rows("orders").filter(
+        (pl.col("total_amount").cast(pl.Float64) < 0)
+        | ~pl.col("status").is_in(["pending", "confirmed", "shipped", "delivered", "cancelled"])
+    )
+    assert set(sample_column(orders, "order_id")) <= {str(i) for i in planted["order_id"]}
+
+    items = evaluations(result, "silver", "order_items")["references"]
+    unknown_products = lake.source_rows("order_items").join(
+        lake.source_rows("products").select("product_id"), on="product_id", how="anti"
+    )
+    assert unknown_products.height == defects["orphan_order_item"]
+    failures = str(values(items, "failures_by_check"))
+    assert f"| product_id | exists in products.product_id | {defects['orphan_order_item']} |" in failures
 
 
-def test_failing_checks_show_exactly_the_planted_rows(lake: Lake) -> None:
+def test_failing_silver_checks_show_exactly_the_planted_rows(lake: Lake) -> None:
     lake.materialize()
     orders = lake.table("silver", "orders")
     duplicate = orders.filter(pl.col("order_id") == orders.get_column("order_id")[5])
@@ -40,46 +164,159 @@ def test_failing_checks_show_exactly_the_planted_rows(lake: Lake) -> None:
         customer_id=pl.lit(None, dtype=pl.Int64), order_id=pl.lit(10**9, dtype=pl.Int64)
     )
     lost = orders.slice(9, 1).with_columns(status=pl.lit("lost"), order_id=pl.lit(10**9 + 1, dtype=pl.Int64))
-    plant(lake, pl.concat([duplicate, nulled, lost]))
+    stranger = orders.slice(11, 1).with_columns(
+        customer_id=pl.lit(10**8, dtype=pl.Int64), order_id=pl.lit(10**9 + 2, dtype=pl.Int64)
+    )
+    plant(lake, pl.concat([duplicate, nulled, lost, stranger]))
 
-    result = lake.materialize(ORDERS_CHECKS, raise_on_error=False)
+    result = lake.materialize(checks_of(ORDERS), raise_on_error=False)
 
-    checks = evaluations(result, "orders")
-    assert {name: check.passed for name, check in checks.items()} == {
-        "not_null": False, "unique": False, "valid_values": False
+    checks = evaluations(result, "silver", "orders")
+    assert {name: check.passed for name, check in checks.items() if name != "volume"} == {
+        "not_null": False, "unique": False, "valid_values": False, "references": False,
+        "freshness": True, "bronze_rows_accounted": False,
     }  # fmt: skip
-    duplicated_id = str(duplicate.get_column("order_id")[0])
-    unique = checks["unique"].metadata
-    assert unique["failing_rows"].value == 2
-    assert unique["sample"].value.count(f"| {duplicated_id} |") == 2
-    not_null = checks["not_null"].metadata
-    assert not_null["failing_rows"].value == 1 and f"| {10**9} |" in not_null["sample"].value
-    valid = checks["valid_values"].metadata
-    assert valid["failing_rows"].value == 1 and "lost" in valid["sample"].value
-    assert valid["failure_rate"].value == round(1 / (orders.height + 3), 6)
+    assert values(checks["unique"], "failing_rows") == 1
+    assert sample_column(checks["unique"], "order_id") == [str(duplicate["order_id"][0])]
+    assert sample_column(checks["not_null"], "order_id") == [str(10**9)]
+    assert sample_column(checks["valid_values"], "status") == ["lost"]
+    assert values(checks["valid_values"], "failure_rate") == round(1 / (orders.height + 4), 6)
+    assert sample_column(checks["references"], "customer_id") == [str(10**8)]
+    # Rows no bronze row explains are named too.
+    accounted = checks["bronze_rows_accounted"]
+    assert values(accounted, "silver_rows_without_bronze") == 3 and values(accounted, "rows_missing") == 0
 
 
-def test_a_blocking_failure_stops_gold_until_the_data_is_fixed(lake: Lake) -> None:
+def test_a_blocking_failure_stops_gold_and_dbt_until_the_data_is_fixed(lake: Lake) -> None:
+    env = {"LAKEHOUSE_WAREHOUSE": str(lake.warehouse), "LAKEHOUSE_PII_SALT": TEST_SALT}
+    materialize = ["dagster", "asset", "materialize", "-m", "lakehouse.definitions", "--select", "*"]
     lake.materialize()
     orders = lake.table("silver", "orders")
-    planted_at = datetime.now(UTC)
-    duplicate = orders.filter(pl.col("order_id") == orders.get_column("order_id")[3])
-    plant(lake, duplicate.with_columns(_loaded_at=pl.lit(planted_at, dtype=pl.Datetime("us", "UTC"))))
+    duplicate_id = orders.get_column("order_id")[3]
+    plant(
+        lake,
+        orders.filter(pl.col("order_id") == duplicate_id).with_columns(
+            _loaded_at=pl.lit(None, UTC_TIMESTAMP)
+        ),
+    )
     fct_before = delta.open_table(lake.uri("gold", "fct_orders")).version()
 
-    blocked = lake.materialize(raise_on_error=False)
+    blocked = run_command(materialize, lake.folder, **env)
 
-    assert not blocked.success
-    assert not evaluations(blocked, "orders")["unique"].passed
-    materialized = {m.asset_key.path[-1] for m in blocked.get_asset_materialization_events() if m.asset_key}
-    assert "fct_orders" not in materialized and "daily_revenue" not in materialized
+    assert blocked.returncode != 0
+    output = blocked.stdout + blocked.stderr
+    assert "Asset check 'unique' on 'silver/orders' did not pass" in output
     assert delta.open_table(lake.uri("gold", "fct_orders")).version() == fct_before
+    assert not lake.warehouse.exists()  # dbt did not build
 
-    duplicate_id = orders.get_column("order_id")[3]
-    table = delta.open_table(lake.uri("silver", "orders"))
-    newest = table.version()
-    table.delete(f"order_id = {duplicate_id} AND _loaded_at = '{planted_at.isoformat()}'")
-    assert delta.open_table(lake.uri("silver", "orders")).version() == newest + 1
+    delta.open_table(lake.uri("silver", "orders")).delete(f"order_id = {duplicate_id} AND _loaded_at IS NULL")
+    fixed = run_command(materialize, lake.folder, **env)
 
-    fixed = lake.materialize()
-    assert fixed.success and evaluations(fixed, "orders")["unique"].passed
+    assert fixed.returncode == 0, fixed.stderr[-3000:]
+    assert lake.warehouse.exists()
+
+
+def test_freshness_warns_then_errors_as_the_clock_moves(lake: Lake) -> None:
+    lake.materialize()
+    newest = lake.table("silver", "orders").get_column("updated_at").max()
+    freshness = dg.AssetSelection.checks(dg.AssetCheckKey(ORDERS, "freshness"))
+
+    seen = []
+    for hours in (0.5, 2, 25):  # the contract: WARN after 1 h, ERROR after 1 day
+        lake.clock = newest + timedelta(hours=hours)
+        check = evaluations(lake.materialize(freshness), "silver", "orders")["freshness"]
+        seen.append((check.passed, check.severity, values(check, "age_hours")))
+
+    assert seen == [
+        (True, dg.AssetCheckSeverity.ERROR, 0.5),
+        (False, dg.AssetCheckSeverity.WARN, 2.0),
+        (False, dg.AssetCheckSeverity.ERROR, 25.0),
+    ]
+
+
+def test_a_row_count_outside_the_contract_band_warns(lake: Lake) -> None:
+    lake.materialize()
+    delta.open_table(lake.uri("silver", "orders")).delete("order_id % 2 = 0")  # a bad manual fix
+
+    result = lake.materialize(
+        dg.AssetSelection.assets(["bronze", "orders"], ORDERS, ["quarantine", "orders"]), raise_on_error=False
+    )
+
+    volume = evaluations(result, "silver", "orders")["volume"]
+    assert not volume.passed and volume.severity == dg.AssetCheckSeverity.WARN
+    assert -0.51 < values(volume, "change") < -0.49
+
+
+def test_reconciliation_names_wrong_gold_periods_and_lost_silver_rows(lake: Lake) -> None:
+    lake.materialize()
+    revenue = lake.table("gold", "daily_revenue")
+    day = revenue.get_column("order_date")[0]
+    delta.open_table(lake.uri("gold", "daily_revenue")).update(
+        predicate=f"order_date = '{day}'", updates={"gross_revenue": "gross_revenue + 1"}
+    )
+    gold = lake.materialize(checks_of(dg.AssetKey(["gold", "daily_revenue"])), raise_on_error=False)
+
+    daily = evaluations(gold, "gold", "daily_revenue")["revenue_matches_silver"]
+    assert not daily.passed and sample_column(daily, "order_date") == [str(day)]
+    changed_rows = revenue.filter(pl.col("order_date") == day).height
+    difference = values(daily, "gold_gross_revenue") - values(daily, "silver_gross_revenue")
+    assert difference == pytest.approx(changed_rows)
+
+    lost_id = lake.table("silver", "orders").get_column("order_id")[0]
+    delta.open_table(lake.uri("silver", "orders")).delete(f"order_id = {lost_id}")
+    lost = lake.materialize(checks_of(ORDERS, dg.AssetKey(["gold", "fct_orders"])), raise_on_error=False)
+
+    accounted = evaluations(lost, "silver", "orders")["bronze_rows_accounted"]
+    assert not accounted.passed and values(accounted, "rows_missing") == 1
+    assert sample_column(accounted, "order_id") == [str(lost_id)]
+    # fct_orders still holds the order silver lost: its month no longer matches.
+    assert not evaluations(lost, "gold", "fct_orders")["orders_match_silver"].passed
+
+
+def report(lake: Lake, *args: str) -> tuple[int, str]:
+    done = run_command(
+        ["lakehouse", "quality", "report", "--now", lake.clock.isoformat(), *args], lake.folder
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_quality_report_passes_clean_tables_and_fails_each_broken_sla(lake: Lake) -> None:
+    lake.materialize()
+    code, text = report(lake, "--format", "json")
+    assert code == 0, text
+    clean = json.loads(text)
+    assert clean["status"] == "pass"
+    orders = next(t for t in clean["tables"] if t["table"] == "silver/orders")
+    assert orders["row_count"]["value"] == lake.table("silver", "orders").height
+    assert orders["duplicates"] == {
+        "key": ["order_id"], "count": 0, "rate": 0.0, "limit_rate": 0.0001, "status": "pass"
+    }  # fmt: skip
+    assert {c["column"] for c in orders["columns"]} == set(lake.contract("orders").columns)
+
+    # Two duplicate keys in ~10,000 rows are above the orders SLA's 0.01 %.
+    silver = lake.table("silver", "orders")
+    plant(lake, silver.slice(0, 2))
+    code, text = report(lake, "--table", "orders")
+    assert code == 1
+    assert f"| silver/orders | fail | {silver.height + 2:,} |" in text
+    assert f"2 ({2 / (silver.height + 2):.4%} / 0.0100%, fail)" in text
+
+    # Nulls in a non-nullable column beyond 0.1 % fail completeness; staleness fails freshness.
+    nulls = silver.slice(100, 20).with_columns(
+        order_id=pl.int_range(10**9, 10**9 + 20), currency=pl.lit(None, pl.String)
+    )
+    plant(lake, nulls)
+    lake.clock += timedelta(hours=2)
+    code, text = report(lake, "--table", "orders", "--format", "json")
+    orders = json.loads(text)["tables"][0]
+    columns = {c["column"]: c for c in orders["columns"]}
+    assert code == 1 and columns["currency"]["status"] == "fail" and columns["status"]["status"] == "pass"
+    assert orders["freshness"]["status"] == "fail" and orders["freshness"]["hours"] > 2
+
+
+def test_quality_report_names_the_tables_it_knows(lake: Lake) -> None:
+    code, text = report(lake, "--table", "suppliers")
+    assert code == 2
+    assert "no contract for table 'suppliers'" in text and "orders" in text
+    code, text = report(lake)
+    assert code == 1 and "the table does not exist" in text
