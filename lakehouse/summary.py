@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
+import dagster as dg
 import duckdb
 
 from lakehouse import delta
@@ -40,6 +42,35 @@ def table_rows(root: Path) -> list[tuple[str, int, int, int, str]]:
     return rows
 
 
+def check_results(contracts_folder: Path) -> dict[str, str]:
+    """Per table, how many of its checks passed at their latest evaluation, and which failed,
+    from the Dagster instance in DAGSTER_HOME (none without one: nothing was recorded)."""
+    from asset_checks import all_checks
+    from lakehouse.contract import load_contracts
+
+    if not os.environ.get("DAGSTER_HOME"):
+        return {}
+    outcomes: dict[str, list[str]] = {}
+    passed: dict[str, int] = {}
+    with dg.DagsterInstance.get() as instance:
+        for checks in all_checks(load_contracts(contracts_folder)):
+            for key in checks.check_keys:
+                record = instance.get_latest_asset_check_evaluation_record(key)
+                evaluation = record.evaluation if record else None
+                if evaluation is None:
+                    continue
+                table = key.asset_key.to_user_string()
+                outcomes.setdefault(table, [])
+                passed[table] = passed.get(table, 0) + evaluation.passed
+                if not evaluation.passed:
+                    outcomes[table].append(f"{key.name} ({evaluation.severity.value})")
+    return {
+        table: f"{passed[table]}/{passed[table] + len(failed)} passed"
+        + (f"; failed: {', '.join(failed)}" if failed else "")
+        for table, failed in outcomes.items()
+    }
+
+
 def warehouse_rows(path: Path) -> list[tuple[str, int]]:
     """(model, rows) for the dbt models in the warehouse, read through a short-lived read-only
     connection (DuckDB allows one writer per file; this must never be it)."""
@@ -64,10 +95,11 @@ def print_summary() -> int:
     if not rows:
         print(f"no Delta tables under {root.resolve()}")
         return 1
+    checks = check_results(Path(setting("LAKEHOUSE_CONTRACTS")))
     print(f"\nLakehouse at {root.resolve()}\n")
-    print(f"{'table':<32} {'rows':>12} {'version':>8} {'last added':>11}  last commit (UTC)")
+    print(f"{'table':<32} {'rows':>12} {'version':>8} {'last added':>11}  {'last commit (UTC)':<19}  checks")
     for name, count, version, added, committed in rows:
-        print(f"{name:<32} {count:>12,} {version:>8} {added:>11,}  {committed}")
+        print(f"{name:<32} {count:>12,} {version:>8} {added:>11,}  {committed:<19}  {checks.get(name, '-')}")
     warehouse = Path(setting("LAKEHOUSE_WAREHOUSE"))
     models = warehouse_rows(warehouse)
     if models:
