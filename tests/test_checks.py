@@ -187,6 +187,45 @@ def test_failing_silver_checks_show_exactly_the_planted_rows(lake: Lake) -> None
     assert values(accounted, "silver_rows_without_bronze") == 3 and values(accounted, "rows_missing") == 0
 
 
+def test_bronze_reconciliation_and_gold_key_checks_name_the_planted_rows(lake: Lake) -> None:
+    lake.materialize()
+    bronze = lake.table("bronze", "orders")
+    lost_id = bronze.get_column("order_id")[10]
+    delta.open_table(lake.uri("bronze", "orders")).delete(f"order_id = {lost_id}")
+    events = lake.table("bronze", "events")
+    file, line = events.get_column("_source_file")[3], events.get_column("_line_number")[3]
+    delta.open_table(lake.uri("bronze", "events")).delete(
+        f"_source_file = '{file}' AND _line_number = {line}"
+    )
+    facts = lake.table("gold", "fct_orders")
+    copied = facts.slice(20, 1)
+    nameless = facts.slice(30, 1).with_columns(order_id=pl.lit(None, pl.Int64))
+    delta.write(lake.uri("gold", "fct_orders"), pl.concat([copied, nameless]))
+
+    result = lake.materialize(
+        checks_of(
+            dg.AssetKey(["bronze", "orders"]),
+            dg.AssetKey(["bronze", "events"]),
+            dg.AssetKey(["gold", "fct_orders"]),
+        ),
+        raise_on_error=False,
+    )
+
+    source_rows = evaluations(result, "bronze", "orders")["source_rows_in_bronze"]
+    assert (
+        not source_rows.passed
+        and values(source_rows, "missing_rows") == bronze.filter(pl.col("order_id") == lost_id).height
+    )
+    assert set(sample_column(source_rows, "order_id")) == {str(lost_id)}
+    lines = evaluations(result, "bronze", "events")["lines_in_bronze_or_quarantine"]
+    assert not lines.passed and sample_column(lines, "_source_file") == [file]
+    gold = evaluations(result, "gold", "fct_orders")
+    assert sample_column(gold["unique"], "order_id") == [str(copied["order_id"][0])]
+    assert values(gold["not_null"], "failing_rows") == 1 and sample_column(gold["not_null"], "order_id") == [
+        "None"
+    ]
+
+
 def test_a_blocking_failure_stops_gold_and_dbt_until_the_data_is_fixed(lake: Lake) -> None:
     env = {"LAKEHOUSE_WAREHOUSE": str(lake.warehouse), "LAKEHOUSE_PII_SALT": TEST_SALT}
     materialize = ["dagster", "asset", "materialize", "-m", "lakehouse.definitions", "--select", "*"]
