@@ -6,11 +6,14 @@ import dagster as dg
 from dagster_dbt import DbtCliResource
 
 from asset_checks import Clock, all_checks
+from lakehouse.alerts import AlertSink
 from lakehouse.bronze.assets import LandingZone, bronze_assets
 from lakehouse.contract import load_contracts
 from lakehouse.delta import LakehouseStorage
 from lakehouse.gold.assets import gold_assets
+from lakehouse.jobs import ingest_job, schedules, transform_job
 from lakehouse.marts import DBT_EXECUTABLE, Warehouse, dbt_models, dbt_project
+from lakehouse.sensors import sensors
 from lakehouse.settings import resource_value, setting
 from lakehouse.silver.assets import silver_assets
 from lakehouse.silver.pii import PiiHasher
@@ -21,6 +24,9 @@ contracts = load_contracts(Path(setting("LAKEHOUSE_CONTRACTS")))
 defs = dg.Definitions(
     assets=[*bronze_assets(contracts), *silver_assets(contracts), *gold_assets(), dbt_models],
     asset_checks=all_checks(contracts),
+    jobs=[ingest_job, transform_job],
+    schedules=schedules,
+    sensors=sensors(contracts),
     resources={
         "source": SourceDatabase(url=resource_value("LAKEHOUSE_SOURCE_URL")),
         "lakehouse": LakehouseStorage(root=resource_value("LAKEHOUSE_ROOT")),
@@ -28,6 +34,9 @@ defs = dg.Definitions(
         "pii": PiiHasher(salt=resource_value("LAKEHOUSE_PII_SALT")),
         "warehouse": Warehouse(path=resource_value("LAKEHOUSE_WAREHOUSE")),
         "clock": Clock(),
+        "alerts": AlertSink(
+            log_path=resource_value("LAKEHOUSE_ALERTS"), webhook=resource_value("LAKEHOUSE_ALERT_WEBHOOK")
+        ),
         "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=DBT_EXECUTABLE),
     },
     # Steps are short and mostly I/O: running them in one process avoids re-importing the

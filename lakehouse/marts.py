@@ -51,6 +51,9 @@ class LakehouseTranslator(DagsterDbtTranslator):
     def get_group_name(self, dbt_resource_props: Mapping[str, Any]) -> str | None:
         return dbt_resource_props["fqn"][1]
 
+    def get_automation_condition(self, dbt_resource_props: Mapping[str, Any]) -> dg.AutomationCondition:
+        return dg.AutomationCondition.eager()
+
 
 def prune_run_folders(target: Path, keep: int = KEPT_RUN_FOLDERS) -> None:
     """dagster-dbt writes a target folder per invocation; keep only the newest few."""

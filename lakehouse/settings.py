@@ -13,12 +13,14 @@ DEFAULTS = {
     "LAKEHOUSE_LANDING": "./data/landing",
     "LAKEHOUSE_WAREHOUSE": "./data/warehouse.duckdb",
     "LAKEHOUSE_CONTRACTS": str(Path(__file__).parent / "contracts"),
+    "LAKEHOUSE_ALERTS": "./data/alerts.jsonl",
+    "LAKEHOUSE_ALERT_WEBHOOK": "",
     "LAKEHOUSE_PII_SALT": "lakehouse-development-salt-do-not-use-in-production",
 }
 
 
 def setting(name: str) -> str:
-    """The variable's value, or its documented default."""
+    """The variable's value, or its documented default (empty: not configured)."""
     return os.environ.get(name) or DEFAULTS[name]
 
 

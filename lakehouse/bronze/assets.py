@@ -13,6 +13,11 @@ from lakehouse.delta import LakehouseStorage
 from lakehouse.source import SourceDatabase
 
 LISTED_FILES = 20
+# Extraction meets locked databases and flaky mounts: retry the step, backing off with jitter
+# (besides the source's own retries of each query).
+EXTRACTION_RETRIES = dg.RetryPolicy(
+    max_retries=3, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)
 
 
 class LandingZone(dg.ConfigurableResource):
@@ -36,6 +41,7 @@ def _database_asset(contract: Contract) -> dg.AssetsDefinition:
         kinds={"deltalake", "polars"},
         description=f"Every extracted version of source rows, append-only. {contract.description}",
         tags={"lakehouse/source": "database"},
+        retry_policy=EXTRACTION_RETRIES,
     )
     def bronze_table(
         context: dg.AssetExecutionContext, source: SourceDatabase, lakehouse: LakehouseStorage
@@ -67,6 +73,7 @@ def _landing_asset(contract: Contract) -> dg.AssetsDefinition:
     @dg.multi_asset(
         name=f"bronze_{contract.name}",
         group_name="bronze",
+        retry_policy=EXTRACTION_RETRIES,
         specs=[
             dg.AssetSpec(
                 ["bronze", contract.name],

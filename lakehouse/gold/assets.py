@@ -26,6 +26,7 @@ def _gold_asset(table: GoldTable) -> dg.AssetsDefinition:
         kinds={"deltalake", "polars"},
         deps=[["silver", upstream] for upstream in table.upstream],
         description=table.description,
+        automation_condition=dg.AutomationCondition.eager(),
     )
     def gold_table(context: dg.AssetExecutionContext, lakehouse: LakehouseStorage) -> dg.MaterializeResult:
         built = build_gold(table, lakehouse)

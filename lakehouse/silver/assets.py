@@ -29,6 +29,16 @@ def _merge_metadata(counts: MergeCounts | None) -> dict[str, int]:
     }
 
 
+def _freshness_policy(contract: Contract) -> dg.FreshnessPolicy | None:
+    """The UI's freshness status (evaluated by the daemon): the table must have been updated
+    within the contract's ages; the `freshness` check judges the data itself."""
+    if contract.freshness is None:
+        return None
+    return dg.FreshnessPolicy.time_window(
+        fail_window=contract.freshness.error_after, warn_window=contract.freshness.warn_after
+    )
+
+
 def _silver_asset(contract: Contract) -> dg.AssetsDefinition:
     name = contract.name
     parents = sorted({spec.references.split(".")[0] for spec in contract.columns.values() if spec.references})
@@ -38,6 +48,7 @@ def _silver_asset(contract: Contract) -> dg.AssetsDefinition:
             deps=[["bronze", name], *(["silver", parent] for parent in parents)],
             kinds=KINDS,
             description=f"Validated, typed, deduplicated current state. {contract.description}",
+            freshness_policy=_freshness_policy(contract),
         ),
         dg.AssetSpec(
             ["quarantine", name],

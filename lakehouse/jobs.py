@@ -1,0 +1,55 @@
+"""Jobs and their schedules.
+
+- `ingest` (bronze + silver), hourly: the source and landing files into validated tables.
+- `transform` (gold + dbt), daily: the business tables and marts, once the day's data is in.
+- `ingest_events` (one landing dataset into bronze and silver), launched by the landing sensor.
+
+Schedules start STOPPED: a fresh clone opened with `make dev` must not start polling a source
+on its own. Turn them on in the UI (Automation) or with `dagster schedule start`.
+"""
+
+import dagster as dg
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+
+from lakehouse.contract import Contract
+
+INGEST = dg.AssetSelection.groups("bronze", "silver")
+TRANSFORM = dg.AssetSelection.groups("gold", "staging", "marts")
+HOURLY, DAILY = "0 * * * *", "0 2 * * *"
+
+ingest_job = dg.define_asset_job(
+    "ingest",
+    selection=INGEST,
+    description="Extract the source tables and landing files into bronze and silver.",
+)
+transform_job = dg.define_asset_job(
+    "transform", selection=TRANSFORM, description="Rebuild the touched gold periods, then the dbt marts."
+)
+
+schedules = [
+    dg.ScheduleDefinition(
+        name="ingest_hourly",
+        job=ingest_job,
+        cron_schedule=HOURLY,
+        execution_timezone="UTC",
+        description="Every hour on the hour (UTC): bronze and silver.",
+    ),
+    dg.ScheduleDefinition(
+        name="transform_daily",
+        job=transform_job,
+        cron_schedule=DAILY,
+        execution_timezone="UTC",
+        description="Every day at 02:00 UTC: gold and the dbt marts.",
+    ),
+]
+
+
+def landing_job(contract: Contract) -> UnresolvedAssetJobDefinition:
+    """One landing dataset from its files to silver: bronze and silver with their quarantines."""
+    name = contract.name
+    keys = [["bronze", name], ["quarantine", f"{name}_malformed"], ["silver", name], ["quarantine", name]]
+    return dg.define_asset_job(
+        f"ingest_{name}",
+        selection=dg.AssetSelection.assets(*keys),
+        description=f"Ingest new {name} files into bronze and silver (launched by the landing sensor).",
+    )

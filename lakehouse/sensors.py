@@ -1,0 +1,97 @@
+"""Sensors: new landing files launch their ingestion; a failed run raises an alert.
+
+The landing sensors start STOPPED like the schedules (turn them on in the UI or with
+`dagster sensor start`); the alert sensor starts RUNNING, since a failure nobody hears of is
+the one thing a deployment must never have.
+"""
+
+import json
+from datetime import UTC, datetime
+from hashlib import sha256
+
+import dagster as dg
+
+from lakehouse import delta
+from lakehouse.alerts import AlertSink
+from lakehouse.bronze.assets import LandingZone
+from lakehouse.bronze.landing import file_key
+from lakehouse.contract import Contract
+from lakehouse.delta import LakehouseStorage
+from lakehouse.jobs import landing_job
+
+LISTED_FILES = 20
+
+
+def waiting_files(contract: Contract, landing: LandingZone, lakehouse: LakehouseStorage) -> list[str]:
+    """Landing files bronze's ledger has not ingested yet, in name order."""
+    table = delta.open_table(lakehouse.table_uri("bronze", contract.name))
+    return [
+        path.name
+        for path in sorted(landing.folder.glob(contract.source.glob))
+        if table is None or table.transaction_version(file_key(contract, path.name)) is None
+    ]
+
+
+def landing_sensor(contract: Contract) -> dg.SensorDefinition:
+    """Requests one run for each set of new files.
+
+    The cursor holds the files already requested that bronze has not ingested yet, so a file
+    is requested once whatever its name, however long its run takes; the run key (a hash of
+    the new names) keeps a re-evaluated tick from launching twice. A file dropped again after
+    its ingestion is in the ledger and launches nothing.
+    """
+
+    @dg.sensor(
+        name=f"{contract.name}_landing_files",
+        job=landing_job(contract),
+        minimum_interval_seconds=30,
+        description=f"Launches ingest_{contract.name} when new {contract.source.glob} files arrive.",
+    )
+    def watch(
+        context: dg.SensorEvaluationContext, landing: LandingZone, lakehouse: LakehouseStorage
+    ) -> dg.SensorResult | dg.SkipReason:
+        waiting = waiting_files(contract, landing, lakehouse)
+        requested = set(json.loads(context.cursor)) if context.cursor else set()
+        new = [name for name in waiting if name not in requested]
+        cursor = json.dumps(sorted(requested.intersection(waiting) | set(new)))
+        if not new:
+            context.update_cursor(cursor)
+            return dg.SkipReason(f"no new files ({len(waiting)} requested, waiting for their run)")
+        listed = ", ".join(new[:LISTED_FILES]) + (
+            f" and {len(new) - LISTED_FILES} more" if len(new) > LISTED_FILES else ""
+        )
+        run_key = sha256("\n".join(new).encode()).hexdigest()[:16]
+        context.log.info(f"{len(new)} new {contract.name} files: {listed}")
+        return dg.SensorResult(
+            run_requests=[dg.RunRequest(run_key=run_key, tags={"lakehouse/new_files": str(len(new))})],
+            cursor=cursor,
+        )
+
+    return watch
+
+
+@dg.run_failure_sensor(
+    name="alert_on_run_failure",
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Writes every failed run to the alerts log and posts it to LAKEHOUSE_ALERT_WEBHOOK when set.",
+)
+def alert_on_run_failure(context: dg.RunFailureSensorContext, alerts: AlertSink) -> None:
+    run = context.dagster_run
+    failed_steps = sorted(
+        {event.step_key for event in context.get_step_failure_events() if event.step_key is not None}
+    )
+    alert = {
+        "at": datetime.now(UTC).isoformat(),
+        "kind": "run_failure",
+        "run_id": run.run_id,
+        "job": run.job_name,
+        "failed_steps": failed_steps,
+        "message": context.failure_event.message or "",
+    }
+    if not alerts.send(alert):
+        context.log.error(f"alert for run {run.run_id} was not delivered everywhere: see the log above")
+
+
+def sensors(contracts: list[Contract]) -> list[dg.SensorDefinition]:
+    landing = [landing_sensor(contract) for contract in contracts if not contract.is_database]
+    return [*landing, alert_on_run_failure]

@@ -1,0 +1,181 @@
+"""Jobs, schedules and sensors: ticks land when the docs say, new landing files launch exactly
+one run, and a failed run leaves an alert in the log and at the webhook."""
+
+import json
+import shutil
+import threading
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+import dagster as dg
+import pytest
+from conftest import Lake
+from dagster._utils.schedules import cron_string_iterator
+
+from lakehouse.alerts import AlertSink
+from lakehouse.bronze.assets import LandingZone
+from lakehouse.definitions import defs
+from lakehouse.sensors import alert_on_run_failure, landing_sensor
+
+EVENTS = [dg.AssetKey(["bronze", "events"]), dg.AssetKey(["quarantine", "events_malformed"])]
+
+
+def next_tick(name: str, after: datetime) -> datetime:
+    schedule = defs.get_schedule_def(name)
+    ticks = cron_string_iterator(after.timestamp(), schedule.cron_schedule, schedule.execution_timezone)
+    return next(ticks)
+
+
+def test_schedules_tick_when_the_docs_say_and_start_stopped() -> None:
+    moment = datetime(2026, 11, 21, 10, 17, tzinfo=UTC)
+    assert next_tick("ingest_hourly", moment) == datetime(2026, 11, 21, 11, 0, tzinfo=UTC)
+    assert next_tick("transform_daily", moment) == datetime(2026, 11, 22, 2, 0, tzinfo=UTC)
+    for name, job, groups in (("ingest_hourly", "ingest", {"bronze", "silver"}),
+                              ("transform_daily", "transform", {"gold", "staging", "marts"})):  # fmt: skip
+        schedule = defs.get_schedule_def(name)
+        assert schedule.job_name == job
+        assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+        selected = defs.resolve_job_def(job).asset_layer.selected_asset_keys
+        assert {key.path[0] for key in selected} <= groups | {"quarantine"}
+        assert any(key.path[0] in groups for key in selected)
+
+
+def evaluate(
+    sensor: dg.SensorDefinition, lake: Lake, cursor: str | None
+) -> tuple[list[dg.RunRequest], str | None]:
+    context = dg.build_sensor_context(
+        cursor=cursor,
+        instance=lake.instance,
+        resources={"landing": LandingZone(path=str(lake.landing)), "lakehouse": lake.storage},
+    )
+    result = sensor(context)
+    if isinstance(result, dg.SkipReason):
+        return [], context.cursor
+    return list(result.run_requests or []), result.cursor
+
+
+def test_new_landing_files_launch_one_run_and_a_file_dropped_again_launches_none(lake: Lake) -> None:
+    sensor = landing_sensor(lake.contract("events"))
+    assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
+    requests, cursor = evaluate(sensor, lake, None)
+    assert len(requests) == 1  # the initial day of files, none ingested yet
+    lake.materialize(dg.AssetSelection.assets(*EVENTS))
+    assert evaluate(sensor, lake, cursor)[0] == []
+
+    before = set(lake.manifest.event_files)
+    lake.advance()
+    arrived = sorted(set(lake.manifest.event_files) - before)
+    requests, cursor = evaluate(sensor, lake, cursor)
+    assert len(requests) == 1 and requests[0].run_key
+    assert json.loads(cursor) == arrived
+    # The next tick, before the run has ingested them: nothing new to launch.
+    again, cursor = evaluate(sensor, lake, cursor)
+    assert again == []
+
+    lake.materialize(dg.AssetSelection.assets(*EVENTS))
+    requests, cursor = evaluate(sensor, lake, cursor)
+    assert requests == [] and json.loads(cursor) == []
+    # The same file dropped again is in bronze's ledger: it launches nothing.
+    folder = lake.landing / "events"
+    shutil.copy(folder / arrived[0], folder / f"{arrived[0]}.tmp")
+    (folder / f"{arrived[0]}.tmp").replace(folder / arrived[0])
+    assert evaluate(sensor, lake, cursor)[0] == []
+
+
+class Webhook(BaseHTTPRequestHandler):
+    """Fails the first `failures` posts with 503, then takes them."""
+
+    failures = 0
+    received: ClassVar[list[dict]] = []
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if Webhook.failures > 0:
+            Webhook.failures -= 1
+            self.send_response(503)
+        else:
+            Webhook.received.append(body)
+            self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def webhook():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Webhook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    Webhook.failures, Webhook.received = 1, []
+    yield f"http://127.0.0.1:{server.server_address[1]}/alerts"
+    server.shutdown()
+
+
+def failed_run(lake: Lake) -> tuple[dg.DagsterRun, dg.DagsterEvent]:
+    """A real failed run: silver/orders before bronze/orders exists."""
+    result = lake.materialize(
+        dg.AssetSelection.assets(["silver", "orders"], ["quarantine", "orders"]), raise_on_error=False
+    )
+    assert not result.success
+    run = lake.instance.get_run_by_id(result.run_id)
+    failure = lake.instance.get_records_for_run(
+        result.run_id, of_type=dg.DagsterEventType.RUN_FAILURE
+    ).records
+    return run, failure[0].event_log_entry.dagster_event
+
+
+def alert(lake: Lake, sink: AlertSink) -> None:
+    run, event = failed_run(lake)
+    context = dg.build_run_status_sensor_context(
+        sensor_name="alert_on_run_failure",
+        dagster_event=event,
+        dagster_instance=lake.instance,
+        dagster_run=run,
+        resources={"alerts": sink},
+    ).for_run_failure()
+    alert_on_run_failure(context)
+
+
+def test_a_failed_run_is_alerted_in_the_log_and_at_the_webhook_after_a_retry(
+    lake: Lake, webhook: str
+) -> None:
+    log = lake.folder / "alerts.jsonl"
+    alert(lake, AlertSink(log_path=str(log), webhook=webhook, backoff_seconds=0.01))
+
+    [logged] = [json.loads(line) for line in log.read_text().splitlines()]
+    assert logged["kind"] == "run_failure" and logged["failed_steps"] == ["silver_orders"]
+    assert Webhook.received == [logged]  # the first post got a 503, the retry went through
+    assert alert_on_run_failure.default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_an_unreachable_webhook_never_crashes_the_sensor(lake: Lake, tmp_path: Path) -> None:
+    log = tmp_path / "alerts" / "alerts.jsonl"
+    alert(lake, AlertSink(log_path=str(log), webhook="http://127.0.0.1:9/alerts", backoff_seconds=0.01))
+    assert len(log.read_text().splitlines()) == 1
+
+
+def test_gold_and_dbt_follow_their_upstreams_and_silver_is_fresh_per_contract(lake: Lake) -> None:
+    graph = defs.resolve_asset_graph()
+    downstream = [key for key in graph.get_all_asset_keys() if key.path[0] in ("gold", "staging", "marts")]
+    assert len(downstream) == 7 + 5 + 5
+    assert all(graph.get(key).automation_condition == dg.AutomationCondition.eager() for key in downstream)
+    for contract in lake.contracts:
+        policy = graph.get(dg.AssetKey(["silver", contract.name])).freshness_policy
+        assert (policy.warn_window.to_timedelta(), policy.fail_window.to_timedelta()) == (
+            contract.freshness.warn_after,
+            contract.freshness.error_after,
+        )
+
+
+def test_only_the_failure_alert_starts_running() -> None:
+    statuses = {sensor.name: sensor.default_status for sensor in defs.get_repository_def().sensor_defs}
+    running = dg.DefaultSensorStatus.RUNNING
+    assert {name for name, status in statuses.items() if status == running} == {"alert_on_run_failure"}
+    assert set(statuses) == {
+        "alert_on_run_failure",
+        "events_landing_files",
+        "default_automation_condition_sensor",
+    }
