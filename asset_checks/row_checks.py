@@ -79,6 +79,8 @@ def _check(
     @dg.asset_check(asset=asset, name=rule, description=description, blocking=blocking)
     def check(context: dg.AssetCheckExecutionContext, lakehouse: LakehouseStorage) -> dg.AssetCheckResult:
         frame, scope = read(context, lakehouse, [*row_key, *columns])
+        if frame.is_empty():
+            return dg.AssetCheckResult(passed=True, metadata={**scope, "rows_checked": 0})
         return rules.rule_result(frame, schema(lakehouse), severity, scope)
 
     return check
