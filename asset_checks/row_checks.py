@@ -30,12 +30,16 @@ SchemaFor = Callable[[LakehouseStorage], pa.DataFrameSchema]
 ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
 
 
-def read_columns(uri: str, wanted: list[str]) -> pl.DataFrame:
-    """The table's rows with those of the wanted columns it has (none: an empty frame)."""
+def read_columns(uri: str, wanted: list[str], where: pl.Expr | None = None) -> pl.DataFrame:
+    """The table's rows (those matching `where`) with those of the wanted columns it has; an
+    empty frame when it has none of them or does not exist."""
     table = delta.open_table(uri)
     present = set(delta.arrow_schema(table).names) if table else set()
     columns = [name for name in dict.fromkeys(wanted) if name in present]
-    return pl.scan_delta(uri).select(columns).collect() if columns else pl.DataFrame()
+    if not columns:
+        return pl.DataFrame()
+    rows = pl.scan_delta(table)
+    return (rows if where is None else rows.filter(where)).select(columns).collect()
 
 
 def whole_table(layer: str, name: str) -> Reader:
@@ -54,12 +58,10 @@ def latest_batch(contract: Contract, as_typed: bool) -> Reader:
 
     def read(context: dg.AssetCheckExecutionContext, lakehouse: LakehouseStorage, wanted: list[str]):
         latest = context.instance.get_latest_materialization_event(key)
-        uri = lakehouse.table_uri("bronze", contract.name)
-        table = delta.open_table(uri)
-        if latest is None or table is None:
+        if latest is None:
             return pl.DataFrame(), {"scope": "no materialisation yet"}
-        columns = [name for name in dict.fromkeys(wanted) if name in delta.arrow_schema(table).names]
-        frame = pl.scan_delta(uri).filter(pl.col("_run_id") == latest.run_id).select(columns).collect()
+        uri = lakehouse.table_uri("bronze", contract.name)
+        frame = read_columns(uri, wanted, where=pl.col("_run_id") == latest.run_id)
         return (typed(frame, contract) if as_typed else frame), {"scope": f"rows of run {latest.run_id}"}
 
     return read

@@ -13,13 +13,11 @@ import dagster as dg
 
 from lakehouse import delta
 from lakehouse.alerts import AlertSink
-from lakehouse.bronze.assets import LandingZone
+from lakehouse.bronze.assets import LISTED_FILES, LandingZone
 from lakehouse.bronze.landing import file_key
 from lakehouse.contract import Contract
 from lakehouse.delta import LakehouseStorage
 from lakehouse.jobs import landing_job
-
-LISTED_FILES = 20
 
 
 def waiting_files(contract: Contract, landing: LandingZone, lakehouse: LakehouseStorage) -> list[str]:
