@@ -2,6 +2,13 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
+# A shared deployment keeps its variables in `.env` (see deploy/shared.env.example).
+ifneq (,$(wildcard .env))
+include .env
+export $(shell sed -n 's/^\([A-Z_][A-Z0-9_]*\)=.*/\1/p' .env)
+endif
+
+export LAKEHOUSE_DEPLOYMENT ?= local
 export DAGSTER_HOME ?= $(CURDIR)/.dagster
 VENV := $(CURDIR)/.venv
 BIN := $(VENV)/bin
@@ -11,7 +18,7 @@ SCALE ?= 0.1
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
-.PHONY: help install run test lint dev clean
+.PHONY: help install instance run test lint dev clean
 
 help:
 	@echo "make run    install, build the demo source if absent, advance it one batch, materialise everything, print a summary"
@@ -36,13 +43,16 @@ DBT_SOURCES := dbt/dbt_project.yml dbt/profiles.yml $(shell find dbt/models dbt/
 $(MANIFEST): $(VENV)/.installed $(DBT_SOURCES)
 	cd dbt && $(BIN)/dbt parse --profiles-dir . --quiet
 
-# Telemetry off; one writer at a time in the DuckDB warehouse (the dbt step's pool).
-$(DAGSTER_HOME)/dagster.yaml: Makefile
+# The instance of the deployment (telemetry off, a run queue of one, one DuckDB writer), written
+# every time so that switching LAKEHOUSE_DEPLOYMENT takes effect.
+instance:
+	@test -f deploy/dagster.$(LAKEHOUSE_DEPLOYMENT).yaml \
+	  || { echo "LAKEHOUSE_DEPLOYMENT must be local or shared, not '$(LAKEHOUSE_DEPLOYMENT)'"; exit 2; }
 	@mkdir -p $(DAGSTER_HOME)/.nux
-	@printf 'telemetry:\n  enabled: false\nconcurrency:\n  pools:\n    default_limit: 1\n' > $@
+	@cp deploy/dagster.$(LAKEHOUSE_DEPLOYMENT).yaml $(DAGSTER_HOME)/dagster.yaml
 	@printf 'seen: 1\n' > $(DAGSTER_HOME)/.nux/nux.yaml
 
-install: $(VENV)/.installed $(MANIFEST) $(DAGSTER_HOME)/dagster.yaml
+install: $(VENV)/.installed $(MANIFEST) instance
 
 run: install
 	$(BIN)/lakehouse demo init --scale $(SCALE)

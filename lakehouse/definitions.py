@@ -14,11 +14,12 @@ from lakehouse.gold.assets import gold_assets
 from lakehouse.jobs import ingest_job, schedules, transform_job
 from lakehouse.marts import DBT_EXECUTABLE, Warehouse, dbt_models, dbt_project
 from lakehouse.sensors import sensors
-from lakehouse.settings import resource_value, setting
+from lakehouse.settings import check_deployment, resource_value, setting
 from lakehouse.silver.assets import silver_assets
 from lakehouse.silver.pii import PiiHasher
 from lakehouse.source import SourceDatabase
 
+check_deployment()
 contracts = load_contracts(Path(setting("LAKEHOUSE_CONTRACTS")))
 
 defs = dg.Definitions(

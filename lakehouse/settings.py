@@ -1,4 +1,9 @@
-"""Configuration from environment variables, each with a working local default."""
+"""Configuration from environment variables, each with a working local default.
+
+`LAKEHOUSE_DEPLOYMENT` is the one switch between the local default and a shared deployment:
+`shared` refuses every local default, so a deployment can never silently write to ./data, hash
+PII with the development salt or lose its alerts (see deploy/shared.env.example).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,19 @@ import os
 from pathlib import Path
 
 import dagster as dg
+
+DEPLOYMENTS = ("local", "shared")
+# What a shared deployment must set: where data lives and comes from, where Dagster keeps its
+# history (read by dagster.yaml), where alerts go, and the secret salt.
+SHARED_REQUIRED = (
+    "LAKEHOUSE_ROOT",
+    "LAKEHOUSE_SOURCE_URL",
+    "LAKEHOUSE_LANDING",
+    "LAKEHOUSE_WAREHOUSE",
+    "LAKEHOUSE_INSTANCE_DB",
+    "LAKEHOUSE_ALERT_WEBHOOK",
+    "LAKEHOUSE_PII_SALT",
+)
 
 DEFAULTS = {
     "LAKEHOUSE_ROOT": "./data/lakehouse",
@@ -17,6 +35,29 @@ DEFAULTS = {
     "LAKEHOUSE_ALERT_WEBHOOK": "",
     "LAKEHOUSE_PII_SALT": "lakehouse-development-salt-do-not-use-in-production",
 }
+
+
+class SettingsError(RuntimeError):
+    """The environment does not describe a usable deployment."""
+
+
+def check_deployment() -> str:
+    """The deployment named by `LAKEHOUSE_DEPLOYMENT`, once its required variables are set."""
+    deployment = os.environ.get("LAKEHOUSE_DEPLOYMENT") or "local"
+    if deployment not in DEPLOYMENTS:
+        raise SettingsError(f"LAKEHOUSE_DEPLOYMENT must be local or shared, not '{deployment}'")
+    if deployment == "shared":
+        missing = [name for name in SHARED_REQUIRED if not os.environ.get(name)]
+        if missing:
+            raise SettingsError(
+                f"LAKEHOUSE_DEPLOYMENT=shared needs {', '.join(missing)} set "
+                "(no local defaults in a shared deployment; see deploy/shared.env.example)"
+            )
+        if os.environ["LAKEHOUSE_PII_SALT"] == DEFAULTS["LAKEHOUSE_PII_SALT"]:
+            raise SettingsError(
+                "LAKEHOUSE_PII_SALT is the development salt: a shared deployment needs a secret"
+            )
+    return deployment
 
 
 def setting(name: str) -> str:

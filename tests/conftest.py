@@ -153,14 +153,14 @@ def any_lake(request: pytest.FixtureRequest, tmp_path: Path) -> Lake:
 
 def run_command(args: list[str], folder: Path, **env: str) -> subprocess.CompletedProcess:
     """Run a project command (`lakehouse`, `dagster`) the way a user does, against `folder`."""
-    environment = {
-        **os.environ,
-        "LAKEHOUSE_ROOT": str(folder / "lakehouse"),
-        "LAKEHOUSE_SOURCE_URL": f"sqlite:///{folder / 'source' / 'shop.db'}",
-        "LAKEHOUSE_LANDING": str(folder / "landing"),
+    # No DAGSTER_HOME unless a test gives one: a throwaway instance, not the developer's.
+    environment = {name: value for name, value in os.environ.items() if name != "DAGSTER_HOME"}
+    environment.update(
+        LAKEHOUSE_ROOT=str(folder / "lakehouse"),
+        LAKEHOUSE_SOURCE_URL=f"sqlite:///{folder / 'source' / 'shop.db'}",
+        LAKEHOUSE_LANDING=str(folder / "landing"),
         **env,
-    }
-    environment.pop("DAGSTER_HOME", None)
+    )
     return subprocess.run(
         [str(Path(sys.executable).parent / args[0]), *args[1:]],
         cwd=PROJECT, env=environment, capture_output=True, text=True, timeout=300,

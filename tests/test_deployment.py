@@ -1,0 +1,99 @@
+"""The deployment switch: the instance the Makefile writes, and what a shared deployment demands."""
+
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import dagster as dg
+import psycopg2
+import pytest
+from conftest import PROJECT, Lake, postgres_source, run_command
+
+from lakehouse.settings import SHARED_REQUIRED
+
+
+def make_instance(home: Path, deployment: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["make", "-s", "instance", f"DAGSTER_HOME={home}", f"LAKEHOUSE_DEPLOYMENT={deployment}"],
+        cwd=PROJECT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
+
+def test_make_writes_a_local_instance_with_a_run_queue_of_one(tmp_path: Path) -> None:
+    assert make_instance(tmp_path, "local").returncode == 0
+
+    instance = dg.DagsterInstance.from_config(str(tmp_path))
+    concurrency = instance.get_concurrency_config()
+    assert type(instance.run_storage).__name__ == "SqliteRunStorage"
+    assert concurrency.run_queue_config.max_concurrent_runs == 1
+    assert concurrency.pool_config.default_pool_limit == 1
+    assert "enabled: false" in (tmp_path / "dagster.yaml").read_text().split("telemetry:")[1]
+    assert (tmp_path / ".nux" / "nux.yaml").read_text() == "seen: 1\n"
+
+
+def test_an_unknown_deployment_is_refused(tmp_path: Path) -> None:
+    made = make_instance(tmp_path, "staging")
+
+    assert made.returncode == 2
+    assert "LAKEHOUSE_DEPLOYMENT must be local or shared, not 'staging'" in made.stdout
+    assert not (tmp_path / "dagster.yaml").exists()
+
+
+def test_a_shared_deployment_refuses_local_defaults(tmp_path: Path) -> None:
+    validated = run_command(
+        ["dagster", "definitions", "validate", "-m", "lakehouse.definitions"], tmp_path,
+        LAKEHOUSE_DEPLOYMENT="shared",
+    )  # fmt: skip
+
+    assert validated.returncode == 1
+    assert (
+        "LAKEHOUSE_DEPLOYMENT=shared needs LAKEHOUSE_WAREHOUSE, LAKEHOUSE_INSTANCE_DB, "
+        "LAKEHOUSE_ALERT_WEBHOOK, LAKEHOUSE_PII_SALT set" in validated.stdout + validated.stderr
+    )
+
+
+@pytest.fixture
+def instance_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database for a Dagster instance, dropped afterwards."""
+    url = urlsplit(postgres_source().url)
+    name = f"dagster_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(postgres_source().url)
+    admin.autocommit = True
+    admin.cursor().execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"postgresql+psycopg2://{url.netloc}/{name}" + (f"?{url.query}" if url.query else "")
+    finally:
+        admin.cursor().execute(f"DROP DATABASE {name} WITH (FORCE)")
+        admin.close()
+
+
+def test_a_shared_deployment_keeps_its_runs_in_postgresql(
+    lake: Lake, instance_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = lake.folder / "dagster_home"
+    assert make_instance(home, "shared").returncode == 0
+    shared = {
+        "LAKEHOUSE_DEPLOYMENT": "shared",
+        "LAKEHOUSE_WAREHOUSE": str(lake.warehouse),
+        "LAKEHOUSE_INSTANCE_DB": instance_database,
+        "LAKEHOUSE_ALERT_WEBHOOK": "http://127.0.0.1:9/alerts",
+        "LAKEHOUSE_PII_SALT": "a-secret-salt",
+        "DAGSTER_HOME": str(home),
+    }
+    materialized = run_command(
+        ["dagster", "asset", "materialize", "-m", "lakehouse.definitions", "--select", "bronze/products"],
+        lake.folder, **shared,
+    )  # fmt: skip
+    assert materialized.returncode == 0, materialized.stderr[-2000:]
+    assert set(SHARED_REQUIRED) <= {*shared, "LAKEHOUSE_ROOT", "LAKEHOUSE_SOURCE_URL", "LAKEHOUSE_LANDING"}
+
+    monkeypatch.setenv("LAKEHOUSE_INSTANCE_DB", instance_database)
+    instance = dg.DagsterInstance.from_config(str(home))
+    recorded = instance.get_latest_materialization_event(dg.AssetKey(["bronze", "products"]))
+    assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+    assert recorded is not None
+    rows = recorded.asset_materialization.metadata["dagster/row_count"].value
+    assert rows == len(lake.source_rows("products"))
+    instance.dispose()
