@@ -15,6 +15,8 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.8
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
 SCALE ?= 0.1
+# The event days `make run` builds: the demo's events reach back a day plus their lateness.
+EVENT_DAYS ?= $(shell date -u -d '2 days ago' +%F)...$(shell date -u +%F)
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
@@ -57,7 +59,8 @@ install: $(VENV)/.installed $(MANIFEST) instance
 run: install
 	$(BIN)/lakehouse demo init --scale $(SCALE)
 	$(BIN)/lakehouse demo advance
-	@status=0; $(BIN)/dagster asset materialize -m lakehouse.definitions --select '*' || status=$$?; \
+	@status=0; $(BIN)/dagster asset materialize -m lakehouse.definitions --select '*' \
+	  --partition-range $(EVENT_DAYS) || status=$$?; \
 	  $(BIN)/lakehouse summary; \
 	  if [ $$status -ne 0 ]; then echo "materialisation failed (exit $$status): see the log above"; fi; \
 	  exit $$status

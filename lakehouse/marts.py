@@ -19,6 +19,7 @@ import duckdb
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
 from lakehouse.delta import LakehouseStorage
+from lakehouse.partitions import ONE_RUN
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt"
 # The dbt installed beside this Python, whether or not the virtualenv is on PATH.
@@ -78,6 +79,7 @@ def _relation_metadata(connection: duckdb.DuckDBPyConnection, name: str) -> dict
     manifest=dbt_project.manifest_path,
     dagster_dbt_translator=LakehouseTranslator(),
     pool=WAREHOUSE_POOL,
+    backfill_policy=ONE_RUN,
 )
 def dbt_models(
     context: dg.AssetExecutionContext, dbt: DbtCliResource, lakehouse: LakehouseStorage, warehouse: Warehouse

@@ -6,18 +6,22 @@ the silver rows loaded since, rebuilds exactly those periods from silver, and re
 with a predicate overwrite in one commit that also moves the positions. A table without a
 period is rebuilt whole when any input changed. Rebuilding a period from silver, rather than
 patching it, is what makes the result equal to a full rebuild.
+
+Daily-partitioned tables are told their days by Dagster (a partition, a backfill's range) and
+rebuild exactly those: `build_days`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import polars as pl
 
 from lakehouse import delta
 from lakehouse.delta import LakehouseStorage
-from lakehouse.gold.tables import DAY, MONTH, GoldTable
+from lakehouse.gold.tables import DAY, MONTH, GoldTable, Reader
 from lakehouse.silver.load import LOADED_AT
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -38,13 +42,24 @@ def _micros(moment: datetime) -> int:
     return (moment - EPOCH) // timedelta(microseconds=1)
 
 
-def build_gold(table: GoldTable, lakehouse: LakehouseStorage, full: bool = False) -> GoldBuild:
-    uri = lakehouse.table_uri("gold", table.name)
-
+def _silver_reader(lakehouse: LakehouseStorage) -> Reader:
     def read(name: str) -> pl.LazyFrame:
         return pl.scan_delta(lakehouse.table_uri("silver", name))
 
-    existing = None if full else delta.open_table(uri)
+    return read
+
+
+def _replace_periods(
+    uri: str, table: GoldTable, frame: pl.DataFrame, periods: list[str], **commit: Any
+) -> delta.DeltaTable:
+    values = ", ".join(f"'{period}'" for period in periods)
+    return delta.write(uri, frame, mode="overwrite", predicate=f'"{table.period}" IN ({values})', **commit)
+
+
+def build_gold(table: GoldTable, lakehouse: LakehouseStorage, run_id: str) -> GoldBuild:
+    uri = lakehouse.table_uri("gold", table.name)
+    read = _silver_reader(lakehouse)
+    existing = delta.open_table(uri)
     pattern = MONTH if table.granularity == "month" else DAY
     positions, periods = {}, set()
     for upstream, moment in table.upstream.items():
@@ -60,7 +75,10 @@ def build_gold(table: GoldTable, lakehouse: LakehouseStorage, full: bool = False
 
     if existing is not None and not periods:
         return GoldBuild([], 0, existing)
-    metadata = {"lakehouse.gold.periods": ",".join(sorted(periods)) if existing else "all"}
+    metadata = {
+        "lakehouse.run_id": run_id,
+        "lakehouse.gold.periods": ",".join(sorted(periods)) if existing else "all",
+    }
     if existing is None or table.period is None:
         frame = table.build(read, None)
         written = delta.write(
@@ -70,9 +88,15 @@ def build_gold(table: GoldTable, lakehouse: LakehouseStorage, full: bool = False
         return GoldBuild(None, frame.height, written)
     rebuilt = sorted(periods)
     frame = table.build(read, rebuilt)
-    values = ", ".join(f"'{period}'" for period in rebuilt)
-    written = delta.write(
-        uri, frame, mode="overwrite", predicate=f'"{table.period}" IN ({values})',
-        metadata=metadata, transactions=positions,
-    )  # fmt: skip
+    written = _replace_periods(uri, table, frame, rebuilt, metadata=metadata, transactions=positions)
     return GoldBuild(rebuilt, frame.height, written)
+
+
+def build_days(table: GoldTable, lakehouse: LakehouseStorage, days: list[str], run_id: str) -> GoldBuild:
+    """Rebuild exactly `days` from silver: every other day of the table stays as it is."""
+    uri = lakehouse.table_uri("gold", table.name)
+    frame = table.build(_silver_reader(lakehouse), days)
+    metadata = {"lakehouse.run_id": run_id, "lakehouse.gold.periods": ",".join(days)}
+    if delta.open_table(uri) is None:
+        return GoldBuild(days, frame.height, delta.write(uri, frame, mode="overwrite", metadata=metadata))
+    return GoldBuild(days, frame.height, _replace_periods(uri, table, frame, days, metadata=metadata))

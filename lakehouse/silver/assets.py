@@ -8,6 +8,7 @@ from lakehouse import delta
 from lakehouse.contract import Contract
 from lakehouse.delta import LakehouseStorage
 from lakehouse.merge import MergeCounts
+from lakehouse.partitions import ONE_RUN
 from lakehouse.silver.load import load_silver
 from lakehouse.silver.pii import PiiHasher
 
@@ -69,7 +70,7 @@ def _silver_asset(contract: Contract) -> dg.AssetsDefinition:
             )
         )
 
-    @dg.multi_asset(name=f"silver_{name}", group_name="silver", specs=specs)
+    @dg.multi_asset(name=f"silver_{name}", group_name="silver", specs=specs, backfill_policy=ONE_RUN)
     def silver_table(context: dg.AssetExecutionContext, lakehouse: LakehouseStorage, pii: PiiHasher):
         if pii.uses_development_salt:
             context.log.warning(
