@@ -85,7 +85,7 @@ def _landing_lines_check(contract: Contract) -> dg.AssetChecksDefinition:
         ingested = [
             path
             for path in sorted(landing.folder.glob(contract.source.glob))
-            if table.transaction_version(file_key(contract, path.name)) is not None
+            if delta.marker(table, file_key(contract, path.name)) is not None
         ]
         expected = pl.DataFrame(
             {
@@ -127,7 +127,7 @@ def _silver_accounts_check(contract: Contract) -> dg.AssetChecksDefinition:
     )
     def check(lakehouse: LakehouseStorage) -> dg.AssetCheckResult:
         silver = delta.open_table(lakehouse.table_uri("silver", contract.name))
-        position = silver.transaction_version(position_key(contract)) if silver else None
+        position = delta.marker(silver, position_key(contract.name))
         if position is None:
             return dg.AssetCheckResult(passed=True, metadata={"rows_consumed": 0, "note": "silver is empty"})
         identity = bronze_identity(contract)

@@ -1,4 +1,5 @@
-"""The `lakehouse` command: build and advance the demo source, summarise the tables."""
+"""The `lakehouse` command: build and advance the demo source, summarise the tables, report
+their quality, and inspect or roll back a table's versions."""
 
 from __future__ import annotations
 
@@ -63,7 +64,55 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--table", help="one table (e.g. orders), default: every contract's table")
     report.add_argument("--format", choices=("md", "json"), default="md")
     report.add_argument("--now", type=_moment, help="measure freshness as of this moment (ISO-8601)")
+    table = commands.add_parser("table", help="a table's versions: inspect, roll back").add_subparsers(
+        dest="action", required=True
+    )
+    listed = table.add_parser(
+        "history", help="the table's versions, newest first, with the run that wrote each"
+    )
+    listed.add_argument("table", type=_table_name, help="<layer>/<table>, e.g. silver/orders")
+    listed.add_argument("--limit", type=int, default=20, help="versions to list (default 20)")
+    back = table.add_parser(
+        "restore", help="roll the table back to a version, with its ledger (watermark, positions) as it was"
+    )
+    back.add_argument("table", type=_table_name, help="<layer>/<table>, e.g. bronze/orders")
+    back.add_argument("--version", type=int, required=True, help="the version to restore")
     return parser
+
+
+def _table_name(text: str) -> tuple[str, str]:
+    layer, _, name = text.partition("/")
+    if not layer or not name or "/" in name:
+        raise argparse.ArgumentTypeError(f"'{text}': use <layer>/<table>, e.g. silver/orders")
+    return layer, name
+
+
+def _table_command(args: argparse.Namespace) -> int:
+    from lakehouse import delta, time_travel
+    from lakehouse.delta import LakehouseStorage
+
+    lakehouse = LakehouseStorage(root=setting("LAKEHOUSE_ROOT"))
+    layer, name = args.table
+    if args.action == "history":
+        if delta.open_table(lakehouse.table_uri(layer, name)) is None:
+            print(f"lakehouse table history: {layer}/{name} does not exist", file=sys.stderr)
+            return 2
+        rows = time_travel.history(lakehouse.table_uri(layer, name), args.limit)
+        columns = list(rows[0])
+        cells = [[("" if row[c] is None else str(row[c])) for c in columns] for row in rows]
+        widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(columns)]
+        for line in [columns, *cells]:
+            print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+        return 0
+    try:
+        restored = time_travel.restore(lakehouse, layer, name, args.version)
+    except time_travel.RestoreError as error:
+        print(f"lakehouse table restore: {error}", file=sys.stderr)
+        return 2
+    print(f"{layer}/{name} restored to version {restored.restored_to} (new version {restored.version})")
+    for key, value in restored.markers.items():
+        print(f"  ledger {key}: {'not set' if value is None else value}")
+    return 0
 
 
 def _quality_report(args: argparse.Namespace) -> int:
@@ -117,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "quality":
         return _quality_report(args)
+    if args.command == "table":
+        return _table_command(args)
     from lakehouse.summary import print_summary
 
     return print_summary()

@@ -13,6 +13,9 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 COMMIT_ATTEMPTS = 5
+# A ledger marker taken back by `lakehouse table restore`: Delta keeps an app transaction once
+# it is set, so "never set" is written as this value.
+UNSET = -1
 # Bronze is read incrementally by silver through the change data feed.
 CHANGE_DATA_FEED = {"delta.enableChangeDataFeed": "true"}
 
@@ -37,6 +40,12 @@ def open_table(uri: str) -> DeltaTable | None:
         return DeltaTable(uri)
     except TableNotFoundError:
         return None
+
+
+def marker(table: DeltaTable | None, key: str) -> int | None:
+    """The table's ledger marker `key` (an app transaction), None when not set."""
+    value = table.transaction_version(key) if table is not None else None
+    return None if value is None or value == UNSET else value
 
 
 def row_count(table: DeltaTable) -> int:

@@ -26,7 +26,7 @@ def waiting_files(contract: Contract, landing: LandingZone, lakehouse: Lakehouse
     return [
         path.name
         for path in sorted(landing.folder.glob(contract.source.glob))
-        if table is None or table.transaction_version(file_key(contract, path.name)) is None
+        if delta.marker(table, file_key(contract, path.name)) is None
     ]
 
 

@@ -37,7 +37,7 @@ def watermark_key(contract: Contract) -> str:
 
 def read_watermark(table: delta.DeltaTable | None, contract: Contract) -> datetime | None:
     """The highest watermark value bronze has committed, as stored in its app transaction."""
-    micros = table.transaction_version(watermark_key(contract)) if table else None
+    micros = delta.marker(table, watermark_key(contract))
     return None if micros is None else EPOCH + timedelta(microseconds=micros)
 
 

@@ -54,7 +54,7 @@ def pending_files(contract: Contract, landing: Path, table: delta.DeltaTable | N
     files = sorted(path for path in landing.glob(contract.source.glob) if path.is_file())
     if table is None:
         return files
-    return [path for path in files if table.transaction_version(file_key(contract, path.name)) is None]
+    return [path for path in files if delta.marker(table, file_key(contract, path.name)) is None]
 
 
 def _as_text(value: object) -> str | None:

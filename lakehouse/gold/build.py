@@ -63,7 +63,7 @@ def build_gold(table: GoldTable, lakehouse: LakehouseStorage, run_id: str) -> Go
     pattern = MONTH if table.granularity == "month" else DAY
     positions, periods = {}, set()
     for upstream, moment in table.upstream.items():
-        seen = existing.transaction_version(position_key(table, upstream)) if existing else None
+        seen = delta.marker(existing, position_key(table, upstream))
         since = EPOCH + timedelta(microseconds=seen) if seen is not None else EPOCH
         changed = read(upstream).filter(pl.col(LOADED_AT) > since)
         summary = changed.select(

@@ -41,8 +41,9 @@ class SilverLoad:
     history: MergeCounts | None
 
 
-def position_key(contract: Contract) -> str:
-    return f"lakehouse.silver.{contract.name}.bronze_version"
+def position_key(name: str) -> str:
+    """Silver's ledger marker: the version of bronze/`name` it has consumed."""
+    return f"lakehouse.silver.{name}.bronze_version"
 
 
 def partition_column(contract: Contract) -> str | None:
@@ -67,10 +68,34 @@ def read_bronze_changes(uri: str, since: int | None) -> tuple[pl.DataFrame, int]
     version = table.version()
     if since is None:
         return pl.read_delta(uri, version=version), version
-    if since >= version:
-        return pl.DataFrame(schema=pl.Schema(delta.arrow_schema(table))), version
-    changes = pl.DataFrame(table.load_cdf(starting_version=since + 1, ending_version=version).read_all())
+    empty = pl.DataFrame(schema=pl.Schema(delta.arrow_schema(table)))
+    feeds = [
+        pl.DataFrame(table.load_cdf(starting_version=first, ending_version=last).read_all())
+        for first, last in live_versions(table, since, version)
+    ]
+    if not feeds:
+        return empty, version
+    changes = pl.concat(feeds, how="diagonal_relaxed")
     return changes.filter(pl.col("_change_type") == "insert").drop(CHANGE_FEED_COLUMNS), version
+
+
+def live_versions(table: delta.DeltaTable, since: int, version: int) -> list[tuple[int, int]]:
+    """The ranges of versions after `since` up to `version` that no RESTORE has rolled back.
+
+    A restore to N takes back the commits after N (the rows a bad load appended) with one
+    commit of its own: reading neither is what makes the rows as if never loaded.
+    """
+    undone: set[int] = set()
+    for commit in table.history(limit=max(version - since, 0)):
+        if commit["operation"] == "RESTORE" and since < commit["version"] <= version:
+            undone.update(range(int(commit["operationParameters"]["version"]) + 1, commit["version"] + 1))
+    ranges: list[tuple[int, int]] = []
+    for number in (v for v in range(since + 1, version + 1) if v not in undone):
+        if ranges and ranges[-1][1] == number - 1:
+            ranges[-1] = (ranges[-1][0], number)
+        else:
+            ranges.append((number, number))
+    return ranges
 
 
 def _with_partition(frame: pl.DataFrame, contract: Contract) -> pl.DataFrame:
@@ -148,7 +173,7 @@ def load_silver(
 ) -> SilverLoad:
     silver_uri = lakehouse.table_uri("silver", contract.name)
     silver = delta.open_table(silver_uri)
-    since = silver.transaction_version(position_key(contract)) if silver else None
+    since = delta.marker(silver, position_key(contract.name))
     changes, version = read_bronze_changes(lakehouse.table_uri("bronze", contract.name), since)
     if changes.is_empty() and since is not None:
         # No new rows, but parents may have arrived for rows flagged as orphans.
@@ -187,7 +212,7 @@ def load_silver(
         update_when=None if contract.history == "append" else f"s.{quoted(wm)} > t.{quoted(wm)}",
         partition=partition,
         metadata={"lakehouse.run_id": run_id, "lakehouse.bronze_version": str(version)},
-        transactions={position_key(contract): version},
+        transactions={position_key(contract.name): version},
     )
     orphans = resolve_orphans(silver_uri, contract, lakehouse)
     return SilverLoad(
