@@ -96,6 +96,14 @@ def dbt_models(
         for event in events:
             if isinstance(event, dg.Output):
                 name = context.asset_key_for_output(event.output_name).path[-1]
-                event = event.with_metadata({**event.metadata, **_relation_metadata(connection, name)})
+                # The same duration key as the Delta assets, so every asset plots it alike.
+                duration = event.metadata.get("Execution Duration")
+                event = event.with_metadata(
+                    {
+                        **event.metadata,
+                        **_relation_metadata(connection, name),
+                        **({"duration_seconds": duration} if duration is not None else {}),
+                    }
+                )
             yield event
     prune_run_folders(dbt_project.project_dir / "target")

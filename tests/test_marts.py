@@ -12,6 +12,7 @@ import pytest
 import yaml
 from conftest import Lake
 
+from lakehouse.definitions import defs
 from lakehouse.gold.tables import GOLD_TABLES
 from lakehouse.marts import dbt_models, dbt_project
 
@@ -35,6 +36,23 @@ def built(lake: Lake) -> tuple[Lake, dg.ExecuteInProcessResult]:
     lake.materialize()
     lake.advance(batches=2)
     return lake, lake.materialize("*")
+
+
+def test_every_materialisation_reports_rows_duration_and_bytes(
+    built: tuple[Lake, dg.ExecuteInProcessResult],
+) -> None:
+    _, result = built
+    materialised = result.get_asset_materialization_events()
+    assert {event.asset_key for event in materialised} == defs.resolve_asset_graph().get_all_asset_keys()
+    for event in materialised:
+        metadata = event.materialization.metadata
+        name = event.asset_key.to_user_string()
+        assert metadata["dagster/row_count"].value >= 0, name
+        assert metadata["duration_seconds"].value >= 0, name
+        if event.asset_key.path[0] not in ("staging", "marts"):  # Delta tables; dbt's live in DuckDB
+            stored = metadata["delta_bytes"].value > 0 and metadata["delta_files"].value > 0
+            assert stored == (metadata["dagster/row_count"].value > 0), name
+            assert not stored or metadata["delta_version"].value >= 0, name
 
 
 def test_marts_agree_with_gold(built: tuple[Lake, dg.ExecuteInProcessResult]) -> None:

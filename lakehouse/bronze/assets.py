@@ -1,7 +1,7 @@
 """Bronze assets, one per dataset contract: raw, append-only Delta copies of the sources."""
 
+import time
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
 
@@ -31,10 +31,6 @@ class LandingZone(dg.ConfigurableResource):
         return Path(self.path)
 
 
-def _table_metadata(table: delta.DeltaTable | None) -> dict[str, Any]:
-    return delta.table_metadata(table) if table else {"dagster/row_count": 0}
-
-
 def _database_asset(contract: Contract) -> dg.AssetsDefinition:
     @dg.asset(
         key=["bronze", contract.name],
@@ -48,6 +44,7 @@ def _database_asset(contract: Contract) -> dg.AssetsDefinition:
     def bronze_table(
         context: dg.AssetExecutionContext, source: SourceDatabase, lakehouse: LakehouseStorage
     ) -> dg.MaterializeResult:
+        started = time.monotonic()
         result = extract_table(
             contract, source, lakehouse.table_uri("bronze", contract.name), context.run.run_id
         )
@@ -57,7 +54,8 @@ def _database_asset(contract: Contract) -> dg.AssetsDefinition:
         )
         return dg.MaterializeResult(
             metadata={
-                **_table_metadata(result.table),
+                **delta.table_metadata(result.table),
+                **delta.elapsed(started),
                 "rows_read": result.rows_read,
                 "rows_appended": result.rows_appended,
                 "watermark_before": str(result.watermark_before),
@@ -94,6 +92,7 @@ def _landing_asset(contract: Contract) -> dg.AssetsDefinition:
         ],
     )
     def bronze_files(context: dg.AssetExecutionContext, landing: LandingZone, lakehouse: LakehouseStorage):
+        started = time.monotonic()
         result = ingest_files(
             contract,
             landing.folder,
@@ -109,7 +108,8 @@ def _landing_asset(contract: Contract) -> dg.AssetsDefinition:
         yield dg.MaterializeResult(
             asset_key=["bronze", contract.name],
             metadata={
-                **_table_metadata(result.table),
+                **delta.table_metadata(result.table),
+                **delta.elapsed(started),
                 "files_ingested": len(result.files),
                 "files_waiting": result.files_waiting,
                 "lines_read": result.lines_read,
@@ -130,7 +130,8 @@ def _landing_asset(contract: Contract) -> dg.AssetsDefinition:
         yield dg.MaterializeResult(
             asset_key=["quarantine", quarantine_name],
             metadata={
-                **_table_metadata(result.quarantine),
+                **delta.table_metadata(result.quarantine),
+                **delta.elapsed(started),
                 "rows_quarantined": result.lines_quarantined,
             },
         )

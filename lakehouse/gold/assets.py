@@ -1,5 +1,7 @@
 """Gold assets, one per table in `GOLD_TABLES`."""
 
+import time
+
 import dagster as dg
 
 from lakehouse import delta
@@ -34,6 +36,7 @@ def _gold_asset(table: GoldTable) -> dg.AssetsDefinition:
         else dg.AutomationCondition.eager(),
     )
     def gold_table(context: dg.AssetExecutionContext, lakehouse: LakehouseStorage) -> dg.MaterializeResult:
+        started = time.monotonic()
         built = (
             build_days(table, lakehouse, context.partition_keys, context.run.run_id)
             if table.daily_partitions
@@ -43,7 +46,8 @@ def _gold_asset(table: GoldTable) -> dg.AssetsDefinition:
         context.log.info(f"gold/{table.name}: {built.rows_written} rows written for periods: {rebuilt}")
         return dg.MaterializeResult(
             metadata={
-                **(delta.table_metadata(built.table) if built.table else {"dagster/row_count": 0}),
+                **delta.table_metadata(built.table),
+                **delta.elapsed(started),
                 "rows_written": built.rows_written,
                 "periods_rewritten": rebuilt,
                 "periods_rewritten_count": -1 if built.rebuilt is None else len(built.rebuilt),

@@ -1,5 +1,6 @@
 """Silver assets, one per dataset contract, with the dataset's quarantine (and history)."""
 
+import time
 from typing import Any
 
 import dagster as dg
@@ -16,8 +17,7 @@ KINDS = {"deltalake", "polars"}
 
 
 def _table_metadata(lakehouse: LakehouseStorage, layer: str, name: str) -> dict[str, Any]:
-    table = delta.open_table(lakehouse.table_uri(layer, name))
-    return delta.table_metadata(table) if table else {"dagster/row_count": 0}
+    return delta.table_metadata(delta.open_table(lakehouse.table_uri(layer, name)))
 
 
 def _merge_metadata(counts: MergeCounts | None) -> dict[str, int]:
@@ -72,6 +72,7 @@ def _silver_asset(contract: Contract) -> dg.AssetsDefinition:
 
     @dg.multi_asset(name=f"silver_{name}", group_name="silver", specs=specs, backfill_policy=ONE_RUN)
     def silver_table(context: dg.AssetExecutionContext, lakehouse: LakehouseStorage, pii: PiiHasher):
+        started = time.monotonic()
         if pii.uses_development_salt:
             context.log.warning(
                 "PII is hashed with the development salt: set LAKEHOUSE_PII_SALT in production"
@@ -86,6 +87,7 @@ def _silver_asset(contract: Contract) -> dg.AssetsDefinition:
             asset_key=["silver", name],
             metadata={
                 **_table_metadata(lakehouse, "silver", name),
+                **delta.elapsed(started),
                 "rows_read": load.rows_read,
                 **_merge_metadata(load.silver),
                 "duplicates_collapsed": load.duplicates_collapsed,
@@ -100,6 +102,7 @@ def _silver_asset(contract: Contract) -> dg.AssetsDefinition:
             asset_key=["quarantine", name],
             metadata={
                 **_table_metadata(lakehouse, "quarantine", name),
+                **delta.elapsed(started),
                 "rows_quarantined": load.rows_quarantined,
             },
         )
@@ -108,6 +111,7 @@ def _silver_asset(contract: Contract) -> dg.AssetsDefinition:
                 asset_key=["silver", f"{name}_history"],
                 metadata={
                     **_table_metadata(lakehouse, "silver", f"{name}_history"),
+                    **delta.elapsed(started),
                     **_merge_metadata(load.history),
                 },
             )
