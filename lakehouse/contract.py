@@ -141,6 +141,13 @@ class Partitioning(_Strict):
     granularity: Literal["day", "month"]
 
 
+class Maintenance(_Strict):
+    """How the weekly maintenance lays out the dataset's bronze and silver files."""
+
+    # Z-ordering by the columns readers filter or join on lets them skip most files.
+    z_order: list[Identifier] = Field(min_length=1)
+
+
 class Contract(_Strict):
     name: Identifier
     description: str = Field(min_length=1)
@@ -153,6 +160,7 @@ class Contract(_Strict):
     partitioning: Partitioning | None = None
     sla: Sla = Sla()
     volume: Volume | None = None
+    maintenance: Maintenance | None = None
     columns: dict[Identifier, Column] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -163,6 +171,7 @@ class Contract(_Strict):
             "event_time": [self.event_time] if self.event_time else [],
             "freshness.column": [self.freshness.column] if self.freshness else [],
             "partitioning.column": [self.partitioning.column] if self.partitioning else [],
+            "maintenance.z_order": self.maintenance.z_order if self.maintenance else [],
         }
         for field, names in named.items():
             for column in names:

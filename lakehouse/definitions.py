@@ -12,6 +12,7 @@ from lakehouse.contract import load_contracts
 from lakehouse.delta import LakehouseStorage
 from lakehouse.gold.assets import gold_assets
 from lakehouse.jobs import ingest_job, schedules, transform_job
+from lakehouse.maintenance import maintenance_job
 from lakehouse.marts import DBT_EXECUTABLE, Warehouse, dbt_models, dbt_project
 from lakehouse.sensors import sensors
 from lakehouse.settings import check_deployment, resource_value, setting
@@ -25,7 +26,7 @@ contracts = load_contracts(Path(setting("LAKEHOUSE_CONTRACTS")))
 defs = dg.Definitions(
     assets=[*bronze_assets(contracts), *silver_assets(contracts), *gold_assets(), dbt_models],
     asset_checks=all_checks(contracts),
-    jobs=[ingest_job, transform_job],
+    jobs=[ingest_job, transform_job, maintenance_job(contracts)],
     schedules=schedules,
     sensors=sensors(contracts),
     resources={

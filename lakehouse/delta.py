@@ -11,6 +11,7 @@ import polars as pl
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
+from pyarrow import fs
 
 COMMIT_ATTEMPTS = 5
 # A ledger marker taken back by `lakehouse table restore`: Delta keeps an app transaction once
@@ -32,6 +33,21 @@ class LakehouseStorage(dg.ConfigurableResource):
 
     def table_uri(self, layer: str, name: str) -> str:
         return f"{self.location}/{layer}/{name}"
+
+    def tables(self) -> list[tuple[str, str]]:
+        """(layer, name) of every Delta table under the root: each `<layer>/<name>` with a `_delta_log`."""
+        filesystem, root = fs.FileSystem.from_uri(self.location)
+
+        def folders(path: str) -> list[str]:
+            found = filesystem.get_file_info(fs.FileSelector(path, allow_not_found=True))
+            return sorted(info.base_name for info in found if info.type == fs.FileType.Directory)
+
+        return [
+            (layer, name)
+            for layer in folders(root)
+            for name in folders(f"{root}/{layer}")
+            if filesystem.get_file_info(f"{root}/{layer}/{name}/_delta_log").type == fs.FileType.Directory
+        ]
 
 
 def open_table(uri: str) -> DeltaTable | None:

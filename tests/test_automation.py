@@ -50,6 +50,15 @@ def test_the_daily_transform_rebuilds_yesterdays_and_todays_event_days() -> None
     assert request.tags == {RANGE_START: "2026-11-21", RANGE_END: "2026-11-22"}
 
 
+def test_maintenance_runs_weekly_on_sunday_night_and_starts_stopped() -> None:
+    moment = datetime(2026, 11, 21, 10, 17, tzinfo=UTC)  # a Saturday
+    assert next_tick("maintenance_weekly", moment) == datetime(2026, 11, 22, 3, 30, tzinfo=UTC)
+    schedule = defs.get_schedule_def("maintenance_weekly")
+    assert schedule.job_name == "maintenance"
+    assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+    assert [node.name for node in defs.resolve_job_def("maintenance").nodes] == ["maintain_tables"]
+
+
 def evaluate(
     sensor: dg.SensorDefinition, lake: Lake, cursor: str | None
 ) -> tuple[list[dg.RunRequest], str | None]:

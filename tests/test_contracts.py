@@ -48,6 +48,8 @@ def test_shipped_contracts_describe_every_dataset() -> None:
         (("  table: orders", "  table: orders; DROP TABLE orders"), "field 'source.database.table'"),
         (("history: current", "history: forever"), "field 'history'"),
         (("name: orders", "name: sales"), "field 'name': 'sales' must match the file name"),
+        (("z_order: [customer_id]", "z_order: [client_id]"),
+         "maintenance.z_order: 'client_id' is not one of the contract's columns"),
     ],
 )  # fmt: skip
 def test_bad_contract_fails_naming_file_and_field(
