@@ -20,12 +20,14 @@ EVENT_DAYS ?= $(shell date -u -d '2 days ago' +%F)...$(shell date -u +%F)
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
-.PHONY: help install instance run test lint dev clean
+.PHONY: help install instance run test lint dev bench bench-curve clean
 
 help:
 	@echo "make run    install, build the demo source if absent, advance it one batch, materialise everything, print a summary"
 	@echo "make test   install and run the whole test suite (what .ci/run calls)"
 	@echo "make dev    the Dagster UI and daemon on http://$(HOST):$(PORT)"
+	@echo "make bench  [SCALE=1] [REPEAT=3] the pipeline against the floor and a dbt alternative"
+	@echo "make bench-curve  time and memory at scales 0.1, 1 and 3 (one repetition each)"
 	@echo "make lint   ruff"
 	@echo "make clean  remove the demo data, the Dagster instance and the virtualenv"
 
@@ -72,6 +74,17 @@ test: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# The benchmark's own default scale is 1; `make bench SCALE=3` overrides it.
+BENCH_SCALE := $(if $(filter command line,$(origin SCALE)),$(SCALE),1)
+REPEAT ?= 3
+CURVE ?= 0.1 1 3
+
+bench: install
+	$(BIN)/python -m bench.run --scale $(BENCH_SCALE) --repeat $(REPEAT)
+
+bench-curve: install
+	@for scale in $(CURVE); do $(BIN)/python -m bench.run --scale $$scale --repeat 1 || exit $$?; done
 
 dev: install
 	$(BIN)/dagster dev -w workspace.yaml --host $(HOST) --port $(PORT)
