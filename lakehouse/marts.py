@@ -25,6 +25,7 @@ DBT_PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt"
 # The dbt installed beside this Python, whether or not the virtualenv is on PATH.
 DBT_EXECUTABLE = str(Path(sys.executable).parent / "dbt")
 WAREHOUSE_POOL = "duckdb_warehouse"
+DBT_INDIRECT_SELECTION = "DBT_INDIRECT_SELECTION"
 KEPT_RUN_FOLDERS = 5
 
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
@@ -88,6 +89,12 @@ def dbt_models(
     os.environ["LAKEHOUSE_WAREHOUSE_PATH"] = str(warehouse.location)
     warehouse.location.parent.mkdir(parents=True, exist_ok=True)
     variables = json.dumps({"lakehouse_root": lakehouse.location})
+    # A run of some models only (a backfill splits "Materialize all" into waves, or the UI's
+    # "Materialize selected") must not run a test whose other parent is not built yet: dbt's
+    # default (eager) runs `relationships` tests of the marts when only staging is selected,
+    # and they fail on a new warehouse. `buildable` runs a test once all its parents are
+    # selected or upstream of the selection; dagster-dbt still overrides it when it has to.
+    os.environ.setdefault(DBT_INDIRECT_SELECTION, "buildable")
     events = list(dbt.cli(["build", "--vars", variables], context=context).stream())
     # Row counts and schemas through one short-lived read-only connection once dbt has
     # exited (dagster-dbt's fetch_row_counts keeps a read-write connection open in this

@@ -15,6 +15,7 @@ import dagster as dg
 import polars as pl
 import pytest
 from dagster_dbt import DbtCliResource
+from dagster_server import DagsterServer
 
 from asset_checks import Clock, all_checks
 from lakehouse.bronze.assets import LandingZone, bronze_assets
@@ -165,8 +166,8 @@ def any_lake(request: pytest.FixtureRequest, tmp_path: Path) -> Lake:
     return built
 
 
-def run_command(args: list[str], folder: Path, **env: str) -> subprocess.CompletedProcess:
-    """Run a project command (`lakehouse`, `dagster`) the way a user does, against `folder`."""
+def command_environment(folder: Path, **env: str) -> dict[str, str]:
+    """The environment of a project command run against the demo lake in `folder`."""
     # No DAGSTER_HOME unless a test gives one: a throwaway instance, not the developer's.
     environment = {name: value for name, value in os.environ.items() if name != "DAGSTER_HOME"}
     environment.update(
@@ -175,7 +176,24 @@ def run_command(args: list[str], folder: Path, **env: str) -> subprocess.Complet
         LAKEHOUSE_LANDING=str(folder / "landing"),
         **env,
     )
+    return environment
+
+
+def run_command(args: list[str], folder: Path, **env: str) -> subprocess.CompletedProcess:
+    """Run a project command (`lakehouse`, `dagster`) the way a user does, against `folder`."""
     return subprocess.run(
         [str(Path(sys.executable).parent / args[0]), *args[1:]],
-        cwd=PROJECT, env=environment, capture_output=True, text=True, timeout=300,
+        cwd=PROJECT, env=command_environment(folder, **env), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytest.TestReport:
+    """A failed test that used a `dagster dev` shows the end of its log (webserver, daemon, runs)."""
+    report = yield
+    if report.failed:
+        for value in getattr(item, "funcargs", {}).values():
+            server = getattr(value, "server", value)
+            if isinstance(server, DagsterServer):
+                report.sections.append(("dagster dev log, last lines", server.tail()))
+    return report

@@ -1,0 +1,274 @@
+"""End to end: `dagster dev` (webserver and daemon) on a loopback port, driven by Chromium
+through Playwright and by a landing file dropped while the sensor is on.
+
+Select them with `pytest -m e2e` (or leave them out with `-m "not e2e"`); `make test` runs them.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import polars as pl
+import pytest
+from conftest import PROJECT, SCALE, command_environment, run_command
+from dagster._core.scheduler.instigation import InstigatorState, InstigatorTick, InstigatorType, TickStatus
+from dagster._core.storage.tags import BACKFILL_ID_TAG, SENSOR_NAME_TAG
+from dagster_server import DagsterServer, wait_for
+from playwright.sync_api import Page, expect, sync_playwright
+
+from lakehouse.definitions import defs
+from lakehouse.delta import LakehouseStorage
+from lakehouse.demo.events import write_event_file
+from lakehouse.demo.simulation import EVENTS_FOLDER
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package: `.ci/run` installs it when missing
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = PROJECT / "tests" / "artifacts"  # git-ignored
+SENSOR = "events_landing_files"
+# Upper bounds, not expectations. One run of everything takes about a minute here; with
+# partitioned assets "Materialize all" is a backfill whose waves each wait for the daemon.
+UI_MS = 60_000
+OUTCOME_MS = 480_000
+SENSOR_TICK_SECONDS = 90  # the sensor's minimum interval is 30 s
+SENSOR_RUN_SECONDS = 180
+RUN_DONE = re.compile(r"^(Success|Failure|Canceled)$")
+BACKFILL_DONE = re.compile(r"^(Succeeded|Completed|Failed|Canceled)$")
+
+
+@dataclass
+class Deployment:
+    """A demo lake and the `dagster dev` serving it, with its own instance."""
+
+    folder: Path
+    server: DagsterServer
+
+    def rows(self, layer: str, name: str) -> int:
+        lakehouse = LakehouseStorage(root=str(self.folder / "lakehouse"))
+        return pl.read_delta(lakehouse.table_uri(layer, name)).height
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    folder = tmp_path_factory.mktemp("e2e")
+    home = folder / "dagster_home"
+    made = subprocess.run(
+        ["make", "-s", "instance", f"DAGSTER_HOME={home}", "LAKEHOUSE_DEPLOYMENT=local"],
+        cwd=PROJECT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stdout + made.stderr
+    settings = {
+        "DAGSTER_HOME": str(home),
+        "LAKEHOUSE_DEPLOYMENT": "local",
+        "LAKEHOUSE_WAREHOUSE": str(folder / "warehouse.duckdb"),
+        "LAKEHOUSE_ALERTS": str(folder / "alerts.jsonl"),
+    }
+    built = run_command(["lakehouse", "demo", "init", "--scale", str(SCALE)], folder, **settings)
+    assert built.returncode == 0, built.stderr
+    server = DagsterServer(
+        project=PROJECT,
+        home=home,
+        environment=command_environment(folder, **settings),
+        log=folder / "dagster-dev.log",
+    )
+    try:
+        try:
+            server.start()
+        except (TimeoutError, RuntimeError) as error:
+            pytest.fail(f"{error}\n--- dagster dev log, last lines ---\n{server.tail()}")
+        yield Deployment(folder, server)
+    finally:
+        server.stop()
+
+
+def launch_materialize_all(page: Page, url: str) -> str:
+    """Click "Materialize all" on the asset graph; the address of the run or backfill it launched."""
+    page.goto(f"{url}/asset-groups")
+    page.get_by_role("button", name="Materialize all").click()
+    # The toast that confirms a launch links to it ("Launched run 1a2b3c4d" or "Created
+    # backfill abcdefgh", then "View").
+    launched = page.get_by_role("link", name="View", exact=True)
+    dialog = page.get_by_role("dialog")
+    expect(launched.or_(dialog).first).to_be_visible(timeout=UI_MS)
+    if dialog.is_visible():
+        # Partitioned assets in the graph: Dagster asks which partitions, then launches a
+        # backfill that the daemon splits into runs.
+        dialog.get_by_role("button", name="All", exact=True).click()
+        dialog.get_by_role("button", name=re.compile(r"^Launch")).click()
+        expect(launched).to_be_visible(timeout=UI_MS)
+    address = launched.get_attribute("href")
+    assert address and address.startswith("/runs/"), address
+    return address
+
+
+def wait_for_outcome(page: Page, url: str, address: str) -> str:
+    """The status the run's or backfill's page shows once it has finished."""
+    page.goto(f"{url}{address}")
+    if address.startswith("/runs/b/"):
+        status = page.locator("xpath=//div[text()='Status']/following-sibling::div[1]")
+        expect(status).to_have_text(BACKFILL_DONE, timeout=OUTCOME_MS)
+    else:
+        status = page.get_by_text(RUN_DONE).first  # the run's status tag in the page header
+        expect(status).to_be_visible(timeout=OUTCOME_MS)
+    return status.inner_text().strip()
+
+
+def launched_runs(instance: dg.DagsterInstance, address: str) -> list[dg.DagsterRun]:
+    identifier = address.rstrip("/").rsplit("/", 1)[-1]
+    if address.startswith("/runs/b/"):
+        return list(instance.get_runs(dg.RunsFilter(tags={BACKFILL_ID_TAG: identifier})))
+    run = instance.get_run_by_id(identifier)
+    return [run] if run else []
+
+
+def test_materialize_all_from_the_asset_graph_in_a_browser(deployment: Deployment) -> None:
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium")
+        pytest.skip(f"no {CHROMIUM}: apt-get install chromium (.ci/run does)")
+    ARTIFACTS.mkdir(exist_ok=True)
+    url = deployment.server.url
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.set_default_timeout(UI_MS)
+            try:
+                address = launch_materialize_all(page, url)
+                shown = wait_for_outcome(page, url, address)
+            except Exception:
+                page.screenshot(path=ARTIFACTS / "materialize_all_failed.png", full_page=True)
+                raise
+            page.screenshot(path=ARTIFACTS / "materialize_all.png", full_page=True)
+        finally:
+            browser.close()
+
+    assert shown in ("Success", "Succeeded", "Completed"), f"{address} ended {shown}"
+    instance = deployment.server.instance()
+    runs = launched_runs(instance, address)
+    assert runs and {run.status for run in runs} == {dg.DagsterRunStatus.SUCCESS}
+    assert all(run.tags.get("dagster/from_ui") == "true" for run in runs)
+    # Real work: every asset has a materialisation and the marts are in the warehouse.
+    keys = defs.resolve_asset_graph().materializable_asset_keys
+    missing = {key.to_user_string() for key in keys if instance.get_latest_materialization_event(key) is None}
+    assert missing == set()
+    with duckdb.connect(str(deployment.folder / "warehouse.duckdb"), read_only=True) as warehouse:
+        marts = {key.path[-1] for key in keys if key.path[0] == "marts"}
+        rows = {name: warehouse.sql(f'select count(*) from main."{name}"').fetchall()[0][0] for name in marts}
+    assert marts and all(count > 0 for count in rows.values()), rows
+
+
+def sensor_state(instance: dg.DagsterInstance) -> InstigatorState | None:
+    states = instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
+    return next((state for state in states if state.instigator_name == SENSOR), None)
+
+
+def finished_ticks(
+    instance: dg.DagsterInstance, state: InstigatorState, after: float
+) -> list[InstigatorTick]:
+    """The sensor's evaluations that started after `after` and have ended, oldest first."""
+    ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id, after=after)
+    ended = [tick for tick in ticks if tick.status != TickStatus.STARTED]
+    return sorted(ended, key=lambda tick: tick.timestamp)
+
+
+def sensor_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
+    return list(instance.get_runs(dg.RunsFilter(tags={SENSOR_NAME_TAG: SENSOR})))
+
+
+def event_lines(valid: int) -> list[str]:
+    """`valid` new events, one of an unknown type (silver quarantines it) and one line that is
+    not JSON (bronze quarantines it)."""
+    now = datetime.now(UTC)
+    events = [
+        {
+            "event_id": str(uuid.uuid4()),
+            "user_id": 1 + number,
+            "event_type": "page_view",
+            "timestamp": (now - timedelta(seconds=number)).isoformat(timespec="milliseconds")[:-6] + "Z",
+            "properties": {"page": f"/products/{1 + number}", "referrer": "direct"},
+        }
+        for number in range(valid + 1)
+    ]
+    events[-1]["event_type"] = "scroll"
+    return [*(json.dumps(event, separators=(",", ":")) for event in events), "<html>502 Bad Gateway</html>"]
+
+
+def test_a_new_landing_file_launches_one_ingestion_and_the_same_file_again_none(
+    deployment: Deployment,
+) -> None:
+    server, instance = deployment.server, deployment.server.instance()
+    # Whatever ran before, the landing files present now are ingested: the sensor will only
+    # have the file this test drops to launch for.
+    ingested = server.command(
+        ["dagster", "job", "execute", "-m", "lakehouse.definitions", "-j", "ingest_events"]
+    )
+    assert ingested.returncode == 0, ingested.stderr[-3000:]
+    turned_on = time.time()
+    started = server.command(["dagster", "sensor", "start", SENSOR, "-w", "workspace.yaml"])
+    assert started.returncode == 0, started.stdout + started.stderr[-3000:]
+    state = wait_for("the sensor's state", lambda: sensor_state(instance), SENSOR_TICK_SECONDS)
+    first = wait_for(
+        "the sensor's first tick", lambda: finished_ticks(instance, state, turned_on), SENSOR_TICK_SECONDS
+    )
+    assert first[0].status == TickStatus.SKIPPED, first[0]
+    assert sensor_runs(instance) == []
+
+    tables = (
+        ("bronze", "events"),
+        ("quarantine", "events_malformed"),
+        ("silver", "events"),
+        ("quarantine", "events"),
+    )
+    before = {table: deployment.rows(*table) for table in tables}
+    folder = deployment.folder / "landing" / EVENTS_FOLDER
+    name = f"events_{datetime.now(UTC):%Y%m%dT%H%M%S}_99999_00.jsonl"
+    write_event_file(folder, name, event_lines(valid=10))
+
+    def finished_run() -> dg.DagsterRun | None:
+        runs = sensor_runs(instance)
+        return runs[0] if runs and runs[0].is_finished else None
+
+    run = wait_for("the run the sensor launches", finished_run, SENSOR_RUN_SECONDS)
+    assert (run.job_name, run.status) == ("ingest_events", dg.DagsterRunStatus.SUCCESS)
+    assert run.tags["lakehouse/new_files"] == "1"
+    grown = {table: deployment.rows(*table) - before[table] for table in tables}
+    assert grown == {
+        ("bronze", "events"): 11,  # every line that is a JSON object
+        ("quarantine", "events_malformed"): 1,
+        ("silver", "events"): 10,  # the valid events
+        ("quarantine", "events"): 1,
+    }
+
+    # The same file dropped again (a new copy renamed over it): it is in bronze's ledger.
+    runs_before = len(instance.get_runs())
+    shutil.copy(folder / name, folder / f".{name}.again")
+    dropped_again = time.time()
+    (folder / f".{name}.again").replace(folder / name)
+    later = wait_for(
+        "two sensor ticks after the file came again",
+        lambda: ticks if len(ticks := finished_ticks(instance, state, dropped_again)) >= 2 else None,
+        2 * SENSOR_TICK_SECONDS,
+    )
+    assert {tick.status for tick in later} == {TickStatus.SKIPPED}, later
+    assert len(instance.get_runs()) == runs_before
+    assert [run.run_id for run in sensor_runs(instance)] == [run.run_id]
