@@ -18,6 +18,7 @@ from lakehouse.bronze.landing import file_key
 from lakehouse.contract import Contract
 from lakehouse.delta import LakehouseStorage
 from lakehouse.jobs import landing_job
+from lakehouse.settings import setting
 
 
 def waiting_files(contract: Contract, landing: LandingZone, lakehouse: LakehouseStorage) -> list[str]:
@@ -42,7 +43,7 @@ def landing_sensor(contract: Contract) -> dg.SensorDefinition:
     @dg.sensor(
         name=f"{contract.name}_landing_files",
         job=landing_job(contract),
-        minimum_interval_seconds=30,
+        minimum_interval_seconds=int(setting("LAKEHOUSE_LANDING_POLL_SECONDS")),
         description=f"Launches ingest_{contract.name} when new {contract.source.glob} files arrive.",
     )
     def watch(

@@ -33,6 +33,7 @@ DEFAULTS = {
     "LAKEHOUSE_CONTRACTS": str(Path(__file__).parent / "contracts"),
     "LAKEHOUSE_ALERTS": "./data/alerts.jsonl",
     "LAKEHOUSE_EVENTS_START": "2026-01-01",
+    "LAKEHOUSE_LANDING_POLL_SECONDS": "30",
     "LAKEHOUSE_ALERT_WEBHOOK": "",
     "LAKEHOUSE_PII_SALT": "lakehouse-development-salt-do-not-use-in-production",
 }
