@@ -90,7 +90,9 @@ def alternative(folder: Path) -> dict[str, float]:
     command = [str(BIN / "dbt"), "run", "--profiles-dir", ".", "--target-path", str(folder / "dbt_target")]
     done = _checked(measure(command, env, project), "dbt alternative")
     results = json.loads((folder / "dbt_target" / "run_results.json").read_text())
-    return {"wall": done.seconds, "model": results["results"][0]["execution_time"], "rss": done.peak_rss}
+    (model,) = (result for result in results["results"] if result["unique_id"].startswith("model."))
+    # The model's time includes the delta plugin loading bronze orders (its compile phase).
+    return {"wall": done.seconds, "model": model["execution_time"], "rss": done.peak_rss}
 
 
 def footprint_by_layer(folder: Path) -> dict[str, dict[str, int]]:
