@@ -4,8 +4,13 @@ The manifest is prepared before anything loads the definitions (`make` runs `dbt
 no run worker parses the project again. dbt tests become asset checks; models report row
 counts and column schemas. Only one step writes the DuckDB warehouse at a time (the
 `duckdb_warehouse` pool), because DuckDB allows a single writer per file.
+
+dbt is not invoked when it would rebuild the same tables: every selected model was last built,
+in a run that succeeded, from the same gold table versions with the same dbt project, and is
+still in the warehouse. Each model's `built_from` metadata records what it was built from.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -18,6 +23,7 @@ import dagster as dg
 import duckdb
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
+from lakehouse import delta
 from lakehouse.delta import LakehouseStorage
 from lakehouse.partitions import ONE_RUN
 
@@ -27,6 +33,7 @@ DBT_EXECUTABLE = str(Path(sys.executable).parent / "dbt")
 WAREHOUSE_POOL = "duckdb_warehouse"
 DBT_INDIRECT_SELECTION = "DBT_INDIRECT_SELECTION"
 KEPT_RUN_FOLDERS = 5
+BUILT_FROM = "built_from"
 
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
 
@@ -76,6 +83,46 @@ def _relation_metadata(connection: duckdb.DuckDBPyConnection, name: str) -> dict
     }
 
 
+def built_from(context: dg.AssetExecutionContext, lakehouse: LakehouseStorage) -> str:
+    """The dbt project's manifest and the Delta version of every gold table the models read."""
+    # `make` parses the project again only when a dbt file changed, so the manifest's digest
+    # changes with the project and not otherwise.
+    project = hashlib.sha256(dbt_project.manifest_path.read_bytes()).hexdigest()[:12]
+    models = context.assets_def.specs
+    gold = sorted({dep.asset_key for spec in models for dep in spec.deps} - {spec.key for spec in models})
+    versions = []
+    for key in gold:
+        table = delta.open_table(lakehouse.table_uri(*key.path))
+        version = "missing" if table is None else f"{table.version()} ({table.metadata().id[:8]})"
+        versions.append(f"{key.to_user_string()} v{version}")
+    return f"manifest {project}; " + ", ".join(versions)
+
+
+def _relations(warehouse: Warehouse) -> set[str]:
+    if not warehouse.location.exists():
+        return set()
+    with duckdb.connect(str(warehouse.location), read_only=True) as connection:
+        rows = connection.sql("select table_name from information_schema.tables where table_schema = 'main'")
+        return {name for (name,) in rows.fetchall()}
+
+
+def up_to_date(context: dg.AssetExecutionContext, warehouse: Warehouse, inputs: str) -> bool:
+    """Every selected model was last built from `inputs` in a run that succeeded and is still in
+    the warehouse: a dbt build would make the same tables and run the same tests on them."""
+    relations = _relations(warehouse)
+    for key in context.selected_asset_keys:
+        event = context.instance.get_latest_materialization_event(key)
+        materialization = event.asset_materialization if event else None
+        if event is None or materialization is None or key.path[-1] not in relations:
+            return False
+        recorded = materialization.metadata.get(BUILT_FROM)
+        run = context.instance.get_run_by_id(event.run_id)
+        succeeded = run is not None and run.status == dg.DagsterRunStatus.SUCCESS
+        if recorded is None or recorded.value != inputs or not succeeded:
+            return False
+    return True
+
+
 @dbt_assets(
     manifest=dbt_project.manifest_path,
     dagster_dbt_translator=LakehouseTranslator(),
@@ -85,6 +132,10 @@ def _relation_metadata(connection: duckdb.DuckDBPyConnection, name: str) -> dict
 def dbt_models(
     context: dg.AssetExecutionContext, dbt: DbtCliResource, lakehouse: LakehouseStorage, warehouse: Warehouse
 ) -> Iterator[Any]:
+    inputs = built_from(context, lakehouse)
+    if up_to_date(context, warehouse, inputs):
+        context.log.info(f"dbt not run: every selected model was built from {inputs} and is in the warehouse")
+        return
     # dbt runs with dbt/ as its working directory: hand it absolute locations.
     os.environ["LAKEHOUSE_WAREHOUSE_PATH"] = str(warehouse.location)
     warehouse.location.parent.mkdir(parents=True, exist_ok=True)
@@ -109,6 +160,7 @@ def dbt_models(
                     {
                         **event.metadata,
                         **_relation_metadata(connection, name),
+                        BUILT_FROM: inputs,
                         **({"duration_seconds": duration} if duration is not None else {}),
                     }
                 )
