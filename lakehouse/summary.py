@@ -12,6 +12,7 @@ import duckdb
 from lakehouse import delta
 from lakehouse.delta import LakehouseStorage
 from lakehouse.settings import setting
+from lakehouse.text_table import print_table
 
 LAYERS = ("bronze", "silver", "gold", "quarantine")
 
@@ -93,14 +94,17 @@ def print_summary() -> int:
         return 1
     checks = check_results(Path(setting("LAKEHOUSE_CONTRACTS")))
     print(f"\nLakehouse at {root.resolve()}\n")
-    print(f"{'table':<32} {'rows':>12} {'version':>8} {'last added':>11}  {'last commit (UTC)':<19}  checks")
-    for name, count, version, added, committed in rows:
-        print(f"{name:<32} {count:>12,} {version:>8} {added:>11,}  {committed:<19}  {checks.get(name, '-')}")
+    print_table(
+        ("table", "rows", "version", "last added", "last commit (UTC)", "checks"),
+        [
+            (name, f"{count:,}", version, f"{added:,}", committed, checks.get(name, "-"))
+            for name, count, version, added, committed in rows
+        ],
+        right={"rows", "version", "last added"},
+    )
     warehouse = Path(setting("LAKEHOUSE_WAREHOUSE"))
     models = warehouse_rows(warehouse)
     if models:
         print(f"\ndbt models in {warehouse.resolve()}\n")
-        print(f"{'model':<32} {'rows':>12}")
-        for name, count in models:
-            print(f"{name:<32} {count:>12,}")
+        print_table(("model", "rows"), [(name, f"{count:,}") for name, count in models], right={"rows"})
     return 0
