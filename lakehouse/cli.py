@@ -10,6 +10,7 @@ from pathlib import Path
 
 from lakehouse.settings import setting
 from lakehouse.source import SourceDatabase
+from lakehouse.text_table import print_table
 
 
 def _moment(text: str) -> datetime:
@@ -98,11 +99,7 @@ def _table_command(args: argparse.Namespace) -> int:
             print(f"lakehouse table history: {layer}/{name} does not exist", file=sys.stderr)
             return 2
         rows = time_travel.history(lakehouse.table_uri(layer, name), args.limit)
-        columns = list(rows[0])
-        cells = [[("" if row[c] is None else str(row[c])) for c in columns] for row in rows]
-        widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(columns)]
-        for line in [columns, *cells]:
-            print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+        print_table(list(rows[0]), [list(row.values()) for row in rows])
         return 0
     try:
         restored = time_travel.restore(lakehouse, layer, name, args.version)

@@ -20,13 +20,11 @@ from deltalake.exceptions import CommitFailedError
 from lakehouse import delta
 from lakehouse.contract import Contract
 from lakehouse.delta import LakehouseStorage
-from lakehouse.silver.load import position_key
+from lakehouse.silver.load import live_versions, position_key
 
 JOB_NAME = "maintenance"
 MIN_RETENTION_HOURS = 24
 MEGABYTE = 1024 * 1024
-# Commits that rewrite or delete files without changing the rows.
-NO_DATA_CHANGE = frozenset({"OPTIMIZE", "VACUUM START", "VACUUM END"})
 Z_ORDER_KEY = "lakehouse.maintenance.z_order"
 
 
@@ -56,14 +54,17 @@ def versions_silver_needs(bronze: DeltaTable, lakehouse: LakehouseStorage, contr
     """The bronze versions whose files silver will still read, whatever vacuum's retention.
 
     Silver's `bronze_rows_accounted` check reads bronze as of the version silver consumed last,
-    and its next run reads the files each later data commit added, through the change feed.
+    and its next run reads, through the change feed, each later version no RESTORE has rolled
+    back (`live_versions`). Those include compaction and vacuum commits, whose files silver does
+    not need: keeping them costs little, and deciding here which commits silver skips would be a
+    second copy of its rules.
     """
     silver = delta.open_table(lakehouse.table_uri("silver", contract.name))
     consumed = delta.marker(silver, position_key(contract.name))
     if consumed is None:
         return []  # silver's first run reads the current version whole
-    unread = bronze.history(bronze.version() - consumed) if bronze.version() > consumed else []
-    return [consumed, *sorted(c["version"] for c in unread if c["operation"] not in NO_DATA_CHANGE)]
+    unread = live_versions(bronze, consumed, bronze.version())
+    return [consumed, *(version for first, last in unread for version in range(first, last + 1))]
 
 
 def maintain_table(

@@ -10,7 +10,9 @@ import dagster as dg
 import duckdb
 
 from lakehouse import delta
+from lakehouse.delta import LakehouseStorage
 from lakehouse.settings import setting
+from lakehouse.text_table import print_table
 
 LAYERS = ("bronze", "silver", "gold", "quarantine")
 
@@ -20,25 +22,20 @@ def _rows_added(commit: dict) -> int:
     return int(metrics.get("num_added_rows", metrics.get("num_target_rows_inserted", 0)))
 
 
-def table_rows(root: Path) -> list[tuple[str, int, int, int, str]]:
+def table_rows(lakehouse: LakehouseStorage) -> list[tuple[str, int, int, int, str]]:
     """(layer/table, rows, Delta version, rows the last commit added, its time) per table."""
+    listed = [(layer, name) for layer, name in lakehouse.tables() if layer in LAYERS]
     rows = []
-    for layer in LAYERS:
-        for folder in sorted((root / layer).glob("*/_delta_log")):
-            table = delta.open_table(str(folder.parent))
-            if table is None:
-                continue
-            last = table.history(1)[0]
-            committed = datetime.fromtimestamp(last["timestamp"] / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
-            rows.append(
-                (
-                    f"{layer}/{folder.parent.name}",
-                    delta.row_count(table),
-                    table.version(),
-                    _rows_added(last),
-                    committed,
-                )
-            )
+    # tables() lists the layers alphabetically; the summary follows the data through them.
+    for layer, name in sorted(listed, key=lambda table: LAYERS.index(table[0])):
+        table = delta.open_table(lakehouse.table_uri(layer, name))
+        if table is None:
+            continue
+        last = table.history(1)[0]
+        committed = datetime.fromtimestamp(last["timestamp"] / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        rows.append(
+            (f"{layer}/{name}", delta.row_count(table), table.version(), _rows_added(last), committed)
+        )
     return rows
 
 
@@ -91,20 +88,23 @@ def print_summary() -> int:
     if "://" in str(setting("LAKEHOUSE_ROOT")):
         print(f"summary lists local tables only; {setting('LAKEHOUSE_ROOT')} is remote")
         return 0
-    rows = table_rows(root)
+    rows = table_rows(LakehouseStorage(root=setting("LAKEHOUSE_ROOT")))
     if not rows:
         print(f"no Delta tables under {root.resolve()}")
         return 1
     checks = check_results(Path(setting("LAKEHOUSE_CONTRACTS")))
     print(f"\nLakehouse at {root.resolve()}\n")
-    print(f"{'table':<32} {'rows':>12} {'version':>8} {'last added':>11}  {'last commit (UTC)':<19}  checks")
-    for name, count, version, added, committed in rows:
-        print(f"{name:<32} {count:>12,} {version:>8} {added:>11,}  {committed:<19}  {checks.get(name, '-')}")
+    print_table(
+        ("table", "rows", "version", "last added", "last commit (UTC)", "checks"),
+        [
+            (name, f"{count:,}", version, f"{added:,}", committed, checks.get(name, "-"))
+            for name, count, version, added, committed in rows
+        ],
+        right={"rows", "version", "last added"},
+    )
     warehouse = Path(setting("LAKEHOUSE_WAREHOUSE"))
     models = warehouse_rows(warehouse)
     if models:
         print(f"\ndbt models in {warehouse.resolve()}\n")
-        print(f"{'model':<32} {'rows':>12}")
-        for name, count in models:
-            print(f"{name:<32} {count:>12,}")
+        print_table(("model", "rows"), [(name, f"{count:,}") for name, count in models], right={"rows"})
     return 0
