@@ -13,6 +13,7 @@ import dagster as dg
 import polars as pl
 
 from lakehouse import delta
+from lakehouse.bronze.database import read_watermark
 from lakehouse.contract import Contract, Freshness
 from lakehouse.delta import LakehouseStorage
 from lakehouse.silver.validate import typed
@@ -33,11 +34,17 @@ class Clock(dg.ConfigurableResource):
         return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def newest(uri: str, contract: Contract) -> datetime | None:
-    """The newest value of the freshness column (typed per contract: bronze may hold text)."""
+def newest(uri: str, contract: Contract, layer: str) -> datetime | None:
+    """The newest value of the freshness column (typed per contract: bronze may hold text).
+
+    Bronze extracted by a watermark on that column has it committed with the rows: no row is
+    read.
+    """
     assert contract.freshness is not None
     column = contract.freshness.column
     table = delta.open_table(uri)
+    if layer == "bronze" and contract.watermark and contract.watermark.column == column:
+        return read_watermark(table, contract)
     if table is None or column not in delta.arrow_schema(table).names:
         return None
     values = pl.scan_delta(uri).select(column).collect()
@@ -64,7 +71,7 @@ def _freshness_check(contract: Contract, layer: str) -> dg.AssetChecksDefinition
     )
     def check(lakehouse: LakehouseStorage, clock: Clock) -> dg.AssetCheckResult:
         now = clock.current()
-        latest = newest(lakehouse.table_uri(layer, contract.name), contract)
+        latest = newest(lakehouse.table_uri(layer, contract.name), contract, layer)
         age = now - latest if latest else None
         status = age_status(age, freshness)
         return dg.AssetCheckResult(
