@@ -6,6 +6,7 @@ and reconciliation (nothing lost from the source to bronze to silver, gold money
 
 import dagster as dg
 
+from asset_checks.check import per_asset
 from asset_checks.freshness import Clock, freshness_checks
 from asset_checks.reconciliation import reconciliation_checks
 from asset_checks.revenue import revenue_checks
@@ -17,7 +18,8 @@ __all__ = ["Clock", "all_checks"]
 
 
 def all_checks(contracts: list[Contract]) -> list[dg.AssetChecksDefinition]:
-    """Every check: those each contract implies on its bronze and silver assets, and gold's."""
+    """Every check: those each contract implies on its bronze and silver assets, and gold's, run
+    in one step per asset."""
     per_contract = [
         check
         for contract in contracts
@@ -29,4 +31,4 @@ def all_checks(contracts: list[Contract]) -> list[dg.AssetChecksDefinition]:
         )
         for check in checks
     ]
-    return [*per_contract, *gold_checks(), *revenue_checks()]
+    return per_asset([*per_contract, *gold_checks(), *revenue_checks()])

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 import polars as pl
 
+from asset_checks.check import Check
 from lakehouse import delta
 from lakehouse.bronze.database import read_watermark
 from lakehouse.contract import Contract, Freshness
@@ -58,19 +59,13 @@ def age_status(age: timedelta | None, freshness: Freshness) -> str:
     return "pass" if age <= freshness.warn_after else "warn"
 
 
-def _freshness_check(contract: Contract, layer: str) -> dg.AssetChecksDefinition:
+def _freshness_check(contract: Contract, layer: str) -> Check:
     freshness = contract.freshness
     assert freshness is not None
 
-    @dg.asset_check(
-        asset=dg.AssetKey([layer, contract.name]),
-        name="freshness",
-        description=f"The newest {freshness.column} is at most {freshness.warn_after / HOUR:g} h old (WARN "
-        f"after that, ERROR after {freshness.error_after / HOUR:g} h).",
-        blocking=False,
-    )
-    def check(lakehouse: LakehouseStorage, clock: Clock) -> dg.AssetCheckResult:
-        now = clock.current()
+    def evaluate(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        lakehouse: LakehouseStorage = context.resources.lakehouse
+        now = context.resources.clock.current()
         latest = newest(lakehouse.table_uri(layer, contract.name), contract, layer)
         age = now - latest if latest else None
         status = age_status(age, freshness)
@@ -86,9 +81,16 @@ def _freshness_check(contract: Contract, layer: str) -> dg.AssetChecksDefinition
             },
         )
 
-    return check
+    return Check(
+        dg.AssetKey([layer, contract.name]),
+        "freshness",
+        f"The newest {freshness.column} is at most {freshness.warn_after / HOUR:g} h old (WARN after that, "
+        f"ERROR after {freshness.error_after / HOUR:g} h).",
+        evaluate,
+        resources=frozenset({"lakehouse", "clock"}),
+    )
 
 
-def freshness_checks(contract: Contract) -> list[dg.AssetChecksDefinition]:
+def freshness_checks(contract: Contract) -> list[Check]:
     """Freshness of the contract's bronze and silver assets, when it names a freshness SLA."""
     return [_freshness_check(contract, layer) for layer in ("bronze", "silver") if contract.freshness]

@@ -3,6 +3,7 @@
 import dagster as dg
 import polars as pl
 
+from asset_checks.check import Check
 from asset_checks.row_checks import read_columns
 from asset_checks.sample import sample
 from lakehouse import delta
@@ -16,16 +17,12 @@ from lakehouse.silver.validate import typed
 from lakehouse.source import SourceDatabase
 
 
-def _source_rows_check(contract: Contract) -> dg.AssetChecksDefinition:
+def _source_rows_check(contract: Contract) -> Check:
     assert contract.watermark is not None
 
-    @dg.asset_check(
-        asset=dg.AssetKey(["bronze", contract.name]),
-        name="source_rows_in_bronze",
-        description="Every source row version up to bronze's watermark is in bronze (nothing lost).",
-        blocking=True,
-    )
-    def check(source: SourceDatabase, lakehouse: LakehouseStorage) -> dg.AssetCheckResult:
+    def evaluate(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        source: SourceDatabase = context.resources.source
+        lakehouse: LakehouseStorage = context.resources.lakehouse
         uri = lakehouse.table_uri("bronze", contract.name)
         table = delta.open_table(uri)
         watermark = read_watermark(table, contract)
@@ -55,17 +52,20 @@ def _source_rows_check(contract: Contract) -> dg.AssetChecksDefinition:
             },
         )
 
-    return check
-
-
-def _landing_lines_check(contract: Contract) -> dg.AssetChecksDefinition:
-    @dg.asset_check(
-        asset=dg.AssetKey(["bronze", contract.name]),
-        name="lines_in_bronze_or_quarantine",
-        description="Every line of every ingested landing file is in bronze or in quarantine, exactly once.",
+    return Check(
+        dg.AssetKey(["bronze", contract.name]),
+        "source_rows_in_bronze",
+        "Every source row version up to bronze's watermark is in bronze (nothing lost).",
+        evaluate,
         blocking=True,
+        resources=frozenset({"source", "lakehouse"}),
     )
-    def check(landing: LandingZone, lakehouse: LakehouseStorage) -> dg.AssetCheckResult:
+
+
+def _landing_lines_check(contract: Contract) -> Check:
+    def evaluate(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        landing: LandingZone = context.resources.landing
+        lakehouse: LakehouseStorage = context.resources.lakehouse
         table = delta.open_table(lakehouse.table_uri("bronze", contract.name))
         if table is None:
             return dg.AssetCheckResult(passed=True, metadata={"files_checked": 0, "note": "bronze is empty"})
@@ -111,21 +111,22 @@ def _landing_lines_check(contract: Contract) -> dg.AssetChecksDefinition:
             },
         )
 
-    return check
+    return Check(
+        dg.AssetKey(["bronze", contract.name]),
+        "lines_in_bronze_or_quarantine",
+        "Every line of every ingested landing file is in bronze or in quarantine, exactly once.",
+        evaluate,
+        blocking=True,
+        resources=frozenset({"landing", "lakehouse"}),
+    )
 
 
-def _silver_accounts_check(contract: Contract) -> dg.AssetChecksDefinition:
+def _silver_accounts_check(contract: Contract) -> Check:
     key = contract.primary_key
     watermark = [contract.watermark.column] if contract.watermark else []
 
-    @dg.asset_check(
-        asset=dg.AssetKey(["silver", contract.name]),
-        name="bronze_rows_accounted",
-        description="Every bronze row silver has consumed is in silver (that version or a newer one) or in "
-        "quarantine: consumed = merged + collapsed + quarantined, and silver holds no row bronze lacks.",
-        blocking=True,
-    )
-    def check(lakehouse: LakehouseStorage) -> dg.AssetCheckResult:
+    def evaluate(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        lakehouse: LakehouseStorage = context.resources.lakehouse
         silver = delta.open_table(lakehouse.table_uri("silver", contract.name))
         position = delta.marker(silver, position_key(contract.name))
         if position is None:
@@ -165,10 +166,17 @@ def _silver_accounts_check(contract: Contract) -> dg.AssetChecksDefinition:
             },
         )
 
-    return check
+    return Check(
+        dg.AssetKey(["silver", contract.name]),
+        "bronze_rows_accounted",
+        "Every bronze row silver has consumed is in silver (that version or a newer one) or in quarantine: "
+        "consumed = merged + collapsed + quarantined, and silver holds no row bronze lacks.",
+        evaluate,
+        blocking=True,
+    )
 
 
-def reconciliation_checks(contract: Contract) -> list[dg.AssetChecksDefinition]:
+def reconciliation_checks(contract: Contract) -> list[Check]:
     """Source (or landing files) to bronze, and bronze to silver."""
     bronze = _source_rows_check(contract) if contract.is_database else _landing_lines_check(contract)
     return [bronze, _silver_accounts_check(contract)]

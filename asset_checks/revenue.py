@@ -8,6 +8,7 @@ from collections.abc import Callable
 import dagster as dg
 import polars as pl
 
+from asset_checks.check import Check
 from asset_checks.row_checks import read_columns
 from asset_checks.sample import sample
 from lakehouse.delta import LakehouseStorage
@@ -87,15 +88,15 @@ def _reconciliation(
     silver: Callable[[LakehouseStorage], pl.DataFrame],
     period: str,
     measures: list[str],
-) -> dg.AssetChecksDefinition:
-    @dg.asset_check(asset=dg.AssetKey(["gold", table]), name=name, description=description, blocking=True)
-    def check(lakehouse: LakehouseStorage) -> dg.AssetCheckResult:
+) -> Check:
+    def evaluate(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        lakehouse: LakehouseStorage = context.resources.lakehouse
         return _compare(gold(lakehouse), silver(lakehouse), period, measures)
 
-    return check
+    return Check(dg.AssetKey(["gold", table]), name, description, evaluate, blocking=True)
 
 
-def revenue_checks() -> list[dg.AssetChecksDefinition]:
+def revenue_checks() -> list[Check]:
     return [
         _reconciliation(
             "fct_orders",

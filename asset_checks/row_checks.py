@@ -19,6 +19,7 @@ import pandera.polars as pa
 import polars as pl
 
 from asset_checks import rules
+from asset_checks.check import Check
 from lakehouse import delta
 from lakehouse.contract import Contract
 from lakehouse.delta import LakehouseStorage
@@ -77,15 +78,15 @@ def _check(
     read: Reader,
     severity: dg.AssetCheckSeverity,
     blocking: bool,
-) -> dg.AssetChecksDefinition:
-    @dg.asset_check(asset=asset, name=rule, description=description, blocking=blocking)
-    def check(context: dg.AssetCheckExecutionContext, lakehouse: LakehouseStorage) -> dg.AssetCheckResult:
+) -> Check:
+    def evaluate(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        lakehouse: LakehouseStorage = context.resources.lakehouse
         frame, scope = read(context, lakehouse, [*row_key, *columns])
         if frame.is_empty():
             return dg.AssetCheckResult(passed=True, metadata={**scope, "rows_checked": 0})
         return rules.rule_result(frame, schema(lakehouse), severity, scope)
 
-    return check
+    return Check(asset, rule, description, evaluate, blocking)
 
 
 def _fixed(schema: pa.DataFrameSchema) -> SchemaFor:
@@ -120,7 +121,7 @@ def _bronze(
     columns: list[str],
     schema: pa.DataFrameSchema,
     as_typed: bool = False,
-) -> dg.AssetChecksDefinition:
+) -> Check:
     return _check(
         dg.AssetKey(["bronze", contract.name]),
         rule,
@@ -136,7 +137,7 @@ def _bronze(
 
 def _silver(
     contract: Contract, rule: str, description: str, columns: list[str], schema: SchemaFor, blocking: bool
-) -> dg.AssetChecksDefinition:
+) -> Check:
     return _check(
         dg.AssetKey(["silver", contract.name]),
         rule,
@@ -150,7 +151,7 @@ def _silver(
     )
 
 
-def contract_checks(contract: Contract) -> list[dg.AssetChecksDefinition]:
+def contract_checks(contract: Contract) -> list[Check]:
     """The row-rule checks the contract implies, on its bronze and silver assets."""
     columns = contract.columns
     required = [name for name, spec in columns.items() if not spec.nullable]
@@ -223,7 +224,7 @@ def contract_checks(contract: Contract) -> list[dg.AssetChecksDefinition]:
     return checks
 
 
-def gold_checks() -> list[dg.AssetChecksDefinition]:
+def gold_checks() -> list[Check]:
     """`not_null` and `unique` on every gold table's key."""
     checks = []
     for table in GOLD_TABLES:

@@ -3,6 +3,7 @@ previous materialisation (a source that emptied, a load that doubled a table).""
 
 import dagster as dg
 
+from asset_checks.check import Check
 from lakehouse.contract import Contract, Volume
 
 ROW_COUNT = "dagster/row_count"
@@ -19,17 +20,10 @@ def _row_counts(instance: dg.DagsterInstance, key: dg.AssetKey) -> list[int]:
     return counts
 
 
-def _volume_check(contract: Contract, layer: str, band: Volume) -> dg.AssetChecksDefinition:
+def _volume_check(contract: Contract, layer: str, band: Volume) -> Check:
     key = dg.AssetKey([layer, contract.name])
 
-    @dg.asset_check(
-        asset=key,
-        name="volume",
-        description=f"The row count moves by {band.min_change:+.0%} to {band.max_change:+.0%} per "
-        "materialisation (WARN outside that band).",
-        blocking=False,
-    )
-    def check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    def evaluate(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         counts = _row_counts(context.instance, key)
         if len(counts) < 2 or counts[1] == 0:
             return dg.AssetCheckResult(
@@ -50,10 +44,14 @@ def _volume_check(contract: Contract, layer: str, band: Volume) -> dg.AssetCheck
             },
         )
 
-    return check
+    description = (
+        f"The row count moves by {band.min_change:+.0%} to {band.max_change:+.0%} per materialisation "
+        "(WARN outside that band)."
+    )
+    return Check(key, "volume", description, evaluate, resources=frozenset())
 
 
-def volume_checks(contract: Contract) -> list[dg.AssetChecksDefinition]:
+def volume_checks(contract: Contract) -> list[Check]:
     """Volume checks on the contract's bronze and silver assets, when it sets a band."""
     band = contract.volume
     return [_volume_check(contract, layer, band) for layer in ("bronze", "silver")] if band else []
