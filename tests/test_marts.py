@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 import yaml
 from conftest import Lake
+from deltalake import DeltaTable
 
 from lakehouse.definitions import defs
 from lakehouse.gold.tables import GOLD_TABLES
@@ -195,3 +196,31 @@ def test_staging_models_alone_build_on_a_new_warehouse(lake: Lake) -> None:
     assert result.success, "a test of a mart that does not exist yet ran with its staging parent"
     checked = {evaluation.asset_key.path[0] for evaluation in result.get_asset_check_evaluations()}
     assert checked == {"staging"}
+
+
+def test_dbt_is_not_run_again_until_what_it_reads_changes(
+    built: tuple[Lake, dg.ExecuteInProcessResult],
+) -> None:
+    lake, first = built
+    (recorded,) = {
+        event.metadata["built_from"].value for event in first.asset_materializations_for_node("dbt_models")
+    }
+    sources = {dep.asset_key for spec in dbt_models.specs for dep in spec.deps} - set(dbt_models.keys)
+    assert all(f"{source.to_user_string()} v" in recorded for source in sources)
+    sales = warehouse_table(lake, "mart_sales_daily")
+    funnel = DeltaTable(lake.uri("gold", "funnel_daily"))
+
+    unchanged = lake.materialize("*")
+
+    assert unchanged.success
+    assert not unchanged.asset_materializations_for_node("dbt_models"), "dbt rebuilt unchanged marts"
+    assert DeltaTable(funnel.table_uri).version() == funnel.version(), "unchanged event days were rewritten"
+    assert warehouse_table(lake, "mart_sales_daily").equals(sales)
+
+    lake.warehouse.unlink()  # a lost warehouse is rebuilt though gold did not change
+    rebuilt = lake.materialize("*")
+
+    assert {event.asset_key for event in rebuilt.asset_materializations_for_node("dbt_models")} == set(
+        dbt_models.keys
+    )
+    assert warehouse_table(lake, "mart_sales_daily").sort("order_date").equals(sales.sort("order_date"))
