@@ -14,6 +14,7 @@ from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from pyarrow import fs
 
 COMMIT_ATTEMPTS = 5
+BATCH_ROWS = 250_000
 # A ledger marker taken back by `lakehouse table restore`: Delta keeps an app transaction once
 # it is set, so "never set" is written as this value.
 UNSET = -1
@@ -108,6 +109,14 @@ def to_arrow(frame: pl.DataFrame) -> pa.Table:
     return frame.to_arrow(compat_level=pl.CompatLevel.oldest())
 
 
+def record_batches(frame: pl.DataFrame) -> pa.RecordBatchReader:
+    """The frame as Arrow batches converted a slice at a time, for a writer that streams them:
+    converting it whole would hold a second copy of every string column during the write."""
+    slices = (to_arrow(frame.slice(offset, BATCH_ROWS)) for offset in range(0, frame.height, BATCH_ROWS))
+    batches = (batch for converted in slices for batch in converted.to_batches())
+    return pa.RecordBatchReader.from_batches(to_arrow(frame.head(0)).schema, batches)
+
+
 def write(
     uri: str,
     frame: pl.DataFrame,
@@ -137,7 +146,7 @@ def write(
         try:
             write_deltalake(
                 uri,
-                to_arrow(frame),
+                record_batches(frame),
                 mode=mode,
                 predicate=predicate,
                 partition_by=partition_by,

@@ -27,6 +27,7 @@ from lakehouse.silver.validate import split_valid
 CHANGE_FEED_COLUMNS = ("_change_type", "_commit_version", "_commit_timestamp")
 ORPHAN_COLUMN = "_orphan"
 LOADED_AT = "_loaded_at"
+ROW = "_row"
 
 
 @dataclass(frozen=True)
@@ -153,15 +154,24 @@ def resolve_orphans(uri: str, contract: Contract, lakehouse: LakehouseStorage) -
 
 
 def _newest_per_key(frame: pl.DataFrame, contract: Contract) -> pl.DataFrame:
-    """One row per primary key: the newest version, or the first arrival for append-only data."""
+    """One row per primary key: the newest version, or the first arrival for append-only data.
+
+    Only the key, the ordering columns and a row number are grouped, then the chosen rows are
+    taken once: sorting the whole frame first would copy every column twice, which on a full
+    build is the step's peak memory. Ties keep the later row, as a stable sort would.
+    """
     if contract.history == "append":
-        return frame.sort("_source_file", "_line_number").unique(
-            contract.primary_key, keep="first", maintain_order=True
-        )
-    assert contract.watermark is not None
-    return frame.sort(contract.watermark.column).unique(
-        contract.primary_key, keep="last", maintain_order=True
+        order, pick = ["_source_file", "_line_number"], pl.Expr.first
+    else:
+        assert contract.watermark is not None
+        order, pick = [contract.watermark.column], pl.Expr.last
+    rows = (
+        frame.select(*contract.primary_key, *order)
+        .with_row_index(ROW)
+        .group_by(contract.primary_key)
+        .agg(pick(pl.col(ROW).sort_by([*order, ROW])))
     )
+    return frame[rows.get_column(ROW).sort()]
 
 
 def load_silver(
