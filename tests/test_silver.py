@@ -11,6 +11,7 @@ import pytest
 from conftest import TEST_SALT, Lake, sqlite_source
 
 from lakehouse import delta
+from lakehouse.contract import Contract
 from lakehouse.demo import store
 from lakehouse.silver import load as silver_load
 from lakehouse.silver.pii import PiiHasher
@@ -230,6 +231,42 @@ def test_a_crash_before_the_silver_commit_then_a_rerun_equals_an_uninterrupted_r
     ]:
         assert stable(crashed.table(layer, name), key).equals(stable(steady.table(layer, name), key)), (
             f"{layer}/{name} differs after the crash and re-run"
+        )
+
+
+def test_a_first_load_in_slices_crashed_between_two_equals_one_in_one_piece(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole, sliced = (Lake(tmp_path / n, sqlite_source(tmp_path / n)) for n in ("whole", "sliced"))
+    for lake in (whole, sliced):
+        lake.init()
+    whole.materialize()
+    monkeypatch.setattr(silver_load, "SLICE_ROWS", 300)  # several slices of the test-size tables
+    original, slices = silver_load._newest_per_key, []
+
+    def crash_at_second_slice(frame: pl.DataFrame, contract: Contract) -> pl.DataFrame:
+        if contract.name == "order_items":
+            slices.append(frame.height)
+            if len(slices) == 2:
+                raise OSError("killed after the first slice was committed")
+        return original(frame, contract)
+
+    monkeypatch.setattr(silver_load, "_newest_per_key", crash_at_second_slice)
+    assert not sliced.materialize(raise_on_error=False).success
+    monkeypatch.setattr(silver_load, "_newest_per_key", original)
+    assert 0 < sliced.table("silver", "order_items").height < whole.table("silver", "order_items").height
+    sliced.materialize()
+
+    for layer, name, key in [
+        ("silver", "orders", "order_id"),
+        ("silver", "order_items", "order_item_id"),
+        ("silver", "customers", "customer_id"),
+        ("silver", "customers_history", ["customer_id", "valid_from"]),
+        ("silver", "events", "event_id"),
+        ("quarantine", "orders", ["order_id", "updated_at"]),
+    ]:
+        assert stable(sliced.table(layer, name), key).equals(stable(whole.table(layer, name), key)), (
+            f"{layer}/{name} loaded in slices differs from the load in one piece"
         )
 
 

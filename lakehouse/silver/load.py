@@ -6,6 +6,10 @@ MERGEs the newest version of each valid key into silver. The bronze version cons
 app transaction in silver's own commit, so a crash anywhere before it makes the next run
 read the same rows again; quarantine and history are written first, by MERGEs keyed on the
 bronze row, so reading them again duplicates nothing.
+
+The first load reads bronze whole, in slices of about `SLICE_ROWS` rows split by a hash of the
+key (every version of a key in the same slice), so its memory follows the slice and not the
+table; only the last slice's commit moves silver's position.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ CHANGE_FEED_COLUMNS = ("_change_type", "_commit_version", "_commit_timestamp")
 ORPHAN_COLUMN = "_orphan"
 LOADED_AT = "_loaded_at"
 ROW = "_row"
+SLICE_ROWS = 1_000_000  # bronze rows a first load holds at a time
 
 
 @dataclass(frozen=True)
@@ -63,12 +68,10 @@ def bronze_identity(contract: Contract) -> list[str]:
     return ["_source_file", "_line_number"]
 
 
-def read_bronze_changes(uri: str, since: int | None) -> tuple[pl.DataFrame, int]:
-    """Bronze rows committed after version `since` (all rows when None), and the version read."""
+def read_bronze_changes(uri: str, since: int) -> tuple[pl.DataFrame, int]:
+    """Bronze rows committed after version `since`, and the version read."""
     table = delta.DeltaTable(uri)
     version = table.version()
-    if since is None:
-        return pl.read_delta(uri, version=version), version
     empty = pl.DataFrame(schema=pl.Schema(delta.arrow_schema(table)))
     feeds = [
         pl.DataFrame(table.load_cdf(starting_version=first, ending_version=last).read_all())
@@ -174,24 +177,28 @@ def _newest_per_key(frame: pl.DataFrame, contract: Contract) -> pl.DataFrame:
     return frame[rows.get_column(ROW).sort()]
 
 
-def load_silver(
+@dataclass(frozen=True)
+class _Slice:
+    rows_read: int
+    duplicates_collapsed: int
+    rows_quarantined: int
+    silver: MergeCounts
+    history: MergeCounts | None
+
+
+def _load_slice(
+    changes: pl.DataFrame,
     contract: Contract,
     lakehouse: LakehouseStorage,
     hasher: PiiHasher,
-    run_id: str,
-    now: datetime | None = None,
-) -> SilverLoad:
-    silver_uri = lakehouse.table_uri("silver", contract.name)
-    silver = delta.open_table(silver_uri)
-    since = delta.marker(silver, position_key(contract.name))
-    changes, version = read_bronze_changes(lakehouse.table_uri("bronze", contract.name), since)
-    if changes.is_empty() and since is not None:
-        # No new rows, but parents may have arrived for rows flagged as orphans.
-        return SilverLoad(
-            since, version, 0, 0, 0, resolve_orphans(silver_uri, contract, lakehouse), None, None
-        )
-    loaded_at = now or datetime.now(UTC)
-
+    loaded_at: datetime,
+    ledger: dict[str, int],
+    metadata: dict[str, str],
+    keys_are_new: bool = False,
+) -> _Slice:
+    """Quarantine the invalid rows of `changes`, record history, and MERGE the newest valid
+    version of each key into silver (append it, when silver cannot hold these keys yet), in a
+    commit that carries `ledger` and `metadata`."""
     valid, invalid = split_valid(changes, contract)
     if not invalid.is_empty():
         # PII is hashed here too: raw values stay in bronze only.
@@ -214,6 +221,11 @@ def load_silver(
         )
 
     newest = _newest_per_key(valid, contract)
+    silver_uri = lakehouse.table_uri("silver", contract.name)
+    if keys_are_new:
+        written = delta.write(silver_uri, newest, metadata=metadata, transactions=ledger)
+        return _Slice(changes.height, valid.height - newest.height, invalid.height,
+                      MergeCounts(newest.height, 0, 0, written), changed)  # fmt: skip
     wm = contract.watermark.column if contract.watermark else ""
     counts = merge(
         silver_uri,
@@ -221,17 +233,80 @@ def load_silver(
         contract.primary_key,
         update_when=None if contract.history == "append" else f"s.{quoted(wm)} > t.{quoted(wm)}",
         partition=partition,
-        metadata={"lakehouse.run_id": run_id, "lakehouse.bronze_version": str(version)},
-        transactions={position_key(contract.name): version},
+        metadata=metadata,
+        transactions=ledger,
     )
-    orphans = resolve_orphans(silver_uri, contract, lakehouse)
+    return _Slice(changes.height, valid.height - newest.height, invalid.height, counts, changed)
+
+
+def _whole_table(uri: str, version: int, contract: Contract) -> list[pl.LazyFrame]:
+    """Bronze at `version` in slices of about SLICE_ROWS rows, split by a hash of the key so
+    that every version of a key is in the same slice: a first load holds one slice at a time."""
+    table = delta.DeltaTable(uri, version=version)
+    count = max(1, -(-delta.row_count(table) // SLICE_ROWS))
+    rows = pl.scan_delta(table)
+    if count == 1:
+        return [rows]
+    bucket = pl.struct(contract.primary_key).hash(seed=0) % count
+    return [rows.filter(bucket == number) for number in range(count)]
+
+
+def _summed(counts: list[MergeCounts | None]) -> MergeCounts | None:
+    present = [each for each in counts if each is not None]
+    if not present:
+        return None
+    return MergeCounts(
+        sum(each.inserted for each in present),
+        sum(each.updated for each in present),
+        sum(each.unchanged for each in present),
+        present[-1].table,
+    )
+
+
+def load_silver(
+    contract: Contract,
+    lakehouse: LakehouseStorage,
+    hasher: PiiHasher,
+    run_id: str,
+    now: datetime | None = None,
+) -> SilverLoad:
+    silver_uri = lakehouse.table_uri("silver", contract.name)
+    bronze_uri = lakehouse.table_uri("bronze", contract.name)
+    silver = delta.open_table(silver_uri)
+    since = delta.marker(silver, position_key(contract.name))
+    if since is None:
+        version = delta.DeltaTable(bronze_uri).version()
+        slices = _whole_table(bronze_uri, version, contract)
+    else:
+        changes, version = read_bronze_changes(bronze_uri, since)
+        if changes.is_empty():
+            # No new rows, but parents may have arrived for rows flagged as orphans.
+            return SilverLoad(
+                since, version, 0, 0, 0, resolve_orphans(silver_uri, contract, lakehouse), None, None
+            )
+        slices = [changes.lazy()]
+    loaded_at = now or datetime.now(UTC)
+    metadata = {"lakehouse.run_id": run_id, "lakehouse.bronze_version": str(version)}
+    # Only the last slice's commit moves silver's position: after a crash in between, the next
+    # run loads every slice again, and the MERGEs find the rows already there unchanged. Slices
+    # after the first of a table this load creates hold keys silver cannot have: appended.
+    loaded = [
+        _load_slice(
+            rows.collect(engine="streaming"), contract, lakehouse, hasher, loaded_at,
+            {position_key(contract.name): version} if number == len(slices) - 1 else {}, metadata,
+            keys_are_new=silver is None and number > 0,
+        )
+        for number, rows in enumerate(slices)
+    ]  # fmt: skip
+    silver = _summed([part.silver for part in loaded])
+    assert silver is not None
     return SilverLoad(
         bronze_version_before=since,
         bronze_version=version,
-        rows_read=changes.height,
-        duplicates_collapsed=valid.height - newest.height,
-        rows_quarantined=invalid.height,
-        orphans=orphans,
-        silver=counts,
-        history=changed,
+        rows_read=sum(part.rows_read for part in loaded),
+        duplicates_collapsed=sum(part.duplicates_collapsed for part in loaded),
+        rows_quarantined=sum(part.rows_quarantined for part in loaded),
+        orphans=resolve_orphans(silver_uri, contract, lakehouse),
+        silver=silver,
+        history=_summed([part.history for part in loaded]),
     )
