@@ -110,15 +110,21 @@ def up_to_date(context: dg.AssetExecutionContext, warehouse: Warehouse, inputs: 
     """Every selected model was last built from `inputs` in a run that succeeded and is still in
     the warehouse: a dbt build would make the same tables and run the same tests on them."""
     relations = _relations(warehouse)
+    events = context.instance.get_latest_materialization_events(context.selected_asset_keys)
+    runs: set[str] = set()
     for key in context.selected_asset_keys:
-        event = context.instance.get_latest_materialization_event(key)
+        event = events.get(key)
         materialization = event.asset_materialization if event else None
         if event is None or materialization is None or key.path[-1] not in relations:
             return False
         recorded = materialization.metadata.get(BUILT_FROM)
-        run = context.instance.get_run_by_id(event.run_id)
-        succeeded = run is not None and run.status == dg.DagsterRunStatus.SUCCESS
-        if recorded is None or recorded.value != inputs or not succeeded:
+        if recorded is None or recorded.value != inputs:
+            return False
+        runs.add(event.run_id)
+    # The models of one build share its run: each run is looked up once.
+    for run_id in runs:
+        run = context.instance.get_run_by_id(run_id)
+        if run is None or run.status != dg.DagsterRunStatus.SUCCESS:
             return False
     return True
 

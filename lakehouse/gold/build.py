@@ -112,7 +112,7 @@ def build_days(table: GoldTable, lakehouse: LakehouseStorage, days: list[str], r
     if existing is None:
         return GoldBuild(days, frame.height, delta.write(uri, frame, mode="overwrite", metadata=metadata))
     assert table.period is not None
-    stored = pl.scan_delta(uri).filter(pl.col(table.period).cast(pl.String).is_in(days)).collect()
+    stored = pl.scan_delta(existing).filter(pl.col(table.period).cast(pl.String).is_in(days)).collect()
     if _same_rows(frame, stored):
         return GoldBuild([], 0, existing)
     return GoldBuild(days, frame.height, _replace_periods(uri, table, frame, days, metadata=metadata))

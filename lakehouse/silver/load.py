@@ -222,27 +222,28 @@ def _load_slice(
 
     newest = _newest_per_key(valid, contract)
     silver_uri = lakehouse.table_uri("silver", contract.name)
-    if keys_are_new:
-        written = delta.write(silver_uri, newest, metadata=metadata, transactions=ledger)
-        return _Slice(changes.height, valid.height - newest.height, invalid.height,
-                      MergeCounts(newest.height, 0, 0, written), changed)  # fmt: skip
     wm = contract.watermark.column if contract.watermark else ""
-    counts = merge(
-        silver_uri,
-        newest,
-        contract.primary_key,
-        update_when=None if contract.history == "append" else f"s.{quoted(wm)} > t.{quoted(wm)}",
-        partition=partition,
-        metadata=metadata,
-        transactions=ledger,
+    counts = (
+        MergeCounts(
+            newest.height, 0, 0, delta.write(silver_uri, newest, metadata=metadata, transactions=ledger)
+        )
+        if keys_are_new
+        else merge(
+            silver_uri,
+            newest,
+            contract.primary_key,
+            update_when=None if contract.history == "append" else f"s.{quoted(wm)} > t.{quoted(wm)}",
+            partition=partition,
+            metadata=metadata,
+            transactions=ledger,
+        )
     )
     return _Slice(changes.height, valid.height - newest.height, invalid.height, counts, changed)
 
 
-def _whole_table(uri: str, version: int, contract: Contract) -> list[pl.LazyFrame]:
-    """Bronze at `version` in slices of about SLICE_ROWS rows, split by a hash of the key so
-    that every version of a key is in the same slice: a first load holds one slice at a time."""
-    table = delta.DeltaTable(uri, version=version)
+def _whole_table(table: delta.DeltaTable, contract: Contract) -> list[pl.LazyFrame]:
+    """Bronze in slices of about SLICE_ROWS rows, split by a hash of the key so that every
+    version of a key is in the same slice: a first load holds one slice at a time."""
     count = max(1, -(-delta.row_count(table) // SLICE_ROWS))
     rows = pl.scan_delta(table)
     if count == 1:
@@ -275,8 +276,9 @@ def load_silver(
     silver = delta.open_table(silver_uri)
     since = delta.marker(silver, position_key(contract.name))
     if since is None:
-        version = delta.DeltaTable(bronze_uri).version()
-        slices = _whole_table(bronze_uri, version, contract)
+        bronze = delta.DeltaTable(bronze_uri)
+        version = bronze.version()
+        slices = _whole_table(bronze, contract)
     else:
         changes, version = read_bronze_changes(bronze_uri, since)
         if changes.is_empty():
