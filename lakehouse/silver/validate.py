@@ -11,6 +11,7 @@ import polars as pl
 from lakehouse.contract import Column, Contract
 
 ERROR_COLUMN = "_error"
+CONVERTED_PREFIX = "_converted_"
 UTC_TIMESTAMP = pl.Datetime("us", "UTC")
 
 
@@ -57,15 +58,20 @@ def _rules(name: str, spec: Column, raw: pl.Expr, typed: pl.Expr) -> list[pl.Exp
 
 def split_valid(frame: pl.DataFrame, contract: Contract) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(valid rows typed per contract, invalid rows as they came with `_error`)."""
-    typed_columns, rules = [], []
+    converted = {name: f"{CONVERTED_PREFIX}{name}" for name in contract.columns}
+    conversions, rules = [], []
     for name, spec in contract.columns.items():
         raw = pl.col(name) if name in frame.columns else pl.lit(None, dtype=pl.String)
-        source = frame.schema.get(name, pl.String)
-        typed = _typed(raw, spec.dtype, source)
-        typed_columns.append(typed.alias(name))
-        rules.extend(_rules(name, spec, raw, typed))
-    errors = pl.concat_list(rules).list.drop_nulls().list.join("; ") if rules else pl.lit("")
-    checked = frame.with_columns(errors.alias(ERROR_COLUMN))
-    invalid = checked.filter(pl.col(ERROR_COLUMN) != "")
-    valid = checked.filter(pl.col(ERROR_COLUMN) == "").drop(ERROR_COLUMN).with_columns(typed_columns)
+        conversions.append(_typed(raw, spec.dtype, frame.schema.get(name, pl.String)).alias(converted[name]))
+        rules.extend(_rules(name, spec, raw, pl.col(converted[name])))
+    # Every value is converted once, into a column of its own that the rules read: parsing a
+    # timestamp costs more than all the rules together. concat_str, not a list join, names the
+    # broken rules: a list per row is several times slower.
+    errors = pl.concat_str(rules, separator="; ", ignore_nulls=True) if rules else pl.lit("")
+    checked = frame.with_columns(conversions).with_columns(errors.alias(ERROR_COLUMN))
+    invalid = checked.filter(pl.col(ERROR_COLUMN) != "").select(*frame.columns, ERROR_COLUMN)
+    columns = [*frame.columns, *(name for name in contract.columns if name not in frame.columns)]
+    valid = checked.filter(pl.col(ERROR_COLUMN) == "").select(
+        pl.col(converted.get(name, name)).alias(name) for name in columns
+    )
     return valid, invalid
