@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import dagster as dg
-from dagster_dbt import DbtCliResource
 
 from asset_checks import Clock, all_checks
 from lakehouse.alerts import AlertSink
@@ -13,7 +12,7 @@ from lakehouse.delta import LakehouseStorage
 from lakehouse.gold.assets import gold_assets
 from lakehouse.jobs import ingest_job, schedules, transform_job
 from lakehouse.maintenance import maintenance_job
-from lakehouse.marts import DBT_EXECUTABLE, Warehouse, dbt_models, dbt_project
+from lakehouse.marts import DBT_EXECUTABLE, DbtCli, Warehouse, dbt_models, dbt_project
 from lakehouse.sensors import sensors
 from lakehouse.settings import check_deployment, resource_value, setting
 from lakehouse.silver.assets import silver_assets
@@ -39,7 +38,7 @@ defs = dg.Definitions(
         "alerts": AlertSink(
             log_path=resource_value("LAKEHOUSE_ALERTS"), webhook=resource_value("LAKEHOUSE_ALERT_WEBHOOK")
         ),
-        "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=DBT_EXECUTABLE),
+        "dbt": DbtCli(project_dir=dbt_project, dbt_executable=DBT_EXECUTABLE),
     },
     # Steps are short and mostly I/O: running them in one process avoids re-importing the
     # definitions for every step, which costs seconds each on two cores (see README).

@@ -14,7 +14,6 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
-from dagster_dbt import DbtCliResource
 from dagster_server import DagsterServer
 
 from asset_checks import Clock, all_checks
@@ -24,7 +23,7 @@ from lakehouse.delta import LakehouseStorage
 from lakehouse.demo import simulation, store
 from lakehouse.gold.assets import gold_assets
 from lakehouse.jobs import RANGE_END, RANGE_START
-from lakehouse.marts import DBT_EXECUTABLE, Warehouse, dbt_models, dbt_project
+from lakehouse.marts import DBT_EXECUTABLE, DbtCli, Warehouse, dbt_models, dbt_project
 from lakehouse.settings import DEFAULTS
 from lakehouse.silver.assets import silver_assets
 from lakehouse.silver.pii import PiiHasher
@@ -108,7 +107,7 @@ class Lake:
                 "pii": PiiHasher(salt=TEST_SALT),
                 "warehouse": Warehouse(path=str(self.warehouse)),
                 "clock": Clock(now=self.clock.isoformat()),
-                "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=DBT_EXECUTABLE),
+                "dbt": DbtCli(project_dir=dbt_project, dbt_executable=DBT_EXECUTABLE),
             },
             instance=self.instance,
             raise_on_error=raise_on_error,
