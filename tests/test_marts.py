@@ -224,3 +224,6 @@ def test_dbt_is_not_run_again_until_what_it_reads_changes(
         dbt_models.keys
     )
     assert warehouse_table(lake, "mart_sales_daily").sort("order_date").equals(sales.sort("order_date"))
+    # The first build's parse state is kept, so this one, with the same settings, parses nothing.
+    (log,) = (dbt_project.project_dir / "target").glob(f"dbt_models-{rebuilt.run_id[:7]}-*/dbt.log")
+    assert "Nothing changed, skipping partial parsing" in log.read_text()
