@@ -8,11 +8,14 @@ own check, with its own result, severity and blocking.
 No `from __future__ import annotations` here: Dagster reads the step's context annotation.
 """
 
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import dagster as dg
+
+from lakehouse.delta import elapsed
 
 Evaluate = Callable[[dg.AssetCheckExecutionContext], dg.AssetCheckResult]
 
@@ -50,13 +53,14 @@ def _asset_step(asset: dg.AssetKey, checks: list[Check]) -> dg.AssetChecksDefini
         for check in checks:
             if check.key not in context.selected_asset_check_keys:
                 continue
+            started = time.monotonic()
             result = check.evaluate(context)
             yield dg.AssetCheckResult(
                 asset_key=asset,
                 check_name=check.name,
                 passed=result.passed,
                 severity=result.severity,
-                metadata=result.metadata,
+                metadata={**result.metadata, **elapsed(started)},
                 description=result.description,
             )
 
