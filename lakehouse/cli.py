@@ -18,6 +18,13 @@ def _moment(text: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def _at_least_one(text: str) -> int:
+    number = int(text)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be at least 1")
+    return number
+
+
 def _rate(text: str) -> tuple[str, float]:
     from lakehouse.demo.simulation import DEFAULT_DEFECT_RATES
 
@@ -72,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
         "history", help="the table's versions, newest first, with the run that wrote each"
     )
     listed.add_argument("table", type=_table_name, help="<layer>/<table>, e.g. silver/orders")
-    listed.add_argument("--limit", type=int, default=20, help="versions to list (default 20)")
+    listed.add_argument("--limit", type=_at_least_one, default=20, help="versions to list (default 20)")
     back = table.add_parser(
         "restore", help="roll the table back to a version, with its ledger (watermark, positions) as it was"
     )

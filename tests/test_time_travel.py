@@ -104,3 +104,5 @@ def test_a_restore_outside_the_tables_versions_is_refused(lake: Lake) -> None:
         in refused.stderr
     )
     assert table_command(lake, "history", "silver/nothing").returncode == 2
+    no_versions = table_command(lake, "history", "bronze/orders", "--limit", "0")
+    assert no_versions.returncode == 2 and "must be at least 1" in no_versions.stderr
