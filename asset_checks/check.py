@@ -5,24 +5,44 @@ Every step costs a run Dagster's bookkeeping (its events, its context) whatever 
 an asset run in one step (a multi-asset check that can be subset), and each still shows as its
 own check, with its own result, severity and blocking.
 
+A check that names the tables it `reads` is not evaluated again while those tables, the
+contracts and the lakehouse's code are as they were when it last passed: the same data gives
+the same result, so the step reports that result again, with the run it came from.
+
 No `from __future__ import annotations` here: Dagster reads the step's context annotation.
 """
 
+import hashlib
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 
 import dagster as dg
+from dagster._core.storage.asset_check_execution_record import (
+    AssetCheckExecutionRecord,
+    AssetCheckExecutionRecordStatus,
+)
 
-from lakehouse.delta import elapsed
+from lakehouse import delta
+from lakehouse.delta import LakehouseStorage
+from lakehouse.settings import setting
 
 Evaluate = Callable[[dg.AssetCheckExecutionContext], dg.AssetCheckResult]
+CHECKED_AGAINST = "checked_against"
+REUSED_FROM_RUN = "reused_from_run"
+PROJECT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
 class Check:
-    """A check on `asset`: `evaluate` reads what it needs through the context's `resources`."""
+    """A check on `asset`: `evaluate` reads what it needs through the context's `resources`.
+
+    `reads` names the Delta tables (layer, name) the result depends on and nothing else does:
+    no clock, no source database, no Dagster history. Checks that depend on more name none and
+    run every time."""
 
     asset: dg.AssetKey
     name: str
@@ -30,6 +50,7 @@ class Check:
     evaluate: Evaluate
     blocking: bool = False
     resources: frozenset[str] = frozenset({"lakehouse"})
+    reads: tuple[tuple[str, str], ...] = ()
 
     @property
     def key(self) -> dg.AssetCheckKey:
@@ -40,6 +61,57 @@ class Check:
         return dg.AssetCheckSpec(
             self.name, asset=self.asset, description=self.description, blocking=self.blocking
         )
+
+
+@cache
+def code_digest() -> str:
+    """The lakehouse's code and contracts: a change to either may change any check's result."""
+    files = sorted([*PROJECT.glob("asset_checks/*.py"), *PROJECT.glob("lakehouse/**/*.py")])
+    files += sorted(Path(setting("LAKEHOUSE_CONTRACTS")).glob("*.yaml"))
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def checked_against(lakehouse: LakehouseStorage, reads: Iterable[tuple[str, str]]) -> str:
+    tables = ", ".join(
+        f"{layer}/{name} {delta.snapshot(lakehouse.table_uri(layer, name))}" for layer, name in reads
+    )
+    return f"code {code_digest()}; {tables}"
+
+
+def _last_pass(
+    context: dg.AssetCheckExecutionContext, key: dg.AssetCheckKey
+) -> AssetCheckExecutionRecord | None:
+    records = context.instance.event_log_storage.get_asset_check_execution_history(
+        key, limit=1, status={AssetCheckExecutionRecordStatus.SUCCEEDED}
+    )
+    return records[0] if records else None
+
+
+def _result(context: dg.AssetCheckExecutionContext, check: Check) -> dg.AssetCheckResult:
+    if not check.reads:
+        return check.evaluate(context)
+    against = checked_against(context.resources.lakehouse, check.reads)
+    last = _last_pass(context, check.key)
+    evaluation = last.evaluation if last else None
+    recorded = evaluation.metadata.get(CHECKED_AGAINST) if evaluation else None
+    if last and evaluation and recorded and recorded.value == against:
+        origin = evaluation.metadata.get(REUSED_FROM_RUN)
+        return dg.AssetCheckResult(
+            passed=True,
+            severity=evaluation.severity,
+            metadata={**evaluation.metadata, REUSED_FROM_RUN: origin.value if origin else last.run_id},
+            description=evaluation.description,
+        )
+    result = check.evaluate(context)
+    return dg.AssetCheckResult(
+        passed=result.passed,
+        severity=result.severity,
+        metadata={**result.metadata, CHECKED_AGAINST: against},
+        description=result.description,
+    )
 
 
 def _asset_step(asset: dg.AssetKey, checks: list[Check]) -> dg.AssetChecksDefinition:
@@ -54,13 +126,13 @@ def _asset_step(asset: dg.AssetKey, checks: list[Check]) -> dg.AssetChecksDefini
             if check.key not in context.selected_asset_check_keys:
                 continue
             started = time.monotonic()
-            result = check.evaluate(context)
+            result = _result(context, check)
             yield dg.AssetCheckResult(
                 asset_key=asset,
                 check_name=check.name,
                 passed=result.passed,
                 severity=result.severity,
-                metadata={**result.metadata, **elapsed(started)},
+                metadata={**result.metadata, **delta.elapsed(started)},
                 description=result.description,
             )
 

@@ -175,6 +175,7 @@ def _silver_accounts_check(contract: Contract) -> Check:
         "consumed = merged + collapsed + quarantined, and silver holds no row bronze lacks.",
         evaluate,
         blocking=True,
+        reads=tuple((layer, contract.name) for layer in ("bronze", "quarantine", "silver")),
     )
 
 

@@ -88,12 +88,14 @@ def _reconciliation(
     silver: Callable[[LakehouseStorage], pl.DataFrame],
     period: str,
     measures: list[str],
+    silver_tables: tuple[str, ...],
 ) -> Check:
     def evaluate(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         lakehouse: LakehouseStorage = context.resources.lakehouse
         return _compare(gold(lakehouse), silver(lakehouse), period, measures)
 
-    return Check(dg.AssetKey(["gold", table]), name, description, evaluate, blocking=True)
+    reads = (("gold", table), *(("silver", name) for name in silver_tables))
+    return Check(dg.AssetKey(["gold", table]), name, description, evaluate, blocking=True, reads=reads)
 
 
 def revenue_checks() -> list[Check]:
@@ -106,6 +108,7 @@ def revenue_checks() -> list[Check]:
             _silver_orders_by_month,
             "order_month",
             ["orders", "total_amount"],
+            ("orders",),
         ),
         _reconciliation(
             "daily_revenue",
@@ -115,5 +118,6 @@ def revenue_checks() -> list[Check]:
             _silver_revenue_by_day,
             "order_date",
             ["gross_revenue", "cancelled_revenue"],
+            ("order_items", "orders"),
         ),
     ]

@@ -78,6 +78,7 @@ def _check(
     read: Reader,
     severity: dg.AssetCheckSeverity,
     blocking: bool,
+    reads: tuple[tuple[str, str], ...] = (),
 ) -> Check:
     def evaluate(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         lakehouse: LakehouseStorage = context.resources.lakehouse
@@ -86,7 +87,7 @@ def _check(
             return dg.AssetCheckResult(passed=True, metadata={**scope, "rows_checked": 0})
         return rules.rule_result(frame, schema(lakehouse), severity, scope)
 
-    return Check(asset, rule, description, evaluate, blocking)
+    return Check(asset, rule, description, evaluate, blocking, reads=reads)
 
 
 def _fixed(schema: pa.DataFrameSchema) -> SchemaFor:
@@ -136,7 +137,13 @@ def _bronze(
 
 
 def _silver(
-    contract: Contract, rule: str, description: str, columns: list[str], schema: SchemaFor, blocking: bool
+    contract: Contract,
+    rule: str,
+    description: str,
+    columns: list[str],
+    schema: SchemaFor,
+    blocking: bool,
+    parents: tuple[str, ...] = (),
 ) -> Check:
     return _check(
         dg.AssetKey(["silver", contract.name]),
@@ -148,6 +155,7 @@ def _silver(
         whole_table("silver", contract.name),
         ERROR,
         blocking,
+        reads=(("silver", contract.name), *(("silver", parent) for parent in parents)),
     )
 
 
@@ -219,6 +227,7 @@ def contract_checks(contract: Contract) -> list[Check]:
                 list(referencing),
                 _parent_keys(contract),
                 blocking=False,
+                parents=tuple(sorted({parent.split(".")[0] for parent in referencing.values()})),
             )
         )
     return checks
@@ -229,7 +238,7 @@ def gold_checks() -> list[Check]:
     checks = []
     for table in GOLD_TABLES:
         asset, key = dg.AssetKey(["gold", table.name]), list(table.primary_key)
-        read = whole_table("gold", table.name)
+        read, reads = whole_table("gold", table.name), (("gold", table.name),)
         checks += [
             _check(
                 asset,
@@ -241,6 +250,7 @@ def gold_checks() -> list[Check]:
                 read,
                 ERROR,
                 blocking=True,
+                reads=reads,
             ),
             _check(
                 asset,
@@ -252,6 +262,7 @@ def gold_checks() -> list[Check]:
                 read,
                 ERROR,
                 blocking=True,
+                reads=reads,
             ),
         ]
     return checks

@@ -59,6 +59,13 @@ def open_table(uri: str) -> DeltaTable | None:
         return None
 
 
+def snapshot(uri: str) -> str:
+    """Which state of the table a reader sees: its version and table id ("v12 (1a2b3c4d)"), so
+    a table deleted and created again never passes for the old one; "missing" before it exists."""
+    table = open_table(uri)
+    return "missing" if table is None else f"v{table.version()} ({table.metadata().id[:8]})"
+
+
 def marker(table: DeltaTable | None, key: str) -> int | None:
     """The table's ledger marker `key` (an app transaction), None when not set."""
     value = table.transaction_version(key) if table is not None else None

@@ -128,11 +128,7 @@ def built_from(context: dg.AssetExecutionContext, lakehouse: LakehouseStorage) -
     project = hashlib.sha256(dbt_project.manifest_path.read_bytes()).hexdigest()[:12]
     models = context.assets_def.specs
     gold = sorted({dep.asset_key for spec in models for dep in spec.deps} - {spec.key for spec in models})
-    versions = []
-    for key in gold:
-        table = delta.open_table(lakehouse.table_uri(*key.path))
-        version = "missing" if table is None else f"{table.version()} ({table.metadata().id[:8]})"
-        versions.append(f"{key.to_user_string()} v{version}")
+    versions = [f"{key.to_user_string()} {delta.snapshot(lakehouse.table_uri(*key.path))}" for key in gold]
     return f"manifest {project}; " + ", ".join(versions)
 
 

@@ -256,6 +256,32 @@ def test_a_blocking_failure_stops_gold_and_dbt_until_the_data_is_fixed(lake: Lak
     assert lake.warehouse.exists()
 
 
+def test_a_check_that_passed_on_the_same_tables_is_reported_again_and_a_change_is_caught(
+    lake: Lake,
+) -> None:
+    first = lake.materialize()
+    again = lake.materialize()  # nothing new: no table changed
+
+    before, unique = (
+        evaluations(first, "silver", "orders")["unique"],
+        evaluations(again, "silver", "orders")["unique"],
+    )
+    assert unique.passed and values(unique, "reused_from_run") == first.run_id
+    assert values(unique, "rows_checked") == values(before, "rows_checked")
+    # Checks that read the clock or the source database run every time.
+    assert "reused_from_run" not in evaluations(again, "silver", "orders")["freshness"].metadata
+    assert "reused_from_run" not in evaluations(again, "bronze", "orders")["source_rows_in_bronze"].metadata
+
+    orders = lake.table("silver", "orders")
+    plant(lake, orders.filter(pl.col("order_id") == orders.get_column("order_id")[0]))
+    caught = evaluations(lake.materialize(checks_of(ORDERS), raise_on_error=False), "silver", "orders")[
+        "unique"
+    ]
+
+    assert not caught.passed and "reused_from_run" not in caught.metadata
+    assert values(caught, "failing_rows") == 1
+
+
 def test_freshness_warns_then_errors_as_the_clock_moves(lake: Lake) -> None:
     lake.materialize()
     newest = lake.table("silver", "orders").get_column("updated_at").max()
