@@ -8,6 +8,7 @@ own check, with its own result, severity and blocking.
 A check that names the tables it `reads` is not evaluated again while those tables, the
 contracts and the lakehouse's code are as they were when it last passed: the same data gives
 the same result, so the step reports that result again, with the run it came from.
+`LAKEHOUSE_REUSE_CHECK_PASSES=false` evaluates every check every time (an audit, say).
 
 No `from __future__ import annotations` here: Dagster reads the step's context annotation.
 """
@@ -93,8 +94,9 @@ def _last_pass(
 def _result(context: dg.AssetCheckExecutionContext, check: Check) -> dg.AssetCheckResult:
     if not check.reads:
         return check.evaluate(context)
+    reuse = setting("LAKEHOUSE_REUSE_CHECK_PASSES").lower() != "false"
     against = checked_against(context.resources.lakehouse, check.reads)
-    last = _last_pass(context, check.key)
+    last = _last_pass(context, check.key) if reuse else None
     evaluation = last.evaluation if last else None
     recorded = evaluation.metadata.get(CHECKED_AGAINST) if evaluation else None
     if last and evaluation and recorded and recorded.value == against:

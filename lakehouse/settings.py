@@ -34,6 +34,7 @@ DEFAULTS = {
     "LAKEHOUSE_ALERTS": "./data/alerts.jsonl",
     "LAKEHOUSE_EVENTS_START": "2026-01-01",
     "LAKEHOUSE_LANDING_POLL_SECONDS": "30",
+    "LAKEHOUSE_REUSE_CHECK_PASSES": "true",
     "LAKEHOUSE_ALERT_WEBHOOK": "",
     "LAKEHOUSE_PII_SALT": "lakehouse-development-salt-do-not-use-in-production",
 }

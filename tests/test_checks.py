@@ -257,26 +257,26 @@ def test_a_blocking_failure_stops_gold_and_dbt_until_the_data_is_fixed(lake: Lak
 
 
 def test_a_check_that_passed_on_the_same_tables_is_reported_again_and_a_change_is_caught(
-    lake: Lake,
+    lake: Lake, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first = lake.materialize()
     again = lake.materialize()  # nothing new: no table changed
 
-    before, unique = (
-        evaluations(first, "silver", "orders")["unique"],
-        evaluations(again, "silver", "orders")["unique"],
-    )
-    assert unique.passed and values(unique, "reused_from_run") == first.run_id
-    assert values(unique, "rows_checked") == values(before, "rows_checked")
+    checked, reported = (evaluations(run, "silver", "orders")["unique"] for run in (first, again))
+    assert reported.passed and values(reported, "reused_from_run") == first.run_id
+    assert values(reported, "rows_checked") == values(checked, "rows_checked")
     # Checks that read the clock or the source database run every time.
     assert "reused_from_run" not in evaluations(again, "silver", "orders")["freshness"].metadata
     assert "reused_from_run" not in evaluations(again, "bronze", "orders")["source_rows_in_bronze"].metadata
+    monkeypatch.setenv("LAKEHOUSE_REUSE_CHECK_PASSES", "false")
+    audited = evaluations(lake.materialize(checks_of(ORDERS)), "silver", "orders")["unique"]
+    assert audited.passed and "reused_from_run" not in audited.metadata
+    monkeypatch.delenv("LAKEHOUSE_REUSE_CHECK_PASSES")
 
     orders = lake.table("silver", "orders")
     plant(lake, orders.filter(pl.col("order_id") == orders.get_column("order_id")[0]))
-    caught = evaluations(lake.materialize(checks_of(ORDERS), raise_on_error=False), "silver", "orders")[
-        "unique"
-    ]
+    result = lake.materialize(checks_of(ORDERS), raise_on_error=False)
+    caught = evaluations(result, "silver", "orders")["unique"]
 
     assert not caught.passed and "reused_from_run" not in caught.metadata
     assert values(caught, "failing_rows") == 1
