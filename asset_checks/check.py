@@ -75,10 +75,14 @@ def code_digest() -> str:
     return digest.hexdigest()[:12]
 
 
-def checked_against(lakehouse: LakehouseStorage, reads: Iterable[tuple[str, str]]) -> str:
-    tables = ", ".join(
-        f"{layer}/{name} {delta.snapshot(lakehouse.table_uri(layer, name))}" for layer, name in reads
-    )
+def _checked_against(
+    lakehouse: LakehouseStorage, reads: Iterable[tuple[str, str]], snapshots: dict[tuple[str, str], str]
+) -> str:
+    """What the result depends on; `snapshots` holds the tables the step has already looked up."""
+    for layer, name in reads:
+        if (layer, name) not in snapshots:
+            snapshots[layer, name] = delta.snapshot(lakehouse.table_uri(layer, name))
+    tables = ", ".join(f"{layer}/{name} {snapshots[layer, name]}" for layer, name in reads)
     return f"code {code_digest()}; {tables}"
 
 
@@ -91,11 +95,13 @@ def _last_pass(
     return records[0] if records else None
 
 
-def _result(context: dg.AssetCheckExecutionContext, check: Check) -> dg.AssetCheckResult:
+def _result(
+    context: dg.AssetCheckExecutionContext, check: Check, snapshots: dict[tuple[str, str], str]
+) -> dg.AssetCheckResult:
     if not check.reads:
         return check.evaluate(context)
     reuse = setting("LAKEHOUSE_REUSE_CHECK_PASSES").lower() != "false"
-    against = checked_against(context.resources.lakehouse, check.reads)
+    against = _checked_against(context.resources.lakehouse, check.reads, snapshots)
     last = _last_pass(context, check.key) if reuse else None
     evaluation = last.evaluation if last else None
     recorded = evaluation.metadata.get(CHECKED_AGAINST) if evaluation else None
@@ -124,11 +130,15 @@ def _asset_step(asset: dg.AssetKey, checks: list[Check]) -> dg.AssetChecksDefini
         required_resource_keys=set().union(*(check.resources for check in checks)),
     )
     def evaluate(context: dg.AssetCheckExecutionContext) -> Iterator[dg.AssetCheckResult]:
+        # An asset's checks mostly read the same tables: each is looked up once per step. The
+        # version recorded is never newer than the data read, so a write in between only makes
+        # the next run evaluate again.
+        snapshots: dict[tuple[str, str], str] = {}
         for check in checks:
             if check.key not in context.selected_asset_check_keys:
                 continue
             started = time.monotonic()
-            result = _result(context, check)
+            result = _result(context, check, snapshots)
             yield dg.AssetCheckResult(
                 asset_key=asset,
                 check_name=check.name,

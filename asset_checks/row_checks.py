@@ -145,17 +145,18 @@ def _silver(
     blocking: bool,
     parents: tuple[str, ...] = (),
 ) -> Check:
+    table = ("silver", contract.name)
     return _check(
-        dg.AssetKey(["silver", contract.name]),
+        dg.AssetKey(table),
         rule,
         description,
         contract.primary_key,
         columns,
         schema,
-        whole_table("silver", contract.name),
+        whole_table(*table),
         ERROR,
         blocking,
-        reads=(("silver", contract.name), *(("silver", parent) for parent in parents)),
+        reads=(table, *(("silver", parent) for parent in parents)),
     )
 
 
@@ -237,8 +238,8 @@ def gold_checks() -> list[Check]:
     """`not_null` and `unique` on every gold table's key."""
     checks = []
     for table in GOLD_TABLES:
-        asset, key = dg.AssetKey(["gold", table.name]), list(table.primary_key)
-        read, reads = whole_table("gold", table.name), (("gold", table.name),)
+        stored, key = ("gold", table.name), list(table.primary_key)
+        asset, read = dg.AssetKey(stored), whole_table(*stored)
         checks += [
             _check(
                 asset,
@@ -250,7 +251,7 @@ def gold_checks() -> list[Check]:
                 read,
                 ERROR,
                 blocking=True,
-                reads=reads,
+                reads=(stored,),
             ),
             _check(
                 asset,
@@ -262,7 +263,7 @@ def gold_checks() -> list[Check]:
                 read,
                 ERROR,
                 blocking=True,
-                reads=reads,
+                reads=(stored,),
             ),
         ]
     return checks

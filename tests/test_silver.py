@@ -45,6 +45,24 @@ def stable(frame: pl.DataFrame, key: str | list[str]) -> pl.DataFrame:
     return frame.drop(VOLATILE, strict=False).sort(key)
 
 
+def demo_lakes(tmp_path: Path, *names: str) -> list[Lake]:
+    """Lakes over demo sources built alike, one per name."""
+    lakes = [Lake(tmp_path / name, sqlite_source(tmp_path / name)) for name in names]
+    for lake in lakes:
+        lake.init()
+    return lakes
+
+
+def assert_same_tables(
+    lake: Lake, expected: Lake, tables: list[tuple[str, str, str | list[str]]], what: str
+) -> None:
+    """Each (layer, name, key) table of `lake` holds what `expected`'s does, run columns aside."""
+    for layer, name, key in tables:
+        assert stable(lake.table(layer, name), key).equals(stable(expected.table(layer, name), key)), (
+            f"{layer}/{name} {what}"
+        )
+
+
 def test_silver_is_the_latest_valid_version_and_every_bronze_row_is_accounted_for(lake: Lake) -> None:
     runs = [lake.materialize()]
     for _ in range(3):
@@ -203,9 +221,8 @@ def test_no_raw_pii_leaves_bronze(lake: Lake) -> None:
 def test_a_crash_before_the_silver_commit_then_a_rerun_equals_an_uninterrupted_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    steady, crashed = (Lake(tmp_path / n, sqlite_source(tmp_path / n)) for n in ("steady", "crashed"))
+    steady, crashed = demo_lakes(tmp_path, "steady", "crashed")
     for lake in (steady, crashed):
-        lake.init()
         lake.materialize()
         lake.advance(batches=2)
     steady.materialize()
@@ -222,24 +239,20 @@ def test_a_crash_before_the_silver_commit_then_a_rerun_equals_an_uninterrupted_r
     monkeypatch.undo()
     crashed.materialize()
 
-    for layer, name, key in [
+    tables = [
         ("silver", "orders", "order_id"),
         ("silver", "customers", "customer_id"),
         ("silver", "customers_history", ["customer_id", "valid_from"]),
         ("quarantine", "orders", ["order_id", "updated_at"]),
         ("silver", "order_items", "order_item_id"),
-    ]:
-        assert stable(crashed.table(layer, name), key).equals(stable(steady.table(layer, name), key)), (
-            f"{layer}/{name} differs after the crash and re-run"
-        )
+    ]
+    assert_same_tables(crashed, steady, tables, "differs after the crash and re-run")
 
 
 def test_a_first_load_in_slices_crashed_between_two_equals_one_in_one_piece(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    whole, sliced = (Lake(tmp_path / n, sqlite_source(tmp_path / n)) for n in ("whole", "sliced"))
-    for lake in (whole, sliced):
-        lake.init()
+    whole, sliced = demo_lakes(tmp_path, "whole", "sliced")
     whole.materialize()
     monkeypatch.setattr(silver_load, "SLICE_ROWS", 300)  # several slices of the test-size tables
     original, slices = silver_load._newest_per_key, []
@@ -257,17 +270,15 @@ def test_a_first_load_in_slices_crashed_between_two_equals_one_in_one_piece(
     assert 0 < sliced.table("silver", "order_items").height < whole.table("silver", "order_items").height
     sliced.materialize()
 
-    for layer, name, key in [
+    tables = [
         ("silver", "orders", "order_id"),
         ("silver", "order_items", "order_item_id"),
         ("silver", "customers", "customer_id"),
         ("silver", "customers_history", ["customer_id", "valid_from"]),
         ("silver", "events", "event_id"),
         ("quarantine", "orders", ["order_id", "updated_at"]),
-    ]:
-        assert stable(sliced.table(layer, name), key).equals(stable(whole.table(layer, name), key)), (
-            f"{layer}/{name} loaded in slices differs from the load in one piece"
-        )
+    ]
+    assert_same_tables(sliced, whole, tables, "loaded in slices differs from the load in one piece")
 
 
 def test_orphan_items_are_kept_flagged_and_released_when_the_product_arrives(lake: Lake) -> None:
