@@ -7,6 +7,7 @@ asset lacking one, and `--select '*'` needs a partition once one asset is partit
 the policy, the whole lake runs in one run over a range of event days.
 """
 
+import warnings
 from datetime import timedelta
 
 import dagster as dg
@@ -19,6 +20,9 @@ EVENT_DAYS = dg.DailyPartitionsDefinition(
     end_offset=1,  # today is a partition too: events land hourly
 )
 ONE_RUN = dg.BackfillPolicy.single_run()
+# `backfill_policy` is beta in Dagster 1.13 and chosen knowingly (see above): its warning, printed
+# once per asset on every CLI call and code-server start, would drown what users must read.
+warnings.filterwarnings("ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning)
 # Late events (hours, in the demo) change yesterday as well as today: automation rebuilds both
 # when silver events change; anything older is a backfill's job.
 RECENT_DAYS = timedelta(days=2)

@@ -70,6 +70,16 @@ def test_marts_agree_with_gold(built: tuple[Lake, dg.ExecuteInProcessResult]) ->
     ltv = warehouse_table(lake, "mart_customer_ltv")
     assert ltv.get_column("lifetime_value").sum() == paid.get_column("total_amount").sum()
     assert ltv.height == orders.get_column("customer_id").n_unique()
+    # Quintiles of equal size whose ties are split by customer_id: a rebuild scores alike.
+    for score, measure in (
+        ("recency_score", "last_order_at"),
+        ("frequency_score", "orders"),
+        ("monetary_score", "lifetime_value"),
+    ):
+        ranked = ltv.sort(measure, "customer_id").get_column(score)
+        assert ranked.diff().drop_nulls().is_in([0, 1]).all(), score
+        sizes = ranked.value_counts().get_column("count")
+        assert ranked.n_unique() == 5 and sizes.max() - sizes.min() <= 1, score
 
     known = revenue.filter(pl.col("category") != "unknown").get_column("gross_revenue").sum()
     assert warehouse_table(lake, "mart_product_performance").get_column("revenue").sum() == known

@@ -23,9 +23,11 @@ per_customer as (
 scored as (
     select
         *,
-        ntile(5) over (order by last_order_at) as recency_score,
-        ntile(5) over (order by orders) as frequency_score,
-        ntile(5) over (order by lifetime_value) as monetary_score
+        -- Many customers tie (same number of orders): customer_id decides which quintile a tie
+        -- falls in, so a rebuild from the same data gives every customer the same scores.
+        ntile(5) over (order by last_order_at, customer_id) as recency_score,
+        ntile(5) over (order by orders, customer_id) as frequency_score,
+        ntile(5) over (order by lifetime_value, customer_id) as monetary_score
     from per_customer
 )
 
