@@ -192,6 +192,7 @@ def test_bronze_reconciliation_and_gold_key_checks_name_the_planted_rows(lake: L
     bronze = lake.table("bronze", "orders")
     lost_id = bronze.get_column("order_id")[10]
     delta.open_table(lake.uri("bronze", "orders")).delete(f"order_id = {lost_id}")
+    delta.write(lake.uri("bronze", "orders"), bronze.slice(40, 1))  # the same row version twice
     events = lake.table("bronze", "events")
     file, line = events.get_column("_source_file")[3], events.get_column("_line_number")[3]
     delta.open_table(lake.uri("bronze", "events")).delete(
@@ -216,7 +217,8 @@ def test_bronze_reconciliation_and_gold_key_checks_name_the_planted_rows(lake: L
         not source_rows.passed
         and values(source_rows, "missing_rows") == bronze.filter(pl.col("order_id") == lost_id).height
     )
-    assert set(sample_column(source_rows, "order_id")) == {str(lost_id)}
+    assert values(source_rows, "duplicated_rows") == 2
+    assert set(sample_column(source_rows, "order_id")) == {str(lost_id), str(bronze["order_id"][40])}
     lines = evaluations(result, "bronze", "events")["lines_in_bronze_or_quarantine"]
     assert not lines.passed and sample_column(lines, "_source_file") == [file]
     gold = evaluations(result, "gold", "fct_orders")
