@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -116,17 +118,39 @@ def to_arrow(frame: pl.DataFrame) -> pa.Table:
     return frame.to_arrow(compat_level=pl.CompatLevel.oldest())
 
 
-def record_batches(frame: pl.DataFrame) -> pa.RecordBatchReader:
-    """The frame as Arrow batches converted a slice at a time, for a writer that streams them:
-    converting it whole would hold a second copy of every string column during the write."""
-    slices = (to_arrow(frame.slice(offset, BATCH_ROWS)) for offset in range(0, frame.height, BATCH_ROWS))
+def record_batches(frames: pl.DataFrame | Iterator[pl.DataFrame]) -> pa.RecordBatchReader:
+    """The frame, or the stream of frames of one schema, as Arrow batches converted a slice at a
+    time, for a writer that streams them: converting a frame whole would hold a second copy of
+    every string column during the write."""
+    stream = iter([frames]) if isinstance(frames, pl.DataFrame) else frames
+    first = next(stream)
+    slices = (
+        to_arrow(frame.slice(offset, BATCH_ROWS))
+        for frame in itertools.chain([first], stream)
+        for offset in range(0, frame.height, BATCH_ROWS)
+    )
     batches = (batch for converted in slices for batch in converted.to_batches())
-    return pa.RecordBatchReader.from_batches(to_arrow(frame.head(0)).schema, batches)
+    return pa.RecordBatchReader.from_batches(to_arrow(first.head(0)).schema, batches)
+
+
+class _Stream:
+    """Frames to write, remembering an error raised while they are produced: the writer passes
+    it on only as text inside an error of its own."""
+
+    def __init__(self, frames: Iterator[pl.DataFrame]) -> None:
+        self.frames, self.error = frames, None
+
+    def __iter__(self) -> Iterator[pl.DataFrame]:
+        try:
+            yield from self.frames
+        except Exception as error:
+            self.error = error
+            raise
 
 
 def write(
     uri: str,
-    frame: pl.DataFrame,
+    frame: pl.DataFrame | Iterator[pl.DataFrame],
     *,
     mode: Literal["append", "overwrite"] = "append",
     predicate: str | None = None,
@@ -141,7 +165,8 @@ def write(
     same atomic commit as the rows they describe and survive log checkpoints. New columns
     are merged into the schema; `configuration` applies when the write creates the table.
     An overwrite with a `predicate` replaces only the rows matching it.
-    Commit conflicts with concurrent writers are retried.
+    Commit conflicts with concurrent writers are retried, except for a stream of frames (one
+    schema, never all in memory), which cannot be read twice: its conflict fails the write.
     """
     properties = CommitProperties(
         custom_metadata=metadata,
@@ -149,11 +174,13 @@ def write(
             Transaction(app_id=key, version=value) for key, value in (transactions or {}).items()
         ],
     )
-    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+    stream = None if isinstance(frame, pl.DataFrame) else _Stream(frame)
+    attempts = COMMIT_ATTEMPTS if stream is None else 1
+    for attempt in range(1, attempts + 1):
         try:
             write_deltalake(
                 uri,
-                record_batches(frame),
+                record_batches(frame if stream is None else iter(stream)),
                 mode=mode,
                 predicate=predicate,
                 partition_by=partition_by,
@@ -163,7 +190,11 @@ def write(
             )
             break
         except CommitFailedError:
-            if attempt == COMMIT_ATTEMPTS:
+            if attempt == attempts:
                 raise
             time.sleep(0.2 * 2**attempt)
+        except Exception:
+            if stream is not None and stream.error is not None:
+                raise stream.error from None
+            raise
     return DeltaTable(uri)

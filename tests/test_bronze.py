@@ -6,13 +6,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import dagster as dg
 import polars as pl
 import pytest
-from conftest import Lake
+from conftest import Lake, sqlite_source
+from polars.testing import assert_frame_equal
 
 from lakehouse import delta
+from lakehouse.bronze import database
 from lakehouse.bronze.database import watermark_key
-from lakehouse.source import SourceUnavailableError
+from lakehouse.source import SourceDatabase, SourceUnavailableError
 
 DATABASE_TABLES = {"customers": "customer_id", "products": "product_id", "orders": "order_id",
                    "order_items": "order_item_id"}  # fmt: skip
@@ -37,8 +40,12 @@ def assert_bronze_holds(lake: Lake, expected: dict[str, set[tuple]]) -> None:
         assert versions(bronze, key) == expected[table], f"bronze/{table} differs from the source"
 
 
-def test_incremental_extraction_keeps_every_row_version(any_lake: Lake) -> None:
-    """Full load, then two rounds of source changes: bronze holds every version exactly once."""
+def test_incremental_extraction_keeps_every_row_version(
+    any_lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Full load, then two rounds of source changes: bronze holds every version exactly once,
+    read in several chunks."""
+    monkeypatch.setattr(database, "CHUNK_ROWS", 2_000)  # every table but products in several
     seen = snapshot(any_lake)
     any_lake.materialize()
     assert_bronze_holds(any_lake, seen)
@@ -125,6 +132,60 @@ def test_new_source_column_is_added_to_bronze_and_named(lake: Lake) -> None:
     source_codes = lake.source_rows(drift.table).get_column(drift.column).drop_nulls()
     assert source_codes.len() > 0
     assert set(source_codes) == set(bronze.get_column(drift.column).drop_nulls())
+
+
+def test_a_first_load_in_chunks_equals_one_in_one_piece(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each chunk is typed by the driver on its own; bronze still gets the same rows and types,
+    also for a column the source added later, empty in the first chunks."""
+    whole, chunked = (Lake(tmp_path / name, sqlite_source(tmp_path / name)) for name in ("whole", "chunked"))
+    for lake in (whole, chunked):
+        lake.init()
+        lake.advance(batches=lake.manifest.schema_drift.from_batch)
+    bronze = dg.AssetSelection.groups("bronze")
+    whole.materialize(bronze)
+    monkeypatch.setattr(database, "CHUNK_ROWS", 700)
+    chunked.materialize(bronze)
+
+    drift = whole.manifest.schema_drift
+    first_chunk = chunked.table("bronze", drift.table).sort("updated_at").head(700)
+    assert first_chunk.get_column(drift.column).null_count() == 700
+    for table, key in DATABASE_TABLES.items():
+        run_columns = ["_extracted_at", "_run_id"]
+        expected = whole.table("bronze", table).drop(run_columns).sort(key, "updated_at")
+        assert_frame_equal(chunked.table("bronze", table).drop(run_columns).sort(key, "updated_at"), expected)
+
+
+def test_a_source_lost_between_chunks_commits_nothing_and_the_retry_loads_all_once(
+    lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first load streams its chunks into one commit. The source failing after the first chunk
+    leaves bronze without a commit; the step's retry policy runs it again, which loads it all."""
+    monkeypatch.setattr(database, "CHUNK_ROWS", 2_000)
+    expected = snapshot(lake)["orders"]
+    original, chunks_read = SourceDatabase.read, []
+
+    def lost_at_second_chunk(self: SourceDatabase, query: str, *args, **kwargs) -> pl.DataFrame:
+        if "FROM orders" in query and "LIMIT" in query:
+            chunks_read.append(query)
+            if len(chunks_read) == 2:
+                raise SourceUnavailableError("extracting orders failed after 6 attempts: database is locked")
+        return original(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(SourceDatabase, "read", lost_at_second_chunk)
+    result = lake.materialize(dg.AssetSelection.assets(["bronze", "orders"]))
+
+    (retry,) = [
+        event for event in result.all_events if event.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY
+    ]
+    cause = retry.event_specific_data.error.cause  # the policy's retry request wraps it
+    assert cause.cls_name == "SourceUnavailableError"
+    assert "extracting orders failed" in cause.message
+    table = delta.open_table(lake.uri("bronze", "orders"))
+    assert table.version() == 0, "the failed attempt committed something"
+    assert versions(lake.table("bronze", "orders"), "order_id") == expected
+    assert lake.table("bronze", "orders").height == len(expected)
 
 
 # SQLite's file locks are per process, so the lock is held by another process, as a busy

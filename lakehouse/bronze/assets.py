@@ -52,6 +52,11 @@ def _database_asset(contract: Contract) -> dg.AssetsDefinition:
             f"bronze/{contract.name}: read {result.rows_read} rows, appended {result.rows_appended}, "
             f"watermark {result.watermark_before} -> {result.watermark_after}"
         )
+        if result.rows_without_watermark:
+            context.log.warning(
+                f"bronze/{contract.name}: {result.rows_without_watermark} rows of {contract.source.table} "
+                f"have no {contract.watermark.column} and cannot be extracted until they get one"
+            )
         return dg.MaterializeResult(
             metadata={
                 **delta.table_metadata(result.table),
@@ -61,6 +66,7 @@ def _database_asset(contract: Contract) -> dg.AssetsDefinition:
                 "watermark_before": str(result.watermark_before),
                 "watermark_after": str(result.watermark_after),
                 "added_columns": ", ".join(result.added_columns) or "none",
+                "rows_without_watermark": result.rows_without_watermark,
             }
         )
 

@@ -1,17 +1,25 @@
 """Incremental extraction of a source table into its append-only bronze Delta table.
 
 Each run reads the rows whose watermark column is at or after the last watermark minus the
-contract's lookback, drops the row versions bronze already holds, and appends the rest in
-one commit that also records the new watermark (as a Delta app transaction, which survives
-log checkpoints). A crash before that commit changes nothing; the next run reads again.
+contract's lookback, up to the source's newest watermark when the run starts, drops the row
+versions bronze already holds, and appends the rest in one commit that also records the new
+watermark (as a Delta app transaction, which survives log checkpoints). A crash before that
+commit changes nothing; the next run reads again.
+
+The rows are read in chunks of CHUNK_ROWS and streamed into that one commit: memory follows
+the chunk, not the table, however large the first load.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import polars as pl
+import pyarrow as pa
 
 from lakehouse import delta
 from lakehouse.bronze.columns import PARTITION_COLUMN, pin_types, with_audit_columns
@@ -19,6 +27,7 @@ from lakehouse.contract import Contract
 from lakehouse.source import SourceDatabase, timestamp_text
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+CHUNK_ROWS = 1_000_000  # source rows an extraction holds at a time
 
 
 @dataclass(frozen=True)
@@ -29,6 +38,7 @@ class Extraction:
     watermark_after: datetime | None
     added_columns: list[str]
     table: delta.DeltaTable | None
+    rows_without_watermark: int
 
 
 def watermark_key(contract: Contract) -> str:
@@ -50,6 +60,40 @@ def _micros(moment: datetime) -> int:
     return (moment - EPOCH) // timedelta(microseconds=1)
 
 
+def _chunks(
+    contract: Contract, source: SourceDatabase, lower: datetime | None, upper: Any
+) -> Iterator[pl.DataFrame]:
+    """The source rows with a watermark in [lower, upper] (no lower bound on a first load),
+    CHUNK_ROWS at a time, as the driver types them.
+
+    A first load pages through the primary key, the table's own order; later runs through
+    (watermark, primary key), which the watermark's index serves. Reading a whole table in
+    watermark order would jump around it: three times slower on orders that changed since.
+    """
+    table_name, column = contract.source.table, contract.watermark.column
+    order = contract.primary_key if lower is None else [column, *contract.primary_key]
+    after: tuple = ()
+    while True:
+        conditions, parameters = [f"{column} <= {source.placeholder(1)}"], [upper]
+        if after:
+            places = ", ".join(source.placeholder(position) for position in range(2, len(order) + 2))
+            conditions.append(f"({', '.join(order)}) > ({places})")
+            parameters.extend(after)
+        elif lower is not None:
+            conditions.append(f"{column} >= {source.placeholder(2)}")
+            parameters.append(source.timestamp_parameter(lower))
+        chunk = source.read(
+            f"SELECT * FROM {table_name} WHERE {' AND '.join(conditions)} "
+            f"ORDER BY {', '.join(order)} LIMIT {CHUNK_ROWS}",
+            parameters,
+            what=f"extracting {table_name}",
+        )
+        yield chunk
+        if chunk.height < CHUNK_ROWS:
+            return
+        after = chunk.select(order).row(-1)
+
+
 def extract_table(
     contract: Contract, source: SourceDatabase, uri: str, run_id: str, now: datetime | None = None
 ) -> Extraction:
@@ -57,46 +101,59 @@ def extract_table(
     table_name, column = contract.source.table, contract.watermark.column
     table = delta.open_table(uri)
     before = read_watermark(table, contract)
+    lower = None if before is None else before - contract.watermark.lookback
+    # The newest watermark as the run starts; rows changed while it reads wait for the next.
+    # Rows without one cannot be extracted incrementally: they are counted, not read.
+    newest, unwatermarked = source.read(
+        f"SELECT (SELECT max({column}) FROM {table_name}) AS newest, "
+        f"(SELECT count(*) FROM {table_name} WHERE {column} IS NULL) AS unwatermarked",
+        what=f"extracting {table_name}",
+    ).row(0)
+    if newest is None:
+        return Extraction(0, 0, before, before, [], table, unwatermarked)
 
-    if before is None:
-        frame = source.read(f"SELECT * FROM {table_name}", what=f"extracting {table_name}")
-        lower = None
-    else:
-        lower = before - contract.watermark.lookback
-        frame = source.read(
-            f"SELECT * FROM {table_name} WHERE {column} >= {source.placeholder(1)}",
-            [source.timestamp_parameter(lower)],
-            what=f"extracting {table_name}",
-        )
-    rows_read = frame.height
     stored = delta.arrow_schema(table) if table else None
-    frame = pin_types(frame, contract, stored, f"bronze/{contract.name}")
-
-    if table is not None and lower is not None and not frame.is_empty():
+    seen = None
+    if table is not None and lower is not None:
         # The lookback re-reads recent rows on purpose (to catch late commits in the source);
         # the versions bronze already has are dropped by (primary key, watermark value).
+        # Bronze stores the watermark as the driver returns it: text from SQLite.
+        bound = timestamp_text(lower) if isinstance(newest, str) else lower
         identity = [*contract.primary_key, column]
-        bound = timestamp_text(lower) if frame.schema[column] == pl.String else lower
         seen = pl.scan_delta(uri).filter(pl.col(column) >= pl.lit(bound)).select(identity).collect()
-        frame = frame.join(seen, on=identity, how="anti", nulls_equal=True)
 
-    if frame.is_empty():
-        return Extraction(rows_read, 0, before, before, [], table)
+    extracted_at = now or datetime.now(UTC)
+    counts = {"read": 0, "appended": 0}
+    pinned: pa.Schema | None = None
 
-    newest = _as_datetime(frame.get_column(column).max())
-    after = max(before, newest) if before else newest
-    added = [name for name in frame.columns if stored is not None and name not in stored.names]
-    frame = with_audit_columns(frame, f"{source.label}/{table_name}", run_id, now or datetime.now(UTC))
+    def new_rows() -> Iterator[pl.DataFrame]:
+        nonlocal pinned
+        for chunk in _chunks(contract, source, lower, newest):
+            counts["read"] += chunk.height
+            if chunk.is_empty():
+                continue
+            # The first rows fix the types; later chunks, typed by the driver on their own,
+            # are held to them.
+            frame = pin_types(chunk, contract, pinned or stored, f"bronze/{contract.name}")
+            pinned = pinned or delta.to_arrow(frame.head(0)).schema
+            if seen is not None:
+                frame = frame.join(seen, on=[*contract.primary_key, column], how="anti", nulls_equal=True)
+            counts["appended"] += frame.height
+            if not frame.is_empty():
+                yield with_audit_columns(frame, f"{source.label}/{table_name}", run_id, extracted_at)
+
+    rows = new_rows()
+    first = next(rows, None)
+    if first is None:
+        return Extraction(counts["read"], 0, before, before, [], table, unwatermarked)
+    after = max(before, _as_datetime(newest)) if before else _as_datetime(newest)
+    added = [name for name in first.columns if stored is not None and name not in stored.names]
     written = delta.write(
         uri,
-        frame,
+        itertools.chain([first], rows),
         partition_by=[PARTITION_COLUMN],
         configuration=delta.CHANGE_DATA_FEED,
-        metadata={
-            "lakehouse.run_id": run_id,
-            "lakehouse.watermark": after.isoformat(),
-            "lakehouse.rows": str(frame.height),
-        },
+        metadata={"lakehouse.run_id": run_id, "lakehouse.watermark": after.isoformat()},
         transactions={watermark_key(contract): _micros(after)},
     )
-    return Extraction(rows_read, frame.height, before, after, added, written)
+    return Extraction(counts["read"], counts["appended"], before, after, added, written, unwatermarked)
