@@ -8,13 +8,17 @@ from asset_checks.row_checks import read_columns
 from asset_checks.sample import sample
 from lakehouse import delta
 from lakehouse.bronze.assets import LandingZone
-from lakehouse.bronze.database import read_watermark
+from lakehouse.bronze.database import read_watermark, source_chunks
 from lakehouse.bronze.landing import file_key
 from lakehouse.contract import Contract
 from lakehouse.delta import LakehouseStorage
 from lakehouse.silver.load import bronze_identity, position_key
 from lakehouse.silver.validate import typed
 from lakehouse.source import SourceDatabase
+
+
+def _duplicates(rows: pl.LazyFrame, identity: list[str]) -> pl.LazyFrame:
+    return rows.filter(pl.len().over(identity) > 1)
 
 
 def _source_rows_check(contract: Contract) -> Check:
@@ -27,31 +31,46 @@ def _source_rows_check(contract: Contract) -> Check:
         watermark = read_watermark(table, contract)
         if watermark is None:
             return dg.AssetCheckResult(passed=True, metadata={"rows_checked": 0, "note": "bronze is empty"})
-        column, identity = (
-            contract.watermark.column,
-            [*contract.primary_key, contract.watermark.column],
-        )
-        expected = source.read(
-            f"SELECT {', '.join(identity)} FROM {contract.source.table} "
-            f"WHERE {column} <= {source.placeholder(1)}",
-            [source.timestamp_parameter(watermark)],
-            what=f"reconciling {contract.source.table}",
-        )
+        identity = [*contract.primary_key, contract.watermark.column]
         # The version the watermark came from: a write since then cannot pass for lost rows.
         stored = pl.scan_delta(table).select(identity)
-        expected = expected.cast(dict(stored.collect_schema()))
-        # One lazy plan reads bronze once for both questions, and the lazy anti-join beats the
-        # eager one on large frames (9.5M order items: peak 3.6 -> 2.7 GB, and faster).
-        missing, duplicated = pl.collect_all(
-            [
-                expected.lazy().join(stored, on=identity, how="anti", nulls_equal=True),
-                stored.filter(pl.len().over(identity) > 1),
-            ]
-        )
+        schema = dict(stored.collect_schema())
+        # The source in chunks in key order, each compared with the bronze rows of its range of
+        # the first key column (bronze files hold rows in key order, so the scans skip most of
+        # them): memory follows the chunk, not the table. Duplicates are searched in disjoint
+        # ranges, the first also holding null keys and the last open-ended, so each is found once.
+        name = contract.primary_key[0]
+        key = pl.col(name)
+        checked, missing, duplicated, below = 0, [pl.DataFrame(schema=schema)], [], None
+        upper = source.timestamp_parameter(watermark)
+        for chunk in source_chunks(contract, source, None, upper, identity, "reconciling"):
+            if chunk.is_empty():
+                continue
+            chunk = chunk.cast(schema)
+            low, high = chunk.get_column(name).min(), chunk.get_column(name).max()
+            near = stored.filter(key.is_between(low, high) | key.is_null())
+            own = (
+                key.is_null() | (key <= high)
+                if below is None
+                else key.is_between(below, high, closed="right")
+            )
+            lost, twice = pl.collect_all(
+                [
+                    chunk.lazy().join(near, on=identity, how="anti", nulls_equal=True),
+                    _duplicates(stored.filter(own), identity),
+                ]
+            )
+            checked += chunk.height
+            missing.append(lost)
+            duplicated.append(twice)
+            below = high
+        rest = stored if below is None else stored.filter(key > below)
+        duplicated.append(_duplicates(rest, identity).collect())
+        missing, duplicated = pl.concat(missing), pl.concat(duplicated)
         return dg.AssetCheckResult(
             passed=missing.is_empty() and duplicated.is_empty(),
             metadata={
-                "rows_checked": expected.height,
+                "rows_checked": checked,
                 "missing_rows": missing.height,
                 "duplicated_rows": duplicated.height,
                 "sample": sample(pl.concat([missing, duplicated]) if not missing.is_empty() else duplicated),

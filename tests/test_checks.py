@@ -12,6 +12,7 @@ import pytest
 from conftest import TEST_SALT, Lake, run_command, sqlite_source
 
 from lakehouse import delta
+from lakehouse.bronze import database
 from lakehouse.demo.simulation import DEFAULT_DEFECT_RATES
 from lakehouse.gold.tables import GOLD_TABLES
 
@@ -187,12 +188,18 @@ def test_failing_silver_checks_show_exactly_the_planted_rows(lake: Lake) -> None
     assert values(accounted, "silver_rows_without_bronze") == 3 and values(accounted, "rows_missing") == 0
 
 
-def test_bronze_reconciliation_and_gold_key_checks_name_the_planted_rows(lake: Lake) -> None:
+def test_bronze_reconciliation_and_gold_key_checks_name_the_planted_rows(
+    lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
     lake.materialize()
-    bronze = lake.table("bronze", "orders")
-    lost_id = bronze.get_column("order_id")[10]
+    # The source is compared in chunks of 1,000 orders: a row lost in the third, a duplicate of
+    # the last row of the first, and one of a row the source does not hold, after the last.
+    monkeypatch.setattr(database, "CHUNK_ROWS", 1_000)
+    bronze = lake.table("bronze", "orders").sort("order_id")
+    lost_id = bronze.get_column("order_id")[2_500]
     delta.open_table(lake.uri("bronze", "orders")).delete(f"order_id = {lost_id}")
-    delta.write(lake.uri("bronze", "orders"), bronze.slice(40, 1))  # the same row version twice
+    stranger = bronze.slice(0, 1).with_columns(order_id=pl.lit(10**9, pl.Int64))
+    delta.write(lake.uri("bronze", "orders"), pl.concat([bronze.slice(999, 1), stranger, stranger]))
     events = lake.table("bronze", "events")
     file, line = events.get_column("_source_file")[3], events.get_column("_line_number")[3]
     delta.open_table(lake.uri("bronze", "events")).delete(
@@ -217,8 +224,12 @@ def test_bronze_reconciliation_and_gold_key_checks_name_the_planted_rows(lake: L
         not source_rows.passed
         and values(source_rows, "missing_rows") == bronze.filter(pl.col("order_id") == lost_id).height
     )
-    assert values(source_rows, "duplicated_rows") == 2
-    assert set(sample_column(source_rows, "order_id")) == {str(lost_id), str(bronze["order_id"][40])}
+    assert values(source_rows, "duplicated_rows") == 4
+    assert set(sample_column(source_rows, "order_id")) == {
+        str(lost_id),
+        str(bronze["order_id"][999]),
+        str(10**9),
+    }
     lines = evaluations(result, "bronze", "events")["lines_in_bronze_or_quarantine"]
     assert not lines.passed and sample_column(lines, "_source_file") == [file]
     gold = evaluations(result, "gold", "fct_orders")

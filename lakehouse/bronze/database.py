@@ -60,11 +60,16 @@ def _micros(moment: datetime) -> int:
     return (moment - EPOCH) // timedelta(microseconds=1)
 
 
-def _chunks(
-    contract: Contract, source: SourceDatabase, lower: datetime | None, upper: Any
+def source_chunks(
+    contract: Contract,
+    source: SourceDatabase,
+    lower: datetime | None,
+    upper: Any,
+    columns: list[str] | None = None,
+    what: str = "extracting",
 ) -> Iterator[pl.DataFrame]:
-    """The source rows with a watermark in [lower, upper] (no lower bound on a first load),
-    CHUNK_ROWS at a time, as the driver types them.
+    """The `columns` (all by default) of the source rows with a watermark in [lower, upper] (no
+    lower bound on a first load), CHUNK_ROWS at a time, as the driver types them.
 
     A first load pages through the primary key, the table's own order; later runs through
     (watermark, primary key), which the watermark's index serves. Reading a whole table in
@@ -83,10 +88,10 @@ def _chunks(
             conditions.append(f"{column} >= {source.placeholder(2)}")
             parameters.append(source.timestamp_parameter(lower))
         chunk = source.read(
-            f"SELECT * FROM {table_name} WHERE {' AND '.join(conditions)} "
+            f"SELECT {', '.join(columns or ['*'])} FROM {table_name} WHERE {' AND '.join(conditions)} "
             f"ORDER BY {', '.join(order)} LIMIT {CHUNK_ROWS}",
             parameters,
-            what=f"extracting {table_name}",
+            what=f"{what} {table_name}",
         )
         yield chunk
         if chunk.height < CHUNK_ROWS:
@@ -128,7 +133,7 @@ def extract_table(
 
     def new_rows() -> Iterator[pl.DataFrame]:
         nonlocal pinned
-        for chunk in _chunks(contract, source, lower, newest):
+        for chunk in source_chunks(contract, source, lower, newest):
             counts["read"] += chunk.height
             if chunk.is_empty():
                 continue
