@@ -47,7 +47,7 @@ def _source_rows_check(contract: Contract) -> Check:
             if chunk.is_empty():
                 continue
             chunk = chunk.cast(schema)
-            low, high = chunk.get_column(name).min(), chunk.get_column(name).max()
+            low, high = pl.lit(chunk.get_column(name).min()), pl.lit(chunk.get_column(name).max())
             near = stored.filter(key.is_between(low, high) | key.is_null())
             own = (
                 key.is_null() | (key <= high)

@@ -7,13 +7,14 @@ app transaction in silver's own commit, so a crash anywhere before it makes the 
 read the same rows again; quarantine and history are written first, by MERGEs keyed on the
 bronze row, so reading them again duplicates nothing.
 
-The first load reads bronze whole, in slices of about `SLICE_ROWS` rows split by a hash of the
+The first load reads bronze whole, in slices of about `SLICE_ROWS` rows split by ranges of the
 key (every version of a key in the same slice), so its memory follows the slice and not the
 table; only the last slice's commit moves silver's position.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -242,14 +243,26 @@ def _load_slice(
 
 
 def _whole_table(table: delta.DeltaTable, contract: Contract) -> list[pl.LazyFrame]:
-    """Bronze in slices of about SLICE_ROWS rows, split by a hash of the key so that every
-    version of a key is in the same slice: a first load holds one slice at a time."""
-    count = max(1, -(-delta.row_count(table) // SLICE_ROWS))
+    """Bronze in slices of about SLICE_ROWS rows, by ranges of the first key column, so that
+    every version of a key is in the same slice: a first load holds one slice at a time. Bronze
+    files hold a first extraction in key order, so each slice's scan skips the others' rows
+    and the load reads bronze about once, not once per slice."""
     rows = pl.scan_delta(table)
-    if count == 1:
+    if delta.row_count(table) <= SLICE_ROWS:
         return [rows]
-    bucket = pl.struct(contract.primary_key).hash(seed=0) % count
-    return [rows.filter(bucket == number) for number in range(count)]
+    name = contract.primary_key[0]
+    keys = rows.select(name).collect().get_column(name).drop_nulls().sort()
+    cuts = [
+        pl.lit(cut)
+        for cut in keys.gather(range(SLICE_ROWS, keys.len(), SLICE_ROWS)).unique(maintain_order=True)
+    ]
+    if not cuts:
+        return [rows]
+    key = pl.col(name)
+    bounds = [key.is_null() | (key < cuts[0])]
+    bounds += [key.is_between(low, high, closed="left") for low, high in itertools.pairwise(cuts)]
+    bounds.append(key >= cuts[-1])
+    return [rows.filter(bound) for bound in bounds]
 
 
 def _summed(counts: list[MergeCounts | None]) -> MergeCounts | None:
