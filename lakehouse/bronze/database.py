@@ -118,14 +118,15 @@ def extract_table(
         return Extraction(0, 0, before, before, [], table, unwatermarked)
 
     stored = delta.arrow_schema(table) if table else None
+    identity = [*contract.primary_key, column]
     seen = None
     if table is not None and lower is not None:
         # The lookback re-reads recent rows on purpose (to catch late commits in the source);
-        # the versions bronze already has are dropped by (primary key, watermark value).
-        # Bronze stores the watermark as the driver returns it: text from SQLite.
+        # the versions bronze already has (in the version whose watermark this run starts
+        # from) are dropped by (primary key, watermark value). Bronze stores the watermark as
+        # the driver returns it: text from SQLite.
         bound = timestamp_text(lower) if isinstance(newest, str) else lower
-        identity = [*contract.primary_key, column]
-        seen = pl.scan_delta(uri).filter(pl.col(column) >= pl.lit(bound)).select(identity).collect()
+        seen = pl.scan_delta(table).filter(pl.col(column) >= pl.lit(bound)).select(identity).collect()
 
     extracted_at = now or datetime.now(UTC)
     counts = {"read": 0, "appended": 0}
@@ -142,7 +143,7 @@ def extract_table(
             frame = pin_types(chunk, contract, pinned or stored, f"bronze/{contract.name}")
             pinned = pinned or delta.to_arrow(frame.head(0)).schema
             if seen is not None:
-                frame = frame.join(seen, on=[*contract.primary_key, column], how="anti", nulls_equal=True)
+                frame = frame.join(seen, on=identity, how="anti", nulls_equal=True)
             counts["appended"] += frame.height
             if not frame.is_empty():
                 yield with_audit_columns(frame, f"{source.label}/{table_name}", run_id, extracted_at)
