@@ -12,12 +12,13 @@ from lakehouse.delta import LakehouseStorage
 from lakehouse.gold.assets import gold_assets
 from lakehouse.jobs import ingest_job, schedules, transform_job
 from lakehouse.maintenance import maintenance_job
-from lakehouse.marts import DBT_EXECUTABLE, DbtCli, Warehouse, dbt_models, dbt_project
+from lakehouse.marts import DBT_EXECUTABLE, DbtCli, dbt_models, dbt_project
 from lakehouse.sensors import sensors
 from lakehouse.settings import check_deployment, resource_value, setting
 from lakehouse.silver.assets import silver_assets
 from lakehouse.silver.pii import PiiHasher
 from lakehouse.source import SourceDatabase
+from lakehouse.warehouse import Warehouse
 
 check_deployment()
 contracts = load_contracts(Path(setting("LAKEHOUSE_CONTRACTS")))

@@ -61,11 +61,15 @@ def open_table(uri: str) -> DeltaTable | None:
         return None
 
 
-def snapshot(uri: str) -> str:
+def version_label(table: DeltaTable | None) -> str:
     """Which state of the table a reader sees: its version and table id ("v12 (1a2b3c4d)"), so
     a table deleted and created again never passes for the old one; "missing" before it exists."""
-    table = open_table(uri)
     return "missing" if table is None else f"v{table.version()} ({table.metadata().id[:8]})"
+
+
+def snapshot(uri: str) -> str:
+    """The `version_label` of the table at `uri` now."""
+    return version_label(open_table(uri))
 
 
 def marker(table: DeltaTable | None, key: str) -> int | None:

@@ -11,7 +11,6 @@ still in the warehouse. Each model's `built_from` metadata records what it was b
 """
 
 import hashlib
-import json
 import os
 import shutil
 import sys
@@ -24,11 +23,13 @@ from typing import Any
 import dagster as dg
 import duckdb
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
+from deltalake import DeltaTable
 from packaging.version import Version
 
 from lakehouse import delta
 from lakehouse.delta import LakehouseStorage
 from lakehouse.partitions import ONE_RUN
+from lakehouse.warehouse import Warehouse, expose_gold
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt"
 # The dbt installed beside this Python, whether or not the virtualenv is on PATH.
@@ -40,16 +41,6 @@ BUILT_FROM = "built_from"
 PARSE_STATE = "partial_parse.msgpack"
 
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
-
-
-class Warehouse(dg.ConfigurableResource):
-    """The DuckDB file dbt builds the marts in."""
-
-    path: str
-
-    @property
-    def location(self) -> Path:
-        return Path(self.path).resolve()
 
 
 class DbtCli(DbtCliResource):
@@ -100,9 +91,9 @@ def keep_parse_state(run_target: Path) -> None:
     """Make this build's parse state the one the next build starts from.
 
     dagster-dbt hands each build a copy of the project's `partial_parse.msgpack`, written by
-    `make`'s `dbt parse`. dbt discards it when the vars or the profile differ (the lakehouse
-    root, the warehouse path of this deployment) and parses the whole project again, about 2 s
-    of every build. dbt still checks the state it is given and parses again what changed.
+    `make`'s `dbt parse`. dbt discards it when the profile differs (the warehouse path of this
+    deployment) and parses the whole project again, about 2 s of every build. dbt still checks
+    the state it is given and parses again what changed.
     """
     state = run_target / PARSE_STATE
     if state.exists():
@@ -121,14 +112,21 @@ def _relation_metadata(connection: duckdb.DuckDBPyConnection, name: str) -> dict
     }
 
 
-def built_from(context: dg.AssetExecutionContext, lakehouse: LakehouseStorage) -> str:
+def gold_tables(
+    context: dg.AssetExecutionContext, lakehouse: LakehouseStorage
+) -> dict[dg.AssetKey, DeltaTable | None]:
+    """Every gold table the models read, opened once: the build records and reads these versions."""
+    models = context.assets_def.specs
+    gold = sorted({dep.asset_key for spec in models for dep in spec.deps} - {spec.key for spec in models})
+    return {key: delta.open_table(lakehouse.table_uri(*key.path)) for key in gold}
+
+
+def built_from(tables: Mapping[dg.AssetKey, DeltaTable | None]) -> str:
     """The dbt project's manifest and the Delta version of every gold table the models read."""
     # `make` parses the project again only when a dbt file changed, so the manifest's digest
     # changes with the project and not otherwise.
     project = hashlib.sha256(dbt_project.manifest_path.read_bytes()).hexdigest()[:12]
-    models = context.assets_def.specs
-    gold = sorted({dep.asset_key for spec in models for dep in spec.deps} - {spec.key for spec in models})
-    versions = [f"{key.to_user_string()} {delta.snapshot(lakehouse.table_uri(*key.path))}" for key in gold]
+    versions = [f"{key.to_user_string()} {delta.version_label(table)}" for key, table in tables.items()]
     return f"manifest {project}; " + ", ".join(versions)
 
 
@@ -172,21 +170,25 @@ def up_to_date(context: dg.AssetExecutionContext, warehouse: Warehouse, inputs: 
 def dbt_models(
     context: dg.AssetExecutionContext, dbt: DbtCli, lakehouse: LakehouseStorage, warehouse: Warehouse
 ) -> Iterator[Any]:
-    inputs = built_from(context, lakehouse)
+    tables = gold_tables(context, lakehouse)
+    inputs = built_from(tables)
     if up_to_date(context, warehouse, inputs):
         context.log.info(f"dbt not run: every selected model was built from {inputs} and is in the warehouse")
         return
+    warehouse.location.parent.mkdir(parents=True, exist_ok=True)
+    # A missing gold table stays missing: dbt names it when a selected model reads it.
+    expose_gold(
+        warehouse.location, {key.path[-1]: table for key, table in tables.items() if table is not None}
+    )
     # dbt runs with dbt/ as its working directory: hand it absolute locations.
     os.environ["LAKEHOUSE_WAREHOUSE_PATH"] = str(warehouse.location)
-    warehouse.location.parent.mkdir(parents=True, exist_ok=True)
-    variables = json.dumps({"lakehouse_root": lakehouse.location})
     # A run of some models only (a backfill splits "Materialize all" into waves, or the UI's
     # "Materialize selected") must not run a test whose other parent is not built yet: dbt's
     # default (eager) runs `relationships` tests of the marts when only staging is selected,
     # and they fail on a new warehouse. `buildable` runs a test once all its parents are
     # selected or upstream of the selection; dagster-dbt still overrides it when it has to.
     os.environ.setdefault(DBT_INDIRECT_SELECTION, "buildable")
-    invocation = dbt.cli(["build", "--vars", variables], context=context)
+    invocation = dbt.cli(["build"], context=context)
     events = list(invocation.stream())
     keep_parse_state(invocation.target_path)
     # Row counts and schemas through one short-lived read-only connection once dbt has

@@ -23,11 +23,12 @@ from lakehouse.delta import LakehouseStorage
 from lakehouse.demo import simulation, store
 from lakehouse.gold.assets import gold_assets
 from lakehouse.jobs import RANGE_END, RANGE_START
-from lakehouse.marts import DBT_EXECUTABLE, DbtCli, Warehouse, dbt_models, dbt_project
+from lakehouse.marts import DBT_EXECUTABLE, DbtCli, dbt_models, dbt_project
 from lakehouse.settings import DEFAULTS
 from lakehouse.silver.assets import silver_assets
 from lakehouse.silver.pii import PiiHasher
 from lakehouse.source import SourceDatabase
+from lakehouse.warehouse import Warehouse
 
 PROJECT = Path(__file__).resolve().parent.parent
 CLOCK = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
