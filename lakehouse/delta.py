@@ -128,13 +128,18 @@ def record_batches(frames: pl.DataFrame | Iterator[pl.DataFrame]) -> pa.RecordBa
     every string column during the write."""
     stream = iter([frames]) if isinstance(frames, pl.DataFrame) else frames
     first = next(stream)
-    slices = (
-        to_arrow(frame.slice(offset, BATCH_ROWS))
-        for frame in itertools.chain([first], stream)
-        for offset in range(0, frame.height, BATCH_ROWS)
-    )
-    batches = (batch for converted in slices for batch in converted.to_batches())
-    return pa.RecordBatchReader.from_batches(to_arrow(first.head(0)).schema, batches)
+    schema = to_arrow(first.head(0)).schema
+
+    def batches(pending: list[pl.DataFrame]) -> Iterator[pa.RecordBatch]:
+        # A frame is let go before the next is produced: a stream holds one frame at a time.
+        while pending:
+            frame = pending.pop()
+            for offset in range(0, frame.height, BATCH_ROWS):
+                yield from to_arrow(frame.slice(offset, BATCH_ROWS)).to_batches()
+            del frame
+            pending.extend(itertools.islice(stream, 1))
+
+    return pa.RecordBatchReader.from_batches(schema, batches([first]))
 
 
 class _Stream:

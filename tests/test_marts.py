@@ -185,10 +185,12 @@ def test_dbt_builds_while_another_process_reads_the_warehouse(lake: Lake) -> Non
     reader = subprocess.Popen(
         [sys.executable, "-c", READER, str(lake.warehouse), str(stop)], stdout=subprocess.PIPE, text=True
     )
-    lake.advance()
-    result = lake.materialize("*")
-    stop.touch()
-    output, _ = reader.communicate(timeout=30)
+    try:
+        lake.advance()
+        result = lake.materialize("*")
+    finally:  # a failed build must not leave the reader running
+        stop.touch()
+        output, _ = reader.communicate(timeout=30)
 
     assert result.success, "dbt failed while another process was reading the warehouse"
     reads, _locked = (int(count) for count in output.split())
