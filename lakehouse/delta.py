@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,16 +129,14 @@ def record_batches(frames: pl.DataFrame | Iterator[pl.DataFrame]) -> pa.RecordBa
     first = next(stream)
     schema = to_arrow(first.head(0)).schema
 
-    def batches(pending: list[pl.DataFrame]) -> Iterator[pa.RecordBatch]:
-        # A frame is let go before the next is produced: a stream holds one frame at a time.
-        while pending:
-            frame = pending.pop()
+    def batches(frame: pl.DataFrame | None) -> Iterator[pa.RecordBatch]:
+        while frame is not None:
             for offset in range(0, frame.height, BATCH_ROWS):
                 yield from to_arrow(frame.slice(offset, BATCH_ROWS)).to_batches()
-            del frame
-            pending.extend(itertools.islice(stream, 1))
+            del frame  # before the next is produced: a stream holds one frame at a time
+            frame = next(stream, None)
 
-    return pa.RecordBatchReader.from_batches(schema, batches([first]))
+    return pa.RecordBatchReader.from_batches(schema, batches(first))
 
 
 class _Stream:

@@ -13,7 +13,6 @@ rebuild exactly those: `build_days`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -81,21 +80,13 @@ def build_gold(table: GoldTable, lakehouse: LakehouseStorage, run_id: str) -> Go
         "lakehouse.gold.periods": ",".join(sorted(periods)) if existing else "all",
     }
     if existing is None and table.partition_by is not None and periods:
-        # A partition at a time, all in one commit: memory follows the largest period, not the table.
-        heights: list[int] = []
-
-        def partitions() -> Iterator[pl.DataFrame]:
-            for period in sorted(periods):
-                frame = table.build(read, [period])
-                heights.append(frame.height)
-                yield frame
-                del frame  # before the next period is built
-
+        # A period at a time, all in one commit: memory follows the largest period, not the table.
+        frames = (table.build(read, [period]) for period in sorted(periods))
         written = delta.write(
-            uri, partitions(), mode="overwrite", partition_by=[table.partition_by],
+            uri, frames, mode="overwrite", partition_by=[table.partition_by],
             metadata=metadata, transactions=positions,
         )  # fmt: skip
-        return GoldBuild(None, sum(heights), written)
+        return GoldBuild(None, delta.row_count(written), written)
     if existing is None or table.period is None:
         frame = table.build(read, None)
         written = delta.write(
