@@ -26,28 +26,33 @@ from lakehouse.delta import LakehouseStorage
 from lakehouse.gold.tables import GOLD_TABLES
 from lakehouse.silver.validate import typed
 
-Reader = Callable[[dg.AssetCheckExecutionContext, LakehouseStorage, list[str]], tuple[pl.DataFrame, dict]]
+Reader = Callable[[dg.AssetCheckExecutionContext, LakehouseStorage, list[str]], tuple[pl.LazyFrame, dict]]
 SchemaFor = Callable[[LakehouseStorage], pa.DataFrameSchema]
 ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
 
 
-def read_columns(uri: str, wanted: list[str], where: pl.Expr | None = None) -> pl.DataFrame:
-    """The table's rows (those matching `where`) with those of the wanted columns it has; an
-    empty frame when it has none of them or does not exist."""
+def scan_columns(uri: str, wanted: list[str], where: pl.Expr | None = None) -> pl.LazyFrame:
+    """The table's rows (those matching `where`) with those of the wanted columns it has; no
+    columns when it has none of them or does not exist."""
     table = delta.open_table(uri)
     present = set(delta.arrow_schema(table).names) if table else set()
     columns = [name for name in dict.fromkeys(wanted) if name in present]
     if not columns:
-        return pl.DataFrame()
+        return pl.LazyFrame()
     rows = pl.scan_delta(table)
-    return (rows if where is None else rows.filter(where)).select(columns).collect()
+    return (rows if where is None else rows.filter(where)).select(columns)
+
+
+def read_columns(uri: str, wanted: list[str], where: pl.Expr | None = None) -> pl.DataFrame:
+    """`scan_columns`, read into memory."""
+    return scan_columns(uri, wanted, where).collect()
 
 
 def whole_table(layer: str, name: str) -> Reader:
     """Every row of the table, with only the columns the rule needs."""
 
     def read(_: dg.AssetCheckExecutionContext, lakehouse: LakehouseStorage, wanted: list[str]):
-        return read_columns(lakehouse.table_uri(layer, name), wanted), {"scope": "whole table"}
+        return scan_columns(lakehouse.table_uri(layer, name), wanted), {"scope": "whole table"}
 
     return read
 
@@ -60,10 +65,10 @@ def latest_batch(contract: Contract, as_typed: bool) -> Reader:
     def read(context: dg.AssetCheckExecutionContext, lakehouse: LakehouseStorage, wanted: list[str]):
         latest = context.instance.get_latest_materialization_event(key)
         if latest is None:
-            return pl.DataFrame(), {"scope": "no materialisation yet"}
+            return pl.LazyFrame(), {"scope": "no materialisation yet"}
         uri = lakehouse.table_uri("bronze", contract.name)
-        frame = read_columns(uri, wanted, where=pl.col("_run_id") == latest.run_id)
-        return (typed(frame, contract) if as_typed else frame), {"scope": f"rows of run {latest.run_id}"}
+        rows = scan_columns(uri, wanted, where=pl.col("_run_id") == latest.run_id)
+        return (typed(rows, contract) if as_typed else rows), {"scope": f"rows of run {latest.run_id}"}
 
     return read
 
@@ -79,13 +84,16 @@ def _check(
     severity: dg.AssetCheckSeverity,
     blocking: bool,
     reads: tuple[tuple[str, str], ...] = (),
+    repeats: Sequence[Sequence[str]] = (),
 ) -> Check:
+    """`repeats`: the column sets a `unique` rule compares rows on."""
+
     def evaluate(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         lakehouse: LakehouseStorage = context.resources.lakehouse
-        frame, scope = read(context, lakehouse, [*row_key, *columns])
-        if frame.is_empty():
+        rows, scope = read(context, lakehouse, [*row_key, *columns])
+        if not rows.collect_schema():
             return dg.AssetCheckResult(passed=True, metadata={**scope, "rows_checked": 0})
-        return rules.rule_result(frame, schema(lakehouse), severity, scope)
+        return rules.rule_result(rows, schema(lakehouse), severity, scope, repeats)
 
     return Check(asset, rule, description, evaluate, blocking, reads=reads)
 
@@ -122,6 +130,7 @@ def _bronze(
     columns: list[str],
     schema: pa.DataFrameSchema,
     as_typed: bool = False,
+    repeats: Sequence[Sequence[str]] = (),
 ) -> Check:
     return _check(
         dg.AssetKey(["bronze", contract.name]),
@@ -133,6 +142,7 @@ def _bronze(
         latest_batch(contract, as_typed),
         WARN,
         blocking=False,
+        repeats=repeats,
     )
 
 
@@ -144,6 +154,7 @@ def _silver(
     schema: SchemaFor,
     blocking: bool,
     parents: tuple[str, ...] = (),
+    repeats: Sequence[Sequence[str]] = (),
 ) -> Check:
     table = ("silver", contract.name)
     return _check(
@@ -157,6 +168,7 @@ def _silver(
         ERROR,
         blocking,
         reads=(table, *(("silver", parent) for parent in parents)),
+        repeats=repeats,
     )
 
 
@@ -165,6 +177,7 @@ def contract_checks(contract: Contract) -> list[Check]:
     columns = contract.columns
     required = [name for name, spec in columns.items() if not spec.nullable]
     singles = [name for name, spec in columns.items() if spec.unique and [name] != contract.primary_key]
+    distinct = [contract.primary_key, *([name] for name in singles)]
     ruled = {name: spec for name, spec in columns.items() if spec.allowed_values or spec.range}
     referencing = {name: spec.references for name, spec in columns.items() if spec.references}
     checks = [
@@ -180,7 +193,8 @@ def contract_checks(contract: Contract) -> list[Check]:
             "unique",
             "each source row version arrived once.",
             [],
-            rules.unique(version_key(contract)),
+            rules.unique([version_key(contract)]),
+            repeats=[version_key(contract)],
         ),
         _silver(
             contract,
@@ -195,8 +209,9 @@ def contract_checks(contract: Contract) -> list[Check]:
             "unique",
             "The primary key (and each unique column) identifies one row.",
             singles,
-            _fixed(rules.unique(contract.primary_key, singles)),
+            _fixed(rules.unique(distinct)),
             blocking=True,
+            repeats=distinct,
         ),
     ]
     if ruled:
@@ -259,11 +274,12 @@ def gold_checks() -> list[Check]:
                 f"({', '.join(key)}) identifies one row.",
                 key,
                 [],
-                _fixed(rules.unique(key)),
+                _fixed(rules.unique([key])),
                 read,
                 ERROR,
                 blocking=True,
                 reads=(stored,),
+                repeats=[key],
             ),
         ]
     return checks

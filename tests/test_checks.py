@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 from conftest import TEST_SALT, Lake, run_command, sqlite_source
 
+from asset_checks import rules
 from lakehouse import delta
 from lakehouse.bronze import database
 from lakehouse.demo.simulation import DEFAULT_DEFECT_RATES
@@ -130,7 +131,11 @@ def test_every_check_passes_on_clean_demo_data(tmp_path: Path) -> None:
     assert 0 < values(volume, "change") < 0.5
 
 
-def test_bronze_checks_warn_with_exactly_the_defects_the_demo_planted(lake: Lake) -> None:
+def test_bronze_checks_warn_with_exactly_the_defects_the_demo_planted(
+    lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Row rules validate slices of 1,000 rows here, so the planted rows fall in many slices.
+    monkeypatch.setattr(rules, "SLICE_ROWS", 1_000)
     result = lake.materialize()
     assert result.success  # bronze checks warn: bronze keeps what arrived, silver quarantines it
     defects = lake.manifest.defects
@@ -155,6 +160,20 @@ def test_bronze_checks_warn_with_exactly_the_defects_the_demo_planted(lake: Lake
     assert unknown_products.height == defects["orphan_order_item"]
     failures = str(values(items, "failures_by_check"))
     assert f"| product_id | exists in products.product_id | {defects['orphan_order_item']} |" in failures
+
+    # Silver's account of the bronze rows it consumed matches what the tables hold.
+    for name in ("orders", "events"):
+        accounted = {
+            measure: values(evaluations(result, "silver", name)["bronze_rows_accounted"], f"rows_{measure}")
+            for measure in ("consumed", "merged", "collapsed", "quarantined", "missing")
+        }
+        assert accounted["consumed"] == lake.table("bronze", name).height
+        assert accounted["merged"] == lake.table("silver", name).height
+        assert accounted["quarantined"] == lake.table("quarantine", name).height > 0
+        assert (
+            accounted["consumed"] == accounted["merged"] + accounted["collapsed"] + accounted["quarantined"]
+        )
+        assert accounted["missing"] == 0
 
 
 def test_failing_silver_checks_show_exactly_the_planted_rows(lake: Lake) -> None:

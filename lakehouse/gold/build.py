@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import groupby
 from typing import Any
 
 import polars as pl
@@ -79,18 +80,20 @@ def build_gold(table: GoldTable, lakehouse: LakehouseStorage, run_id: str) -> Go
         "lakehouse.run_id": run_id,
         "lakehouse.gold.periods": ",".join(sorted(periods)) if existing else "all",
     }
-    if existing is None and table.partition_by is not None and periods:
-        # A period at a time, all in one commit: memory follows the largest period, not the table.
-        frames = (table.build(read, [period]) for period in sorted(periods))
+    partition_by = [table.partition_by] if table.partition_by else None
+    if existing is None and table.period is not None and periods:
+        # A month at a time, all in one commit: memory follows the largest month, not the table.
+        months = groupby(sorted(periods), key=lambda period: period[:7])
+        frames = (table.build(read, list(month)) for _, month in months)
         written = delta.write(
-            uri, frames, mode="overwrite", partition_by=[table.partition_by],
+            uri, frames, mode="overwrite", partition_by=partition_by,
             metadata=metadata, transactions=positions,
         )  # fmt: skip
         return GoldBuild(None, delta.row_count(written), written)
     if existing is None or table.period is None:
         frame = table.build(read, None)
         written = delta.write(
-            uri, frame, mode="overwrite", partition_by=[table.partition_by] if table.partition_by else None,
+            uri, frame, mode="overwrite", partition_by=partition_by,
             metadata=metadata, transactions=positions,
         )  # fmt: skip
         return GoldBuild(None, frame.height, written)

@@ -6,6 +6,8 @@ values`, `event_id is null`, `timestamp unparseable`, ...); rows with no error a
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import polars as pl
 
 from lakehouse.contract import Column, Contract
@@ -13,6 +15,7 @@ from lakehouse.contract import Column, Contract
 ERROR_COLUMN = "_error"
 CONVERTED_PREFIX = "_converted_"
 UTC_TIMESTAMP = pl.Datetime("us", "UTC")
+Rows = TypeVar("Rows", pl.DataFrame, pl.LazyFrame)
 
 
 def _typed(raw: pl.Expr, dtype: pl.DataType, source: pl.DataType) -> pl.Expr:
@@ -28,19 +31,16 @@ def _typed(raw: pl.Expr, dtype: pl.DataType, source: pl.DataType) -> pl.Expr:
     return raw.cast(dtype, strict=False)
 
 
-def typed(frame: pl.DataFrame, contract: Contract) -> pl.DataFrame:
-    """The frame with its contract columns in the contract's types; values that do not convert
-    become null (`split_valid` names them as unparseable)."""
+def typed(rows: Rows, contract: Contract) -> Rows:
+    """The rows with their contract columns in the contract's types; values that do not
+    convert become null (`split_valid` names them as unparseable). Lazy rows stay lazy."""
     # Lazily, as in `split_valid`: the conversions then run side by side.
-    return (
-        frame.lazy()
-        .with_columns(
-            _typed(pl.col(name), contract.columns[name].dtype, dtype).alias(name)
-            for name, dtype in frame.schema.items()
-            if name in contract.columns
-        )
-        .collect()
+    converted = rows.lazy().with_columns(
+        _typed(pl.col(name), contract.columns[name].dtype, dtype).alias(name)
+        for name, dtype in rows.collect_schema().items()
+        if name in contract.columns
     )
+    return converted if isinstance(rows, pl.LazyFrame) else converted.collect()  # type: ignore[return-value]
 
 
 def _rules(name: str, spec: Column, raw: pl.Expr, typed: pl.Expr) -> list[pl.Expr]:
