@@ -1,9 +1,12 @@
 """Bronze extraction: complete, incremental, idempotent and crash-safe."""
 
+import logging
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -78,6 +81,38 @@ def test_rerun_without_source_change_appends_nothing(lake: Lake) -> None:
         assert metadata["rows_appended"].value == 0
         assert metadata["watermark_before"].value == metadata["watermark_after"].value
     assert delta.open_table(lake.uri("bronze", "events")).version() == events_before
+
+
+def test_a_row_without_a_watermark_is_counted_and_named_until_it_gets_one(lake: Lake) -> None:
+    """In a source that allows a NULL watermark (the demo's does not), such a row cannot be
+    extracted incrementally: the run succeeds, reports and warns how many rows wait, and the row
+    arrives once it has a watermark."""
+    orders = dg.AssetSelection.assets(["bronze", "orders"])
+    waiting = lake.source_rows("orders").get_column("order_id")[3]
+    with sqlite3.connect(lake.source.sqlite_path) as connection:
+        # A copy of the table without its constraints (CREATE TABLE ... AS keeps none).
+        connection.execute("ALTER TABLE orders RENAME TO constrained_orders")
+        connection.execute("CREATE TABLE orders AS SELECT * FROM constrained_orders")
+        connection.execute("DROP TABLE constrained_orders")
+        connection.execute("UPDATE orders SET updated_at = NULL WHERE order_id = ?", (waiting,))
+
+    result = lake.materialize(orders)
+
+    metadata = result.asset_materializations_for_node("bronze__orders")[0].metadata
+    assert metadata["rows_without_watermark"].value == 1
+    assert metadata["rows_appended"].value == lake.source_rows("orders").height - 1
+    assert waiting not in lake.table("bronze", "orders").get_column("order_id")
+    warnings = [r.user_message for r in lake.instance.all_logs(result.run_id) if r.level == logging.WARNING]
+    assert any("1 rows of orders have no updated_at" in message for message in warnings)
+
+    later = (lake.clock + timedelta(minutes=1)).isoformat(sep=" ", timespec="microseconds")
+    with sqlite3.connect(lake.source.sqlite_path) as connection:
+        connection.execute("UPDATE orders SET updated_at = ? WHERE order_id = ?", (later, waiting))
+    result = lake.materialize(orders)
+
+    metadata = result.asset_materializations_for_node("bronze__orders")[0].metadata
+    assert (metadata["rows_without_watermark"].value, metadata["rows_appended"].value) == (0, 1)
+    assert lake.table("bronze", "orders").get_column("order_id").to_list().count(waiting) == 1
 
 
 def test_crash_before_commit_loses_and_duplicates_nothing(lake: Lake, monkeypatch) -> None:
