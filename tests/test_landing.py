@@ -1,12 +1,14 @@
 """Landing files: every line ingested exactly once, into bronze or into quarantine."""
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
 from conftest import Lake
 
 from lakehouse import delta
+from lakehouse.bronze.landing import parse_file
 from lakehouse.demo.events import EVENT_TYPES
 
 EVENT_ASSETS = dg.AssetSelection.assets(["bronze", "events"], ["quarantine", "events_malformed"])
@@ -130,3 +132,25 @@ def test_lines_that_are_not_json_objects_are_quarantined_with_reasons(lake: Lake
     assert reasons[4] == "not a JSON object: a JSON str"
     bronze = lake.table("bronze", "events").filter(pl.col("_source_file") == odd.name)
     assert bronze.select("event_id", "_line_number").rows() == [("a", 1)]
+
+
+def test_each_field_is_kept_as_the_json_text_it_holds(tmp_path: Path) -> None:
+    """Fields become text as `json.loads` then compact `json.dumps` give it, whichever parser
+    reads the file: NaN, exponents, escapes and integers beyond 64 bits (which orjson, the fast
+    parser, would turn into floats) come out the same."""
+    plain = tmp_path / "plain.jsonl"
+    plain.write_bytes(
+        b'{"n": NaN, "f": 1e16, "g": 0.10, "t": true, "z": null, "i": -42, '
+        b'"nested": {"\xc3\xa9": "caf\xc3\xa9", "l": [1, 2.50]}}\n'
+    )
+    huge = tmp_path / "huge.jsonl"
+    huge.write_bytes(b'{"big": 123456789012345678901234567890, "low": -9223372036854775809}\n')
+
+    [row], rejected = parse_file(plain)
+    assert rejected == []
+    assert row == {
+        "n": "NaN", "f": "1e+16", "g": "0.1", "t": "true", "z": None, "i": "-42",
+        "nested": '{"\\u00e9":"caf\\u00e9","l":[1,2.5]}', "_source_file": "plain.jsonl", "_line_number": 1,
+    }  # fmt: skip
+    [row], _ = parse_file(huge)
+    assert (row["big"], row["low"]) == ("123456789012345678901234567890", "-9223372036854775809")

@@ -12,10 +12,12 @@ between the two commits cannot duplicate them when the files are read again.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
 import polars as pl
 
 from lakehouse import delta
@@ -57,17 +59,48 @@ def pending_files(contract: Contract, landing: Path, table: delta.DeltaTable | N
     return [path for path in files if delta.marker(table, file_key(contract, path.name)) is None]
 
 
+# `json.dumps(value, separators=...)` builds an encoder per call: one for all is the same text.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+_LONG_DIGITS = 19
+_DIGITS_AS_ZERO = bytes(ord("0") if byte in b"0123456789" else ord(" ") for byte in range(256))
+
+
 def _as_text(value: object) -> str | None:
     if value is None or isinstance(value, str):
         return value
-    return json.dumps(value, separators=(",", ":"))
+    if type(value) is int:  # not bool: JSON writes true and false
+        return str(value)
+    return _COMPACT_JSON.encode(value)
+
+
+def _orjson_first(text: str) -> object:
+    """orjson's value where it accepts the line (strict JSON); otherwise `json.loads`, whose
+    verdict and message count (and which also reads NaN)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
+def _long_digit_run(data: bytes) -> bool:
+    """Whether `data` holds 19 digits in a row, as an integer beyond 64 bits does."""
+    return data.translate(_DIGITS_AS_ZERO).find(b"0" * _LONG_DIGITS) != -1
+
+
+def _json_parser(data: bytes) -> Callable[[str], object]:
+    """A parser giving the values `json.loads` gives, about 3 x faster where it is safe: orjson
+    parses strict JSON to the same values except integers beyond 64 bits, which it makes
+    floats, so a file with such a number is read by `json.loads` alone."""
+    return json.loads if _long_digit_run(data) else _orjson_first
 
 
 def parse_file(path: Path) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
     """Split a file into rows (JSON objects, fields as text) and rejected lines with reasons."""
     rows: list[dict[str, object]] = []
     rejected: list[dict[str, object]] = []
-    raw_lines = path.read_bytes().split(b"\n")
+    name, data = path.name, path.read_bytes()
+    parse = _json_parser(data)
+    raw_lines = data.split(b"\n")
     if raw_lines and raw_lines[-1] == b"":
         raw_lines.pop()  # the newline that ends the last line
     for number, raw in enumerate(raw_lines, start=1):
@@ -77,7 +110,7 @@ def parse_file(path: Path) -> tuple[list[dict[str, object]], list[dict[str, obje
             rejected.append(_rejected(path, number, raw.decode("utf-8", "replace"), f"not UTF-8: {error}"))
             continue
         try:
-            value = json.loads(text)
+            value = parse(text)
         except json.JSONDecodeError as error:
             reason = "empty line" if not text.strip() else f"not JSON: {error.msg} at column {error.colno}"
             rejected.append(_rejected(path, number, text, reason))
@@ -88,7 +121,7 @@ def parse_file(path: Path) -> tuple[list[dict[str, object]], list[dict[str, obje
             )
             continue
         row = {key: _as_text(field) for key, field in value.items()}
-        row["_source_file"], row["_line_number"] = path.name, number
+        row["_source_file"], row["_line_number"] = name, number
         rows.append(row)
     return rows, rejected
 
