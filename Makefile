@@ -12,6 +12,8 @@ export LAKEHOUSE_DEPLOYMENT ?= local
 export DAGSTER_HOME ?= $(CURDIR)/.dagster
 VENV := $(CURDIR)/.venv
 BIN := $(VENV)/bin
+# dbt's own environment (dbt/pyproject.toml): see the note there.
+DBT_VENV := $(CURDIR)/dbt/.venv
 UV_VERSION := 0.13.8
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
 SCALE ?= 0.1
@@ -40,12 +42,16 @@ $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen --quiet --compile-bytecode
 	@touch $@
 
+$(DBT_VENV)/.installed: dbt/pyproject.toml dbt/uv.lock | $(UV)
+	$(UV) sync --frozen --quiet --compile-bytecode --project dbt
+	@touch $@
+
 # The dbt manifest, prepared before anything loads the definitions (run workers never parse).
 MANIFEST := dbt/target/manifest.json
 DBT_SOURCES := dbt/dbt_project.yml dbt/profiles.yml $(shell find dbt/models dbt/tests -type f 2>/dev/null)
 
-$(MANIFEST): $(VENV)/.installed $(DBT_SOURCES)
-	cd dbt && $(BIN)/dbt parse --profiles-dir . --quiet
+$(MANIFEST): $(VENV)/.installed $(DBT_VENV)/.installed $(DBT_SOURCES)
+	cd dbt && $(DBT_VENV)/bin/dbt parse --profiles-dir . --quiet
 
 # The instance of the deployment (telemetry off, a run queue of one, one DuckDB writer), written
 # every time so that switching LAKEHOUSE_DEPLOYMENT takes effect.
@@ -90,4 +96,4 @@ dev: install
 	$(BIN)/dagster dev -w workspace.yaml --host $(HOST) --port $(PORT)
 
 clean:
-	rm -rf data $(DAGSTER_HOME) $(VENV) .tools dbt/target dbt/logs
+	rm -rf data $(DAGSTER_HOME) $(VENV) $(DBT_VENV) .tools dbt/target dbt/logs

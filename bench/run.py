@@ -36,6 +36,7 @@ from lakehouse import delta
 from lakehouse.definitions import defs
 from lakehouse.delta import LakehouseStorage
 from lakehouse.demo.simulation import Manifest
+from lakehouse.marts import DBT_EXECUTABLE
 
 BENCH = Path(__file__).resolve().parent
 PROJECT = BENCH.parent
@@ -88,7 +89,7 @@ def alternative(folder: Path) -> dict[str, float]:
         "BENCH_BRONZE_ORDERS": str(folder / "lakehouse" / "bronze" / "orders"),
     }
     project = BENCH / "alternative"
-    command = [str(BIN / "dbt"), "run", "--profiles-dir", ".", "--target-path", str(folder / "dbt_target")]
+    command = [DBT_EXECUTABLE, "run", "--profiles-dir", ".", "--target-path", str(folder / "dbt_target")]
     done = _checked(measure(command, env, project), "dbt alternative")
     results = json.loads((folder / "dbt_target" / "run_results.json").read_text())
     (model,) = (result for result in results["results"] if result["unique_id"].startswith("model."))

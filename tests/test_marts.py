@@ -1,9 +1,12 @@
 """dbt marts over the gold Delta tables: one lineage graph, tested, consistent with gold."""
 
+import importlib.util
+import json
 import sqlite3
 import subprocess
 import sys
 from datetime import timedelta
+from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -15,7 +18,7 @@ from deltalake import DeltaTable
 
 from lakehouse.definitions import defs
 from lakehouse.gold.tables import GOLD_TABLES
-from lakehouse.marts import dbt_models, dbt_project
+from lakehouse.marts import DBT_EXECUTABLE, dbt_models, dbt_project
 
 MARTS = (
     "mart_sales_daily",
@@ -135,6 +138,21 @@ def test_one_lineage_graph_from_bronze_to_marts() -> None:
         <= staging_inputs
     )
     assert {key.path[0] for key in dbt_models.keys} == {"staging", "marts"}
+
+
+def test_dbt_has_its_own_environment_with_the_lakehouses_duckdb() -> None:
+    """dbt-core stays out of the definitions' environment (dagster-dbt would import it on every
+    load); dbt's DuckDB is the one that reads the warehouse back, and its dbt wrote the manifest."""
+    assert importlib.util.find_spec("dbt.version") is None
+    dbt_python = str(Path(DBT_EXECUTABLE).with_name("python"))
+    versions = subprocess.run(
+        [dbt_python, "-c", "import dbt.version, duckdb; print(dbt.version.__version__, duckdb.__version__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    manifest = json.loads(dbt_project.manifest_path.read_text())
+    assert versions == [manifest["metadata"]["dbt_version"], duckdb.__version__]
 
 
 def test_the_incremental_model_takes_late_updates(built: tuple[Lake, dg.ExecuteInProcessResult]) -> None:
