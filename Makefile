@@ -50,7 +50,7 @@ $(DBT_VENV)/.installed: dbt/pyproject.toml dbt/uv.lock | $(UV)
 MANIFEST := dbt/target/manifest.json
 DBT_SOURCES := dbt/dbt_project.yml dbt/profiles.yml $(shell find dbt/models dbt/tests -type f 2>/dev/null)
 
-$(MANIFEST): $(VENV)/.installed $(DBT_VENV)/.installed $(DBT_SOURCES)
+$(MANIFEST): $(DBT_VENV)/.installed $(DBT_SOURCES)
 	cd dbt && $(DBT_VENV)/bin/dbt parse --profiles-dir . --quiet
 
 # The instance of the deployment (telemetry off, a run queue of one, one DuckDB writer), written

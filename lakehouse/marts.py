@@ -31,8 +31,7 @@ from lakehouse.partitions import ONE_RUN
 from lakehouse.warehouse import Warehouse, expose_gold
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt"
-# dbt's own environment (`make install`): with dbt-core importable here, importing dagster-dbt
-# would import it too, 1.7 s of every definitions load.
+# dbt's own environment, made by `make install` (dbt/pyproject.toml says why).
 DBT_EXECUTABLE = str(DBT_PROJECT_DIR / ".venv" / "bin" / "dbt")
 WAREHOUSE_POOL = "duckdb_warehouse"
 DBT_INDIRECT_SELECTION = "DBT_INDIRECT_SELECTION"
