@@ -11,6 +11,7 @@ import psycopg2
 import pytest
 from conftest import PROJECT, Lake, postgres_source, run_command
 
+from lakehouse.event_log import SqliteEventLogStorage
 from lakehouse.settings import SHARED_REQUIRED
 
 
@@ -27,10 +28,39 @@ def test_make_writes_a_local_instance_with_a_run_queue_of_one(tmp_path: Path) ->
     instance = dg.DagsterInstance.from_config(str(tmp_path))
     concurrency = instance.get_concurrency_config()
     assert type(instance.run_storage).__name__ == "SqliteRunStorage"
+    assert type(instance.event_log_storage) is SqliteEventLogStorage
+    assert (tmp_path / "history" / "runs" / "index.db").exists()
     assert concurrency.run_queue_config.max_concurrent_runs == 1
     assert concurrency.pool_config.default_pool_limit == 1
     assert "enabled: false" in (tmp_path / "dagster.yaml").read_text().split("telemetry:")[1]
     assert (tmp_path / ".nux" / "nux.yaml").read_text() == "seen: 1\n"
+
+
+def test_a_local_instance_holding_its_event_log_open_sees_other_processes_runs(lake: Lake) -> None:
+    home = lake.folder / "dagster_home"
+    assert make_instance(home, "local").returncode == 0
+    products = dg.AssetKey(["bronze", "products"])
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert instance.get_latest_materialization_event(products) is None
+        materialized = run_command(
+            ["dagster", "asset", "materialize", "-m", "lakehouse.definitions", "--select", "bronze/products"],
+            lake.folder, DAGSTER_HOME=str(home),
+        )  # fmt: skip
+        assert materialized.returncode == 0, materialized.stderr[-2000:]
+        recorded = instance.get_latest_materialization_event(products)
+        assert recorded is not None
+        rows = recorded.asset_materialization.metadata["dagster/row_count"].value
+        assert rows == len(lake.source_rows("products"))
+
+        instance.report_runless_asset_event(dg.AssetObservation(products, metadata={"reviewed_by": "ops"}))
+        read = run_command(
+            ["python", "-c", "import dagster as dg; instance = dg.DagsterInstance.get(); "
+             "print(instance.fetch_observations(dg.AssetKey(['bronze', 'products']), limit=1).records[0]"
+             ".asset_observation.metadata['reviewed_by'].value)"],
+            lake.folder, DAGSTER_HOME=str(home),
+        )  # fmt: skip
+        assert read.stdout.strip() == "ops", read.stderr[-2000:]
 
 
 def test_an_unknown_deployment_is_refused(tmp_path: Path) -> None:

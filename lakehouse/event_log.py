@@ -1,0 +1,59 @@
+"""Dagster's SQLite event log for one machine, keeping its index database open between writes.
+
+Dagster's own SQLite event log opens a new engine and connection for every statement batch and
+closes it after, and each close of a WAL database checkpoints it: at SCALE=1 a run writes about
+600 events through about 3,300 such connections, 4.6 to 6.5 s of an incremental run. Holding one
+connection to the index database (asset and check events, run status, every cross-run query) cuts
+that to about 3.8 s (README, performance). Each run's own database keeps Dagster's open-and-close:
+the webserver streams a run's events by watching that file change, which a held connection would
+postpone to the next checkpoint.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import sqlalchemy as db
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import INDEX_SHARD_NAME
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
+    SqliteEventLogStorage as DagsterSqliteEventLogStorage,
+)
+from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS, create_db_conn_string
+from dagster._serdes import ConfigurableClassData
+from sqlalchemy.pool import QueuePool
+
+
+class SqliteEventLogStorage(DagsterSqliteEventLogStorage):
+    """Dagster's run-sharded SQLite event log with one long-lived connection to its index shard."""
+
+    def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None) -> None:
+        # One connection, used by one thread at a time: SQLite serialises writers anyway, and
+        # Dagster's own storage holds a lock around every connection too. Made before Dagster's
+        # constructor, which already queries the index.
+        self._index_engine = db.create_engine(
+            create_db_conn_string(base_dir, INDEX_SHARD_NAME),
+            poolclass=QueuePool,
+            pool_size=1,
+            max_overflow=0,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False},
+        )
+        self._index_lock = threading.Lock()
+        super().__init__(base_dir, inst_data)
+
+    @classmethod
+    def from_config_value(
+        cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
+    ) -> SqliteEventLogStorage:
+        return cls(inst_data=inst_data, **config_value)
+
+    @contextmanager
+    def index_connection(self) -> Iterator[db.Connection]:
+        with self._index_lock, self._index_engine.begin() as connection:
+            yield connection
+
+    def dispose(self) -> None:
+        super().dispose()
+        self._index_engine.dispose()
