@@ -22,6 +22,25 @@ def make_instance(home: Path, deployment: str) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
+PRODUCTS = dg.AssetKey(["bronze", "products"])
+
+
+def materialize_products(lake: Lake, **env: str) -> None:
+    """`dagster asset materialize --select bronze/products` in a process of its own."""
+    materialized = run_command(
+        ["dagster", "asset", "materialize", "-m", "lakehouse.definitions", "--select", "bronze/products"],
+        lake.folder, **env,
+    )  # fmt: skip
+    assert materialized.returncode == 0, materialized.stderr[-2000:]
+
+
+def recorded_product_rows(instance: dg.DagsterInstance) -> int:
+    """The row count the instance recorded for bronze/products' latest materialisation."""
+    recorded = instance.get_latest_materialization_event(PRODUCTS)
+    assert recorded is not None
+    return recorded.asset_materialization.metadata["dagster/row_count"].value
+
+
 def test_make_writes_a_local_instance_with_a_run_queue_of_one(tmp_path: Path) -> None:
     assert make_instance(tmp_path, "local").returncode == 0
 
@@ -39,21 +58,13 @@ def test_make_writes_a_local_instance_with_a_run_queue_of_one(tmp_path: Path) ->
 def test_a_local_instance_holding_its_event_log_open_sees_other_processes_runs(lake: Lake) -> None:
     home = lake.folder / "dagster_home"
     assert make_instance(home, "local").returncode == 0
-    products = dg.AssetKey(["bronze", "products"])
 
     with dg.DagsterInstance.from_config(str(home)) as instance:
-        assert instance.get_latest_materialization_event(products) is None
-        materialized = run_command(
-            ["dagster", "asset", "materialize", "-m", "lakehouse.definitions", "--select", "bronze/products"],
-            lake.folder, DAGSTER_HOME=str(home),
-        )  # fmt: skip
-        assert materialized.returncode == 0, materialized.stderr[-2000:]
-        recorded = instance.get_latest_materialization_event(products)
-        assert recorded is not None
-        rows = recorded.asset_materialization.metadata["dagster/row_count"].value
-        assert rows == len(lake.source_rows("products"))
+        assert instance.get_latest_materialization_event(PRODUCTS) is None
+        materialize_products(lake, DAGSTER_HOME=str(home))
+        assert recorded_product_rows(instance) == len(lake.source_rows("products"))
 
-        instance.report_runless_asset_event(dg.AssetObservation(products, metadata={"reviewed_by": "ops"}))
+        instance.report_runless_asset_event(dg.AssetObservation(PRODUCTS, metadata={"reviewed_by": "ops"}))
         read = run_command(
             ["python", "-c", "import dagster as dg; instance = dg.DagsterInstance.get(); "
              "print(instance.fetch_observations(dg.AssetKey(['bronze', 'products']), limit=1).records[0]"
@@ -112,18 +123,11 @@ def test_a_shared_deployment_keeps_its_runs_in_postgresql(
         "LAKEHOUSE_PII_SALT": "a-secret-salt",
         "DAGSTER_HOME": str(home),
     }
-    materialized = run_command(
-        ["dagster", "asset", "materialize", "-m", "lakehouse.definitions", "--select", "bronze/products"],
-        lake.folder, **shared,
-    )  # fmt: skip
-    assert materialized.returncode == 0, materialized.stderr[-2000:]
+    materialize_products(lake, **shared)
     assert set(SHARED_REQUIRED) <= {*shared, "LAKEHOUSE_ROOT", "LAKEHOUSE_SOURCE_URL", "LAKEHOUSE_LANDING"}
 
     monkeypatch.setenv("LAKEHOUSE_INSTANCE_DB", instance_database)
     instance = dg.DagsterInstance.from_config(str(home))
-    recorded = instance.get_latest_materialization_event(dg.AssetKey(["bronze", "products"]))
     assert type(instance.run_storage).__name__ == "PostgresRunStorage"
-    assert recorded is not None
-    rows = recorded.asset_materialization.metadata["dagster/row_count"].value
-    assert rows == len(lake.source_rows("products"))
+    assert recorded_product_rows(instance) == len(lake.source_rows("products"))
     instance.dispose()
