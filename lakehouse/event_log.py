@@ -6,7 +6,8 @@ closes it after, and each close of a WAL database checkpoints it: at SCALE=1 a r
 (asset and check events, run status, every cross-run query) stores them about 2 s faster per run
 (README, Performance). Each run's own database keeps Dagster's open-and-close: the webserver
 streams a run's events by watching that file change, which a held connection would postpone to
-the next checkpoint.
+the next checkpoint. Dagster also asks some 300 times a run whether a table exists, each time
+through a new engine: a table once found is remembered, as tables are only ever added.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class SqliteEventLogStorage(DagsterSqliteEventLogStorage):
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False},
         )
         self._index_lock = threading.Lock()
+        self._tables_found: set[str] = set()
         super().__init__(base_dir, inst_data)
 
     # Dagster's builds its own class by name, not `cls`.
@@ -54,6 +56,12 @@ class SqliteEventLogStorage(DagsterSqliteEventLogStorage):
     def index_connection(self) -> Iterator[db.Connection]:
         with self._index_lock, self._index_engine.begin() as connection:
             yield connection
+
+    def has_table(self, table_name: str) -> bool:
+        # Not through the held connection: Dagster also calls this inside `index_connection`.
+        if table_name not in self._tables_found and super().has_table(table_name):
+            self._tables_found.add(table_name)
+        return table_name in self._tables_found
 
     def dispose(self) -> None:
         super().dispose()
