@@ -7,6 +7,7 @@ def test_workspace_definitions_validate(lake: Lake) -> None:
     done = run_command(["dagster", "definitions", "validate", "-w", "workspace.yaml"], lake.folder)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Validation successful" in done.stdout + done.stderr
+    assert "leaked" not in done.stderr, done.stderr[-3000:]
 
 
 def test_ci_materializes_the_bronze_group_and_summarises_it(lake: Lake) -> None:

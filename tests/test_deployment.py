@@ -1,8 +1,10 @@
 """The deployment switch: the instance the Makefile writes, and what a shared deployment demands."""
 
+import sqlite3
 import subprocess
 import uuid
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -72,6 +74,19 @@ def test_a_local_instance_holding_its_event_log_open_sees_other_processes_runs(l
             lake.folder, DAGSTER_HOME=str(home),
         )  # fmt: skip
         assert read.stdout.strip() == "ops", read.stderr[-2000:]
+
+
+def test_the_local_event_log_sees_a_table_added_after_it_first_looked(tmp_path: Path) -> None:
+    # As `dagster instance migrate` run beside a daemon that keeps its instance open would.
+    assert make_instance(tmp_path, "local").returncode == 0
+
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        storage = instance.event_log_storage
+        assert storage.has_table("asset_check_executions")
+        assert not storage.has_table("added_later")
+        with closing(sqlite3.connect(tmp_path / "history" / "runs" / "index.db")) as index:
+            index.execute("CREATE TABLE added_later (id INTEGER)")
+        assert storage.has_table("added_later")
 
 
 def test_an_unknown_deployment_is_refused(tmp_path: Path) -> None:
