@@ -25,6 +25,8 @@ def make_instance(home: Path, deployment: str) -> subprocess.CompletedProcess:
 
 
 PRODUCTS = dg.AssetKey(["bronze", "products"])
+# The local event log's index database, under the instance's folder.
+INDEX_DB = Path("history", "runs", "index.db")
 
 
 def materialize_products(lake: Lake, **env: str) -> None:
@@ -50,7 +52,7 @@ def test_make_writes_a_local_instance_with_a_run_queue_of_one(tmp_path: Path) ->
     concurrency = instance.get_concurrency_config()
     assert type(instance.run_storage).__name__ == "SqliteRunStorage"
     assert type(instance.event_log_storage) is SqliteEventLogStorage
-    assert (tmp_path / "history" / "runs" / "index.db").exists()
+    assert (tmp_path / INDEX_DB).exists()
     assert concurrency.run_queue_config.max_concurrent_runs == 1
     assert concurrency.pool_config.default_pool_limit == 1
     assert "enabled: false" in (tmp_path / "dagster.yaml").read_text().split("telemetry:")[1]
@@ -84,7 +86,7 @@ def test_the_local_event_log_sees_a_table_added_after_it_first_looked(tmp_path: 
         storage = instance.event_log_storage
         assert storage.has_table("asset_check_executions")
         assert not storage.has_table("added_later")
-        with closing(sqlite3.connect(tmp_path / "history" / "runs" / "index.db")) as index:
+        with closing(sqlite3.connect(tmp_path / INDEX_DB)) as index:
             index.execute("CREATE TABLE added_later (id INTEGER)")
         assert storage.has_table("added_later")
 
