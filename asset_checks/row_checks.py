@@ -93,7 +93,7 @@ def _check(
         rows, scope = read(context, lakehouse, [*row_key, *columns])
         if not rows.collect_schema():
             return dg.AssetCheckResult(passed=True, metadata={**scope, "rows_checked": 0})
-        return rules.rule_result(rows, schema(lakehouse), severity, scope, repeats)
+        return rules.rule_result(rows, schema(lakehouse), severity, row_key[0], scope, repeats)
 
     return Check(asset, rule, description, evaluate, blocking, reads=reads)
 

@@ -14,7 +14,6 @@ table; only the last slice's commit moves silver's position.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -28,6 +27,7 @@ from lakehouse.merge import MergeCounts, merge, quoted
 from lakehouse.silver import history
 from lakehouse.silver.pii import PiiHasher
 from lakehouse.silver.validate import split_valid
+from lakehouse.slices import key_ranges
 
 CHANGE_FEED_COLUMNS = ("_change_type", "_commit_version", "_commit_timestamp")
 ORPHAN_COLUMN = "_orphan"
@@ -250,19 +250,7 @@ def _whole_table(table: delta.DeltaTable, contract: Contract) -> list[pl.LazyFra
     rows = pl.scan_delta(table)
     if delta.row_count(table) <= SLICE_ROWS:
         return [rows]
-    name = contract.primary_key[0]
-    keys = rows.select(name).collect().get_column(name).drop_nulls().sort()
-    cuts = [
-        pl.lit(cut)
-        for cut in keys.gather(range(SLICE_ROWS, keys.len(), SLICE_ROWS)).unique(maintain_order=True)
-    ]
-    if not cuts:
-        return [rows]
-    key = pl.col(name)
-    bounds = [key.is_null() | (key < cuts[0])]
-    bounds += [key.is_between(low, high, closed="left") for low, high in itertools.pairwise(cuts)]
-    bounds.append(key >= cuts[-1])
-    return [rows.filter(bound) for bound in bounds]
+    return key_ranges(rows, contract.primary_key[0], SLICE_ROWS)
 
 
 def _summed(counts: list[MergeCounts | None]) -> MergeCounts | None:
