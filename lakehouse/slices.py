@@ -14,9 +14,10 @@ import polars as pl
 
 def key_ranges(rows: pl.LazyFrame, key: str, size: int) -> list[pl.LazyFrame]:
     """`rows` in parts of about `size` rows by ranges of `key`: every row of one key value in
-    the same part, nulls in the first. Reads the key column once; `[rows]` when it holds at
-    most `size` keys or has no such column."""
-    if key not in rows.collect_schema():
+    the same part, nulls in the first. `[rows]` when there are at most `size` rows (counted
+    first: a scan counts from Parquet metadata, or reads only the columns it filters on) or no
+    such column; otherwise reads the key column once to find the ranges."""
+    if key not in rows.collect_schema() or rows.select(pl.len()).collect().item() <= size:
         return [rows]
     keys = rows.select(key).collect(engine="streaming").get_column(key).drop_nulls().sort()
     cuts = [pl.lit(cut) for cut in keys.gather(range(size, keys.len(), size)).unique(maintain_order=True)]

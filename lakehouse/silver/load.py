@@ -247,10 +247,7 @@ def _whole_table(table: delta.DeltaTable, contract: Contract) -> list[pl.LazyFra
     every version of a key is in the same slice: a first load holds one slice at a time. Bronze
     files hold a first extraction in key order, so each slice's scan skips the others' rows
     and the load reads bronze about once, not once per slice."""
-    rows = pl.scan_delta(table)
-    if delta.row_count(table) <= SLICE_ROWS:
-        return [rows]
-    return key_ranges(rows, contract.primary_key[0], SLICE_ROWS)
+    return key_ranges(pl.scan_delta(table), contract.primary_key[0], SLICE_ROWS)
 
 
 def _summed(counts: list[MergeCounts | None]) -> MergeCounts | None:
