@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -156,7 +156,7 @@ class _Stream:
 
 def write(
     uri: str,
-    frame: pl.DataFrame | Iterator[pl.DataFrame],
+    frame: pl.DataFrame | Iterable[pl.DataFrame],
     *,
     mode: Literal["append", "overwrite"] = "append",
     predicate: str | None = None,
@@ -171,8 +171,9 @@ def write(
     same atomic commit as the rows they describe and survive log checkpoints. New columns
     are merged into the schema; `configuration` applies when the write creates the table.
     An overwrite with a `predicate` replaces only the rows matching it.
-    Commit conflicts with concurrent writers are retried, except for a stream of frames (one
-    schema, never all in memory), which cannot be read twice: its conflict fails the write.
+    `frame` may be a stream of frames of one schema, never all in memory. Commit conflicts
+    with concurrent writers are retried, producing the frames again, unless they come from
+    an iterator, which cannot be read twice: its conflict fails the write.
     """
     properties = CommitProperties(
         custom_metadata=metadata,
@@ -180,9 +181,9 @@ def write(
             Transaction(app_id=key, version=value) for key, value in (transactions or {}).items()
         ],
     )
-    stream = None if isinstance(frame, pl.DataFrame) else _Stream(frame)
-    attempts = COMMIT_ATTEMPTS if stream is None else 1
+    attempts = 1 if isinstance(frame, Iterator) else COMMIT_ATTEMPTS
     for attempt in range(1, attempts + 1):
+        stream = None if isinstance(frame, pl.DataFrame) else _Stream(iter(frame))
         try:
             write_deltalake(
                 uri,

@@ -5,7 +5,9 @@ seen, as an app transaction in its own commit. A run finds the periods (days or 
 the silver rows loaded since, rebuilds exactly those periods from silver, and replaces them
 with a predicate overwrite in one commit that also moves the positions. A table without a
 period is rebuilt whole when any input changed. Rebuilding a period from silver, rather than
-patching it, is what makes the result equal to a full rebuild.
+patching it, is what makes the result equal to a full rebuild. The periods are built a part
+of their days at a time, each holding about `PART_ROWS` input rows, and written as one stream:
+memory follows the part, not the table or its largest month.
 
 Daily-partitioned tables are told their days by Dagster (a partition, a backfill's range) and
 rebuild exactly those: `build_days`.
@@ -13,19 +15,21 @@ rebuild exactly those: `build_days`.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from itertools import groupby
 from typing import Any
 
 import polars as pl
 
 from lakehouse import delta
 from lakehouse.delta import LakehouseStorage
-from lakehouse.gold.tables import DAY, MONTH, GoldTable, Reader
+from lakehouse.gold.tables import DAY, MONTH, GoldTable, Reader, period_bounds
 from lakehouse.silver.load import LOADED_AT
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+PART_ROWS = 2_000_000  # input rows a build of periods holds at a time
 
 
 @dataclass(frozen=True)
@@ -51,10 +55,58 @@ def _silver_reader(lakehouse: LakehouseStorage) -> Reader:
 
 
 def _replace_periods(
-    uri: str, table: GoldTable, frame: pl.DataFrame, periods: list[str], **commit: Any
+    uri: str,
+    table: GoldTable,
+    frames: pl.DataFrame | Iterable[pl.DataFrame],
+    periods: list[str],
+    **commit: Any,
 ) -> delta.DeltaTable:
     values = ", ".join(f"'{period}'" for period in periods)
-    return delta.write(uri, frame, mode="overwrite", predicate=f'"{table.period}" IN ({values})', **commit)
+    return delta.write(uri, frames, mode="overwrite", predicate=f'"{table.period}" IN ({values})', **commit)
+
+
+def _rows_per_day(table: GoldTable, read: Reader, periods: list[str]) -> dict[str, int]:
+    """The input rows of each day of `periods` (days, or months of a monthly table)."""
+    start, end = period_bounds(periods)
+    rows: Counter[str] = Counter()
+    for upstream, moment in table.upstream.items():
+        counts = (
+            read(upstream)
+            .filter(pl.col(moment).is_between(start, end, closed="left"))
+            .group_by(pl.col(moment).dt.date().alias("day"))
+            .len()
+            .collect()
+        )
+        rows.update({day.isoformat(): count for day, count in counts.iter_rows()})
+    wanted = set(periods)
+    return {day: count for day, count in rows.items() if day[: len(periods[0])] in wanted}
+
+
+def _parts(rows_per_day: dict[str, int], limit: int) -> list[list[str]]:
+    """Consecutive days in parts of at most `limit` rows (a larger day is a part of its own)."""
+    parts: list[list[str]] = []
+    held = 0
+    for day in sorted(rows_per_day):
+        if not parts or held + rows_per_day[day] > limit:
+            parts.append([])
+            held = 0
+        parts[-1].append(day)
+        held += rows_per_day[day]
+    return parts
+
+
+class _Built:
+    """The frames of a build's parts, one at a time, counting the rows they hold."""
+
+    def __init__(self, table: GoldTable, read: Reader, parts: list[list[str]]) -> None:
+        self.table, self.read, self.parts, self.rows = table, read, parts, 0
+
+    def __iter__(self) -> Iterator[pl.DataFrame]:
+        self.rows = 0  # a write that retries iterates again
+        for part in self.parts:
+            frame = self.table.build(self.read, part)
+            self.rows += frame.height
+            yield frame
 
 
 def build_gold(table: GoldTable, lakehouse: LakehouseStorage, run_id: str) -> GoldBuild:
@@ -81,26 +133,24 @@ def build_gold(table: GoldTable, lakehouse: LakehouseStorage, run_id: str) -> Go
         "lakehouse.gold.periods": ",".join(sorted(periods)) if existing else "all",
     }
     partition_by = [table.partition_by] if table.partition_by else None
-    if existing is None and table.period is not None and periods:
-        # A month at a time, all in one commit: memory follows the largest month, not the table.
-        months = groupby(sorted(periods), key=lambda period: period[:7])
-        frames = (table.build(read, list(month)) for _, month in months)
-        written = delta.write(
-            uri, frames, mode="overwrite", partition_by=partition_by,
-            metadata=metadata, transactions=positions,
-        )  # fmt: skip
-        return GoldBuild(None, delta.row_count(written), written)
-    if existing is None or table.period is None:
+    if table.period is None or not periods:
         frame = table.build(read, None)
         written = delta.write(
             uri, frame, mode="overwrite", partition_by=partition_by,
             metadata=metadata, transactions=positions,
         )  # fmt: skip
         return GoldBuild(None, frame.height, written)
+    # Periods left without rows (all moved elsewhere) build empty: their old rows go.
     rebuilt = sorted(periods)
-    frame = table.build(read, rebuilt)
-    written = _replace_periods(uri, table, frame, rebuilt, metadata=metadata, transactions=positions)
-    return GoldBuild(rebuilt, frame.height, written)
+    built = _Built(table, read, _parts(_rows_per_day(table, read, rebuilt), PART_ROWS) or [rebuilt])
+    if existing is None:
+        written = delta.write(
+            uri, built, mode="overwrite", partition_by=partition_by,
+            metadata=metadata, transactions=positions,
+        )  # fmt: skip
+        return GoldBuild(None, built.rows, written)
+    written = _replace_periods(uri, table, built, rebuilt, metadata=metadata, transactions=positions)
+    return GoldBuild(rebuilt, built.rows, written)
 
 
 def _same_rows(built: pl.DataFrame, stored: pl.DataFrame) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Literal
 
 import polars as pl
@@ -24,25 +25,55 @@ def _within(moment: pl.Expr, periods: Periods, pattern: str) -> pl.Expr:
     return pl.lit(True) if periods is None else moment.dt.strftime(pattern).is_in(periods)
 
 
-def _created_in(months: Periods) -> pl.Expr:
-    """Orders or order items created in `months`, by the month silver partitions them by (of
-    `created_at`, in UTC): the scan reads only those months' files."""
-    return pl.lit(True) if months is None else pl.col("created_at_month").is_in(months)
-
-
 def _months_of(periods: Periods) -> Periods:
     return None if periods is None else sorted({period[:7] for period in periods})
 
 
-def customer_versions(read: Reader) -> pl.LazyFrame:
-    """Every version of every customer with its surrogate key and effective range.
+def period_bounds(periods: list[str]) -> tuple[datetime, datetime]:
+    """From the start of the first of `periods` (months or days) to the end of the last, in UTC."""
+    first, last = min(periods), max(periods)
+    start = date.fromisoformat(first if len(first) > len("YYYY-MM") else f"{first}-01")
+    if len(last) > len("YYYY-MM"):
+        end = date.fromisoformat(last) + timedelta(days=1)
+    else:
+        year, month = map(int, last.split("-"))
+        end = date(year + month // 12, month % 12 + 1, 1)
+    return datetime.combine(start, time(), UTC), datetime.combine(end, time(), UTC)
+
+
+def _created_in(periods: Periods) -> pl.Expr:
+    """Orders or order items created in `periods`, months or days (of `created_at`, in UTC).
+
+    Filtered first on the month silver partitions them by, so the scan reads only those
+    months' files; days also by their time range, which skips the row groups of other days
+    (silver writes rows in the order they were created). An order's items carry its creation
+    time, so the same periods select an order and its items."""
+    if periods is None:
+        return pl.lit(True)
+    months = pl.col("created_at_month").is_in(_months_of(periods))
+    days = [period for period in periods if len(period) > len("YYYY-MM")]
+    if not days:
+        return months
+    created = pl.col("created_at")
+    return (
+        months
+        & created.is_between(*period_bounds(days), closed="left")
+        & created.dt.date().is_in([date.fromisoformat(day) for day in days])
+    )
+
+
+def customer_versions(read: Reader, customers: pl.LazyFrame | None = None) -> pl.LazyFrame:
+    """Every version of every customer (or of the `customers`, a frame of customer ids) with
+    its surrogate key and effective range.
 
     The key is `<customer_id>:<version number>`, stable because history only grows at the
     end. The first version is effective from the customer's creation.
     """
+    history = read("customers_history")
+    if customers is not None:
+        history = history.join(customers, on="customer_id", how="semi")
     return (
-        read("customers_history")
-        .sort("customer_id", "valid_from")
+        history.sort("customer_id", "valid_from")
         .with_columns(version=pl.int_range(1, pl.len() + 1).over("customer_id"))
         .with_columns(
             customer_key=pl.format("{}:{}", "customer_id", "version"),
@@ -80,14 +111,19 @@ def dim_products(read: Reader, periods: Periods = None) -> pl.DataFrame:
     return read("products").select("product_id", "sku", "name", "category", "price", "updated_at").collect()
 
 
-def _orders(read: Reader, months: Periods) -> pl.LazyFrame:
-    return read("orders").filter(_created_in(months))
+def _orders(read: Reader, periods: Periods) -> pl.LazyFrame:
+    return read("orders").filter(_created_in(periods))
 
 
 def _with_customer_key(orders: pl.LazyFrame, read: Reader) -> pl.LazyFrame:
-    """The customer version valid when the order was placed (SCD2 point-in-time join)."""
+    """The customer version valid when the order was placed (SCD2 point-in-time join).
+
+    Only the versions of these orders' customers are numbered: a part of a few days names a
+    fraction of them, and numbering all took most of a small part's build (scale 10)."""
     versions = (
-        customer_versions(read).select("customer_id", "customer_key", "effective_from").sort("effective_from")
+        customer_versions(read, orders.select("customer_id").unique())
+        .select("customer_id", "customer_key", "effective_from")
+        .sort("effective_from")
     )
     return orders.sort("created_at").join_asof(
         versions,
@@ -99,14 +135,14 @@ def _with_customer_key(orders: pl.LazyFrame, read: Reader) -> pl.LazyFrame:
     )
 
 
-def fct_orders(read: Reader, months: Periods) -> pl.DataFrame:
+def fct_orders(read: Reader, periods: Periods) -> pl.DataFrame:
     items = (
         read("order_items")
-        .filter(_created_in(months))
+        .filter(_created_in(periods))
         .group_by("order_id")
         .agg(item_count=pl.len().cast(pl.Int64), quantity=pl.col("quantity").sum())
     )
-    orders = _orders(read, months).join(items, on="order_id", how="left")
+    orders = _orders(read, periods).join(items, on="order_id", how="left")
     return (
         _with_customer_key(orders, read)
         .select(
@@ -129,7 +165,7 @@ def fct_orders(read: Reader, months: Periods) -> pl.DataFrame:
     )
 
 
-def order_lines(read: Reader, months: Periods) -> pl.LazyFrame:
+def order_lines(read: Reader, periods: Periods) -> pl.LazyFrame:
     """Order items with their order, customer version and product category.
 
     Items whose order silver does not hold (not arrived yet, or quarantined) have no status
@@ -137,12 +173,12 @@ def order_lines(read: Reader, months: Periods) -> pl.LazyFrame:
     unknown products get the category 'unknown'.
     """
     orders = _with_customer_key(
-        _orders(read, months).select("order_id", "customer_id", "status", "created_at"), read
+        _orders(read, periods).select("order_id", "customer_id", "status", "created_at"), read
     ).select("order_id", "customer_id", "customer_key", "status")
     products = read("products").select("product_id", "category")
     return (
         read("order_items")
-        .filter(_created_in(months))
+        .filter(_created_in(periods))
         .join(orders, on="order_id", how="left")
         .join(products, on="product_id", how="left")
         .select(
@@ -164,8 +200,8 @@ def order_lines(read: Reader, months: Periods) -> pl.LazyFrame:
     )
 
 
-def fct_order_items(read: Reader, months: Periods) -> pl.DataFrame:
-    return order_lines(read, months).sort("order_item_id").collect()
+def fct_order_items(read: Reader, periods: Periods) -> pl.DataFrame:
+    return order_lines(read, periods).sort("order_item_id").collect()
 
 
 def daily_revenue(read: Reader, days: Periods) -> pl.DataFrame:
@@ -173,8 +209,8 @@ def daily_revenue(read: Reader, days: Periods) -> pl.DataFrame:
     cancelled = pl.col("status") == "cancelled"
     money = pl.Decimal(14, 2)
     return (
-        order_lines(read, _months_of(days))
-        .filter(pl.col("has_order") & _within(pl.col("created_at"), days, DAY))
+        order_lines(read, days)
+        .filter(pl.col("has_order"))
         .group_by("order_date", "category")
         .agg(
             orders=pl.col("order_id").n_unique().cast(pl.Int64),
