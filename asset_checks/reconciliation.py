@@ -6,13 +6,12 @@ import polars as pl
 from asset_checks.check import Check
 from asset_checks.row_checks import read_columns, scan_columns
 from asset_checks.sample import sample
-from lakehouse import delta
+from lakehouse import delta, ledger
 from lakehouse.bronze.assets import LandingZone
 from lakehouse.bronze.database import read_watermark, source_chunks
-from lakehouse.bronze.landing import file_key
 from lakehouse.contract import Contract
 from lakehouse.delta import LakehouseStorage
-from lakehouse.silver.load import bronze_identity, position_key
+from lakehouse.silver.load import bronze_identity
 from lakehouse.silver.validate import typed
 from lakehouse.source import SourceDatabase
 
@@ -109,7 +108,7 @@ def _landing_lines_check(contract: Contract) -> Check:
         ingested = [
             path
             for path in sorted(landing.folder.glob(contract.source.glob))
-            if delta.marker(table, file_key(contract, path.name)) is not None
+            if ledger.read(table, ledger.landing_file(contract.name, path.name)) is not None
         ]
         expected = pl.DataFrame(
             {
@@ -152,7 +151,7 @@ def _silver_accounts_check(contract: Contract) -> Check:
     def evaluate(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         lakehouse: LakehouseStorage = context.resources.lakehouse
         silver = delta.open_table(lakehouse.table_uri("silver", contract.name))
-        position = delta.marker(silver, position_key(contract.name))
+        position = ledger.read(silver, ledger.silver_position(contract.name))
         if position is None:
             return dg.AssetCheckResult(passed=True, metadata={"rows_consumed": 0, "note": "silver is empty"})
         identity = bronze_identity(contract)

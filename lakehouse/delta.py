@@ -14,11 +14,10 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from pyarrow import fs
 
+from lakehouse.ledger import Claim, LedgerMoved
+
 COMMIT_ATTEMPTS = 5
 BATCH_ROWS = 250_000
-# A ledger marker taken back by `lakehouse table restore`: Delta keeps an app transaction once
-# it is set, so "never set" is written as this value.
-UNSET = -1
 # Bronze is read incrementally by silver through the change data feed.
 CHANGE_DATA_FEED = {"delta.enableChangeDataFeed": "true"}
 
@@ -69,12 +68,6 @@ def version_label(table: DeltaTable | None) -> str:
 def snapshot(uri: str) -> str:
     """The `version_label` of the table at `uri` now."""
     return version_label(open_table(uri))
-
-
-def marker(table: DeltaTable | None, key: str) -> int | None:
-    """The table's ledger marker `key` (an app transaction), None when not set."""
-    value = table.transaction_version(key) if table is not None else None
-    return None if value is None or value == UNSET else value
 
 
 def row_count(table: DeltaTable) -> int:
@@ -154,6 +147,21 @@ class _Stream:
             raise
 
 
+def commit_properties(
+    metadata: dict[str, str] | None, transactions: dict[str, int] | None, creating: bool = False
+) -> CommitProperties:
+    """Commit metadata and ledger entries for one commit. A commit that creates a table must be
+    version 0 or fail: a second writer creating it at once would otherwise rebase its first
+    commit onto the winner's (Delta checks no ledger entries against a table it has not read)."""
+    return CommitProperties(
+        custom_metadata=metadata,
+        app_transactions=[
+            Transaction(app_id=key, version=value) for key, value in (transactions or {}).items()
+        ],
+        max_commit_retries=0 if creating else None,
+    )
+
+
 def write(
     uri: str,
     frame: pl.DataFrame | Iterable[pl.DataFrame],
@@ -163,45 +171,55 @@ def write(
     partition_by: list[str] | None = None,
     metadata: dict[str, str] | None = None,
     transactions: dict[str, int] | None = None,
+    claim: Claim | None = None,
     configuration: dict[str, str | None] | None = None,
 ) -> DeltaTable:
-    """Write `frame` in one commit that also carries `metadata` and app `transactions`.
+    """Write `frame` in one commit that also carries `metadata` and ledger `transactions`.
 
-    The transactions are the table's ledger (watermarks, ingested files): they land in the
-    same atomic commit as the rows they describe and survive log checkpoints. New columns
-    are merged into the schema; `configuration` applies when the write creates the table.
-    An overwrite with a `predicate` replaces only the rows matching it.
+    The transactions land in the same atomic commit as the rows they describe (see
+    lakehouse/ledger.py). With a `claim`, the commit fails with `LedgerMoved` when another
+    writer committed the same entries since the claim's version. New columns are merged into
+    the schema; `configuration` applies when the write creates the table. An overwrite with a
+    `predicate` replaces only the rows matching it.
     `frame` may be a stream of frames of one schema, never all in memory. Commit conflicts
     with concurrent writers are retried, producing the frames again, unless they come from
-    an iterator, which cannot be read twice: its conflict fails the write.
+    an iterator, which cannot be read twice: its conflict fails the write (`LedgerMoved` with
+    a claim, so that the writer starts again from the ledger).
     """
-    properties = CommitProperties(
-        custom_metadata=metadata,
-        app_transactions=[
-            Transaction(app_id=key, version=value) for key, value in (transactions or {}).items()
-        ],
-    )
     attempts = 1 if isinstance(frame, Iterator) else COMMIT_ATTEMPTS
     for attempt in range(1, attempts + 1):
+        latest = open_table(uri)
+        if claim is not None:
+            claim.check(latest, transactions or {})
+        # A claimed write that found no table creates it or fails: it must not append to a
+        # table another writer created meanwhile, whose ledger it has not read.
+        creating = latest is None and claim is not None
         stream = None if isinstance(frame, pl.DataFrame) else _Stream(iter(frame))
         try:
             write_deltalake(
-                uri,
+                uri if latest is None else latest,
                 record_batches(frame if stream is None else iter(stream)),
-                mode=mode,
+                mode="error" if creating else mode,
                 predicate=predicate,
                 partition_by=partition_by,
                 schema_mode="merge",
                 configuration=configuration,
-                commit_properties=properties,
+                commit_properties=commit_properties(metadata, transactions, creating=creating),
             )
             break
-        except CommitFailedError:
+        except CommitFailedError as error:
             if attempt == attempts:
+                if claim is not None:
+                    raise LedgerMoved(f"{uri}: a concurrent commit won ({error})") from error
                 raise
             time.sleep(0.2 * 2**attempt)
-        except Exception:
+        except Exception as error:
             if stream is not None and stream.error is not None:
                 raise stream.error from None
+            if creating and open_table(uri) is not None:
+                raise LedgerMoved(f"{uri}: created by another writer meanwhile") from error
             raise
+    if claim is not None:
+        # A table object written through is at its own commit's version; a created one is at 0.
+        claim.advance(0 if latest is None else latest.version())
     return DeltaTable(uri)

@@ -17,10 +17,10 @@ import dagster as dg
 from deltalake import CommitProperties, DeltaTable
 from deltalake.exceptions import CommitFailedError
 
-from lakehouse import delta
+from lakehouse import delta, ledger
 from lakehouse.contract import Contract
 from lakehouse.delta import LakehouseStorage
-from lakehouse.silver.load import live_versions, position_key
+from lakehouse.silver.load import live_versions
 
 JOB_NAME = "maintenance"
 MIN_RETENTION_HOURS = 24
@@ -60,7 +60,7 @@ def versions_silver_needs(bronze: DeltaTable, lakehouse: LakehouseStorage, contr
     second copy of its rules.
     """
     silver = delta.open_table(lakehouse.table_uri("silver", contract.name))
-    consumed = delta.marker(silver, position_key(contract.name))
+    consumed = ledger.read(silver, ledger.silver_position(contract.name))
     if consumed is None:
         return []  # silver's first run reads the current version whole
     unread = live_versions(bronze, consumed, bronze.version())

@@ -6,10 +6,10 @@ import time
 from dataclasses import dataclass
 
 import polars as pl
-from deltalake import CommitProperties, Transaction
 from deltalake.exceptions import CommitFailedError
 
 from lakehouse import delta
+from lakehouse.ledger import Claim, LedgerMoved
 
 
 @dataclass(frozen=True)
@@ -56,18 +56,22 @@ def merge(
     partition: str | None = None,
     metadata: dict[str, str] | None = None,
     transactions: dict[str, int] | None = None,
+    claim: Claim | None = None,
 ) -> MergeCounts:
     """Insert the frame's new keys; replace matched rows where `update_when` holds.
 
     `update_when` is a SQL predicate over the source `s` and the target `t`, for example
     `s."updated_at" > t."updated_at"` so that an older version never replaces a newer one.
-    The frame must hold each key once. The commit carries `metadata` and `transactions`; when
-    the MERGE changes nothing, an empty commit carries them, so the ledger always moves.
+    The frame must hold each key once. The commit carries `metadata` and ledger `transactions`
+    (checked against `claim`, as `delta.write` does); when the MERGE changes nothing, an empty
+    commit carries them, so the ledger always moves.
     """
     table = delta.open_table(uri)
     if table is not None and frame.is_empty():
         moved = (
-            delta.write(uri, frame, metadata=metadata, transactions=transactions) if transactions else table
+            delta.write(uri, frame, metadata=metadata, transactions=transactions, claim=claim)
+            if transactions
+            else table
         )
         return MergeCounts(0, 0, 0, moved)
     if table is None:
@@ -77,36 +81,40 @@ def merge(
             partition_by=[partition] if partition else None,
             metadata=metadata,
             transactions=transactions,
+            claim=claim,
         )
         return MergeCounts(frame.height, 0, 0, created)
     _evolve_schema(uri, frame, table)
-    properties = CommitProperties(
-        custom_metadata=metadata,
-        app_transactions=[
-            Transaction(app_id=key, version=value) for key, value in (transactions or {}).items()
-        ],
-    )
     for attempt in range(1, delta.COMMIT_ATTEMPTS + 1):
         table = delta.DeltaTable(uri)
+        if claim is not None:
+            claim.check(table, transactions or {})
         before = table.version()
         merger = table.merge(
             delta.to_arrow(frame),
             predicate=_predicate(keys, partition, frame),
             source_alias="s",
             target_alias="t",
-            commit_properties=properties,
+            commit_properties=delta.commit_properties(metadata, transactions),
         )
         if update_when:
             merger = merger.when_matched_update_all(predicate=update_when)
         try:
             metrics = merger.when_not_matched_insert_all().execute()
             break
-        except CommitFailedError:
+        except CommitFailedError as error:
             if attempt == delta.COMMIT_ATTEMPTS:
+                if claim is not None:
+                    raise LedgerMoved(f"{uri}: a concurrent commit won ({error})") from error
                 raise
             time.sleep(0.2 * 2**attempt)
-    merged = delta.DeltaTable(uri)
-    if merged.version() == before and (metadata or transactions):
-        merged = delta.write(uri, frame.head(0), metadata=metadata, transactions=transactions)
+    # The merged table object is at its own commit's version, or still at `before` when the
+    # MERGE wrote nothing.
+    if table.version() == before and (metadata or transactions):
+        merged = delta.write(uri, frame.head(0), metadata=metadata, transactions=transactions, claim=claim)
+    else:
+        if claim is not None:
+            claim.advance(table.version())
+        merged = delta.DeltaTable(uri)
     inserted, updated = metrics["num_target_rows_inserted"], metrics["num_target_rows_updated"]
     return MergeCounts(inserted, updated, frame.height - inserted - updated, merged)

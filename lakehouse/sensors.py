@@ -11,10 +11,9 @@ from hashlib import sha256
 
 import dagster as dg
 
-from lakehouse import delta
+from lakehouse import delta, ledger
 from lakehouse.alerts import AlertSink
 from lakehouse.bronze.assets import LISTED_FILES, LandingZone
-from lakehouse.bronze.landing import file_key
 from lakehouse.contract import Contract
 from lakehouse.delta import LakehouseStorage
 from lakehouse.jobs import landing_job
@@ -27,7 +26,7 @@ def waiting_files(contract: Contract, landing: LandingZone, lakehouse: Lakehouse
     return [
         path.name
         for path in sorted(landing.folder.glob(contract.source.glob))
-        if delta.marker(table, file_key(contract, path.name)) is None
+        if ledger.read(table, ledger.landing_file(contract.name, path.name)) is None
     ]
 
 

@@ -9,17 +9,14 @@ value there, in the restore's own commit, so the table and its ledger move toget
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import pyarrow.fs as pafs
 from deltalake import CommitProperties, DeltaTable, Transaction
 
-from lakehouse import delta
+from lakehouse import delta, ledger
 from lakehouse.delta import LakehouseStorage
-from lakehouse.silver.load import position_key
 
 # delta-rs names the row counts of each operation differently.
 ROWS_ADDED = ("num_added_rows", "num_target_rows_inserted")
@@ -64,26 +61,12 @@ def history(uri: str, limit: int | None = None) -> list[dict[str, Any]]:
     return rows
 
 
-def markers_written_after(uri: str, version: int, current: int) -> set[str]:
-    """App ids of the transactions in the commits after `version`, read from the log itself
-    (Delta has no API listing a table's transactions)."""
-    filesystem, root = pafs.FileSystem.from_uri(uri)
-    written: set[str] = set()
-    for number in range(version + 1, current + 1):
-        with filesystem.open_input_stream(f"{root}/_delta_log/{number:020d}.json") as log:
-            for line in log.read().decode().splitlines():
-                action = json.loads(line) if line.strip() else {}
-                if "txn" in action:
-                    written.add(action["txn"]["appId"])
-    return written
-
-
 def _consumer_position(lakehouse: LakehouseStorage, layer: str, name: str) -> tuple[str, int] | None:
     """Silver's position in this bronze table: how far a restore of bronze may go back."""
     if layer != "bronze":
         return None
     silver = delta.open_table(lakehouse.table_uri("silver", name))
-    position = delta.marker(silver, position_key(name))
+    position = ledger.read(silver, ledger.silver_position(name))
     return None if position is None else (f"silver/{name}", position)
 
 
@@ -106,13 +89,13 @@ def restore(lakehouse: LakehouseStorage, layer: str, name: str, version: int) ->
             f"(see `lakehouse table history {consumer[0]}`)"
         )
     then = DeltaTable(uri, version=version)
-    markers = {key: delta.marker(then, key) for key in sorted(markers_written_after(uri, version, current))}
+    markers = {key: ledger.read(then, key) for key in sorted(ledger.keys_written(uri, version, current))}
     table.restore(
         version,
         commit_properties=CommitProperties(
             custom_metadata={"lakehouse.restored_to": str(version)},
             app_transactions=[
-                Transaction(app_id=key, version=delta.UNSET if value is None else value)
+                Transaction(app_id=key, version=ledger.UNSET if value is None else value)
                 for key, value in markers.items()
             ],
         ),

@@ -15,9 +15,8 @@ import pytest
 from conftest import Lake, sqlite_source
 from polars.testing import assert_frame_equal
 
-from lakehouse import delta
+from lakehouse import delta, ledger
 from lakehouse.bronze import database
-from lakehouse.bronze.database import watermark_key
 from lakehouse.source import SourceDatabase, SourceUnavailableError
 
 DATABASE_TABLES = {"customers": "customer_id", "products": "product_id", "orders": "order_id",
@@ -148,7 +147,7 @@ def test_materialization_reports_rows_watermark_version_and_schema(lake: Lake) -
     columns = [column.name for column in metadata["dagster/column_schema"].value.columns]
     assert columns == bronze.columns
     assert {"_extracted_at", "_source", "_run_id", "_ingest_date"} <= set(columns)
-    assert table.transaction_version(watermark_key(lake.contract("orders"))) is not None
+    assert table.transaction_version(ledger.bronze_watermark("orders")) is not None
     history = table.history(1)[0]
     assert history["lakehouse.watermark"] and history["lakehouse.run_id"]
 

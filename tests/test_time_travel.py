@@ -4,11 +4,9 @@ import dagster as dg
 import polars as pl
 from conftest import TEST_SALT, Lake, run_command
 
-from lakehouse import delta
-from lakehouse.bronze.database import watermark_key
-from lakehouse.bronze.landing import file_key
+from lakehouse import delta, ledger
 from lakehouse.jobs import INGEST
-from lakehouse.silver.load import LOADED_AT, position_key
+from lakehouse.silver.load import LOADED_AT
 
 
 def table_command(lake: Lake, *args: str):
@@ -36,7 +34,7 @@ def test_a_rolled_back_load_of_orders_is_loaded_again_exactly_once(lake: Lake) -
     lake.materialize(INGEST)
     good = versions(lake, "bronze/orders", "silver/orders")
     good_watermark = delta.open_table(lake.uri("bronze", "orders")).transaction_version(
-        watermark_key(lake.contract("orders"))
+        ledger.bronze_watermark("orders")
     )
     lake.advance()
     bad_run = lake.materialize(INGEST).run_id
@@ -57,8 +55,8 @@ def test_a_rolled_back_load_of_orders_is_loaded_again_exactly_once(lake: Lake) -
         assert restored.returncode == 0, restored.stderr
     silver = delta.open_table(lake.uri("silver", "orders"))
     bronze = delta.open_table(lake.uri("bronze", "orders"))
-    assert delta.marker(silver, position_key("orders")) == good["bronze/orders"]
-    assert bronze.transaction_version(watermark_key(lake.contract("orders"))) == good_watermark
+    assert ledger.read(silver, ledger.silver_position("orders")) == good["bronze/orders"]
+    assert bronze.transaction_version(ledger.bronze_watermark("orders")) == good_watermark
     assert (
         pl.read_delta(lake.uri("bronze", "orders")).height
         == pl.read_delta(lake.uri("bronze", "orders"), version=good["bronze/orders"]).height
@@ -84,7 +82,7 @@ def test_rolled_back_event_files_are_waiting_again_and_ingested_once(lake: Lake)
         assert restored.returncode == 0, restored.stderr
         assert "ledger lakehouse." in restored.stdout
     bronze = delta.open_table(lake.uri("bronze", "events"))
-    assert all(delta.marker(bronze, file_key(lake.contract("events"), name)) is None for name in new_files)
+    assert all(ledger.read(bronze, ledger.landing_file("events", name)) is None for name in new_files)
 
     lake.materialize(EVENTS)
 

@@ -21,7 +21,7 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from lakehouse import delta
+from lakehouse import delta, ledger
 from lakehouse.bronze.columns import PARTITION_COLUMN, pin_types, with_audit_columns
 from lakehouse.contract import Contract
 from lakehouse.source import SourceDatabase, timestamp_text
@@ -41,13 +41,9 @@ class Extraction:
     rows_without_watermark: int
 
 
-def watermark_key(contract: Contract) -> str:
-    return f"lakehouse.bronze.{contract.name}.watermark"
-
-
 def read_watermark(table: delta.DeltaTable | None, contract: Contract) -> datetime | None:
-    """The highest watermark value bronze has committed, as stored in its app transaction."""
-    micros = delta.marker(table, watermark_key(contract))
+    """The highest watermark value bronze has committed, as stored in its ledger."""
+    micros = ledger.read(table, ledger.bronze_watermark(contract.name))
     return None if micros is None else EPOCH + timedelta(microseconds=micros)
 
 
@@ -102,9 +98,19 @@ def source_chunks(
 def extract_table(
     contract: Contract, source: SourceDatabase, uri: str, run_id: str, now: datetime | None = None
 ) -> Extraction:
+    """Append the source rows changed since bronze's watermark (see the module's docstring)."""
+    return ledger.redo_when_moved(
+        lambda: _extract_once(contract, source, uri, run_id, now), f"bronze/{contract.name}"
+    )
+
+
+def _extract_once(
+    contract: Contract, source: SourceDatabase, uri: str, run_id: str, now: datetime | None
+) -> Extraction:
     assert contract.watermark is not None and contract.is_database
     table_name, column = contract.source.table, contract.watermark.column
     table = delta.open_table(uri)
+    claim = ledger.Claim(uri, table)
     before = read_watermark(table, contract)
     lower = None if before is None else before - contract.watermark.lookback
     # The newest watermark as the run starts; rows changed while it reads wait for the next.
@@ -160,6 +166,7 @@ def extract_table(
         partition_by=[PARTITION_COLUMN],
         configuration=delta.CHANGE_DATA_FEED,
         metadata={"lakehouse.run_id": run_id, "lakehouse.watermark": after.isoformat()},
-        transactions={watermark_key(contract): _micros(after)},
+        transactions={ledger.bronze_watermark(contract.name): _micros(after)},
+        claim=claim,
     )
     return Extraction(counts["read"], counts["appended"], before, after, added, written, unwatermarked)

@@ -4,9 +4,10 @@ Every line of every file ends up in one of two tables: a line holding a JSON obj
 bronze (each field as text, nested values as JSON text, so nothing is lost or coerced), any
 other line in the quarantine table with its file, line number, raw text and the reason.
 
-The ledger of ingested files is one Delta app transaction per file, committed together with
-the file's rows. Quarantined lines are written first with a MERGE on (file, line), so a crash
-between the two commits cannot duplicate them when the files are read again.
+The ledger of ingested files is one entry per file (lakehouse/ledger.py), committed together
+with the file's rows. Quarantined lines are written first with a MERGE on (file, line), so a
+crash between the two commits cannot duplicate them when the files are read again. A run
+overtaken by another that committed some of the same files first starts again without them.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import orjson
 import polars as pl
 
-from lakehouse import delta
+from lakehouse import delta, ledger
 from lakehouse.bronze.columns import PARTITION_COLUMN, pin_types, with_audit_columns
 from lakehouse.contract import Contract
 from lakehouse.merge import merge
@@ -46,17 +47,15 @@ class Ingestion:
     quarantine: delta.DeltaTable | None
 
 
-def file_key(contract: Contract, name: str) -> str:
-    return f"lakehouse.bronze.{contract.name}.file:{name}"
-
-
 def pending_files(contract: Contract, landing: Path, table: delta.DeltaTable | None) -> list[Path]:
     """Landing files matching the contract's glob that bronze has not committed, oldest first."""
     assert not contract.is_database
     files = sorted(path for path in landing.glob(contract.source.glob) if path.is_file())
     if table is None:
         return files
-    return [path for path in files if delta.marker(table, file_key(contract, path.name)) is None]
+    return [
+        path for path in files if ledger.read(table, ledger.landing_file(contract.name, path.name)) is None
+    ]
 
 
 # `json.dumps(value, separators=...)` builds an encoder per call: one for all is the same text.
@@ -152,7 +151,24 @@ def ingest_files(
     run_id: str,
     now: datetime | None = None,
 ) -> Ingestion:
+    """Ingest the pending files (at most MAX_FILES_PER_RUN, oldest first) in one commit."""
+    return ledger.redo_when_moved(
+        lambda: _ingest_once(contract, landing, uri, quarantine_uri, source, run_id, now),
+        f"bronze/{contract.name}",
+    )
+
+
+def _ingest_once(
+    contract: Contract,
+    landing: Path,
+    uri: str,
+    quarantine_uri: str,
+    source: str,
+    run_id: str,
+    now: datetime | None,
+) -> Ingestion:
     table = delta.open_table(uri)
+    claim = ledger.Claim(uri, table)
     waiting = pending_files(contract, landing, table)
     files = waiting[:MAX_FILES_PER_RUN]
     extracted_at = now or datetime.now(UTC)
@@ -187,7 +203,8 @@ def ingest_files(
         partition_by=[PARTITION_COLUMN],
         configuration=delta.CHANGE_DATA_FEED,
         metadata={"lakehouse.run_id": run_id, "lakehouse.files": json.dumps(names)},
-        transactions={file_key(contract, name): 1 for name in names},
+        transactions={ledger.landing_file(contract.name, name): 1 for name in names},
+        claim=claim,
     )
     return Ingestion(
         files=names,

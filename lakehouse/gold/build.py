@@ -23,7 +23,7 @@ from typing import Any
 
 import polars as pl
 
-from lakehouse import delta
+from lakehouse import delta, ledger
 from lakehouse.delta import LakehouseStorage
 from lakehouse.gold.tables import DAY, MONTH, GoldTable, Reader, period_bounds
 from lakehouse.silver.load import LOADED_AT
@@ -37,10 +37,6 @@ class GoldBuild:
     rebuilt: list[str] | None  # periods rewritten; None: the whole table
     rows_written: int
     table: delta.DeltaTable | None
-
-
-def position_key(table: GoldTable, upstream: str) -> str:
-    return f"lakehouse.gold.{table.name}.{upstream}.loaded_at"
 
 
 def _micros(moment: datetime) -> int:
@@ -110,20 +106,27 @@ class _Built:
 
 
 def build_gold(table: GoldTable, lakehouse: LakehouseStorage, run_id: str) -> GoldBuild:
+    """Rebuild the periods the silver rows loaded since the table's positions touch; a build
+    overtaken by another that moved the positions first starts again from them."""
+    return ledger.redo_when_moved(lambda: _build_once(table, lakehouse, run_id), f"gold/{table.name}")
+
+
+def _build_once(table: GoldTable, lakehouse: LakehouseStorage, run_id: str) -> GoldBuild:
     uri = lakehouse.table_uri("gold", table.name)
     read = _silver_reader(lakehouse)
     existing = delta.open_table(uri)
+    claim = ledger.Claim(uri, existing)
     pattern = MONTH if table.granularity == "month" else DAY
     positions, periods = {}, set()
     for upstream, moment in table.upstream.items():
-        seen = delta.marker(existing, position_key(table, upstream))
+        seen = ledger.read(existing, ledger.gold_position(table.name, upstream))
         since = EPOCH + timedelta(microseconds=seen) if seen is not None else EPOCH
         changed = read(upstream).filter(pl.col(LOADED_AT) > since)
         summary = changed.select(
             newest=pl.col(LOADED_AT).max(), periods=pl.col(moment).dt.strftime(pattern).unique().implode()
         ).collect()
         newest = summary["newest"][0]
-        positions[position_key(table, upstream)] = _micros(newest) if newest else (seen or 0)
+        positions[ledger.gold_position(table.name, upstream)] = _micros(newest) if newest else (seen or 0)
         periods.update(summary["periods"].explode().drop_nulls().to_list())
 
     if existing is not None and not periods:
@@ -137,7 +140,7 @@ def build_gold(table: GoldTable, lakehouse: LakehouseStorage, run_id: str) -> Go
         frame = table.build(read, None)
         written = delta.write(
             uri, frame, mode="overwrite", partition_by=partition_by,
-            metadata=metadata, transactions=positions,
+            metadata=metadata, transactions=positions, claim=claim,
         )  # fmt: skip
         return GoldBuild(None, frame.height, written)
     # Periods left without rows (all moved elsewhere) build empty: their old rows go.
@@ -146,10 +149,12 @@ def build_gold(table: GoldTable, lakehouse: LakehouseStorage, run_id: str) -> Go
     if existing is None:
         written = delta.write(
             uri, built, mode="overwrite", partition_by=partition_by,
-            metadata=metadata, transactions=positions,
+            metadata=metadata, transactions=positions, claim=claim,
         )  # fmt: skip
         return GoldBuild(None, built.rows, written)
-    written = _replace_periods(uri, table, built, rebuilt, metadata=metadata, transactions=positions)
+    written = _replace_periods(
+        uri, table, built, rebuilt, metadata=metadata, transactions=positions, claim=claim
+    )
     return GoldBuild(rebuilt, built.rows, written)
 
 

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 import polars as pl
 
-from lakehouse import delta
+from lakehouse import delta, ledger
 from lakehouse.bronze.columns import PARTITION_COLUMN
 from lakehouse.contract import Contract
 from lakehouse.delta import LakehouseStorage
@@ -46,11 +46,6 @@ class SilverLoad:
     orphans: int
     silver: MergeCounts | None
     history: MergeCounts | None
-
-
-def position_key(name: str) -> str:
-    """Silver's ledger marker: the version of bronze/`name` it has consumed."""
-    return f"lakehouse.silver.{name}.bronze_version"
 
 
 def partition_column(contract: Contract) -> str | None:
@@ -215,13 +210,14 @@ def _load_slice(
     hasher: PiiHasher,
     parents: dict[str, tuple[str, pl.Series]],
     loaded_at: datetime,
-    ledger: dict[str, int],
+    position: dict[str, int],
+    claim: ledger.Claim,
     metadata: dict[str, str],
     keys_are_new: bool = False,
 ) -> _Slice:
     """Quarantine the invalid rows of `changes`, record history, and MERGE the newest valid
     version of each key into silver (append it, when silver cannot hold these keys yet), in a
-    commit that carries `ledger` and `metadata`."""
+    commit that carries silver's `position` and `metadata`, against `claim`."""
     valid, invalid = split_valid(changes, contract)
     if not invalid.is_empty():
         # PII is hashed here too: raw values stay in bronze only.
@@ -248,7 +244,10 @@ def _load_slice(
     wm = contract.watermark.column if contract.watermark else ""
     counts = (
         MergeCounts(
-            newest.height, 0, 0, delta.write(silver_uri, newest, metadata=metadata, transactions=ledger)
+            newest.height,
+            0,
+            0,
+            delta.write(silver_uri, newest, metadata=metadata, transactions=position, claim=claim),
         )
         if keys_are_new
         else merge(
@@ -258,7 +257,8 @@ def _load_slice(
             update_when=None if contract.history == "append" else f"s.{quoted(wm)} > t.{quoted(wm)}",
             partition=partition,
             metadata=metadata,
-            transactions=ledger,
+            transactions=position,
+            claim=claim,
         )
     )
     return _Slice(changes.height, valid.height - newest.height, invalid.height, counts, changed)
@@ -291,10 +291,22 @@ def load_silver(
     run_id: str,
     now: datetime | None = None,
 ) -> SilverLoad:
+    """Load the bronze rows committed since silver's position (see the module's docstring); a
+    load overtaken by another that moved the position first starts again from it."""
+    return ledger.redo_when_moved(
+        lambda: _load_once(contract, lakehouse, hasher, run_id, now), f"silver/{contract.name}"
+    )
+
+
+def _load_once(
+    contract: Contract, lakehouse: LakehouseStorage, hasher: PiiHasher, run_id: str, now: datetime | None
+) -> SilverLoad:
     silver_uri = lakehouse.table_uri("silver", contract.name)
     bronze_uri = lakehouse.table_uri("bronze", contract.name)
     silver = delta.open_table(silver_uri)
-    since = delta.marker(silver, position_key(contract.name))
+    claim = ledger.Claim(silver_uri, silver)
+    key = ledger.silver_position(contract.name)
+    since = ledger.read(silver, key)
     if since is None:
         bronze = delta.DeltaTable(bronze_uri)
         version = bronze.version()
@@ -311,12 +323,15 @@ def load_silver(
     parents = _parent_keys(contract, lakehouse)
     metadata = {"lakehouse.run_id": run_id, "lakehouse.bronze_version": str(version)}
     # Only the last slice's commit moves silver's position: after a crash in between, the next
-    # run loads every slice again, and the MERGEs find the rows already there unchanged. Slices
-    # after the first of a table this load creates hold keys silver cannot have: appended.
+    # run loads every slice again, and the MERGEs find the rows already there unchanged. The
+    # slices before it commit the position unmoved, so that a second load at once conflicts
+    # on every commit, not just the last. Slices after the first of a table this load creates
+    # hold keys silver cannot have: appended.
+    unmoved = ledger.UNSET if since is None else since
     loaded = [
         _load_slice(
             rows.collect(engine="streaming"), contract, lakehouse, hasher, parents, loaded_at,
-            {position_key(contract.name): version} if number == len(slices) - 1 else {}, metadata,
+            {key: version if number == len(slices) - 1 else unmoved}, claim, metadata,
             keys_are_new=silver is None and number > 0,
         )
         for number, rows in enumerate(slices)

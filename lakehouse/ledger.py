@@ -1,0 +1,116 @@
+"""The ledger: how far each table has consumed its inputs, kept inside the table's own commits.
+
+Every entry is a Delta app transaction (an id and an integer), committed in the same atomic
+commit as the rows it describes, so a table and its ledger never disagree and the entries
+survive log checkpoints. The entries, one home for their names:
+
+- `bronze_watermark`: the highest source watermark (microseconds since the epoch) bronze has;
+- `landing_file`: a landing file bronze has ingested (1);
+- `silver_position`: the bronze version silver has consumed;
+- `gold_position`: the newest silver `_loaded_at` (microseconds) a gold table has consumed.
+
+Writers are optimistic: a `Claim` remembers the version of the table its entries were read
+at, and every commit that carries them fails with `LedgerMoved` when another writer committed
+one of the same entries since. The loser then starts again from the new position
+(`redo_when_moved`), so two runs at once never both append what one of them already did.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+import pyarrow.fs as pafs
+from deltalake import DeltaTable
+
+T = TypeVar("T")
+
+# Delta keeps an app transaction once it is set, so "never set" (a restore taking an entry
+# back, a load that has not finished) is written as this value.
+UNSET = -1
+# A writer that loses the race this often in a row is racing a stuck loop, not a second run.
+REDO_ATTEMPTS = 5
+
+
+def bronze_watermark(dataset: str) -> str:
+    return f"lakehouse.bronze.{dataset}.watermark"
+
+
+def landing_file(dataset: str, file_name: str) -> str:
+    return f"lakehouse.bronze.{dataset}.file:{file_name}"
+
+
+def silver_position(dataset: str) -> str:
+    return f"lakehouse.silver.{dataset}.bronze_version"
+
+
+def gold_position(table: str, upstream: str) -> str:
+    return f"lakehouse.gold.{table}.{upstream}.loaded_at"
+
+
+def read(table: DeltaTable | None, key: str) -> int | None:
+    """The entry `key` in this version of the table, None when not set."""
+    value = table.transaction_version(key) if table is not None else None
+    return None if value is None or value == UNSET else value
+
+
+def keys_written(uri: str, after: int, until: int) -> set[str]:
+    """Ids of the entries committed in versions after `after` up to `until`, read from the log
+    itself (Delta has no API listing a table's transactions)."""
+    filesystem, root = pafs.FileSystem.from_uri(uri)
+    written: set[str] = set()
+    for number in range(after + 1, until + 1):
+        with filesystem.open_input_stream(f"{root}/_delta_log/{number:020d}.json") as log:
+            for line in log.read().decode().splitlines():
+                action = json.loads(line) if line.strip() else {}
+                if "txn" in action:
+                    written.add(action["txn"]["appId"])
+    return written
+
+
+class LedgerMoved(RuntimeError):
+    """Another writer committed one of the entries this writer read, after it read them."""
+
+
+class Claim:
+    """The version of a table at which a writer read its ledger entries (None: the table did
+    not exist). Commits carrying the entries go through `check` first and `advance` after."""
+
+    def __init__(self, uri: str, table: DeltaTable | None) -> None:
+        self.uri = uri
+        self.version = None if table is None else table.version()
+
+    def check(self, latest: DeltaTable | None, keys: Iterable[str]) -> None:
+        """Raise `LedgerMoved` if a commit after the claimed version wrote one of `keys`.
+
+        The commit itself is then made against `latest`, where Delta's own conflict check
+        refuses a concurrent commit of the same entries."""
+        if latest is None or latest.version() == self.version:
+            return
+        after = -1 if self.version is None else self.version
+        moved = keys_written(self.uri, after, latest.version()) & set(keys)
+        if moved:
+            raise LedgerMoved(
+                f"{self.uri}: another run committed {', '.join(sorted(moved))} after this run read "
+                f"it at version {'(none)' if self.version is None else self.version}"
+            )
+
+    def advance(self, version: int) -> None:
+        """The writer's own commit: later commits of the same run start from it."""
+        self.version = version
+
+
+def redo_when_moved(work: Callable[[], T], what: str, attempts: int = REDO_ATTEMPTS) -> T:
+    """Run `work`, which reads the ledger and commits against it, again from the new position
+    each time another writer moved the ledger first."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return work()
+        except LedgerMoved as moved:
+            if attempt == attempts:
+                raise LedgerMoved(
+                    f"{what}: gave up after {attempts} attempts, each overtaken by another run "
+                    f"writing the same table ({moved})"
+                ) from moved
+    raise AssertionError("unreachable")
