@@ -16,6 +16,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# A source table, optionally in a schema (`table` or `schema.table`); names only, never SQL.
+TABLE_NAME = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$"
+CONTRACT_SUFFIXES = (".yaml", ".yml")
 DECIMAL_TYPE = re.compile(r"^decimal\((\d+),(\d+)\)$")
 DURATION = re.compile(r"^(\d+)([mhd])$")
 DURATION_UNITS = {"m": "minutes", "h": "hours", "d": "days"}
@@ -78,7 +81,7 @@ class Column(_Strict):
 
 class DatabaseSource(_Strict):
     kind: Literal["database"]
-    table: Identifier
+    table: str = Field(pattern=TABLE_NAME)
 
 
 class LandingSource(_Strict):
@@ -179,6 +182,11 @@ class Contract(_Strict):
                     raise ValueError(f"{field}: '{column}' is not one of the contract's columns")
         if isinstance(self.source, DatabaseSource) and self.watermark is None:
             raise ValueError("watermark: a database source needs a watermark column")
+        if self.partitioning and self.columns[self.partitioning.column].type not in ("timestamp", "date"):
+            raise ValueError(
+                f"partitioning.column: '{self.partitioning.column}' is a "
+                f"{self.columns[self.partitioning.column].type}; partitions need a timestamp or date column"
+            )
         return self
 
     @property
@@ -211,9 +219,45 @@ def load_contract(path: Path) -> Contract:
     return contract
 
 
+def _check_references(loaded: dict[str, tuple[Path, Contract]]) -> None:
+    """Each `references: dataset.column` names a contract of the set and one of its columns:
+    a wrong one would otherwise flag every row as an orphan, or fail mid-run."""
+    for path, contract in loaded.values():
+        for name, spec in contract.columns.items():
+            if not spec.references:
+                continue
+            field = f"field 'columns.{name}.references'"
+            dataset, column = spec.references.split(".")
+            if dataset not in loaded:
+                raise ContractError(
+                    f"{path}: {field}: no contract defines dataset '{dataset}' "
+                    f"(known: {', '.join(sorted(loaded))})"
+                )
+            parent_path, parent = loaded[dataset]
+            if column not in parent.columns:
+                raise ContractError(
+                    f"{path}: {field}: '{column}' is not a column of dataset '{dataset}' ({parent_path})"
+                )
+
+
 def load_contracts(folder: Path) -> list[Contract]:
-    """Every `*.yaml` contract in the folder, sorted by name."""
-    paths = sorted(folder.glob("*.yaml"))
+    """Every contract (`*.yaml` or `*.yml`) in the folder, sorted by name, checked together:
+    one file per dataset, and every `references` pointing at a dataset and column of the set."""
+    paths = (
+        sorted(path for path in folder.iterdir() if path.suffix in CONTRACT_SUFFIXES)
+        if folder.is_dir()
+        else []
+    )
     if not paths:
-        raise ContractError(f"{folder}: no contract files (*.yaml) found")
-    return [load_contract(path) for path in paths]
+        raise ContractError(f"{folder}: no contract files (*.yaml, *.yml) found")
+    loaded: dict[str, tuple[Path, Contract]] = {}
+    for path in paths:
+        contract = load_contract(path)
+        if contract.name in loaded:
+            first = loaded[contract.name][0]
+            raise ContractError(
+                f"{path}: field 'name': dataset '{contract.name}' is already defined by {first}"
+            )
+        loaded[contract.name] = (path, contract)
+    _check_references(loaded)
+    return [contract for _, contract in sorted(loaded.values(), key=lambda item: item[1].name)]

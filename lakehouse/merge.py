@@ -10,6 +10,7 @@ from deltalake.exceptions import CommitFailedError
 
 from lakehouse import delta
 from lakehouse.ledger import Claim, LedgerMoved
+from lakehouse.sql import quoted
 
 
 @dataclass(frozen=True)
@@ -18,10 +19,6 @@ class MergeCounts:
     updated: int
     unchanged: int
     table: delta.DeltaTable
-
-
-def quoted(name: str) -> str:
-    return f'"{name}"'
 
 
 def _literal(value: object) -> str:

@@ -11,9 +11,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import adbc_driver_manager
 import dagster as dg
 import polars as pl
 import pyarrow as pa
+
+from lakehouse.source_errors import SourceError, SourceUnavailableError, is_transient, summary
 
 T = TypeVar("T")
 
@@ -27,33 +30,10 @@ SQLITE_TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S%.6f%:z"
 # result makes the inference see every row; an all-NULL column is typed by bronze.
 SQLITE_ONE_BATCH = {"adbc.sqlite.query.batch_rows": str(2**30)}
 
-TRANSIENT_MARKERS = (
-    "database is locked",
-    "database table is locked",
-    "busy",
-    "connection refused",
-    "could not connect",
-    "server closed the connection",
-    "the database system is starting up",
-    "too many connections",
-    "timeout",
-    "timed out",
-)
-
 
 def timestamp_text(value: datetime) -> str:
     """A moment in the text form SQLite sources store (see SQLITE_TIMESTAMP_FORMAT)."""
     return value.astimezone(UTC).isoformat(sep=" ", timespec="microseconds")
-
-
-class SourceUnavailableError(RuntimeError):
-    """The source stayed unreachable or locked through every retry."""
-
-
-def is_transient(error: BaseException) -> bool:
-    """Errors worth retrying: locks, refused or dropped connections, a starting server."""
-    text = str(error).lower()
-    return any(marker in text for marker in TRANSIENT_MARKERS)
 
 
 def _without_extension_types(table: pa.Table) -> pa.Table:
@@ -104,16 +84,19 @@ class SourceDatabase(dg.ConfigurableResource):
         return timestamp_text(value) if self.dialect == "sqlite" else value
 
     def with_retries(self, action: Callable[[], T], what: str) -> T:
-        """Run `action`, retrying transient failures with exponential backoff and full jitter."""
+        """Run `action`, retrying transient failures with exponential backoff and full jitter.
+
+        The only retry layer for the source: a driver error that will fail again (see
+        `is_transient`) is raised at once as a SourceError naming `what`."""
         for attempt in range(1, self.max_attempts + 1):
             try:
                 return action()
-            except Exception as error:
+            except adbc_driver_manager.Error as error:
                 if not is_transient(error):
-                    raise
+                    raise SourceError(f"{what} on {self.label} failed: {summary(error)}") from error
                 if attempt == self.max_attempts:
                     raise SourceUnavailableError(
-                        f"{what} failed after {attempt} attempts against {self.label}: {error}"
+                        f"{what} failed after {attempt} attempts against {self.label}: {summary(error)}"
                     ) from error
                 ceiling = min(self.max_backoff_seconds, self.backoff_seconds * 2 ** (attempt - 1))
                 time.sleep(random.uniform(0, ceiling))

@@ -17,6 +17,8 @@ import polars as pl
 import pyarrow as pa
 from deltalake import DeltaTable
 
+from lakehouse.sql import quoted
+
 GOLD_SCHEMA = "gold"
 # How long to wait for the file while other processes read it (dbt's own wait is about as long).
 LOCK_WAIT_SECONDS = 30.0
@@ -58,12 +60,12 @@ def _connect_for_writing(location: Path) -> duckdb.DuckDBPyConnection:
         pause = min(2 * pause, 1.0)
 
 
-def _quoted(text: str) -> str:
+def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
 def _replace(connection: duckdb.DuckDBPyConnection, name: str, table: DeltaTable) -> None:
-    relation = f'{GOLD_SCHEMA}."{name}"'
+    relation = f"{GOLD_SCHEMA}.{quoted(name)}"
     found = connection.execute(
         "select table_type from information_schema.tables where table_schema = ? and table_name = ?",
         [GOLD_SCHEMA, name],
@@ -73,20 +75,20 @@ def _replace(connection: duckdb.DuckDBPyConnection, name: str, table: DeltaTable
     # Delta's own column order and types, which the Parquet files alone do not give: partition
     # values live in the folder names, and an old file may lack a column added since.
     empty = connection.from_arrow(pa.schema(table.schema().to_arrow()).empty_table())
-    columns = ", ".join(f'"{column}"' for column in empty.columns)
+    columns = ", ".join(quoted(column) for column in empty.columns)
     files = table.file_uris()
     # Reader version 1 is plain Parquet plus partition values; later versions (column mapping,
     # deletion vectors) need delta-rs to read them. An empty version has no file to view.
     if files and table.protocol().min_reader_version == 1 and not any("://" in file for file in files):
         types = dict(zip(empty.columns, map(str, empty.types), strict=True))
         partitions = table.metadata().partition_columns
-        hive = ", ".join(f"{_quoted(column)}: {_quoted(types[column])}" for column in partitions)
+        hive = ", ".join(f"{_literal(column)}: {_literal(types[column])}" for column in partitions)
         options = (
             f"hive_partitioning = true, hive_types = {{{hive}}}"
             if partitions
             else "hive_partitioning = false"
         )
-        listed = ", ".join(map(_quoted, files))
+        listed = ", ".join(map(_literal, files))
         connection.execute(
             f"create view {relation} as select {columns} "
             f"from read_parquet([{listed}], union_by_name = true, {options})"

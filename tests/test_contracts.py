@@ -50,6 +50,9 @@ def test_shipped_contracts_describe_every_dataset() -> None:
         (("name: orders", "name: sales"), "field 'name': 'sales' must match the file name"),
         (("z_order: [customer_id]", "z_order: [client_id]"),
          "maintenance.z_order: 'client_id' is not one of the contract's columns"),
+        (("column: created_at\n  granularity", "column: status\n  granularity"),
+         "partitioning.column: 'status' is a string; partitions need a timestamp or date column"),
+        (("  table: orders", "  table: sales.orders.2024"), "field 'source.database.table'"),
     ],
 )  # fmt: skip
 def test_bad_contract_fails_naming_file_and_field(
@@ -63,6 +66,54 @@ def test_bad_contract_fails_naming_file_and_field(
         load_contract(path)
     assert str(error.value).startswith(f"{path}: ")
     assert message in str(error.value)
+
+
+def test_a_source_table_may_name_its_schema(tmp_path: Path) -> None:
+    path = tmp_path / "orders.yaml"
+    path.write_text((SHIPPED / "orders.yaml").read_text().replace("  table: orders", "  table: sales.orders"))
+    assert load_contract(path).source.table == "sales.orders"
+
+
+def _set_of_contracts(tmp_path: Path, orders: tuple[str, str] = ("", "")) -> Path:
+    """The shipped contracts in a folder of their own, with a change to orders.yaml."""
+    folder = tmp_path / "contracts"
+    shutil.copytree(SHIPPED, folder)
+    path = folder / "orders.yaml"
+    assert orders[0] in path.read_text()
+    path.write_text(path.read_text().replace(*orders))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        (
+            "clients.customer_id",
+            "no contract defines dataset 'clients' (known: customers, events, order_items",
+        ),
+        ("customers.client_id", "'client_id' is not a column of dataset 'customers' ("),
+    ],
+)
+def test_a_reference_to_an_unknown_dataset_or_column_fails_the_set(
+    tmp_path: Path, target: str, message: str
+) -> None:
+    folder = _set_of_contracts(tmp_path, ("references: customers.customer_id", f"references: {target}"))
+    with pytest.raises(ContractError) as error:
+        load_contracts(folder)
+    assert str(error.value).startswith(f"{folder / 'orders.yaml'}: field 'columns.customer_id.references': ")
+    assert message in str(error.value)
+
+
+def test_yml_files_are_contracts_and_a_dataset_is_defined_once(tmp_path: Path) -> None:
+    folder = _set_of_contracts(tmp_path)
+    (folder / "orders.yaml").rename(folder / "orders.yml")
+    assert "orders" in {contract.name for contract in load_contracts(folder)}
+
+    shutil.copy(SHIPPED / "orders.yaml", folder / "orders.yaml")
+    with pytest.raises(ContractError) as error:
+        load_contracts(folder)
+    first, second = folder / "orders.yaml", folder / "orders.yml"
+    assert str(error.value) == f"{second}: field 'name': dataset 'orders' is already defined by {first}"
 
 
 SUPPLIERS = """\

@@ -25,9 +25,14 @@ from lakehouse import delta, ledger
 from lakehouse.bronze.columns import PARTITION_COLUMN, pin_types, with_audit_columns
 from lakehouse.contract import Contract
 from lakehouse.source import SourceDatabase, timestamp_text
+from lakehouse.sql import qualified, quoted
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 CHUNK_ROWS = 1_000_000  # source rows an extraction holds at a time
+
+
+class MissingColumnsError(ValueError):
+    """The source table lacks a column its contract lists."""
 
 
 @dataclass(frozen=True)
@@ -71,28 +76,49 @@ def source_chunks(
     (watermark, primary key), which the watermark's index serves. Reading a whole table in
     watermark order would jump around it: three times slower on orders that changed since.
     """
-    table_name, column = contract.source.table, contract.watermark.column
-    order = contract.primary_key if lower is None else [column, *contract.primary_key]
+    column = quoted(contract.watermark.column)
+    order = contract.primary_key if lower is None else [contract.watermark.column, *contract.primary_key]
+    ordered = ", ".join(map(quoted, order))
+    selected = ", ".join(map(quoted, columns)) if columns else "*"
     after: tuple = ()
     while True:
         conditions, parameters = [f"{column} <= {source.placeholder(1)}"], [upper]
         if after:
             places = ", ".join(source.placeholder(position) for position in range(2, len(order) + 2))
-            conditions.append(f"({', '.join(order)}) > ({places})")
+            conditions.append(f"({ordered}) > ({places})")
             parameters.extend(after)
         elif lower is not None:
             conditions.append(f"{column} >= {source.placeholder(2)}")
             parameters.append(source.timestamp_parameter(lower))
         chunk = source.read(
-            f"SELECT {', '.join(columns or ['*'])} FROM {table_name} WHERE {' AND '.join(conditions)} "
-            f"ORDER BY {', '.join(order)} LIMIT {CHUNK_ROWS}",
+            f"SELECT {selected} FROM {qualified(contract.source.table)} WHERE {' AND '.join(conditions)} "
+            f"ORDER BY {ordered} LIMIT {CHUNK_ROWS}",
             parameters,
-            what=f"{what} {table_name}",
+            what=reading(contract, what),
         )
         yield chunk
         if chunk.height < CHUNK_ROWS:
             return
         after = chunk.select(order).row(-1)
+
+
+def reading(contract: Contract, what: str = "extracting") -> str:
+    """What a source query of the contract does, for its errors: the contract and the table."""
+    return f"bronze/{contract.name}: {what} source table {contract.source.table}"
+
+
+def check_source_columns(contract: Contract, source: SourceDatabase) -> None:
+    """Fail when the source table lacks a column the contract lists: silver would hold it as
+    nulls that pass every check. Columns only the source has are extracted as they are."""
+    present = source.read(
+        f"SELECT * FROM {qualified(contract.source.table)} LIMIT 0", what=reading(contract)
+    ).columns
+    missing = [name for name in contract.columns if name not in present]
+    if missing:
+        raise MissingColumnsError(
+            f"bronze/{contract.name}: source table {contract.source.table} on {source.label} lacks "
+            f"column {', '.join(map(repr, missing))} of contract {contract.name}"
+        )
 
 
 def extract_table(
@@ -108,6 +134,7 @@ def _extract_once(
     contract: Contract, source: SourceDatabase, uri: str, run_id: str, now: datetime | None
 ) -> Extraction:
     assert contract.watermark is not None and contract.is_database
+    check_source_columns(contract, source)
     table_name, column = contract.source.table, contract.watermark.column
     table = delta.open_table(uri)
     claim = ledger.Claim(uri, table)
@@ -116,9 +143,9 @@ def _extract_once(
     # The newest watermark as the run starts; rows changed while it reads wait for the next.
     # Rows without one cannot be extracted incrementally: they are counted, not read.
     newest, unwatermarked = source.read(
-        f"SELECT (SELECT max({column}) FROM {table_name}) AS newest, "
-        f"(SELECT count(*) FROM {table_name} WHERE {column} IS NULL) AS unwatermarked",
-        what=f"extracting {table_name}",
+        f"SELECT (SELECT max({quoted(column)}) FROM {qualified(table_name)}) AS newest, "
+        f"(SELECT count(*) FROM {qualified(table_name)} WHERE {quoted(column)} IS NULL) AS unwatermarked",
+        what=reading(contract),
     ).row(0)
     if newest is None:
         return Extraction(0, 0, before, before, [], table, unwatermarked)

@@ -27,6 +27,7 @@ from lakehouse import delta, ledger
 from lakehouse.delta import LakehouseStorage
 from lakehouse.gold.tables import DAY, MONTH, GoldTable, Reader, period_bounds
 from lakehouse.silver.load import LOADED_AT
+from lakehouse.sql import quoted
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 PART_ROWS = 2_000_000  # input rows a build of periods holds at a time
@@ -58,7 +59,9 @@ def _replace_periods(
     **commit: Any,
 ) -> delta.DeltaTable:
     values = ", ".join(f"'{period}'" for period in periods)
-    return delta.write(uri, frames, mode="overwrite", predicate=f'"{table.period}" IN ({values})', **commit)
+    return delta.write(
+        uri, frames, mode="overwrite", predicate=f"{quoted(table.period)} IN ({values})", **commit
+    )
 
 
 def _rows_per_day(table: GoldTable, read: Reader, periods: list[str]) -> dict[str, int]:

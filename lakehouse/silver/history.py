@@ -7,6 +7,7 @@ import polars as pl
 from lakehouse import delta
 from lakehouse.contract import Contract
 from lakehouse.merge import MergeCounts, merge
+from lakehouse.sql import quoted
 
 VALID_FROM, VALID_TO, IS_CURRENT = "valid_from", "valid_to", "is_current"
 LOADED_AT = "_loaded_at"  # when the row was last written, for downstream change detection
@@ -59,4 +60,6 @@ def record_changes(uri: str, versions: pl.DataFrame, contract: Contract) -> Merg
     rows = rows.with_columns(pl.lit(versions.get_column(LOADED_AT).max()).alias(LOADED_AT))
     if rows.is_empty():
         return None
-    return merge(uri, rows, [*keys, VALID_FROM], update_when="t.is_current AND NOT s.is_current")
+    return merge(
+        uri, rows, [*keys, VALID_FROM], update_when=f"t.{quoted(IS_CURRENT)} AND NOT s.{quoted(IS_CURRENT)}"
+    )

@@ -23,11 +23,12 @@ from lakehouse import delta, ledger
 from lakehouse.bronze.columns import PARTITION_COLUMN
 from lakehouse.contract import Contract
 from lakehouse.delta import LakehouseStorage
-from lakehouse.merge import MergeCounts, merge, quoted
+from lakehouse.merge import MergeCounts, merge
 from lakehouse.silver import history
 from lakehouse.silver.pii import PiiHasher
 from lakehouse.silver.validate import split_valid
 from lakehouse.slices import key_ranges
+from lakehouse.sql import quoted
 
 CHANGE_FEED_COLUMNS = ("_change_type", "_commit_version", "_commit_timestamp")
 ORPHAN_COLUMN = "_orphan"
