@@ -8,14 +8,49 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from lakehouse.settings import setting
-from lakehouse.source import SourceDatabase
+from lakehouse.contract import ContractError
+from lakehouse.demo.store import NotADemoError, shown_url
+from lakehouse.settings import SettingsError, setting
+from lakehouse.source import SourceDatabase, SourceUnavailableError
 from lakehouse.text_table import print_table
+
+EXIT_CODES = """exit codes:
+  0  done
+  1  quality report: a table misses its SLAs; summary: no Delta tables yet
+  2  usage or configuration error: bad arguments or settings, an invalid contract, a source URL
+     the demo cannot use (not a database the demo created, or no demo yet)
+  3  the source database stayed unreachable through every retry"""
+
+
+class SourceUrlError(ValueError):
+    """LAKEHOUSE_SOURCE_URL names no database the lakehouse can read."""
+
+
+# Errors in what the user gave (arguments, settings, contracts, the source they point at): one
+# line on stderr and exit 2. Anything else is a defect of the lakehouse and keeps its traceback.
+USER_ERRORS = (ContractError, SettingsError, NotADemoError, SourceUrlError)
+
+
+def _source() -> SourceDatabase:
+    """The configured source, its URL's scheme checked before anything reads or writes it."""
+    source = SourceDatabase(url=setting("LAKEHOUSE_SOURCE_URL"))
+    try:
+        _ = source.dialect
+    except ValueError as error:
+        raise SourceUrlError(str(error)) from error
+    return source
 
 
 def _moment(text: str) -> datetime:
     moment = datetime.fromisoformat(text)
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _positive(text: str) -> float:
+    number = float(text)
+    if not 0 < number < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text}: must be greater than 0")
+    return number
 
 
 def _at_least_one(text: str) -> int:
@@ -37,14 +72,21 @@ def _rate(text: str) -> tuple[str, float]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lakehouse", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="lakehouse",
+        description=__doc__,
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="the demo shop source").add_subparsers(
         dest="action", required=True
     )
     init = demo.add_parser("init", help="create the shop database and landing files")
-    init.add_argument("--scale", type=float, default=0.1, help="1 = 100k customers, 1M orders (default 0.1)")
+    init.add_argument(
+        "--scale", type=_positive, default=0.1, help="1 = 100k customers, 1M orders (default 0.1)"
+    )
     init.add_argument("--seed", type=int, default=42)
     init.add_argument("--now", type=_moment, help="pin the demo clock (ISO-8601), default: now")
     init.add_argument(
@@ -56,9 +98,11 @@ def _parser() -> argparse.ArgumentParser:
         help="override a defect rate, e.g. malformed_line=0.01 (repeatable)",
     )
     init.add_argument("--drift-batch", type=int, default=2, help="batch from which orders has coupon_code")
-    init.add_argument("--force", action="store_true", help="rebuild even if a demo source exists")
+    init.add_argument(
+        "--force", action="store_true", help="rebuild the demo source if one exists (never another database)"
+    )
     advance = demo.add_parser("advance", help="simulate more shop activity")
-    advance.add_argument("--batches", type=int, default=1)
+    advance.add_argument("--batches", type=_at_least_one, default=1)
     advance.add_argument("--now", type=_moment, help="pin the demo clock (ISO-8601), default: now")
 
     commands.add_parser("summary", help="rows and Delta version of every lakehouse table")
@@ -135,39 +179,45 @@ def _quality_report(args: argparse.Namespace) -> int:
     return 0 if report["status"] == "pass" else 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    source = SourceDatabase(url=setting("LAKEHOUSE_SOURCE_URL"))
-    landing = Path(setting("LAKEHOUSE_LANDING"))
-    if args.command == "demo":
-        from lakehouse.demo import simulation
+def _demo_command(args: argparse.Namespace) -> int:
+    from lakehouse.demo import simulation, store
 
-        if args.action == "init":
+    source = _source()
+    landing = Path(setting("LAKEHOUSE_LANDING"))
+    if args.action == "init":
+        if store.demo_id(source) is not None and not args.force:
             existing = simulation.Manifest.load(landing)
-            if existing and not args.force:
-                print(
-                    f"demo source exists (scale {existing.scale}, seed {existing.seed}, "
-                    f"{existing.batches} batches, clock {existing.anchor}); --force rebuilds it"
-                )
-                return 0
-            manifest = simulation.init(
-                source,
-                landing,
-                args.scale,
-                args.seed,
-                args.now,
-                dict(args.defect),
-                args.drift_batch,
+            details = (
+                f" (scale {existing.scale}, seed {existing.seed}, {existing.batches} batches, "
+                f"clock {existing.anchor})"
+                if existing
+                else ""
             )
-        else:
-            manifest = simulation.advance(source, landing, args.batches, args.now)
-        batch = manifest.log[-1]
-        rows = ", ".join(f"{table} {counts}" for table, counts in batch["rows"].items())
-        print(
-            f"demo batch {batch['batch']} at {manifest.anchor} into {source.label}: {rows}; "
-            f"{sum(batch['event_files'].values())} events in {len(batch['event_files'])} files"
+            print(f"demo source exists in {shown_url(source)}{details}; --force rebuilds it")
+            return 0
+        manifest = simulation.init(
+            source,
+            landing,
+            args.scale,
+            args.seed,
+            args.now,
+            dict(args.defect),
+            args.drift_batch,
         )
-        return 0
+    else:
+        manifest = simulation.advance(source, landing, args.batches, args.now)
+    batch = manifest.log[-1]
+    rows = ", ".join(f"{table} {counts}" for table, counts in batch["rows"].items())
+    print(
+        f"demo batch {batch['batch']} at {manifest.anchor} into {source.label}: {rows}; "
+        f"{sum(batch['event_files'].values())} events in {len(batch['event_files'])} files"
+    )
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "demo":
+        return _demo_command(args)
     if args.command == "quality":
         return _quality_report(args)
     if args.command == "table":
@@ -175,6 +225,23 @@ def main(argv: list[str] | None = None) -> int:
     from lakehouse.summary import print_summary
 
     return print_summary()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    command = " ".join(filter(None, ("lakehouse", args.command, getattr(args, "action", None))))
+    try:
+        return _run(args)
+    except USER_ERRORS as error:
+        return _failed(command, error, 2)
+    except SourceUnavailableError as error:
+        return _failed(command, error, 3)
+
+
+def _failed(command: str, error: Exception, code: int) -> int:
+    # One line, whatever the message: a YAML parser's spans several, with a caret under the spot.
+    print(f"{command}: {' '.join(str(error).split())}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

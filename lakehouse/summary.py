@@ -40,32 +40,41 @@ def table_rows(lakehouse: LakehouseStorage) -> list[tuple[str, int, int, int, st
 
 
 def check_results(contracts_folder: Path) -> dict[str, str]:
-    """Per table, how many of its checks passed at their latest evaluation, and which failed,
-    from the Dagster instance in DAGSTER_HOME (none without one: nothing was recorded)."""
+    """Per table, how many of its checks passed at their latest evaluation, which failed and
+    which did not run (planned in the latest run, whose step failed before them), from the
+    Dagster instance in DAGSTER_HOME (none without one: nothing was recorded)."""
     from asset_checks import all_checks
     from lakehouse.contract import load_contracts
 
     if not os.environ.get("DAGSTER_HOME"):
         return {}
-    outcomes: dict[str, list[str]] = {}
     passed: dict[str, int] = {}
+    failed: dict[str, list[str]] = {}
+    not_run: dict[str, list[str]] = {}
     with dg.DagsterInstance.get() as instance:
         for checks in all_checks(load_contracts(contracts_folder)):
             for key in checks.check_keys:
                 record = instance.get_latest_asset_check_evaluation_record(key)
-                evaluation = record.evaluation if record else None
-                if evaluation is None:
+                if record is None:
                     continue
                 table = key.asset_key.to_user_string()
-                outcomes.setdefault(table, [])
-                passed[table] = passed.get(table, 0) + evaluation.passed
-                if not evaluation.passed:
-                    outcomes[table].append(f"{key.name} ({evaluation.severity.value})")
-    return {
-        table: f"{passed[table]}/{passed[table] + len(failed)} passed"
-        + (f"; failed: {', '.join(failed)}" if failed else "")
-        for table, failed in outcomes.items()
-    }
+                passed.setdefault(table, 0)
+                evaluation = record.evaluation
+                if not isinstance(evaluation, dg.AssetCheckEvaluation):
+                    not_run.setdefault(table, []).append(key.name)
+                elif evaluation.passed:
+                    passed[table] += 1
+                else:
+                    failed.setdefault(table, []).append(f"{key.name} ({evaluation.severity.value})")
+    results = {}
+    for table, count in passed.items():
+        bad, skipped = failed.get(table, []), not_run.get(table, [])
+        results[table] = (
+            f"{count}/{count + len(bad) + len(skipped)} passed"
+            + (f"; failed: {', '.join(bad)}" if bad else "")
+            + (f"; not run: {', '.join(skipped)}" if skipped else "")
+        )
+    return results
 
 
 def warehouse_rows(path: Path) -> list[tuple[str, int]]:

@@ -171,10 +171,12 @@ def command_environment(folder: Path, **env: str) -> dict[str, str]:
     # No DAGSTER_HOME unless a test gives one: a throwaway instance, not the developer's.
     environment = {name: value for name, value in os.environ.items() if name != "DAGSTER_HOME"}
     environment.update(
-        LAKEHOUSE_ROOT=str(folder / "lakehouse"),
-        LAKEHOUSE_SOURCE_URL=f"sqlite:///{folder / 'source' / 'shop.db'}",
-        LAKEHOUSE_LANDING=str(folder / "landing"),
-        **env,
+        {
+            "LAKEHOUSE_ROOT": str(folder / "lakehouse"),
+            "LAKEHOUSE_SOURCE_URL": f"sqlite:///{folder / 'source' / 'shop.db'}",
+            "LAKEHOUSE_LANDING": str(folder / "landing"),
+            **env,
+        }
     )
     return environment
 
@@ -197,3 +199,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytes
             if isinstance(server, DagsterServer):
                 report.sections.append(("dagster dev log, last lines", server.tail()))
     return report
+
+
+def error_line(done: subprocess.CompletedProcess, exit_code: int = 2) -> str:
+    """The one line a command prints on stderr for a user's error, with no traceback."""
+    assert done.returncode == exit_code, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    return lines[0]

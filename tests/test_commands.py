@@ -1,6 +1,13 @@
 """The commands a user and CI run: validate, materialise the bronze group, summarise."""
 
-from conftest import Lake, run_command
+from pathlib import Path
+
+import polars as pl
+import pytest
+from conftest import Lake, error_line, run_command
+
+from lakehouse.settings import DEFAULTS
+from lakehouse.summary import check_results
 
 
 def test_workspace_definitions_validate(lake: Lake) -> None:
@@ -31,3 +38,51 @@ def test_ci_materializes_the_bronze_group_and_summarises_it(lake: Lake) -> None:
     assert set(rows) == {
         f"bronze/{name}" for name in ("customers", "products", "orders", "order_items", "events")
     } | {"quarantine/events_malformed"}
+
+
+def test_summary_after_a_step_failed_before_its_checks(lake: Lake, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = lake.folder / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry: {enabled: false}\n")
+    # silver/orders has no bronze table to read: its step fails before its checks run.
+    failed = run_command(
+        [
+            *("dagster", "asset", "materialize", "-m", "lakehouse.definitions"),
+            *("--select", "bronze/products,silver/orders,quarantine/orders"),
+        ],
+        lake.folder,
+        DAGSTER_HOME=str(home),
+    )
+    assert failed.returncode != 0
+
+    summary = run_command(["lakehouse", "summary"], lake.folder, DAGSTER_HOME=str(home))
+    assert summary.returncode == 0, summary.stderr
+    assert summary.stderr == ""
+    products = next(line for line in summary.stdout.splitlines() if line.startswith("bronze/products "))
+    assert "/6 passed" in products  # the fixture's pinned clock makes freshness fail here
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    orders = check_results(Path(DEFAULTS["LAKEHOUSE_CONTRACTS"]))["silver/orders"]
+    assert orders.startswith("0/") and "not run: " in orders
+
+
+def test_a_broken_contract_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    pl.DataFrame({"id": [1]}).write_delta(tmp_path / "lakehouse" / "bronze" / "readings")
+    home = tmp_path / "dagster_home"  # the summary reads contracts to list their checks' results
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry: {enabled: false}\n")
+    contracts = tmp_path / "contracts"
+    contracts.mkdir()
+    valid = (Path(DEFAULTS["LAKEHOUSE_CONTRACTS"]) / "products.yaml").read_text()
+    for name, text, reason in (
+        ("sensors.yaml", "name: sensors\ncolumns: [unclosed\n", "not valid YAML"),
+        ("products.yaml", valid + "colour: red\n", "colour"),
+    ):
+        for stale in contracts.iterdir():
+            stale.unlink()
+        (contracts / name).write_text(text)
+        for command in (["summary"], ["quality", "report"]):
+            done = run_command(
+                ["lakehouse", *command], tmp_path, LAKEHOUSE_CONTRACTS=str(contracts), DAGSTER_HOME=str(home)
+            )
+            line = error_line(done)
+            assert line.startswith(f"lakehouse {' '.join(command)}: {contracts / name}") and reason in line

@@ -1,11 +1,15 @@
 """The demo source: deterministic, realistic in shape, and defective exactly as documented."""
 
+import hashlib
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import polars as pl
-from conftest import CLOCK, Lake, postgres_source, run_command, sqlite_source
+from conftest import CLOCK, POSTGRES_URL, Lake, error_line, postgres_source, run_command, sqlite_source
 
 from lakehouse.demo.simulation import DEFAULT_DEFECT_RATES
+from lakehouse.source import SourceDatabase
 
 TABLES = ("customers", "products", "orders", "order_items")
 STATUS_ORDER = {"pending": 0, "confirmed": 1, "shipped": 2, "delivered": 3, "cancelled": 3}
@@ -132,3 +136,123 @@ def test_cli_builds_and_advances_the_source(tmp_path: Path) -> None:
     assert "demo batch 2 at 2026-11-01T14:00:00+00:00" in moved.stdout
     wrong = run_command(["lakehouse", "demo", "init", "--force", "--defect", "typo=0.1"], tmp_path)
     assert wrong.returncode == 2 and "use NAME=RATE with NAME one of" in wrong.stderr
+
+
+# A library's database, the kind of source a user points the lakehouse at: the demo must never
+# change it, even where a table has a shop table's name (the library's `customers`).
+LIBRARY = (
+    "CREATE TABLE books (book_id INTEGER PRIMARY KEY, title TEXT NOT NULL)",
+    "CREATE TABLE customers (card_no INTEGER PRIMARY KEY, name TEXT NOT NULL)",
+    "CREATE TABLE loans (book_id INTEGER NOT NULL, card_no INTEGER, loaned_at {ts} NOT NULL, "
+    "PRIMARY KEY (book_id, loaned_at))",
+    "INSERT INTO books VALUES (1, 'Dune'), (2, 'Emma')",
+    "INSERT INTO customers VALUES (10, 'Ada')",
+    "INSERT INTO loans VALUES (1, 10, '2026-11-01 10:00:00'), (2, NULL, '2026-11-02 09:30:00')",
+)
+DEMO_COMMANDS = (["init"], ["init", "--force", "--scale", "0.01"], ["advance"])
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_demo_never_changes_a_sqlite_file_it_did_not_create(tmp_path: Path) -> None:
+    path = tmp_path / "source" / "shop.db"  # where run_command points the source
+    path.parent.mkdir()
+    with closing(sqlite3.connect(path)) as library:
+        for statement in LIBRARY:
+            library.execute(statement.format(ts="TEXT"))
+        library.commit()
+    notes = tmp_path / "notes" / "source" / "shop.db"
+    notes.parent.mkdir(parents=True)
+    notes.write_text("not a database\n")
+
+    for folder, file, reason in ((tmp_path, path, "did not create (books, customers, loans)"),
+                                 (tmp_path / "notes", notes, "is not a SQLite database")):  # fmt: skip
+        before = digest(file)
+        for command in DEMO_COMMANDS:
+            line = error_line(run_command(["lakehouse", "demo", *command], folder))
+            assert f"sqlite:///{file}" in line and reason in line
+        assert digest(file) == before
+        assert not (folder / "landing").exists()
+
+
+def test_demo_builds_in_an_empty_file_and_rebuilds_only_its_own_tables(tmp_path: Path) -> None:
+    path = tmp_path / "source" / "shop.db"
+    path.parent.mkdir()
+    path.touch()
+    built = run_command(["lakehouse", "demo", "init", "--scale", "0.01"], tmp_path)
+    assert built.returncode == 0, built.stderr
+    with closing(sqlite3.connect(path)) as database:
+        database.execute("CREATE TABLE notes (note TEXT)")  # the user's, beside the demo's
+        database.execute("INSERT INTO notes VALUES ('keep me')")
+        database.commit()
+    rebuilt = run_command(
+        ["lakehouse", "demo", "init", "--force", "--scale", "0.01", "--seed", "3"], tmp_path
+    )
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    with closing(sqlite3.connect(path)) as database:
+        assert database.execute("SELECT note FROM notes").fetchall() == [("keep me",)]
+    assert run_command(["lakehouse", "demo", "advance"], tmp_path).returncode == 0
+
+
+def with_search_path(url: str, schema: str) -> str:
+    return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
+
+
+def test_demo_never_changes_postgresql_tables_it_did_not_create(tmp_path: Path) -> None:
+    admin = postgres_source()
+    # Its own schema, so the library sits where the demo would write without disturbing the
+    # demo tables other tests keep in the database's default schema.
+    schema = "demo_test_library"
+    with admin.connect() as connection:
+        cursor = connection.cursor()
+        cursor.execute(f"CREATE SCHEMA {schema}")
+        cursor.execute(f"SET search_path TO {schema}")
+        for statement in LIBRARY:
+            cursor.execute(statement.format(ts="TIMESTAMP"))
+        connection.commit()
+    try:
+        url = with_search_path(str(POSTGRES_URL), schema)
+        library = SourceDatabase(url=url)
+        listing = f"SELECT table_name FROM information_schema.tables WHERE table_schema = '{schema}'"
+
+        def contents() -> dict[str, pl.DataFrame]:
+            tables = sorted(library.read(listing).to_series())
+            return {table: library.read(f"SELECT * FROM {table} ORDER BY 1, 2") for table in tables}
+
+        before = contents()
+        assert list(before) == ["books", "customers", "loans"]
+        for command in DEMO_COMMANDS:
+            line = error_line(
+                run_command(["lakehouse", "demo", *command], tmp_path, LAKEHOUSE_SOURCE_URL=url)
+            )
+            assert "postgresql://" in line and "did not create (books, customers, loans)" in line
+        assert_same(contents(), before)
+    finally:
+        with admin.connect() as connection:
+            connection.cursor().execute(f"DROP SCHEMA {schema} CASCADE")
+            connection.commit()
+
+
+def test_advance_needs_the_demo_it_advances(tmp_path: Path) -> None:
+    nothing = error_line(run_command(["lakehouse", "demo", "advance"], tmp_path))
+    assert nothing.startswith("lakehouse demo advance: no demo source in sqlite:///")
+    assert not (tmp_path / "source").exists()
+
+    assert run_command(["lakehouse", "demo", "init", "--scale", "0.01"], tmp_path).returncode == 0
+    (tmp_path / "landing" / "demo_manifest.json").unlink()
+    orphaned = error_line(run_command(["lakehouse", "demo", "advance"], tmp_path))
+    assert "demo_manifest.json does not describe the demo in sqlite:///" in orphaned
+
+    scheme = error_line(
+        run_command(["lakehouse", "demo", "advance"], tmp_path, LAKEHOUSE_SOURCE_URL="mysql://db/x")
+    )
+    assert "unsupported scheme 'mysql'" in scheme
+
+
+def test_scale_must_be_positive(tmp_path: Path) -> None:
+    for scale in ("0", "-1", "nan"):
+        done = run_command(["lakehouse", "demo", "init", "--scale", scale], tmp_path)
+        assert done.returncode == 2 and "must be greater than 0" in done.stderr
+    assert not (tmp_path / "source").exists()

@@ -2,11 +2,14 @@
 
 The manifest (`<landing>/demo_manifest.json`) records the seed, the clock, the defect rates
 and how many of each defect every batch planted, so tests can compare the lakehouse with it.
+It describes the demo; the marker inside the database (see `store`) is what lets the demo
+change a database, and both carry the same demo id so neither is advanced without the other.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -73,6 +76,7 @@ class Manifest:
     defects: dict[str, int] = field(default_factory=dict)
     event_files: dict[str, int] = field(default_factory=dict)
     log: list[dict] = field(default_factory=list)
+    demo_id: str = ""
 
     @property
     def anchor_time(self) -> datetime:
@@ -142,16 +146,21 @@ def init(
     defect_rates: dict[str, float] | None = None,
     drift_batch: int = 2,
 ) -> Manifest:
-    """Create the shop database and the last day of event files from scratch."""
+    """Create the shop database and the last day of event files from scratch, in a database that
+    is absent, empty or an earlier demo's (anything else raises `store.NotADemoError`)."""
     anchor = (now or datetime.now(UTC)).astimezone(UTC)
     rates = {**DEFAULT_DEFECT_RATES, **(defect_rates or {})}
-    manifest = Manifest(seed, scale, anchor.isoformat(), rates, SchemaDrift(from_batch=drift_batch))
+    manifest = Manifest(
+        seed, scale, anchor.isoformat(), rates, SchemaDrift(from_batch=drift_batch), demo_id=uuid.uuid4().hex
+    )
     volumes = Volumes.for_scale(scale)
     rng = np.random.default_rng([seed, 0])
 
-    store.recreate_schema(source)
-    for stale in (landing / EVENTS_FOLDER).glob("*.jsonl"):
-        stale.unlink()
+    store.create_schema(source, manifest.demo_id)
+    # Only the event files an earlier demo wrote: anything else in the landing folder is not ours.
+    earlier = Manifest.load(landing)
+    for name in earlier.event_files if earlier else ():
+        (landing / EVENTS_FOLDER / name).unlink(missing_ok=True)
     history_start = anchor - HISTORY
     customers = new_customers(rng, 1, volumes.customers, anchor - CUSTOMER_HISTORY, history_start)
     products = new_products(rng, 1, volumes.products, anchor - CUSTOMER_HISTORY, history_start)
@@ -203,11 +212,25 @@ def init(
     return manifest
 
 
+def current(source: SourceDatabase, landing: Path) -> Manifest:
+    """The manifest of the demo in `source`; `store.NotADemoError` when there is no such demo."""
+    known = store.demo_id(source)
+    if known is None:
+        raise store.NotADemoError(
+            f"no demo source in {store.shown_url(source)}: run `lakehouse demo init` first"
+        )
+    manifest = Manifest.load(landing)
+    if manifest is None or manifest.demo_id != known:
+        raise store.NotADemoError(
+            f"{landing / MANIFEST_NAME} does not describe the demo in {store.shown_url(source)}: "
+            "`lakehouse demo init --force` rebuilds both"
+        )
+    return manifest
+
+
 def advance(source: SourceDatabase, landing: Path, batches: int = 1, now: datetime | None = None) -> Manifest:
     """Simulate `batches` more periods of shop activity up to `now`, each at least a minute long."""
-    manifest = Manifest.load(landing)
-    if manifest is None:
-        raise FileNotFoundError(f"no demo source at {landing}; run `lakehouse demo init` first")
+    manifest = current(source, landing)
     start = manifest.anchor_time
     end = max((now or datetime.now(UTC)).astimezone(UTC), start + batches * MIN_BATCH)
     step = (end - start) / batches

@@ -1,8 +1,15 @@
-"""Writing the shop into its database: the same statements for SQLite and PostgreSQL."""
+"""Writing the shop into its database: the same statements for SQLite and PostgreSQL.
+
+The demo only ever builds, rebuilds or advances a database it created itself: one with no
+tables yet, or one holding its marker table (written in the same transaction as the shop's
+tables). Any other database is a user's, and the demo leaves it exactly as it is.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import polars as pl
 import polars.selectors as cs
@@ -10,6 +17,9 @@ import polars.selectors as cs
 from lakehouse.source import SQLITE_TIMESTAMP_FORMAT, SourceDatabase
 
 TABLES = ("order_items", "orders", "products", "customers")  # drop order: children first
+# The marker: its one row names the demo (the id its landing manifest carries too).
+MARKER_TABLE = "lakehouse_demo"
+SQLITE_HEADER = b"SQLite format 3\x00"
 
 # {ts}, {money} and {int} differ between the dialects. order_items.product_id has no foreign
 # key on purpose: the catalogue is maintained elsewhere, so items can refer to products the
@@ -52,19 +62,88 @@ def _for_dialect(frame: pl.DataFrame, dialect: str) -> Any:
     return frame.to_arrow(compat_level=pl.CompatLevel.oldest())
 
 
-def recreate_schema(source: SourceDatabase) -> None:
-    """Drop the shop's tables if present and create them empty."""
+class NotADemoError(Exception):
+    """The source is not a database the demo created, or holds no demo: it stays untouched."""
+
+
+def shown_url(source: SourceDatabase) -> str:
+    """The source URL as a message may show it: without a password."""
+    parts = urlsplit(source.url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if parts.password is None and all(name.lower() != "password" for name, _ in query):
+        return source.url
+    netloc = parts.netloc.replace(f":{parts.password}@", "@", 1) if parts.password else parts.netloc
+    kept = urlencode([(name, value) for name, value in query if name.lower() != "password"])
+    return urlunsplit(parts._replace(netloc=netloc, query=kept))
+
+
+def _sqlite_is_database(path: Path) -> bool:
+    """An empty file is an empty SQLite database; any other must start with SQLite's header."""
+    with path.open("rb") as file:
+        head = file.read(len(SQLITE_HEADER))
+    return not head or head == SQLITE_HEADER
+
+
+def _tables(source: SourceDatabase) -> list[str]:
+    """The tables and views where the demo would create its own (PostgreSQL: the current schema)."""
     if source.dialect == "sqlite":
+        if not source.sqlite_path.exists():
+            return []
+        if not _sqlite_is_database(source.sqlite_path):
+            raise NotADemoError(f"{shown_url(source)} is not a SQLite database; the demo leaves it untouched")
+        query = "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite_%'"
+    else:
+        query = "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+    return sorted(source.read(query, what="listing tables").to_series())
+
+
+def _marked(source: SourceDatabase) -> tuple[str | None, list[str]]:
+    """The demo's id (None for an absent or empty database) and the tables beside it."""
+    tables = _tables(source)
+    if not tables:
+        return None, tables
+    if MARKER_TABLE not in tables:
+        shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+        # A demo source built before the marker existed looks the same: only its owner may drop it.
+        earlier = (
+            "; a demo an earlier version built must be deleted by hand" if set(TABLES) <= set(tables) else ""
+        )
+        raise NotADemoError(
+            f"{shown_url(source)} holds tables the demo did not create ({shown}) and no "
+            f"{MARKER_TABLE} marker; the demo never changes such a database: point "
+            f"LAKEHOUSE_SOURCE_URL at a new file or an empty database{earlier}"
+        )
+    marker = source.read(f"SELECT demo_id FROM {MARKER_TABLE}", what="reading the demo marker")
+    if marker.height != 1:
+        raise NotADemoError(f"{shown_url(source)}: the {MARKER_TABLE} marker must hold exactly one row")
+    return str(marker.item()), tables
+
+
+def demo_id(source: SourceDatabase) -> str | None:
+    """The id of the demo that created the source, None when the database is absent or empty.
+
+    Raises NotADemoError for a database holding tables without the demo's marker."""
+    return _marked(source)[0]
+
+
+def create_schema(source: SourceDatabase, new_id: str) -> None:
+    """Create the shop's tables empty and mark the database as demo `new_id`, in one transaction,
+    replacing the shop's tables of an earlier demo; tables a user added beside them stay."""
+    _, tables = _marked(source)
+    if source.dialect == "sqlite" and not source.sqlite_path.exists():
         source.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-        source.sqlite_path.unlink(missing_ok=True)
         source.sqlite_path.touch()
     with source.connect() as connection:
         cursor = connection.cursor()
-        cascade = " CASCADE" if source.dialect == "postgresql" else ""
-        for table in TABLES:
-            cursor.execute(f"DROP TABLE IF EXISTS {table}{cascade}")
+        # Only the demo's own tables, found in the schema it writes to, and no CASCADE: a user's
+        # object that depends on one of them makes this fail rather than vanish.
+        for table in (*TABLES, MARKER_TABLE):
+            if table in tables:
+                cursor.execute(f"DROP TABLE {table}")
         for statement in DDL:
             cursor.execute(statement.format(**TYPES[source.dialect]))
+        cursor.execute(f"CREATE TABLE {MARKER_TABLE} (demo_id TEXT NOT NULL)")
+        cursor.execute(f"INSERT INTO {MARKER_TABLE} (demo_id) VALUES ('{new_id}')")
         connection.commit()
 
 
