@@ -85,6 +85,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     back.add_argument("table", type=_table_name, help="<layer>/<table>, e.g. bronze/orders")
     back.add_argument("--version", type=int, required=True, help="the version to restore")
+    contract = commands.add_parser("contract", help="dataset contracts").add_subparsers(
+        dest="action", required=True
+    )
+    scaffold = contract.add_parser(
+        "scaffold", help="write a first contract for a source table, from the database's schema"
+    )
+    scaffold.add_argument("table", help="the source table (schema.table in PostgreSQL)")
+    scaffold.add_argument("--source", help="the source URL, default: LAKEHOUSE_SOURCE_URL")
+    scaffold.add_argument(
+        "--output", help="the folder to write <name>.yaml into, or - for stdout; default: LAKEHOUSE_CONTRACTS"
+    )
+    scaffold.add_argument("--force", action="store_true", help="replace an existing contract of that name")
     return parser
 
 
@@ -135,8 +147,35 @@ def _quality_report(args: argparse.Namespace) -> int:
     return 0 if report["status"] == "pass" else 1
 
 
+def _contract_scaffold(args: argparse.Namespace) -> int:
+    from lakehouse.scaffold import scaffold, write_contract
+
+    # One attempt: a schema read is interactive, and a wrong URL should say so at once.
+    source = SourceDatabase(url=args.source or setting("LAKEHOUSE_SOURCE_URL"), max_attempts=1)
+    try:
+        contract = scaffold(source, args.table)
+        if args.output == "-":
+            print(contract.text, end="")
+        else:
+            folder = Path(args.output or setting("LAKEHOUSE_CONTRACTS"))
+            path = write_contract(folder, contract.name, contract.text, args.force)
+            print(f"wrote {path}: review it and write its description")
+    except ValueError as error:  # a ScaffoldError, or a URL of no supported scheme
+        print(f"lakehouse contract scaffold: {error}", file=sys.stderr)
+        return 2
+    if contract.watermark is None:
+        print(
+            f"lakehouse contract scaffold: {args.table} has no watermark column; the contract "
+            "explains what to do and does not load until it names one",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "contract":
+        return _contract_scaffold(args)
     source = SourceDatabase(url=setting("LAKEHOUSE_SOURCE_URL"))
     landing = Path(setting("LAKEHOUSE_LANDING"))
     if args.command == "demo":
