@@ -17,10 +17,10 @@ import yaml
 from lakehouse.contract import IDENTIFIER
 from lakehouse.source import SourceDatabase, SourceUnavailableError
 
-# Column names a watermark usually has, most likely first; only these are proposed, since a
-# creation time does not move when a row is updated.
+# Column names a watermark usually has, most likely first; only names like these are proposed,
+# since a creation time does not move when a row is updated.
 WATERMARK_NAMES = ("updated_at", "modified_at", "last_modified", "changed_at", "last_updated", "updated")
-WATERMARK_LIKE = re.compile(r"updat|modif|chang")
+WATERMARK_LIKE = re.compile(r"updat|modif|chang", re.IGNORECASE)
 # SQLite has no timestamp type: text columns named like these hold timestamps.
 TIMESTAMP_NAME = re.compile(r"(_at|_time|_ts|^timestamp|^datetime)$", re.IGNORECASE)
 TIMESTAMP_TEXT = re.compile(r"^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}(:?\d{2})?)?$")
@@ -62,6 +62,7 @@ def _qualified(table: str) -> str:
 
 
 def _rows(source: SourceDatabase, query: str, parameters: list[str]) -> list[dict]:
+    """The query's rows; a database error becomes one line naming the source."""
     try:
         return source.read(query, parameters, what="reading the schema").to_dicts()
     except (adbc_driver_manager.Error, SourceUnavailableError) as error:
@@ -215,11 +216,7 @@ def column_type(source: SourceDatabase, schema: TableSchema, column: SourceColum
 def watermark_column(schema: TableSchema, types: dict[str, str]) -> str | None:
     """The timestamp column most likely set by every insert and update: indexed ones first (the
     extraction's range query needs the index), then by how watermark-like the name is."""
-    candidates = [
-        name
-        for name, kind in types.items()
-        if kind == "timestamp" and (name.lower() in WATERMARK_NAMES or WATERMARK_LIKE.search(name.lower()))
-    ]
+    candidates = [name for name, kind in types.items() if kind == "timestamp" and WATERMARK_LIKE.search(name)]
 
     def rank(name: str) -> tuple[bool, int]:
         lowered = name.lower()

@@ -191,19 +191,19 @@ class LibrarySource:
         for index, row in enumerate(self.rows["members"][3:8]):
             row.update(name=f"{row['name']} (moved)", updated_at=moment + timedelta(minutes=index))
             statements.append(self._update("members", row, ["name", "updated_at"]))
-            changes["members"].updated.add(self._key("members", row))
+            changes["members"].updated.add(self.key_of("members", row))
         for index, row in enumerate(self.rows["books"][10:14]):
             row.update(
                 price=None if index == 0 else Decimal(99), updated_at=moment + timedelta(minutes=index)
             )
             statements.append(self._update("books", row, ["price", "updated_at"]))
-            changes["books"].updated.add(self._key("books", row))
+            changes["books"].updated.add(self.key_of("books", row))
         for index, row in enumerate(row for row in self.rows["loans"] if row["returned_at"] is None):
             if index == 8:
                 break
             row.update(returned_at=moment, updated_at=moment + timedelta(seconds=index))
             statements.append(self._update("loans", row, ["returned_at", "updated_at"]))
-            changes["loans"].updated.add(self._key("loans", row))
+            changes["loans"].updated.add(self.key_of("loans", row))
         new_members = [
             {"member_id": member_id, "name": f"member {member_id}", self.names.group: "adult",
              "joined_at": moment, "updated_at": moment + timedelta(hours=1)}
@@ -216,11 +216,11 @@ class LibrarySource:
         for name, rows in (("members", new_members), ("loans", new_loans)):
             self.rows[name].extend(rows)
             statements.append(self._insert(name, rows))
-            changes[name].inserted.update(self._key(name, row) for row in rows)
+            changes[name].inserted.update(self.key_of(name, row) for row in rows)
         self._execute(statements)
         return changes
 
-    def _key(self, name: str, row: dict) -> tuple:
+    def key_of(self, name: str, row: dict) -> tuple:
         return tuple(row[column] for column in self.primary_key(name))
 
     def _local(self, name: str, column: str) -> bool:
@@ -277,7 +277,7 @@ class LibrarySource:
         """Keys of the loans whose member the members table does not hold."""
         members = {row["member_id"] for row in self.rows["members"]}
         return {
-            self._key("loans", row)
+            self.key_of("loans", row)
             for row in self.rows["loans"]
             if row["member_id"] is not None and row["member_id"] not in members
         }
