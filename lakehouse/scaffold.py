@@ -174,7 +174,8 @@ def declared_type(declared: str) -> str:
         return "date"
     if text in ("json", "jsonb"):
         return "json"
-    if "int" in text and not text.startswith("interval"):
+    # SQLite's first affinity rule; PostgreSQL's interval and point only look like it.
+    if "int" in text and not text.startswith(("interval", "point")):
         return "int"
     if any(marker in text for marker in ("char", "clob", "text")):
         return "string"

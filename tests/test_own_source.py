@@ -215,7 +215,7 @@ def test_scaffold_names_an_unknown_postgres_table(capsys: pytest.CaptureFixture)
         ("numeric(12,2)", "decimal(12,2)"), ("DECIMAL(8, 3)", "decimal(8,3)"),
         ("TEXT", "string"), ("character varying(40)", "string"), ("NVARCHAR(10)", "string"),
         ("uuid", "string"),
-        ("", "string"), ("interval", "string"), ("BOOLEAN", "bool"), ("DATE", "date"),
+        ("", "string"), ("interval", "string"), ("point", "string"), ("BOOLEAN", "bool"), ("DATE", "date"),
         ("DATETIME", "timestamp"), ("timestamp without time zone", "timestamp"),
         ("timestamp with time zone", "timestamp"), ("jsonb", "json"),
     ],
