@@ -11,7 +11,8 @@ from pathlib import Path
 from lakehouse.contract import ContractError
 from lakehouse.demo.store import NotADemoError, shown_url
 from lakehouse.settings import SettingsError, setting
-from lakehouse.source import SourceDatabase, SourceUnavailableError
+from lakehouse.source import SourceDatabase
+from lakehouse.source_errors import SourceError, SourceUnavailableError
 from lakehouse.text_table import print_table
 
 EXIT_CODES = """exit codes:
@@ -28,7 +29,7 @@ class SourceUrlError(ValueError):
 
 # Errors in what the user gave (arguments, settings, contracts, the source they point at): one
 # line on stderr and exit 2. Anything else is a defect of the lakehouse and keeps its traceback.
-USER_ERRORS = (ContractError, SettingsError, NotADemoError, SourceUrlError)
+USER_ERRORS = (ContractError, SettingsError, NotADemoError, SourceUrlError, SourceError)
 
 
 def _source() -> SourceDatabase:
@@ -129,6 +130,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     back.add_argument("table", type=_table_name, help="<layer>/<table>, e.g. bronze/orders")
     back.add_argument("--version", type=int, required=True, help="the version to restore")
+    contract = commands.add_parser("contract", help="dataset contracts").add_subparsers(
+        dest="action", required=True
+    )
+    scaffold = contract.add_parser(
+        "scaffold", help="write a first contract for a source table, from the database's schema"
+    )
+    scaffold.add_argument("table", help="the source table (schema.table in PostgreSQL)")
+    scaffold.add_argument("--source", help="the source URL, default: LAKEHOUSE_SOURCE_URL")
+    scaffold.add_argument(
+        "--output", help="the folder to write <name>.yaml into, or - for stdout; default: LAKEHOUSE_CONTRACTS"
+    )
+    scaffold.add_argument("--force", action="store_true", help="replace an existing contract of that name")
     return parser
 
 
@@ -179,6 +192,31 @@ def _quality_report(args: argparse.Namespace) -> int:
     return 0 if report["status"] == "pass" else 1
 
 
+def _contract_scaffold(args: argparse.Namespace) -> int:
+    from lakehouse.scaffold import scaffold, write_contract
+
+    # One attempt: a schema read is interactive, and a wrong URL should say so at once.
+    source = SourceDatabase(url=args.source or setting("LAKEHOUSE_SOURCE_URL"), max_attempts=1)
+    try:
+        contract = scaffold(source, args.table)
+        if args.output == "-":
+            print(contract.text, end="")
+        else:
+            folder = Path(args.output or setting("LAKEHOUSE_CONTRACTS"))
+            path = write_contract(folder, contract.name, contract.text, args.force)
+            print(f"wrote {path}: review it and write its description")
+    except ValueError as error:  # a ScaffoldError, or a URL of no supported scheme
+        print(f"lakehouse contract scaffold: {error}", file=sys.stderr)
+        return 2
+    if contract.watermark is None:
+        print(
+            f"lakehouse contract scaffold: {args.table} has no watermark column; the contract "
+            "explains what to do and does not load until it names one",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def _demo_command(args: argparse.Namespace) -> int:
     from lakehouse.demo import simulation, store
 
@@ -216,6 +254,8 @@ def _demo_command(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "contract":
+        return _contract_scaffold(args)
     if args.command == "demo":
         return _demo_command(args)
     if args.command == "quality":
@@ -232,10 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(filter(None, ("lakehouse", args.command, getattr(args, "action", None))))
     try:
         return _run(args)
+    except SourceUnavailableError as error:  # before USER_ERRORS, which holds its base class
+        return _failed(command, error, 3)
     except USER_ERRORS as error:
         return _failed(command, error, 2)
-    except SourceUnavailableError as error:
-        return _failed(command, error, 3)
 
 
 def _failed(command: str, error: Exception, code: int) -> int:

@@ -40,7 +40,7 @@ def _without_extension_types(table: pa.Table) -> pa.Table:
     """PostgreSQL NUMERIC arrives as an opaque extension type; keep its exact text instead."""
     columns = [
         pa.chunked_array([chunk.storage for chunk in column.chunks], type=column.type.storage_type)
-        if isinstance(column.type, pa.ExtensionType)
+        if isinstance(column.type, pa.BaseExtensionType)
         else column
         for column in table.columns
     ]
