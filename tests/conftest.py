@@ -80,8 +80,9 @@ class Lake:
         self,
         selection: str | dg.AssetSelection = WITHOUT_DBT,
         raise_on_error: bool = True,
+        run_config: dict | None = None,
     ) -> dg.ExecuteInProcessResult:
-        """One run of `selection`, as `dagster asset materialize` runs it."""
+        """One run of `selection`, as `dagster asset materialize` runs it (`--config-json`)."""
         return dg.materialize(
             [
                 *bronze_assets(self.contracts),
@@ -102,6 +103,7 @@ class Lake:
             },
             instance=self.instance,
             raise_on_error=raise_on_error,
+            run_config=run_config,
         )
 
     def table(self, layer: str, name: str) -> pl.DataFrame:

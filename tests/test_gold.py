@@ -161,7 +161,31 @@ def test_a_backfill_of_a_day_range_rebuilds_those_days_and_no_other(lake: Lake) 
     assert sorted({str(day) for day in lake.table("gold", "funnel_daily")["event_date"]}) == days
 
 
-def test_a_backfill_range_that_names_no_days_fails_in_one_line(lake: Lake) -> None:
+def test_what_changed_outside_a_backfill_is_rebuilt_by_the_next_run(lake: Lake) -> None:
+    lake.materialize()
+    oldest = str(lake.table("gold", "funnel_daily").get_column("event_date").min())
+    lake.advance()  # new events, of today
+    config = {"first_day": oldest}
+    backfilled = lake.materialize(
+        run_config={"ops": {f"gold__{name}": {"config": config} for name in EVENT_TABLES}}
+    )
+    for name in EVENT_TABLES:
+        metadata = backfilled.asset_materializations_for_node(f"gold__{name}")[0].metadata
+        assert metadata["periods_rewritten"].value == oldest
+    new_day = str(lake.clock.date())
+    stored = lake.table("gold", "funnel_daily").filter(pl.col("event_date").cast(pl.String) == new_day)
+    expected = EVENT_TABLES["funnel_daily"].build(silver_reader(lake), [new_day])
+    assert not stored.equals(expected.select(stored.columns)), "the new events are not in gold yet"
+
+    following = lake.materialize()
+
+    for name in EVENT_TABLES:
+        metadata = following.asset_materializations_for_node(f"gold__{name}")[0].metadata
+        assert new_day in metadata["periods_rewritten"].value
+    assert_gold_equals_a_rebuild_in_one_piece(lake)
+
+
+def test_a_backfill_range_that_names_no_days_fails_and_says_so(lake: Lake) -> None:
     config = {
         "ops": {"gold__funnel_daily": {"config": {"first_day": "2026-11-02", "last_day": "2026-11-01"}}}
     }
