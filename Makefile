@@ -17,8 +17,6 @@ DBT_VENV := $(CURDIR)/dbt/.venv
 UV_VERSION := 0.13.8
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
 SCALE ?= 0.1
-# The event days `make run` builds: the demo's events reach back a day plus their lateness.
-EVENT_DAYS ?= $(shell date -u -d '2 days ago' +%F)...$(shell date -u +%F)
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
@@ -67,8 +65,7 @@ install: $(VENV)/.installed $(MANIFEST) instance
 run: install
 	$(BIN)/lakehouse demo init --scale $(SCALE)
 	$(BIN)/lakehouse demo advance
-	@status=0; $(BIN)/dagster asset materialize -m lakehouse.definitions --select '*' \
-	  --partition-range $(EVENT_DAYS) || status=$$?; \
+	@status=0; $(BIN)/dagster asset materialize -m lakehouse.definitions --select '*' || status=$$?; \
 	  $(BIN)/lakehouse summary; \
 	  if [ $$status -ne 0 ]; then echo "materialisation failed (exit $$status): see the log above"; fi; \
 	  exit $$status

@@ -27,7 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -79,10 +79,8 @@ def pristine_source(scale: float) -> Path:
     return folder
 
 
-def materialize(folder: Path, first_day: date) -> Measured:
-    days = f"{first_day}...{datetime.now(UTC).date()}"
-    command = [str(BIN / "dagster"), "asset", "materialize", "-m", "lakehouse.definitions",
-               "--select", "*", "--partition-range", days]  # fmt: skip
+def materialize(folder: Path) -> Measured:
+    command = [str(BIN / "dagster"), "asset", "materialize", "-m", "lakehouse.definitions", "--select", "*"]
     return _checked(measure(command, _env(folder), PROJECT), "materialize")
 
 
@@ -127,9 +125,6 @@ def repetition(scale: float) -> dict:
     for part in ("source", "landing"):
         shutil.copytree(pristine / part, folder / part)
     subprocess.run(["make", "-s", "instance", f"DAGSTER_HOME={folder / 'dagster'}"], cwd=PROJECT, check=True)
-    manifest = Manifest.load(folder / "landing")
-    assert manifest is not None
-    first_day = manifest.anchor_time.date() - timedelta(days=2)
 
     def advance(batches: int) -> None:
         command = [str(BIN / "lakehouse"), "demo", "advance", "--batches", str(batches)]
@@ -143,7 +138,7 @@ def repetition(scale: float) -> dict:
     for case, batches in (("full", 0), ("incremental_1", 1), ("noop", 0), ("incremental_5", 5)):
         if batches:
             advance(batches)
-        done = materialize(folder, first_day)
+        done = materialize(folder)
         result[case] = {"seconds": done.seconds, "rss": done.peak_rss, "steps": _steps(folder)}
         if case == "full":
             result["footprint"] = footprint_by_layer(folder)

@@ -2,15 +2,13 @@
 
 - `ingest` (bronze + silver), hourly: the source and landing files into validated tables.
 - `transform` (gold + dbt), daily: the business tables and marts, once the day's data is in;
-  the event-derived gold tables rebuild yesterday (now complete) and today.
+  gold rebuilds the periods (order months, order and event days) that silver changed.
 - `ingest_events` (one landing dataset into bronze and silver), launched by the landing sensor.
 - `maintenance` (every Delta table: compaction, checkpoints, vacuum), weekly: see maintenance.py.
 
 Schedules start STOPPED: a fresh clone opened with `make dev` must not start polling a source
 on its own. Turn them on in the UI (Automation) or with `dagster schedule start`.
 """
-
-from datetime import UTC, timedelta
 
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
@@ -23,9 +21,6 @@ TRANSFORM = dg.AssetSelection.groups("gold", "staging", "marts")
 HOURLY, DAILY = "0 * * * *", "0 2 * * *"
 # Half past: clear of the hourly ingest and the daily transform, whose commits would race it.
 WEEKLY = "30 3 * * 0"
-# The run tags of a partition range (what `dagster asset materialize --partition-range` sets):
-# with single-run backfill policies the range runs as one run.
-RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 
 ingest_job = dg.define_asset_job(
     "ingest",
@@ -42,25 +37,11 @@ schedules: list[dg.ScheduleDefinition] = [
     )
     for name, job, cron, description in (
         ("ingest_hourly", ingest_job.name, HOURLY, "Every hour on the hour (UTC): bronze and silver."),
+        ("transform_daily", transform_job.name, DAILY, "Every day at 02:00 UTC: gold and the dbt marts."),
         ("maintenance_weekly", MAINTENANCE, WEEKLY,
          "Every Sunday at 03:30 UTC: compact, checkpoint and vacuum every Delta table."),
     )
 ]  # fmt: skip
-
-
-@dg.schedule(
-    name="transform_daily",
-    job=transform_job,
-    cron_schedule=DAILY,
-    execution_timezone="UTC",
-    description="Every day at 02:00 UTC: gold (event days: yesterday and today) and the dbt marts.",
-)
-def transform_daily(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-    today = context.scheduled_execution_time.astimezone(UTC).date()
-    return dg.RunRequest(tags={RANGE_START: str(today - timedelta(days=1)), RANGE_END: str(today)})
-
-
-schedules.append(transform_daily)
 
 
 def landing_job(contract: Contract) -> UnresolvedAssetJobDefinition:

@@ -27,7 +27,6 @@ from packaging.version import Version
 
 from lakehouse import delta
 from lakehouse.delta import LakehouseStorage
-from lakehouse.partitions import ONE_RUN
 from lakehouse.warehouse import Warehouse, expose_gold
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt"
@@ -166,7 +165,6 @@ def up_to_date(context: dg.AssetExecutionContext, warehouse: Warehouse, inputs: 
     manifest=dbt_project.manifest_path,
     dagster_dbt_translator=LakehouseTranslator(),
     pool=WAREHOUSE_POOL,
-    backfill_policy=ONE_RUN,
 )
 def dbt_models(
     context: dg.AssetExecutionContext, dbt: DbtCli, lakehouse: LakehouseStorage, warehouse: Warehouse
@@ -183,11 +181,11 @@ def dbt_models(
     )
     # dbt runs with dbt/ as its working directory: hand it absolute locations.
     os.environ["LAKEHOUSE_WAREHOUSE_PATH"] = str(warehouse.location)
-    # A run of some models only (a backfill splits "Materialize all" into waves, or the UI's
-    # "Materialize selected") must not run a test whose other parent is not built yet: dbt's
-    # default (eager) runs `relationships` tests of the marts when only staging is selected,
-    # and they fail on a new warehouse. `buildable` runs a test once all its parents are
-    # selected or upstream of the selection; dagster-dbt still overrides it when it has to.
+    # A run of some models only (the UI's "Materialize selected") must not run a test whose
+    # other parent is not built yet: dbt's default (eager) runs `relationships` tests of the
+    # marts when only staging is selected, and they fail on a new warehouse. `buildable` runs a
+    # test once all its parents are selected or upstream of the selection; dagster-dbt still
+    # overrides it when it has to.
     os.environ.setdefault(DBT_INDIRECT_SELECTION, "buildable")
     invocation = dbt.cli(["build"], context=context)
     events = list(invocation.stream())

@@ -32,7 +32,6 @@ DEFAULTS = {
     "LAKEHOUSE_WAREHOUSE": "./data/warehouse.duckdb",
     "LAKEHOUSE_CONTRACTS": str(Path(__file__).parent / "contracts"),
     "LAKEHOUSE_ALERTS": "./data/alerts.jsonl",
-    "LAKEHOUSE_EVENTS_START": "2026-01-01",
     "LAKEHOUSE_LANDING_POLL_SECONDS": "30",
     "LAKEHOUSE_REUSE_CHECK_PASSES": "true",
     "LAKEHOUSE_ALERT_WEBHOOK": "",

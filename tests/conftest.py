@@ -22,7 +22,6 @@ from lakehouse.contract import Contract, load_contracts
 from lakehouse.delta import LakehouseStorage
 from lakehouse.demo import simulation, store
 from lakehouse.gold.assets import gold_assets
-from lakehouse.jobs import RANGE_END, RANGE_START
 from lakehouse.marts import DBT_EXECUTABLE, DbtCli, dbt_models, dbt_project
 from lakehouse.settings import DEFAULTS
 from lakehouse.silver.assets import silver_assets
@@ -33,8 +32,6 @@ from lakehouse.warehouse import Warehouse
 PROJECT = Path(__file__).resolve().parent.parent
 CLOCK = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 SCALE = 0.01
-# The demo's events reach back a day and their lateness (hours): two days hold them all.
-EVENT_LOOKBACK = timedelta(days=2)
 TEST_SALT = "test-salt"
 POSTGRES_URL = os.environ.get("LAKEHOUSE_TEST_POSTGRES_URL")
 # dbt costs seconds per build: tests that are not about the marts leave them out.
@@ -79,19 +76,13 @@ class Lake:
     def warehouse(self) -> Path:
         return self.folder / "warehouse.duckdb"
 
-    @property
-    def event_days(self) -> tuple[str, str]:
-        return str((self.clock - EVENT_LOOKBACK).date()), str(self.clock.date())
-
     def materialize(
         self,
         selection: str | dg.AssetSelection = WITHOUT_DBT,
         raise_on_error: bool = True,
-        days: tuple[str, str] | None = None,
+        run_config: dict | None = None,
     ) -> dg.ExecuteInProcessResult:
-        """One run of `selection`; event gold tables rebuild `days` (default: the demo's last
-        two days and today, all its events), as `make run` does."""
-        first, last = days or self.event_days
+        """One run of `selection`, as `dagster asset materialize` runs it (`--config-json`)."""
         return dg.materialize(
             [
                 *bronze_assets(self.contracts),
@@ -112,7 +103,7 @@ class Lake:
             },
             instance=self.instance,
             raise_on_error=raise_on_error,
-            tags={RANGE_START: first, RANGE_END: last},
+            run_config=run_config,
         )
 
     def table(self, layer: str, name: str) -> pl.DataFrame:

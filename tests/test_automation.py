@@ -17,8 +17,6 @@ from dagster._utils.schedules import cron_string_iterator
 from lakehouse.alerts import AlertSink
 from lakehouse.bronze.assets import LandingZone
 from lakehouse.definitions import defs
-from lakehouse.jobs import RANGE_END, RANGE_START, transform_daily
-from lakehouse.partitions import EVENT_DAYS, eager_on_recent_days
 from lakehouse.sensors import alert_on_run_failure, landing_sensor
 
 EVENTS = [dg.AssetKey(["bronze", "events"]), dg.AssetKey(["quarantine", "events_malformed"])]
@@ -42,12 +40,6 @@ def test_schedules_tick_when_the_docs_say_and_start_stopped() -> None:
         selected = defs.resolve_job_def(job).asset_layer.selected_asset_keys
         assert {key.path[0] for key in selected} <= groups | {"quarantine"}
         assert any(key.path[0] in groups for key in selected)
-
-
-def test_the_daily_transform_rebuilds_yesterdays_and_todays_event_days() -> None:
-    tick = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 11, 22, 2, 0, tzinfo=UTC))
-    request = transform_daily(tick)
-    assert request.tags == {RANGE_START: "2026-11-21", RANGE_END: "2026-11-22"}
 
 
 def test_maintenance_runs_weekly_on_sunday_night_and_starts_stopped() -> None:
@@ -178,13 +170,9 @@ def test_gold_and_dbt_follow_their_upstreams_and_silver_is_fresh_per_contract(la
     graph = defs.resolve_asset_graph()
     downstream = [key for key in graph.get_all_asset_keys() if key.path[0] in ("gold", "staging", "marts")]
     assert len(downstream) == 7 + 5 + 5
-    by_day = {key for key in downstream if graph.get(key).partitions_def == EVENT_DAYS}
-    assert by_day == {dg.AssetKey(["gold", "event_windows_5m"]), dg.AssetKey(["gold", "funnel_daily"])}
-    assert all(graph.get(key).automation_condition == eager_on_recent_days() for key in by_day)
-    assert all(
-        graph.get(key).automation_condition == dg.AutomationCondition.eager()
-        for key in set(downstream) - by_day
-    )
+    assert all(graph.get(key).automation_condition == dg.AutomationCondition.eager() for key in downstream)
+    # No asset is partitioned: `dagster asset materialize --select '*'` needs no other option.
+    assert not [key for key in graph.get_all_asset_keys() if graph.get(key).partitions_def is not None]
     for contract in lake.contracts:
         policy = graph.get(dg.AssetKey(["silver", contract.name])).freshness_policy
         assert (policy.warn_window.to_timedelta(), policy.fail_window.to_timedelta()) == (

@@ -22,7 +22,7 @@ import polars as pl
 import pytest
 from conftest import PROJECT, SCALE, command_environment, run_command
 from dagster._core.scheduler.instigation import InstigatorState, InstigatorTick, InstigatorType, TickStatus
-from dagster._core.storage.tags import BACKFILL_ID_TAG, SENSOR_NAME_TAG
+from dagster._core.storage.tags import SENSOR_NAME_TAG
 from dagster_server import DagsterServer, wait_for
 from playwright.sync_api import Page, expect, sync_playwright
 
@@ -45,15 +45,13 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = PROJECT / "tests" / "artifacts"  # git-ignored
 SENSOR = "events_landing_files"
-# Upper bounds, not expectations. One run of everything takes about a minute here; with
-# partitioned assets "Materialize all" is a backfill whose waves each wait for the daemon.
+# Upper bounds, not expectations. One run of everything takes about a minute here.
 UI_MS = 60_000
 OUTCOME_MS = 480_000
 POLL_SECONDS = 5  # the landing sensor's interval here (30 s by default)
 SENSOR_TICK_SECONDS = 60
 SENSOR_RUN_SECONDS = 180
 RUN_DONE = re.compile(r"^(Success|Failure|Canceled)$")
-BACKFILL_DONE = re.compile(r"^(Succeeded|Completed|Failed|Canceled)$")
 
 
 @dataclass
@@ -103,43 +101,25 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
 
 
 def launch_materialize_all(page: Page, url: str) -> str:
-    """Click "Materialize all" on the asset graph; the address of the run or backfill it launched."""
+    """Click "Materialize all" on the asset graph; the address of the run it launched.
+
+    No asset is partitioned, so Dagster launches one run at once, with no dialog."""
     page.goto(f"{url}/asset-groups")
     page.get_by_role("button", name="Materialize all").click()
-    # The toast that confirms a launch links to it ("Launched run 1a2b3c4d" or "Created
-    # backfill abcdefgh", then "View").
+    # The toast that confirms a launch links to it ("Launched run 1a2b3c4d", then "View").
     launched = page.get_by_role("link", name="View", exact=True)
-    dialog = page.get_by_role("dialog")
-    expect(launched.or_(dialog).first).to_be_visible(timeout=UI_MS)
-    if dialog.is_visible():
-        # Partitioned assets in the graph: Dagster asks which partitions, then launches a
-        # backfill that the daemon splits into runs.
-        dialog.get_by_role("button", name="All", exact=True).click()
-        dialog.get_by_role("button", name=re.compile(r"^Launch")).click()
-        expect(launched).to_be_visible(timeout=UI_MS)
+    expect(launched).to_be_visible(timeout=UI_MS)
     address = launched.get_attribute("href")
     assert address and address.startswith("/runs/"), address
     return address
 
 
 def wait_for_outcome(page: Page, url: str, address: str) -> str:
-    """The status the run's or backfill's page shows once it has finished."""
+    """The status the run's page shows once it has finished."""
     page.goto(f"{url}{address}")
-    if address.startswith("/runs/b/"):
-        status = page.locator("xpath=//div[text()='Status']/following-sibling::div[1]")
-        expect(status).to_have_text(BACKFILL_DONE, timeout=OUTCOME_MS)
-    else:
-        status = page.get_by_text(RUN_DONE).first  # the run's status tag in the page header
-        expect(status).to_be_visible(timeout=OUTCOME_MS)
+    status = page.get_by_text(RUN_DONE).first  # the run's status tag in the page header
+    expect(status).to_be_visible(timeout=OUTCOME_MS)
     return status.inner_text().strip()
-
-
-def launched_runs(instance: dg.DagsterInstance, address: str) -> list[dg.DagsterRun]:
-    identifier = address.rstrip("/").rsplit("/", 1)[-1]
-    if address.startswith("/runs/b/"):
-        return list(instance.get_runs(dg.RunsFilter(tags={BACKFILL_ID_TAG: identifier})))
-    run = instance.get_run_by_id(identifier)
-    return [run] if run else []
 
 
 def test_materialize_all_from_the_asset_graph_in_a_browser(deployment: Deployment) -> None:
@@ -164,11 +144,11 @@ def test_materialize_all_from_the_asset_graph_in_a_browser(deployment: Deploymen
         finally:
             browser.close()
 
-    assert shown in ("Success", "Succeeded", "Completed"), f"{address} ended {shown}"
+    assert shown == "Success", f"{address} ended {shown}"
     instance = deployment.server.instance()
-    runs = launched_runs(instance, address)
-    assert runs and {run.status for run in runs} == {dg.DagsterRunStatus.SUCCESS}
-    assert all(run.tags.get("dagster/from_ui") == "true" for run in runs)
+    run = instance.get_run_by_id(address.rstrip("/").rsplit("/", 1)[-1])
+    assert run and run.status == dg.DagsterRunStatus.SUCCESS
+    assert run.tags.get("dagster/from_ui") == "true"
     # Real work: every asset has a materialisation and the marts are in the warehouse.
     keys = defs.resolve_asset_graph().materializable_asset_keys
     missing = {key.to_user_string() for key in keys if instance.get_latest_materialization_event(key) is None}

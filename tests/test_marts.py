@@ -216,7 +216,7 @@ def test_dbt_builds_while_another_process_reads_the_warehouse(lake: Lake) -> Non
 
 
 def test_staging_models_alone_build_on_a_new_warehouse(lake: Lake) -> None:
-    """What a backfill's first dbt wave or the UI's "Materialize selected" runs: staging only.
+    """What the UI's "Materialize selected" runs on the staging models: staging only.
     The marts' `relationships` tests on these models wait for their mart to be selected."""
     lake.materialize()
     staging = dg.AssetSelection.assets(["staging", "stg_products"], ["staging", "stg_customers"])

@@ -10,7 +10,6 @@ from lakehouse.bronze.database import extract_table
 from lakehouse.bronze.landing import ingest_files
 from lakehouse.contract import Contract
 from lakehouse.delta import LakehouseStorage
-from lakehouse.partitions import ONE_RUN
 from lakehouse.source import SourceDatabase
 
 LISTED_FILES = 20
@@ -40,7 +39,6 @@ def _database_asset(contract: Contract) -> dg.AssetsDefinition:
         kinds={"deltalake", "polars"},
         description=f"Every extracted version of source rows, append-only. {contract.description}",
         tags={"lakehouse/source": "database"},
-        backfill_policy=ONE_RUN,
     )
     def bronze_table(
         context: dg.AssetExecutionContext, source: SourceDatabase, lakehouse: LakehouseStorage
@@ -81,7 +79,6 @@ def _landing_asset(contract: Contract) -> dg.AssetsDefinition:
         name=f"bronze_{contract.name}",
         group_name="bronze",
         retry_policy=LANDING_RETRIES,
-        backfill_policy=ONE_RUN,
         specs=[
             dg.AssetSpec(
                 ["bronze", contract.name],

@@ -6,9 +6,9 @@ import dagster as dg
 
 from lakehouse import delta
 from lakehouse.delta import LakehouseStorage
-from lakehouse.gold.build import build_days, build_gold
+from lakehouse.gold.backfill import Backfill
+from lakehouse.gold.build import backfill, build_gold
 from lakehouse.gold.tables import GOLD_TABLES, GoldTable
-from lakehouse.partitions import EVENT_DAYS, ONE_RUN, eager_on_recent_days
 
 LISTED_PERIODS = 20
 
@@ -29,18 +29,17 @@ def _gold_asset(table: GoldTable) -> dg.AssetsDefinition:
         kinds={"deltalake", "polars"},
         deps=[["silver", upstream] for upstream in table.upstream],
         description=table.description,
-        partitions_def=EVENT_DAYS if table.daily_partitions else None,
-        backfill_policy=ONE_RUN,
-        automation_condition=eager_on_recent_days()
-        if table.daily_partitions
-        else dg.AutomationCondition.eager(),
+        automation_condition=dg.AutomationCondition.eager(),
     )
-    def gold_table(context: dg.AssetExecutionContext, lakehouse: LakehouseStorage) -> dg.MaterializeResult:
+    def gold_table(
+        context: dg.AssetExecutionContext, config: Backfill, lakehouse: LakehouseStorage
+    ) -> dg.MaterializeResult:
         started = time.monotonic()
+        days = config.days()
         built = (
-            build_days(table, lakehouse, context.partition_keys, context.run.run_id)
-            if table.daily_partitions
-            else build_gold(table, lakehouse, context.run.run_id)
+            build_gold(table, lakehouse, context.run.run_id)
+            if days is None
+            else backfill(table, lakehouse, days, context.run.run_id)
         )
         rebuilt = "all" if built.rebuilt is None else ", ".join(built.rebuilt[:LISTED_PERIODS]) or "none"
         context.log.info(f"gold/{table.name}: {built.rows_written} rows written for periods: {rebuilt}")

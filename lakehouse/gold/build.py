@@ -9,8 +9,8 @@ patching it, is what makes the result equal to a full rebuild. The periods are b
 of their days at a time, each holding about `PART_ROWS` input rows, and written as one stream:
 memory follows the part, not the table or its largest month.
 
-Daily-partitioned tables are told their days by Dagster (a partition, a backfill's range) and
-rebuild exactly those: `build_days`.
+A backfill rebuilds the periods of the days it is given, changed or not, and leaves the
+positions where they are: what changed since the last build is still rebuilt by the next run.
 """
 
 from __future__ import annotations
@@ -146,42 +146,44 @@ def _build_once(table: GoldTable, lakehouse: LakehouseStorage, run_id: str) -> G
             metadata=metadata, transactions=positions, claim=claim,
         )  # fmt: skip
         return GoldBuild(None, frame.height, written)
-    # Periods left without rows (all moved elsewhere) build empty: their old rows go.
-    rebuilt = sorted(periods)
-    built = _Built(table, read, _parts(_rows_per_day(table, read, rebuilt), PART_ROWS) or [rebuilt])
     if existing is None:
+        built = _Built(table, read, _parts_of(table, read, sorted(periods)))
         written = delta.write(
             uri, built, mode="overwrite", partition_by=partition_by,
             metadata=metadata, transactions=positions, claim=claim,
         )  # fmt: skip
         return GoldBuild(None, built.rows, written)
-    written = _replace_periods(
-        uri, table, built, rebuilt, metadata=metadata, transactions=positions, claim=claim
+    return _rebuild_periods(
+        uri, table, read, sorted(periods), metadata=metadata, transactions=positions, claim=claim
     )
-    return GoldBuild(rebuilt, built.rows, written)
 
 
-def _same_rows(built: pl.DataFrame, stored: pl.DataFrame) -> bool:
-    if set(built.columns) != set(stored.columns):
-        return False
-    columns = built.columns
-    return built.sort(columns).equals(stored.select(columns).sort(columns))
+def _parts_of(table: GoldTable, read: Reader, periods: list[str]) -> list[list[str]]:
+    # Periods left without rows (all moved elsewhere) build empty: their old rows go.
+    return _parts(_rows_per_day(table, read, periods), PART_ROWS) or [periods]
 
 
-def build_days(table: GoldTable, lakehouse: LakehouseStorage, days: list[str], run_id: str) -> GoldBuild:
-    """Rebuild exactly `days` from silver: every other day of the table stays as it is.
+def _rebuild_periods(
+    uri: str, table: GoldTable, read: Reader, periods: list[str], **commit: Any
+) -> GoldBuild:
+    built = _Built(table, read, _parts_of(table, read, periods))
+    written = _replace_periods(uri, table, built, periods, **commit)
+    return GoldBuild(periods, built.rows, written)
 
-    Days whose rebuilt rows equal the stored ones are not rewritten: without a new version of
-    the table, what reads it (dbt) can tell that nothing changed.
-    """
+
+def backfill(table: GoldTable, lakehouse: LakehouseStorage, days: list[str], run_id: str) -> GoldBuild:
+    """Rebuild the periods holding `days` from silver (a table without periods: whole), changed
+    or not: the days, or their months for a monthly table.
+
+    A table not built yet is built whole, as a run without a backfill would."""
     uri = lakehouse.table_uri("gold", table.name)
-    frame = table.build(_silver_reader(lakehouse), days)
-    metadata = {"lakehouse.run_id": run_id, "lakehouse.gold.periods": ",".join(days)}
     existing = delta.open_table(uri)
     if existing is None:
-        return GoldBuild(days, frame.height, delta.write(uri, frame, mode="overwrite", metadata=metadata))
-    assert table.period is not None
-    stored = pl.scan_delta(existing).filter(pl.col(table.period).cast(pl.String).is_in(days)).collect()
-    if _same_rows(frame, stored):
-        return GoldBuild([], 0, existing)
-    return GoldBuild(days, frame.height, _replace_periods(uri, table, frame, days, metadata=metadata))
+        return build_gold(table, lakehouse, run_id)
+    read = _silver_reader(lakehouse)
+    periods = sorted({day[: len("YYYY-MM")] for day in days}) if table.granularity == "month" else days
+    metadata = {"lakehouse.run_id": run_id, "lakehouse.gold.periods": ",".join(periods)}
+    if table.period is None:
+        frame = table.build(read, None)
+        return GoldBuild(None, frame.height, delta.write(uri, frame, mode="overwrite", metadata=metadata))
+    return _rebuild_periods(uri, table, read, periods, metadata=metadata)

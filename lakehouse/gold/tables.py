@@ -289,7 +289,6 @@ class GoldTable:
     in a period; `period` is the output column rebuilt by period (None: rebuilt whole).
     `lineage` names, for the columns taken over from silver, the silver table and column.
     `primary_key` identifies a row; the gold checks hold it unique and not null.
-    `daily_partitions`: a Dagster partition per `period` day; runs rebuild the days they are given.
     """
 
     name: str
@@ -300,7 +299,6 @@ class GoldTable:
     period: str | None = None
     granularity: Literal["day", "month"] = "day"
     partition_by: str | None = None
-    daily_partitions: bool = False
     lineage: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
@@ -404,7 +402,6 @@ GOLD_TABLES = (
         primary_key=("window_start", "event_type"),
         upstream={"events": "timestamp"},
         period="event_date",
-        daily_partitions=True,
     ),
     GoldTable(
         name="funnel_daily",
@@ -413,6 +410,5 @@ GOLD_TABLES = (
         primary_key=("event_date",),
         upstream={"events": "timestamp"},
         period="event_date",
-        daily_partitions=True,
     ),
 )

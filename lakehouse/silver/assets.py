@@ -9,7 +9,6 @@ from lakehouse import delta
 from lakehouse.contract import Contract
 from lakehouse.delta import LakehouseStorage
 from lakehouse.merge import MergeCounts
-from lakehouse.partitions import ONE_RUN
 from lakehouse.silver.load import load_silver
 from lakehouse.silver.pii import PiiHasher
 
@@ -70,7 +69,7 @@ def _silver_asset(contract: Contract) -> dg.AssetsDefinition:
             )
         )
 
-    @dg.multi_asset(name=f"silver_{name}", group_name="silver", specs=specs, backfill_policy=ONE_RUN)
+    @dg.multi_asset(name=f"silver_{name}", group_name="silver", specs=specs)
     def silver_table(context: dg.AssetExecutionContext, lakehouse: LakehouseStorage, pii: PiiHasher):
         started = time.monotonic()
         if pii.uses_development_salt:
