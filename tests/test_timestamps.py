@@ -15,6 +15,7 @@ import yaml
 from conftest import postgres_source
 
 from lakehouse import delta
+from lakehouse.bronze.columns import BronzeSchemaError, pin_types
 from lakehouse.bronze.database import extract_table
 from lakehouse.bronze.watermark import WatermarkRange
 from lakehouse.contract import Contract, ContractError, load_contract
@@ -368,3 +369,15 @@ def test_canonical_utc_text_is_read_exactly_through_the_index_with_other_forms_f
     # Of the canonical rows only those in the range; the others all (each is before it).
     assert sorted(read.get_column("seq")) == [*range(66, 96), 100, 101, 102]
     assert sorted(read.filter(bounds.exact()).get_column("seq")) == list(range(66, 96))
+
+
+def test_bronze_keeps_naive_database_timestamps_as_utc_instants_of_the_contract_zone() -> None:
+    contract = readings_contract()  # Europe/Paris
+    frame = pl.DataFrame({"taken_at": [datetime(2013, 6, 30, 18), None]})
+    pinned = pin_types(frame, contract, None, "bronze/readings")
+    assert pinned.get_column("taken_at").to_list() == [utc(2013, 6, 30, 16), None]
+    skipped = pl.DataFrame({"taken_at": [datetime(2013, 3, 31, 2, 30)]})
+    with pytest.raises(
+        BronzeSchemaError, match="bronze/readings: column 'taken_at' holds 2013-03-31 02:30:00"
+    ):
+        pin_types(skipped, contract, None, "bronze/readings")

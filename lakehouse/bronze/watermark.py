@@ -63,11 +63,15 @@ class WatermarkRange:
         return self.kind in (pl.String, pl.Null) and not self.form.epoch
 
     def _bound(self, moment: datetime, rounding: Callable[[float], int]) -> object:
-        """`moment` as a bind value for a column that holds epoch numbers or timestamps."""
+        """`moment` as a bind value for a column that holds dates, timestamps or epoch numbers:
+        dates and naive timestamps are wall-clock values in the contract's zone."""
+        local = moment.astimezone(ZoneInfo(self.form.time_zone))
+        if self.kind == pl.Date:
+            return local.date()
+        if isinstance(self.kind, pl.Datetime):
+            return moment if self.kind.time_zone else local.replace(tzinfo=None)
         if self.form.epoch:
             return rounding((moment - EPOCH) / timedelta(seconds=1) * EPOCH_UNITS[self.form.epoch])
-        if isinstance(self.kind, pl.Datetime) and self.kind.time_zone is None:
-            return moment.astimezone(ZoneInfo(self.form.time_zone)).replace(tzinfo=None)
         return moment
 
     def sql(
