@@ -8,7 +8,7 @@ from asset_checks.row_checks import read_columns, scan_columns
 from asset_checks.sample import sample
 from lakehouse import delta, ledger
 from lakehouse.bronze.assets import LandingZone
-from lakehouse.bronze.database import read_watermark, source_chunks
+from lakehouse.bronze.database import read_watermark, source_chunks, source_range
 from lakehouse.contract import Contract
 from lakehouse.delta import LakehouseStorage
 from lakehouse.silver.load import bronze_identity
@@ -41,8 +41,8 @@ def _source_rows_check(contract: Contract) -> Check:
         name = contract.primary_key[0]
         key = pl.col(name)
         checked, missing, duplicated, below = 0, [pl.DataFrame(schema=schema)], [], None
-        upper = source.timestamp_parameter(watermark)
-        for chunk in source_chunks(contract, source, None, upper, identity, "reconciling"):
+        bounds, _ = source_range(contract, source, upper=watermark)
+        for chunk in source_chunks(contract, source, bounds, identity, "reconciling"):
             if chunk.is_empty():
                 continue
             chunk = chunk.cast(schema)

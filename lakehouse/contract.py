@@ -10,10 +10,13 @@ import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import polars as pl
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lakehouse.timestamps import UTC_TIMESTAMP, TimestampForm
 
 IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
 # A source table, optionally in a schema (`table` or `schema.table`); names only, never SQL.
@@ -31,7 +34,7 @@ DTYPES = {
     "json": pl.String,
     "bool": pl.Boolean,
     "date": pl.Date,
-    "timestamp": pl.Datetime("us", "UTC"),
+    "timestamp": UTC_TIMESTAMP,
 }
 
 
@@ -64,6 +67,8 @@ class Column(_Strict):
     range: Range | None = None
     pii: Literal["hash"] | None = None
     references: str | None = Field(default=None, pattern=r"^\w+\.\w+$")
+    # A timestamp the source holds as seconds or milliseconds since 1970-01-01 UTC.
+    epoch: Literal["s", "ms"] | None = None
 
     @property
     def dtype(self) -> pl.DataType:
@@ -77,6 +82,14 @@ class Column(_Strict):
         if value not in DTYPES and not DECIMAL_TYPE.match(value):
             raise ValueError(f"unknown type '{value}'; use one of {', '.join(DTYPES)} or decimal(p,s)")
         return value
+
+    @model_validator(mode="after")
+    def _epoch_on_timestamp(self) -> Column:
+        if self.epoch and self.type != "timestamp":
+            raise ValueError(
+                f"epoch: only a timestamp column can be held as epoch {self.epoch}, not {self.type}"
+            )
+        return self
 
 
 class DatabaseSource(_Strict):
@@ -164,7 +177,20 @@ class Contract(_Strict):
     sla: Sla = Sla()
     volume: Volume | None = None
     maintenance: Maintenance | None = None
+    # The IANA zone of the source's timestamps that carry no offset of their own.
+    time_zone: str = "UTC"
     columns: dict[Identifier, Column] = Field(min_length=1)
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as error:
+            raise ValueError(
+                f"unknown time zone '{value}'; use an IANA name like UTC or Europe/Paris"
+            ) from error
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Contract:
@@ -192,6 +218,10 @@ class Contract(_Strict):
     @property
     def is_database(self) -> bool:
         return isinstance(self.source, DatabaseSource)
+
+    def timestamp_form(self, column: str) -> TimestampForm:
+        """How the source's values of the timestamp `column` name an instant."""
+        return TimestampForm(self.time_zone, self.columns[column].epoch)
 
 
 def _describe(error: ValidationError) -> str:

@@ -20,10 +20,10 @@ from lakehouse.source_errors import SourceError, SourceUnavailableError, is_tran
 
 T = TypeVar("T")
 
-# SQLite has no timestamp type: the demo writes, and the watermark query compares, ISO-8601
-# text in UTC in this one fixed-width form (a polars format; Python's
-# `isoformat(sep=" ", timespec="microseconds")` of a UTC datetime is the same), so text order
-# is time order.
+# SQLite has no timestamp type: the demo writes ISO-8601 text in UTC in this one fixed-width
+# form (a polars format; Python's `isoformat(sep=" ", timespec="microseconds")` of a UTC
+# datetime is the same), whose text order is time order: watermark ranges compare values in
+# it as text, through the column's index (see `lakehouse.bronze.watermark`).
 SQLITE_TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S%.6f%:z"
 # ADBC's SQLite driver infers each column's type from the first batch of rows and fails when a
 # later batch disagrees (a column NULL in its first rows, text later). One batch for the whole
@@ -78,10 +78,6 @@ class SourceDatabase(dg.ConfigurableResource):
 
     def placeholder(self, position: int) -> str:
         return "?" if self.dialect == "sqlite" else f"${position}"
-
-    def timestamp_parameter(self, value: datetime) -> str | datetime:
-        """A bind value comparable with the dialect's timestamp columns (text in SQLite)."""
-        return timestamp_text(value) if self.dialect == "sqlite" else value
 
     def with_retries(self, action: Callable[[], T], what: str) -> T:
         """Run `action`, retrying transient failures with exponential backoff and full jitter.

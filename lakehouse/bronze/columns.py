@@ -9,6 +9,7 @@ import polars.selectors as cs
 import pyarrow as pa
 
 from lakehouse.contract import Contract
+from lakehouse.timestamps import in_zone
 
 PARTITION_COLUMN = "_ingest_date"
 
@@ -39,13 +40,22 @@ def pin_types(
     With `guessed_nulls`, an all-NULL column is taken to have no real type (database drivers
     guess one) and gets the stored type, else the contract's, else text.
 
-    Timestamps are kept in UTC (naive ones are taken as UTC). A value that cannot be cast to
-    the stored type fails the batch with an error naming the table and column.
+    Timestamps are kept in UTC; naive ones (`TIMESTAMP WITHOUT TIME ZONE`) are wall-clock
+    times in the contract's time zone. A value that cannot be cast to the stored type, or a
+    wall-clock time that does not exist in that zone, fails the batch with an error naming the
+    table and column.
     """
-    frame = frame.with_columns(
-        cs.datetime(time_zone=None).dt.replace_time_zone("UTC"),
-        cs.datetime(time_zone="*").dt.convert_time_zone("UTC"),
-    )
+    frame = frame.with_columns(cs.datetime(time_zone="*").dt.convert_time_zone("UTC"))
+    for name in frame.select(cs.datetime(time_zone=None)).columns:
+        local = frame.get_column(name)
+        converted = frame.select(in_zone(pl.col(name), contract.time_zone)).to_series()
+        if converted.null_count() > local.null_count():
+            moment = local.filter(converted.is_null() & local.is_not_null())[0]
+            raise BronzeSchemaError(
+                f"{table}: column '{name}' holds {moment}, a time that does not exist in "
+                f"the contract's time_zone {contract.time_zone}"
+            )
+        frame = frame.with_columns(converted)
     stored_types = (
         dict(zip(stored.names, pl.DataFrame(stored.empty_table()).dtypes, strict=True)) if stored else {}
     )

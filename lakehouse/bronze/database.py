@@ -14,18 +14,19 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import polars as pl
 import pyarrow as pa
 
 from lakehouse import delta, ledger
 from lakehouse.bronze.columns import PARTITION_COLUMN, pin_types, with_audit_columns
+from lakehouse.bronze.watermark import WatermarkRange
 from lakehouse.contract import Contract
-from lakehouse.source import SourceDatabase, timestamp_text
+from lakehouse.source import SourceDatabase
 from lakehouse.sql import qualified, quoted
+from lakehouse.timestamps import instant
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 CHUNK_ROWS = 1_000_000  # source rows an extraction holds at a time
@@ -52,11 +53,6 @@ def read_watermark(table: delta.DeltaTable | None, contract: Contract) -> dateti
     return None if micros is None else EPOCH + timedelta(microseconds=micros)
 
 
-def _as_datetime(value: object) -> datetime:
-    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
 def _micros(moment: datetime) -> int:
     return (moment - EPOCH) // timedelta(microseconds=1)
 
@@ -64,42 +60,81 @@ def _micros(moment: datetime) -> int:
 def source_chunks(
     contract: Contract,
     source: SourceDatabase,
-    lower: datetime | None,
-    upper: Any,
+    bounds: WatermarkRange,
     columns: list[str] | None = None,
     what: str = "extracting",
 ) -> Iterator[pl.DataFrame]:
-    """The `columns` (all by default) of the source rows with a watermark in [lower, upper] (no
-    lower bound on a first load), CHUNK_ROWS at a time, as the driver types them.
+    """The `columns` (all by default) of the source rows in the watermark range `bounds`,
+    CHUNK_ROWS at a time, as the driver types them.
 
-    A first load pages through the primary key, the table's own order; later runs through
-    (watermark, primary key), which the watermark's index serves. Reading a whole table in
-    watermark order would jump around it: three times slower on orders that changed since.
+    A load with no lower bound pages through the primary key, the table's own order; later
+    runs through (watermark, primary key), which the watermark's index serves. Reading a whole
+    table in watermark order would jump around it: three times slower on orders that changed
+    since. The source's condition may admit rows just outside the range (see
+    `lakehouse.bronze.watermark`): they are dropped here.
     """
-    column = quoted(contract.watermark.column)
-    order = contract.primary_key if lower is None else [contract.watermark.column, *contract.primary_key]
+    column = contract.watermark.column
+    order = contract.primary_key if bounds.lower is None else [column, *contract.primary_key]
     ordered = ", ".join(map(quoted, order))
     selected = ", ".join(map(quoted, columns)) if columns else "*"
     after: tuple = ()
     while True:
-        conditions, parameters = [f"{column} <= {source.placeholder(1)}"], [upper]
+        # Past the first page the keyset bounds the rows from below.
+        range_bounds = replace(bounds, lower=None) if after else bounds
+        conditions, parameters = range_bounds.sql(quoted(column), source.placeholder, 1)
         if after:
-            places = ", ".join(source.placeholder(position) for position in range(2, len(order) + 2))
+            first = len(parameters) + 1
+            places = ", ".join(source.placeholder(position) for position in range(first, first + len(order)))
             conditions.append(f"({ordered}) > ({places})")
             parameters.extend(after)
-        elif lower is not None:
-            conditions.append(f"{column} >= {source.placeholder(2)}")
-            parameters.append(source.timestamp_parameter(lower))
-        chunk = source.read(
+        page = source.read(
             f"SELECT {selected} FROM {qualified(contract.source.table)} WHERE {' AND '.join(conditions)} "
             f"ORDER BY {ordered} LIMIT {CHUNK_ROWS}",
             parameters,
             what=reading(contract, what),
         )
-        yield chunk
-        if chunk.height < CHUNK_ROWS:
+        yield page.filter(replace(bounds, kind=page.schema[column]).exact())
+        if page.height < CHUNK_ROWS:
             return
-        after = chunk.select(order).row(-1)
+        after = page.select(order).row(-1)
+
+
+def source_range(
+    contract: Contract, source: SourceDatabase, lower: datetime | None = None, upper: datetime | None = None
+) -> tuple[WatermarkRange, int]:
+    """The range [lower, upper] of the source's watermark column, up to its newest value now
+    (rows changed while a range is read wait for the next), and the number of rows with no
+    watermark, which no range holds."""
+    table_name, column = qualified(contract.source.table), contract.watermark.column
+    # Rows changed while the range is read wait for the next run.
+    probe = source.read(
+        f"SELECT (SELECT max({quoted(column)}) FROM {table_name}) AS newest, "
+        f"(SELECT count(*) FROM {table_name} WHERE {quoted(column)} IS NULL) AS unwatermarked",
+        what=reading(contract),
+    )
+    newest, unwatermarked = probe.row(0)
+    form = contract.timestamp_form(column)
+    return WatermarkRange(column, probe.schema["newest"], form, lower, upper, newest), unwatermarked
+
+
+def newest_instant(contract: Contract, source: SourceDatabase, bounds: WatermarkRange) -> datetime | None:
+    """The latest instant the source's watermark column holds, up to `bounds.newest`.
+
+    The greatest value is the latest instant, except in text: there the values that may name
+    a later instant than the greatest text are read (`WatermarkRange.candidates_sql`).
+    """
+    latest = instant(bounds.newest, bounds.form)
+    if not bounds.is_text:
+        return latest
+    column = contract.watermark.column
+    conditions, parameters = bounds.candidates_sql(quoted(column), source.placeholder, latest)
+    values = source.read(
+        f"SELECT {quoted(column)} FROM {qualified(contract.source.table)} WHERE {' AND '.join(conditions)}",
+        parameters,
+        what=reading(contract),
+    )
+    found = values.select(replace(bounds, kind=values.schema[column]).instant().max()).item()
+    return max(filter(None, [latest, found]), default=None)
 
 
 def reading(contract: Contract, what: str = "extracting") -> str:
@@ -140,26 +175,22 @@ def _extract_once(
     claim = ledger.Claim(uri, table)
     before = read_watermark(table, contract)
     lower = None if before is None else before - contract.watermark.lookback
-    # The newest watermark as the run starts; rows changed while it reads wait for the next.
-    # Rows without one cannot be extracted incrementally: they are counted, not read.
-    newest, unwatermarked = source.read(
-        f"SELECT (SELECT max({quoted(column)}) FROM {qualified(table_name)}) AS newest, "
-        f"(SELECT count(*) FROM {qualified(table_name)} WHERE {quoted(column)} IS NULL) AS unwatermarked",
-        what=reading(contract),
-    ).row(0)
-    if newest is None:
+    # Rows without a watermark cannot be extracted incrementally: they are counted, not read.
+    bounds, unwatermarked = source_range(contract, source, lower)
+    if bounds.newest is None:
         return Extraction(0, 0, before, before, [], table, unwatermarked)
+    newest = newest_instant(contract, source, bounds)
 
     stored = delta.arrow_schema(table) if table else None
     identity = [*contract.primary_key, column]
     seen = None
-    if table is not None and lower is not None:
+    if table is not None:
         # The lookback re-reads recent rows on purpose (to catch late commits in the source);
         # the versions bronze already has (in the version whose watermark this run starts
-        # from) are dropped by (primary key, watermark value). Bronze stores the watermark as
-        # the driver returns it: text from SQLite.
-        bound = timestamp_text(lower) if isinstance(newest, str) else lower
-        seen = pl.scan_delta(table).filter(pl.col(column) >= pl.lit(bound)).select(identity).collect()
+        # from) are dropped by (primary key, watermark value), read by the same test as the
+        # source's rows. Bronze stores the watermark as the driver returns it (text from SQLite).
+        held = replace(bounds, kind=pl.Schema(stored).get(column, pl.String), newest=None)
+        seen = pl.scan_delta(table).filter(held.admits()).filter(held.exact()).select(identity).collect()
 
     extracted_at = now or datetime.now(UTC)
     counts = {"read": 0, "appended": 0}
@@ -167,7 +198,7 @@ def _extract_once(
 
     def new_rows() -> Iterator[pl.DataFrame]:
         nonlocal pinned
-        for chunk in source_chunks(contract, source, lower, newest):
+        for chunk in source_chunks(contract, source, bounds):
             counts["read"] += chunk.height
             if chunk.is_empty():
                 continue
@@ -185,15 +216,20 @@ def _extract_once(
     first = next(rows, None)
     if first is None:
         return Extraction(counts["read"], 0, before, before, [], table, unwatermarked)
-    after = max(before, _as_datetime(newest)) if before else _as_datetime(newest)
+    after = max(filter(None, [before, newest]), default=None)
     added = [name for name in first.columns if stored is not None and name not in stored.names]
+    # A source whose every watermark is unreadable has none to record: its next run reads it
+    # whole again, and bronze's copy of each row keeps it from being appended twice.
     written = delta.write(
         uri,
         itertools.chain([first], rows),
         partition_by=[PARTITION_COLUMN],
         configuration=delta.CHANGE_DATA_FEED,
-        metadata={"lakehouse.run_id": run_id, "lakehouse.watermark": after.isoformat()},
-        transactions={ledger.bronze_watermark(contract.name): _micros(after)},
+        metadata={
+            "lakehouse.run_id": run_id,
+            **({"lakehouse.watermark": after.isoformat()} if after else {}),
+        },
+        transactions={ledger.bronze_watermark(contract.name): _micros(after)} if after else {},
         claim=claim,
     )
     return Extraction(counts["read"], counts["appended"], before, after, added, written, unwatermarked)

@@ -11,24 +11,18 @@ from typing import TypeVar
 import polars as pl
 
 from lakehouse.contract import Column, Contract
+from lakehouse.timestamps import UTC_TIMESTAMP, TimestampForm, to_utc
 
 ERROR_COLUMN = "_error"
 CONVERTED_PREFIX = "_converted_"
-UTC_TIMESTAMP = pl.Datetime("us", "UTC")
 Rows = TypeVar("Rows", pl.DataFrame, pl.LazyFrame)
 
 
-def _typed(raw: pl.Expr, dtype: pl.DataType, source: pl.DataType) -> pl.Expr:
+def _typed(raw: pl.Expr, spec: Column, source: pl.DataType, form: TimestampForm) -> pl.Expr:
     """`raw` in the contract's type; values that do not convert become null."""
-    if dtype == UTC_TIMESTAMP and source == pl.String:
-        # ISO-8601 with a space or a T, fractional seconds optional, offset or Z.
-        text = raw.str.replace(r"Z$", "+00:00").str.replace("T", " ", literal=True)
-        return text.str.to_datetime(
-            "%Y-%m-%d %H:%M:%S%.f%:z", strict=False, time_unit="us"
-        ).dt.convert_time_zone("UTC")
-    if dtype == UTC_TIMESTAMP and isinstance(source, pl.Datetime):
-        return raw.dt.convert_time_zone("UTC") if source.time_zone else raw.dt.replace_time_zone("UTC")
-    return raw.cast(dtype, strict=False)
+    if spec.dtype == UTC_TIMESTAMP:
+        return to_utc(raw, source, form)
+    return raw.cast(spec.dtype, strict=False)
 
 
 def typed(rows: Rows, contract: Contract) -> Rows:
@@ -36,7 +30,7 @@ def typed(rows: Rows, contract: Contract) -> Rows:
     convert become null (`split_valid` names them as unparseable). Lazy rows stay lazy."""
     # Lazily, as in `split_valid`: the conversions then run side by side.
     converted = rows.lazy().with_columns(
-        _typed(pl.col(name), contract.columns[name].dtype, dtype).alias(name)
+        _typed(pl.col(name), contract.columns[name], dtype, contract.timestamp_form(name)).alias(name)
         for name, dtype in rows.collect_schema().items()
         if name in contract.columns
     )
@@ -67,7 +61,8 @@ def split_valid(frame: pl.DataFrame, contract: Contract) -> tuple[pl.DataFrame, 
     conversions, rules = [], []
     for name, spec in contract.columns.items():
         raw = pl.col(name) if name in frame.columns else pl.lit(None, dtype=pl.String)
-        conversions.append(_typed(raw, spec.dtype, frame.schema.get(name, pl.String)).alias(converted[name]))
+        source = frame.schema.get(name, pl.String)
+        conversions.append(_typed(raw, spec, source, contract.timestamp_form(name)).alias(converted[name]))
         rules.extend(_rules(name, spec, raw, pl.col(converted[name])))
     # Every value is converted once, into a column of its own that the rules read: parsing a
     # timestamp costs more than all the rules together. concat_str, not a list join, names the
