@@ -96,7 +96,7 @@ class Lake:
             [
                 *bronze_assets(self.contracts),
                 *silver_assets(self.contracts),
-                *gold_assets(),
+                *gold_assets(self.contracts),
                 dbt_models,
                 *all_checks(self.contracts),
             ],
@@ -167,15 +167,16 @@ def any_lake(request: pytest.FixtureRequest, tmp_path: Path) -> Lake:
 
 
 def command_environment(folder: Path, **env: str) -> dict[str, str]:
-    """The environment of a project command run against the demo lake in `folder`."""
+    """The environment of a project command run against the demo lake in `folder`; `env` adds
+    variables or replaces these."""
     # No DAGSTER_HOME unless a test gives one: a throwaway instance, not the developer's.
     environment = {name: value for name, value in os.environ.items() if name != "DAGSTER_HOME"}
     environment.update(
         LAKEHOUSE_ROOT=str(folder / "lakehouse"),
         LAKEHOUSE_SOURCE_URL=f"sqlite:///{folder / 'source' / 'shop.db'}",
         LAKEHOUSE_LANDING=str(folder / "landing"),
-        **env,
     )
+    environment.update(env)
     return environment
 
 

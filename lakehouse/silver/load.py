@@ -33,6 +33,9 @@ CHANGE_FEED_COLUMNS = ("_change_type", "_commit_version", "_commit_timestamp")
 ORPHAN_COLUMN = "_orphan"
 LOADED_AT = "_loaded_at"
 ROW = "_row"
+# Silver's commits name the bronze versions their load consumed: those after the one before,
+# up to the one after (the position silver's ledger records).
+BRONZE_VERSION, BRONZE_VERSION_BEFORE = "lakehouse.bronze_version", "lakehouse.bronze_version_before"
 SLICE_ROWS = 1_000_000  # bronze rows a first load holds at a time
 
 
@@ -69,9 +72,10 @@ def bronze_identity(contract: Contract) -> list[str]:
     return ["_source_file", "_line_number"]
 
 
-def read_bronze_changes(uri: str, since: int) -> tuple[pl.DataFrame, int]:
-    """Bronze rows committed after version `since`, and the version read."""
-    table = delta.DeltaTable(uri)
+def read_bronze_changes(uri: str, since: int, until: int | None = None) -> tuple[pl.DataFrame, int]:
+    """Bronze rows committed after version `since` up to `until` (default: the latest), and
+    the version read."""
+    table = delta.DeltaTable(uri, version=until)
     version = table.version()
     empty = pl.DataFrame(schema=pl.Schema(delta.arrow_schema(table)))
     feeds = [
@@ -309,7 +313,11 @@ def load_silver(
         slices = [changes.lazy()]
     loaded_at = now or datetime.now(UTC)
     parents = _parent_keys(contract, lakehouse)
-    metadata = {"lakehouse.run_id": run_id, "lakehouse.bronze_version": str(version)}
+    metadata = {
+        "lakehouse.run_id": run_id,
+        BRONZE_VERSION: str(version),
+        BRONZE_VERSION_BEFORE: "" if since is None else str(since),
+    }
     # Only the last slice's commit moves silver's position: after a crash in between, the next
     # run loads every slice again, and the MERGEs find the rows already there unchanged. Slices
     # after the first of a table this load creates hold keys silver cannot have: appended.
