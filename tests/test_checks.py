@@ -13,10 +13,12 @@ from conftest import TEST_SALT, Lake, run_command, sqlite_source
 from library import Library
 
 from asset_checks import rules
+from asset_checks.quarantine import load_started_from
 from lakehouse import delta
 from lakehouse.bronze import database
 from lakehouse.demo.simulation import DEFAULT_DEFECT_RATES
 from lakehouse.gold.tables import GOLD_TABLES
+from lakehouse.silver.load import BRONZE_VERSION, BRONZE_VERSION_BEFORE
 
 ORDERS = dg.AssetKey(["silver", "orders"])
 UTC_TIMESTAMP = pl.Datetime("us", "UTC")
@@ -480,3 +482,32 @@ def test_silver_left_empty_by_a_bronze_with_rows_fails_whatever_the_rate_allows(
         "silver/loans is empty while bronze holds 3 rows; commonest reasons: status not in allowed values (3)"
     )
     assert evaluations(result, "silver", "members")["quarantine_rate"].passed
+
+
+def silver_commits(uri: str, commits: list[tuple[str, str | None] | None]) -> delta.DeltaTable:
+    """A table whose commits carry the bronze versions (after, before) a load consumed; None: a
+    commit of no load (orphans resolved, maintenance); a None before: written before commits
+    named where their load started."""
+    for commit in commits:
+        metadata = {} if commit is None else {BRONZE_VERSION: commit[0]}
+        if commit is not None and commit[1] is not None:
+            metadata[BRONZE_VERSION_BEFORE] = commit[1]
+        delta.write(uri, pl.DataFrame({"member_id": [1]}), metadata=metadata)
+    return delta.DeltaTable(uri)
+
+
+@pytest.mark.parametrize(
+    ("commits", "started_from"),
+    [
+        ([("3", ""), ("5", "3"), None, ("9", "5")], 5),
+        ([("3", None), ("5", None), None, ("9", None)], 5),  # a lake loaded by an earlier version
+        ([("3", ""), ("3", "")], None),  # a first load in two slices: all of bronze up to 3
+        ([("3", None), ("3", None), None], None),
+    ],
+)
+def test_the_load_judged_starts_where_silver_s_commit_says_or_at_the_previous_load(
+    tmp_path: Path, commits: list[tuple[str, str | None] | None], started_from: int | None
+) -> None:
+    silver = silver_commits(str(tmp_path / "silver"), commits)
+    position = max(int(commit[0]) for commit in commits if commit is not None)
+    assert load_started_from(silver, position) == started_from

@@ -75,8 +75,8 @@ def bronze_identity(contract: Contract) -> list[str]:
 def read_bronze_changes(uri: str, since: int, until: int | None = None) -> tuple[pl.DataFrame, int]:
     """Bronze rows committed after version `since` up to `until` (default: the latest), and
     the version read."""
-    table = delta.DeltaTable(uri, version=until)
-    version = table.version()
+    table = delta.DeltaTable(uri)
+    version = table.version() if until is None else until
     empty = pl.DataFrame(schema=pl.Schema(delta.arrow_schema(table)))
     feeds = [
         pl.DataFrame(table.load_cdf(starting_version=first, ending_version=last).read_all())
@@ -95,7 +95,8 @@ def live_versions(table: delta.DeltaTable, since: int, version: int) -> list[tup
     commit of its own: reading neither is what makes the rows as if never loaded.
     """
     undone: set[int] = set()
-    for commit in table.history(limit=max(version - since, 0)):
+    # The log's newest commits first, whatever version the range ends at.
+    for commit in table.history(limit=max(table.version() - since, 0)):
         if commit["operation"] == "RESTORE" and since < commit["version"] <= version:
             undone.update(range(int(commit["operationParameters"]["version"]) + 1, commit["version"] + 1))
     ranges: list[tuple[int, int]] = []
