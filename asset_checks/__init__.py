@@ -1,25 +1,29 @@
 """Data-quality checks on the lakehouse's assets, registered in the one `Definitions`.
 
 Row rules (Pandera, from the contracts and the gold keys), data freshness, volume anomalies,
-and reconciliation (nothing lost from the source to bronze to silver, gold money = silver's).
+reconciliation (nothing lost from the source to bronze to silver, gold money = silver's), and
+the share of each load sent to quarantine.
 """
 
 import dagster as dg
 
 from asset_checks.check import per_asset
 from asset_checks.freshness import Clock, freshness_checks
+from asset_checks.quarantine import quarantine_checks
 from asset_checks.reconciliation import reconciliation_checks
 from asset_checks.revenue import revenue_checks
 from asset_checks.row_checks import contract_checks, gold_checks
 from asset_checks.volume import volume_checks
 from lakehouse.contract import Contract
+from lakehouse.gold.assets import attached_tables
 
 __all__ = ["Clock", "all_checks"]
 
 
 def all_checks(contracts: list[Contract]) -> list[dg.AssetChecksDefinition]:
-    """Every check: those each contract implies on its bronze and silver assets, and gold's, run
-    in one step per asset."""
+    """Every check: those each contract implies on its bronze and silver assets, and those of
+    the gold tables the contracts feed, run in one step per asset."""
+    gold = attached_tables(contracts)
     per_contract = [
         check
         for contract in contracts
@@ -28,7 +32,8 @@ def all_checks(contracts: list[Contract]) -> list[dg.AssetChecksDefinition]:
             freshness_checks(contract),
             volume_checks(contract),
             reconciliation_checks(contract),
+            quarantine_checks(contract),
         )
         for check in checks
     ]
-    return per_asset([*per_contract, *gold_checks(), *revenue_checks()])
+    return per_asset([*per_contract, *gold_checks(gold), *revenue_checks(gold)])

@@ -7,7 +7,7 @@ smaller side (the orders) are held, not whole tables (at scale 10, reading them 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import dagster as dg
 import polars as pl
@@ -16,6 +16,7 @@ from asset_checks.check import Check
 from asset_checks.row_checks import scan_columns
 from asset_checks.sample import sample
 from lakehouse.delta import LakehouseStorage
+from lakehouse.gold.tables import GoldTable
 
 MONEY = pl.Decimal(38, 2)
 CANCELLED = pl.col("status") == "cancelled"
@@ -103,8 +104,10 @@ def _reconciliation(
     return Check(dg.AssetKey(["gold", table]), name, description, evaluate, blocking=True, reads=reads)
 
 
-def revenue_checks() -> list[Check]:
-    return [
+def revenue_checks(tables: Iterable[GoldTable]) -> list[Check]:
+    """The reconciliations of those of the gold `tables` that have one."""
+    attached = {dg.AssetKey(["gold", table.name]) for table in tables}
+    checks = [
         _reconciliation(
             "fct_orders",
             "orders_match_silver",
@@ -126,3 +129,4 @@ def revenue_checks() -> list[Check]:
             ("order_items", "orders"),
         ),
     ]
+    return [check for check in checks if check.asset in attached]

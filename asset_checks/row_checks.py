@@ -11,7 +11,7 @@ keys on gold.
   a broken fact table.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import dagster as dg
@@ -23,7 +23,7 @@ from asset_checks.check import Check
 from lakehouse import delta
 from lakehouse.contract import Contract
 from lakehouse.delta import LakehouseStorage
-from lakehouse.gold.tables import GOLD_TABLES
+from lakehouse.gold.tables import GoldTable
 from lakehouse.silver.validate import typed
 
 Reader = Callable[[dg.AssetCheckExecutionContext, LakehouseStorage, list[str]], tuple[pl.LazyFrame, dict]]
@@ -249,10 +249,10 @@ def contract_checks(contract: Contract) -> list[Check]:
     return checks
 
 
-def gold_checks() -> list[Check]:
-    """`not_null` and `unique` on every gold table's key."""
+def gold_checks(tables: Iterable[GoldTable]) -> list[Check]:
+    """`not_null` and `unique` on each gold table's key."""
     checks = []
-    for table in GOLD_TABLES:
+    for table in tables:
         stored, key = ("gold", table.name), list(table.primary_key)
         asset, read = dg.AssetKey(stored), whole_table(*stored)
         checks += [

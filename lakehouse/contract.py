@@ -132,10 +132,17 @@ class Freshness(_Strict):
 
 class Sla(_Strict):
     """What the table promises its users, reported by `lakehouse quality report`; its
-    freshness is the contract's `freshness.warn_after`."""
+    freshness is the contract's `freshness.warn_after`.
+
+    `max_quarantine_rate` is the share of a load's bronze rows silver may send to quarantine
+    before the load fails its `quarantine_rate` check. A fault that hits every row (a
+    timestamp form the contract cannot read, a column whose type changed) quarantines most of
+    a batch, while rows that are merely dirty are a few in a hundred (the demo plants well
+    under 1 %): a fifth tells the two apart, even for batches of ten rows."""
 
     completeness: float = Field(default=1.0, ge=0, le=1)
     duplicate_rate: float = Field(default=0.0, ge=0, le=1)
+    max_quarantine_rate: float = Field(default=0.2, ge=0, le=1)
 
 
 class Volume(_Strict):

@@ -12,7 +12,7 @@ from lakehouse.delta import LakehouseStorage
 from lakehouse.gold.assets import gold_assets
 from lakehouse.jobs import ingest_job, schedules, transform_job
 from lakehouse.maintenance import maintenance_job
-from lakehouse.marts import DBT_EXECUTABLE, DbtCli, dbt_models, dbt_project
+from lakehouse.marts import DBT_EXECUTABLE, DbtCli, attached_models, dbt_project
 from lakehouse.sensors import sensors
 from lakehouse.settings import check_deployment, resource_value, setting
 from lakehouse.silver.assets import silver_assets
@@ -22,9 +22,12 @@ from lakehouse.warehouse import Warehouse
 
 check_deployment()
 contracts = load_contracts(Path(setting("LAKEHOUSE_CONTRACTS")))
+# The shop's business layer (gold tables, then the dbt models over them) attaches only where
+# the contracts feed it: a user's own contract set gives exactly its bronze and silver assets.
+tables = [*bronze_assets(contracts), *silver_assets(contracts), *gold_assets(contracts)]
 
 defs = dg.Definitions(
-    assets=[*bronze_assets(contracts), *silver_assets(contracts), *gold_assets(), dbt_models],
+    assets=[*tables, *attached_models({key for assets in tables for key in assets.keys})],
     asset_checks=all_checks(contracts),
     jobs=[ingest_job, transform_job, maintenance_job(contracts)],
     schedules=schedules,

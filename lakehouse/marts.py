@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -209,3 +209,9 @@ def dbt_models(
                 )
             yield event
     prune_run_folders(dbt_project.project_dir / "target")
+
+
+def attached_models(defined: Collection[dg.AssetKey]) -> list[dg.AssetsDefinition]:
+    """The dbt models, when every table they read (their sources) is among the `defined`
+    assets; none otherwise, like the gold tables they are built on."""
+    return [dbt_models] if dbt_models.dependency_keys - set(dbt_models.keys) <= set(defined) else []

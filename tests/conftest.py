@@ -87,7 +87,7 @@ class Lake:
             [
                 *bronze_assets(self.contracts),
                 *silver_assets(self.contracts),
-                *gold_assets(),
+                *gold_assets(self.contracts),
                 dbt_models,
                 *all_checks(self.contracts),
             ],
@@ -158,7 +158,8 @@ def any_lake(request: pytest.FixtureRequest, tmp_path: Path) -> Lake:
 
 
 def command_environment(folder: Path, **env: str) -> dict[str, str]:
-    """The environment of a project command run against the demo lake in `folder`."""
+    """The environment of a project command run against the demo lake in `folder`; `env` adds
+    variables or replaces these."""
     # No DAGSTER_HOME unless a test gives one: a throwaway instance, not the developer's.
     environment = {name: value for name, value in os.environ.items() if name != "DAGSTER_HOME"}
     environment.update(

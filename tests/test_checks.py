@@ -10,12 +10,15 @@ import dagster as dg
 import polars as pl
 import pytest
 from conftest import TEST_SALT, Lake, run_command, sqlite_source
+from library import Library
 
 from asset_checks import rules
+from asset_checks.quarantine import load_started_from
 from lakehouse import delta
 from lakehouse.bronze import database
 from lakehouse.demo.simulation import DEFAULT_DEFECT_RATES
 from lakehouse.gold.tables import GOLD_TABLES
+from lakehouse.silver.load import BRONZE_VERSION, BRONZE_VERSION_BEFORE
 
 ORDERS = dg.AssetKey(["silver", "orders"])
 UTC_TIMESTAMP = pl.Datetime("us", "UTC")
@@ -56,7 +59,7 @@ def expected_checks(lake: Lake) -> set[tuple[str, str]]:
         bronze, silver = f"bronze/{contract.name}", f"silver/{contract.name}"
         columns = contract.columns.values()
         expected |= {(bronze, "not_null"), (bronze, "unique"), (silver, "not_null"), (silver, "unique")}
-        expected |= {(silver, "bronze_rows_accounted")}
+        expected |= {(silver, "bronze_rows_accounted"), (silver, "quarantine_rate")}
         expected.add(
             (bronze, "source_rows_in_bronze" if contract.is_database else "lines_in_bronze_or_quarantine")
         )
@@ -194,7 +197,7 @@ def test_failing_silver_checks_show_exactly_the_planted_rows(lake: Lake) -> None
     checks = evaluations(result, "silver", "orders")
     assert {name: check.passed for name, check in checks.items() if name != "volume"} == {
         "not_null": False, "unique": False, "valid_values": False, "references": False,
-        "freshness": True, "bronze_rows_accounted": False,
+        "freshness": True, "bronze_rows_accounted": False, "quarantine_rate": True,
     }  # fmt: skip
     assert values(checks["unique"], "failing_rows") == 1
     assert sample_column(checks["unique"], "order_id") == [str(duplicate["order_id"][0])]
@@ -417,3 +420,93 @@ def test_quality_report_names_the_tables_it_knows(lake: Lake) -> None:
     assert "no contract for table 'suppliers'" in text and "orders" in text
     code, text = report(lake)
     assert code == 1 and "the table does not exist" in text
+
+
+def records(check: dg.AssetCheckEvaluation, name: str) -> list[dict]:
+    """The rows of one of the check's metadata tables."""
+    return [record.data for record in check.metadata[name].value.records]  # type: ignore[union-attr]
+
+
+def test_a_load_that_quarantines_most_of_its_rows_fails_naming_its_reasons(tmp_path: Path) -> None:
+    library = Library(tmp_path, dg.DagsterInstance.ephemeral())
+    library.create()
+    library.add("members", [(1, "Ada"), (2, "Grace")])
+    library.add("loans", [(loan, 1 + loan % 2, "open") for loan in range(1, 11)])
+    first = library.materialize()
+    assert first.success
+    rate = evaluations(first, "silver", "loans")["quarantine_rate"]
+    assert rate.passed and (values(rate, "rows_consumed"), values(rate, "rows_quarantined")) == (10, 0)
+
+    # The next batch: 8 of its 10 loans have a status the contract does not know.
+    library.add(
+        "loans", [(loan, 1, "lost") for loan in range(11, 19)] + [(19, 2, "open"), (20, 2, "returned")]
+    )
+    bad = library.materialize()
+    assert not bad.success
+    rate = evaluations(bad, "silver", "loans")["quarantine_rate"]
+    assert not rate.passed and rate.severity == dg.AssetCheckSeverity.ERROR
+    # Judged on this load's rows, not on all 20 in bronze.
+    assert (values(rate, "rows_consumed"), values(rate, "rows_quarantined")) == (10, 8)
+    assert values(rate, "quarantine_rate") == 0.8
+    assert rate.description is not None
+    assert "8 of the 10 bronze rows of the last load (80.0%)" in rate.description
+    assert "sla.max_quarantine_rate 0.2" in rate.description
+    assert rate.description.endswith("commonest reasons: status not in allowed values (8)")
+    assert records(rate, "reasons") == [{"reason": "status not in allowed values", "rows": 8}]
+    assert sorted(row["loan_id"] for row in records(rate, "sample")) == list(range(11, 19))
+    assert library.table("silver", "loans").height == 12
+
+    # A run that consumes nothing judges the same load again: still failing.
+    again = evaluations(library.materialize(), "silver", "loans")["quarantine_rate"]
+    assert not again.passed and values(again, "rows_consumed") == 10
+
+    # A good batch passes, judged on its own rows: over all of bronze, 8 of 30 is above 0.2.
+    library.add("loans", [(loan, 2, "returned") for loan in range(21, 31)])
+    fixed = library.materialize()
+    assert fixed.success
+    rate = evaluations(fixed, "silver", "loans")["quarantine_rate"]
+    assert rate.passed and (values(rate, "rows_consumed"), values(rate, "rows_quarantined")) == (10, 0)
+
+
+def test_silver_left_empty_by_a_bronze_with_rows_fails_whatever_the_rate_allows(tmp_path: Path) -> None:
+    library = Library(tmp_path, dg.DagsterInstance.ephemeral())
+    library.create(loans_sla="sla: {max_quarantine_rate: 1.0}\n")
+    library.add("members", [(1, "Ada")])
+    library.add("loans", [(1, 1, "lost"), (2, 1, "stolen"), (3, 1, "lost")])
+    result = library.materialize()
+    assert not result.success
+    rate = evaluations(result, "silver", "loans")["quarantine_rate"]
+    assert not rate.passed and values(rate, "quarantine_rate") == 1.0
+    assert rate.description == (
+        "silver/loans is empty while bronze holds 3 rows; commonest reasons: status not in allowed values (3)"
+    )
+    assert evaluations(result, "silver", "members")["quarantine_rate"].passed
+
+
+def silver_commits(uri: str, commits: list[tuple[str, str | None] | None]) -> delta.DeltaTable:
+    """A table whose commits carry the bronze versions (after, before) a load consumed; None: a
+    commit of no load (orphans resolved, maintenance); a None before: written before commits
+    named where their load started."""
+    for commit in commits:
+        metadata = {} if commit is None else {BRONZE_VERSION: commit[0]}
+        if commit is not None and commit[1] is not None:
+            metadata[BRONZE_VERSION_BEFORE] = commit[1]
+        delta.write(uri, pl.DataFrame({"member_id": [1]}), metadata=metadata)
+    return delta.DeltaTable(uri)
+
+
+@pytest.mark.parametrize(
+    ("commits", "started_from"),
+    [
+        ([("3", ""), ("5", "3"), None, ("9", "5")], 5),
+        ([("3", None), ("5", None), None, ("9", None)], 5),  # a lake loaded by an earlier version
+        ([("3", ""), ("3", "")], None),  # a first load in two slices: all of bronze up to 3
+        ([("3", None), ("3", None), None], None),
+    ],
+)
+def test_the_load_judged_starts_where_silver_s_commit_says_or_at_the_previous_load(
+    tmp_path: Path, commits: list[tuple[str, str | None] | None], started_from: int | None
+) -> None:
+    silver = silver_commits(str(tmp_path / "silver"), commits)
+    position = max(int(commit[0]) for commit in commits if commit is not None)
+    assert load_started_from(silver, position) == started_from

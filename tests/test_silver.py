@@ -314,7 +314,14 @@ def test_an_uncastable_value_sends_its_row_to_quarantine_with_the_reason(lake: L
             "UPDATE orders SET created_at = '31/12/2026', updated_at = ? WHERE order_id = 1", (later,)
         )
 
-    lake.materialize()
+    # The load's one row went to quarantine: above the contract's quarantine rate, so it fails.
+    result = lake.materialize(raise_on_error=False)
+    (rate,) = (
+        e
+        for e in result.get_asset_check_evaluations()
+        if e.check_name == "quarantine_rate" and e.asset_key.path == ["silver", "orders"]
+    )
+    assert not rate.passed and rate.description.endswith("commonest reasons: created_at unparseable (1)")
 
     quarantined = lake.table("quarantine", "orders").filter(pl.col("order_id") == 1)
     assert quarantined.get_column("_error").to_list() == ["created_at unparseable"]

@@ -1,14 +1,16 @@
-"""Gold assets, one per table in `GOLD_TABLES`."""
+"""Gold assets, one per table in `GOLD_TABLES` whose silver inputs the contracts define."""
 
 import time
 
 import dagster as dg
 
 from lakehouse import delta
+from lakehouse.contract import Contract
 from lakehouse.delta import LakehouseStorage
 from lakehouse.gold.backfill import Backfill
 from lakehouse.gold.build import backfill, build_gold
 from lakehouse.gold.tables import GOLD_TABLES, GoldTable
+from lakehouse.silver.assets import silver_assets
 
 LISTED_PERIODS = 20
 
@@ -57,5 +59,19 @@ def _gold_asset(table: GoldTable) -> dg.AssetsDefinition:
     return gold_table
 
 
-def gold_assets() -> list[dg.AssetsDefinition]:
-    return [_gold_asset(table) for table in GOLD_TABLES]
+def attached_tables(contracts: list[Contract]) -> list[GoldTable]:
+    """The gold tables whose silver inputs the `contracts` all define.
+
+    The shop's gold tables are the demo's business logic: they attach to a contract set that
+    feeds them and stay out of a user's own, which would otherwise get stand-ins for the shop's
+    silver tables and gold steps that can only fail."""
+    silver = {key for assets in silver_assets(contracts) for key in assets.keys}
+    return [
+        table
+        for table in GOLD_TABLES
+        if all(dg.AssetKey(["silver", upstream]) in silver for upstream in table.upstream)
+    ]
+
+
+def gold_assets(contracts: list[Contract]) -> list[dg.AssetsDefinition]:
+    return [_gold_asset(table) for table in attached_tables(contracts)]

@@ -34,6 +34,9 @@ CHANGE_FEED_COLUMNS = ("_change_type", "_commit_version", "_commit_timestamp")
 ORPHAN_COLUMN = "_orphan"
 LOADED_AT = "_loaded_at"
 ROW = "_row"
+# Silver's commits name the bronze versions their load consumed: those after the one before,
+# up to the one after (the position silver's ledger records).
+BRONZE_VERSION, BRONZE_VERSION_BEFORE = "lakehouse.bronze_version", "lakehouse.bronze_version_before"
 SLICE_ROWS = 1_000_000  # bronze rows a first load holds at a time
 
 
@@ -65,10 +68,11 @@ def bronze_identity(contract: Contract) -> list[str]:
     return ["_source_file", "_line_number"]
 
 
-def read_bronze_changes(uri: str, since: int) -> tuple[pl.DataFrame, int]:
-    """Bronze rows committed after version `since`, and the version read."""
+def read_bronze_changes(uri: str, since: int, until: int | None = None) -> tuple[pl.DataFrame, int]:
+    """Bronze rows committed after version `since` up to `until` (default: the latest), and
+    the version read."""
     table = delta.DeltaTable(uri)
-    version = table.version()
+    version = table.version() if until is None else until
     empty = pl.DataFrame(schema=pl.Schema(delta.arrow_schema(table)))
     feeds = [
         pl.DataFrame(table.load_cdf(starting_version=first, ending_version=last).read_all())
@@ -87,7 +91,8 @@ def live_versions(table: delta.DeltaTable, since: int, version: int) -> list[tup
     commit of its own: reading neither is what makes the rows as if never loaded.
     """
     undone: set[int] = set()
-    for commit in table.history(limit=max(version - since, 0)):
+    # The log's newest commits first, whatever version the range ends at.
+    for commit in table.history(limit=max(table.version() - since, 0)):
         if commit["operation"] == "RESTORE" and since < commit["version"] <= version:
             undone.update(range(int(commit["operationParameters"]["version"]) + 1, commit["version"] + 1))
     ranges: list[tuple[int, int]] = []
@@ -322,7 +327,11 @@ def _load_once(
         slices = [changes.lazy()]
     loaded_at = now or datetime.now(UTC)
     parents = _parent_keys(contract, lakehouse)
-    metadata = {"lakehouse.run_id": run_id, "lakehouse.bronze_version": str(version)}
+    metadata = {
+        "lakehouse.run_id": run_id,
+        BRONZE_VERSION: str(version),
+        BRONZE_VERSION_BEFORE: "" if since is None else str(since),
+    }
     # Only the last slice's commit moves silver's position: after a crash in between, the next
     # run loads every slice again, and the MERGEs find the rows already there unchanged. The
     # slices before it commit the position unmoved, so that a second load at once conflicts

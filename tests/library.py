@@ -1,0 +1,116 @@
+"""A second domain for the tests, not the shop: a library's members and the loans they take,
+in a SQLite source of its own, with its contracts in a folder of their own."""
+
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from asset_checks import Clock, all_checks
+from lakehouse.bronze.assets import LandingZone, bronze_assets
+from lakehouse.contract import Contract, load_contracts
+from lakehouse.delta import LakehouseStorage
+from lakehouse.silver.assets import silver_assets
+from lakehouse.silver.pii import PiiHasher
+from lakehouse.source import SourceDatabase, timestamp_text
+
+CLOCK = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
+MEMBERS = """\
+name: members
+description: The library's members.
+source: {kind: database, table: members}
+primary_key: [member_id]
+watermark: {column: updated_at}
+columns:
+  member_id: {type: int, nullable: false, unique: true}
+  name: {type: string, nullable: false}
+  updated_at: {type: timestamp, nullable: false}
+"""
+LOANS = """\
+name: loans
+description: Books lent to members.
+source: {kind: database, table: loans}
+primary_key: [loan_id]
+watermark: {column: updated_at}
+columns:
+  loan_id: {type: int, nullable: false, unique: true}
+  member_id: {type: int, nullable: true, references: members.member_id}
+  status: {type: string, nullable: false, allowed_values: [open, returned]}
+  updated_at: {type: timestamp, nullable: false}
+"""
+SCHEMA = """
+create table members (member_id integer primary key, name text not null, updated_at text not null);
+create table loans (
+    loan_id integer primary key, member_id integer references members, status text not null,
+    updated_at text not null
+);
+"""
+
+
+@dataclass
+class Library:
+    """The library's source, contracts and lakehouse under `folder`."""
+
+    folder: Path
+    instance: dg.DagsterInstance
+
+    @property
+    def contracts_folder(self) -> Path:
+        return self.folder / "contracts"
+
+    @property
+    def database(self) -> Path:
+        return self.folder / "source" / "library.db"
+
+    @property
+    def source_url(self) -> str:
+        return f"sqlite:///{self.database}"
+
+    @property
+    def storage(self) -> LakehouseStorage:
+        return LakehouseStorage(root=str(self.folder / "lakehouse"))
+
+    @property
+    def contracts(self) -> list[Contract]:
+        return load_contracts(self.contracts_folder)
+
+    def create(self, loans_sla: str = "") -> None:
+        """The contracts (the loans' with an `sla:` block when given) and an empty source."""
+        self.contracts_folder.mkdir(parents=True)
+        (self.contracts_folder / "members.yaml").write_text(MEMBERS)
+        (self.contracts_folder / "loans.yaml").write_text(LOANS + loans_sla)
+        self.database.parent.mkdir(parents=True)
+        with sqlite3.connect(self.database) as connection:
+            connection.executescript(SCHEMA)
+
+    def add(self, table: str, rows: list[tuple]) -> None:
+        """Rows updated now (a minute after the previous batch), in the table's column order."""
+        with sqlite3.connect(self.database) as connection:
+            (latest,) = connection.execute(f"select max(updated_at) from {table}").fetchone()
+            stamp = timestamp_text(
+                CLOCK if latest is None else datetime.fromisoformat(latest) + timedelta(minutes=1)
+            )
+            marks = ", ".join("?" * (len(rows[0]) + 1))
+            connection.executemany(f"insert into {table} values ({marks})", [(*row, stamp) for row in rows])
+
+    def materialize(self) -> dg.ExecuteInProcessResult:
+        """Bronze and silver of every contract with their checks, in one run."""
+        contracts = self.contracts
+        return dg.materialize(
+            [*bronze_assets(contracts), *silver_assets(contracts), *all_checks(contracts)],
+            resources={
+                "source": SourceDatabase(url=self.source_url, backoff_seconds=0.05),
+                "lakehouse": self.storage,
+                "landing": LandingZone(path=str(self.folder / "landing")),
+                "pii": PiiHasher(salt="test-salt"),
+                "clock": Clock(now=CLOCK.isoformat()),
+            },
+            instance=self.instance,
+            raise_on_error=False,
+        )
+
+    def table(self, layer: str, name: str) -> pl.DataFrame:
+        return pl.read_delta(self.storage.table_uri(layer, name))
