@@ -7,7 +7,7 @@ from asset_checks.check import Check
 from asset_checks.row_checks import read_columns, scan_columns
 from asset_checks.sample import sample
 from lakehouse import delta, ledger
-from lakehouse.bronze.assets import LandingZone
+from lakehouse.bronze.assets import LISTED_FILES, LandingZone
 from lakehouse.bronze.database import read_watermark, source_chunks, source_range
 from lakehouse.contract import Contract
 from lakehouse.delta import LakehouseStorage
@@ -86,6 +86,23 @@ def _source_rows_check(contract: Contract) -> Check:
     )
 
 
+def _changed_since_ingestion(ingested: ledger.IngestedFile, data: bytes) -> str | None:
+    """How a landing file differs from the one bronze ingested; None when it does not, or when
+    the ledger predates sizes and checksums (its lines are still counted)."""
+    if ingested.size is not None and ingested.size != len(data):
+        return f"changed after ingestion: {len(data):,} bytes now, {ingested.size:,} when ingested"
+    if ingested.checksum is not None and ingested.checksum != ledger.landing_checksum(data):
+        return f"changed after ingestion: same {len(data):,} bytes, different content (checksum)"
+    return None
+
+
+def _lines_wrong(row: dict) -> str:
+    twice = row["stored"] - row["distinct"]
+    return f"{row['distinct']:,} of {row['lines']:,} lines in bronze or quarantine" + (
+        f", {twice:,} of them more than once" if twice else ""
+    )
+
+
 def _landing_lines_check(contract: Contract) -> Check:
     def evaluate(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         landing: LandingZone = context.resources.landing
@@ -105,39 +122,58 @@ def _landing_lines_check(contract: Contract) -> Check:
             .group_by("_source_file")
             .agg(stored=pl.len(), distinct=pl.col("_line_number").n_unique())
         )
-        ingested = [
-            path
-            for path in sorted(landing.folder.glob(contract.source.glob))
-            if ledger.read(table, ledger.landing_file(contract.name, path.name)) is not None
-        ]
+        counted: dict[str, int] = {}
+        changed: dict[str, str] = {}
+        for path in sorted(landing.folder.glob(contract.source.glob)):
+            ingested = ledger.ingested_file(table, contract.name, path.name)
+            if ingested is None:
+                continue
+            data = path.read_bytes()
+            difference = _changed_since_ingestion(ingested, data)
+            if difference:
+                changed[path.name] = difference
+            else:
+                counted[path.name] = data.rstrip(b"\n").count(b"\n") + (len(data) > 0)
         expected = pl.DataFrame(
-            {
-                "_source_file": [path.name for path in ingested],
-                "lines": [
-                    path.read_bytes().rstrip(b"\n").count(b"\n") + (path.stat().st_size > 0)
-                    for path in ingested
-                ],
-            },
+            {"_source_file": list(counted), "lines": list(counted.values())},
             schema={"_source_file": pl.String, "lines": pl.Int64},
         )
         compared = expected.join(stored, on="_source_file", how="left").fill_null(0)
         wrong = compared.filter(
             (pl.col("lines") != pl.col("stored")) | (pl.col("stored") != pl.col("distinct"))
         )
+        faults = changed | {row["_source_file"]: _lines_wrong(row) for row in wrong.iter_rows(named=True)}
+        named = sorted(faults)[:LISTED_FILES]
+        description = None
+        if faults:
+            description = (
+                f"{len(faults)} ingested {contract.name} files do not match bronze: "
+                + "; ".join(f"{name}: {faults[name]}" for name in named)
+                + (f"; and {len(faults) - len(named)} more" if len(faults) > len(named) else "")
+            )
+            context.log.error(f"bronze/{contract.name}: {description}")
         return dg.AssetCheckResult(
-            passed=wrong.is_empty(),
+            passed=not faults,
+            description=description,
             metadata={
-                "files_checked": expected.height,
+                "files_checked": len(counted) + len(changed),
                 "lines_checked": int(expected["lines"].sum()),
-                "files_wrong": wrong.height,
-                "sample": sample(wrong),
+                "files_wrong": len(faults),
+                "files_changed_after_ingestion": len(changed),
+                "sample": sample(
+                    pl.DataFrame(
+                        {"_source_file": named, "problem": [faults[name] for name in named]},
+                        schema={"_source_file": pl.String, "problem": pl.String},
+                    )
+                ),
             },
         )
 
     return Check(
         dg.AssetKey(["bronze", contract.name]),
         "lines_in_bronze_or_quarantine",
-        "Every line of every ingested landing file is in bronze or in quarantine, exactly once.",
+        "Every line of every ingested landing file is in bronze or in quarantine, exactly once, "
+        "and no ingested file has changed since (size and checksum in bronze's ledger).",
         evaluate,
         blocking=True,
         resources=frozenset({"landing", "lakehouse"}),

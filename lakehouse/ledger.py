@@ -5,7 +5,9 @@ commit as the rows it describes, so a table and its ledger never disagree and th
 survive log checkpoints. The entries, one home for their names:
 
 - `bronze_watermark`: the highest source watermark (microseconds since the epoch) bronze has;
-- `landing_file`: a landing file bronze has ingested (1);
+- `landing_file`: a landing file bronze has ingested (1), with `landing_file_size` (bytes) and
+  `landing_file_checksum` (63 bits of the file's BLAKE2b digest) beside it; a lake written
+  before those two existed has only the first, and its files are still ingested;
 - `silver_position`: the bronze version silver has consumed;
 - `gold_position`: the newest silver `_loaded_at` (microseconds) a gold table has consumed.
 
@@ -17,8 +19,10 @@ one of the same entries since. The loser then starts again from the new position
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import pyarrow.fs as pafs
@@ -39,6 +43,49 @@ def bronze_watermark(dataset: str) -> str:
 
 def landing_file(dataset: str, file_name: str) -> str:
     return f"lakehouse.bronze.{dataset}.file:{file_name}"
+
+
+def landing_file_size(dataset: str, file_name: str) -> str:
+    return f"lakehouse.bronze.{dataset}.file_size:{file_name}"
+
+
+def landing_file_checksum(dataset: str, file_name: str) -> str:
+    return f"lakehouse.bronze.{dataset}.file_checksum:{file_name}"
+
+
+@dataclass(frozen=True)
+class IngestedFile:
+    """A landing file as bronze ingested it; size and checksum are None for a file ingested
+    before they were recorded."""
+
+    size: int | None
+    checksum: int | None
+
+
+def landing_checksum(data: bytes) -> int:
+    """The checksum a landing file's entry holds: 63 bits, so that it fits an entry (a signed
+    64-bit integer) and is never UNSET."""
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big") >> 1
+
+
+def landing_file_entries(dataset: str, file_name: str, size: int, checksum: int) -> dict[str, int]:
+    """The entries committed with an ingested file's rows."""
+    return {
+        landing_file(dataset, file_name): 1,
+        landing_file_size(dataset, file_name): size,
+        landing_file_checksum(dataset, file_name): checksum,
+    }
+
+
+def ingested_file(table: DeltaTable | None, dataset: str, file_name: str) -> IngestedFile | None:
+    """What the ledger in this version of the table holds about a landing file, None when it
+    has not been ingested."""
+    if read(table, landing_file(dataset, file_name)) is None:
+        return None
+    return IngestedFile(
+        read(table, landing_file_size(dataset, file_name)),
+        read(table, landing_file_checksum(dataset, file_name)),
+    )
 
 
 def silver_position(dataset: str) -> str:

@@ -11,23 +11,25 @@ from hashlib import sha256
 
 import dagster as dg
 
-from lakehouse import delta, ledger
+from lakehouse import delta
 from lakehouse.alerts import AlertSink
 from lakehouse.bronze.assets import LISTED_FILES, LandingZone
+from lakehouse.bronze.landing import pending_files, settle_seconds, split_settled
 from lakehouse.contract import Contract
 from lakehouse.delta import LakehouseStorage
 from lakehouse.jobs import landing_job
 from lakehouse.settings import setting
 
 
-def waiting_files(contract: Contract, landing: LandingZone, lakehouse: LakehouseStorage) -> list[str]:
-    """Landing files bronze's ledger has not ingested yet, in name order."""
+def waiting_files(
+    contract: Contract, landing: LandingZone, lakehouse: LakehouseStorage
+) -> tuple[list[str], list[str]]:
+    """Landing files bronze's ledger has not ingested yet, in name order: those complete, and
+    those still settling (changed within the settle time), which no run is launched for yet."""
     table = delta.open_table(lakehouse.table_uri("bronze", contract.name))
-    return [
-        path.name
-        for path in sorted(landing.folder.glob(contract.source.glob))
-        if ledger.read(table, ledger.landing_file(contract.name, path.name)) is None
-    ]
+    pending = pending_files(contract, landing.folder, table)
+    settled, settling = split_settled(pending, settle_seconds())
+    return [found.path.name for found in settled], [found.path.name for found in settling]
 
 
 def landing_sensor(contract: Contract) -> dg.SensorDefinition:
@@ -36,7 +38,8 @@ def landing_sensor(contract: Contract) -> dg.SensorDefinition:
     The cursor holds the files already requested that bronze has not ingested yet, so a file
     is requested once whatever its name, however long its run takes; the run key (a hash of
     the new names) keeps a re-evaluated tick from launching twice. A file dropped again after
-    its ingestion is in the ledger and launches nothing.
+    its ingestion is in the ledger and launches nothing. A file still settling is requested by
+    a later tick, once it is complete.
     """
 
     @dg.sensor(
@@ -48,13 +51,16 @@ def landing_sensor(contract: Contract) -> dg.SensorDefinition:
     def watch(
         context: dg.SensorEvaluationContext, landing: LandingZone, lakehouse: LakehouseStorage
     ) -> dg.SensorResult | dg.SkipReason:
-        waiting = waiting_files(contract, landing, lakehouse)
+        waiting, settling = waiting_files(contract, landing, lakehouse)
         requested = set(json.loads(context.cursor)) if context.cursor else set()
         new = [name for name in waiting if name not in requested]
         cursor = json.dumps(sorted(requested.intersection(waiting) | set(new)))
         if not new:
             context.update_cursor(cursor)
-            return dg.SkipReason(f"no new files ({len(waiting)} requested, waiting for their run)")
+            return dg.SkipReason(
+                f"no new complete files ({len(waiting)} requested, waiting for their run; "
+                f"{len(settling)} still settling)"
+            )
         listed = ", ".join(new[:LISTED_FILES]) + (
             f" and {len(new) - LISTED_FILES} more" if len(new) > LISTED_FILES else ""
         )

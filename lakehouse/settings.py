@@ -33,6 +33,7 @@ DEFAULTS = {
     "LAKEHOUSE_CONTRACTS": str(Path(__file__).parent / "contracts"),
     "LAKEHOUSE_ALERTS": "./data/alerts.jsonl",
     "LAKEHOUSE_LANDING_POLL_SECONDS": "30",
+    "LAKEHOUSE_LANDING_SETTLE_SECONDS": "10",
     "LAKEHOUSE_REUSE_CHECK_PASSES": "true",
     "LAKEHOUSE_ALERT_WEBHOOK": "",
     "LAKEHOUSE_PII_SALT": "lakehouse-development-salt-do-not-use-in-production",
@@ -65,6 +66,18 @@ def check_deployment() -> str:
 def setting(name: str) -> str:
     """The variable's value, or its documented default (empty: not configured)."""
     return os.environ.get(name) or DEFAULTS[name]
+
+
+def seconds(name: str) -> float:
+    """A setting that is a number of seconds, 0 or more."""
+    value = setting(name)
+    try:
+        parsed = float(value)
+    except ValueError:
+        parsed = -1.0
+    if not parsed >= 0:  # also refuses NaN
+        raise SettingsError(f"{name} must be a number of seconds (0 or more), not '{value}'")
+    return parsed
 
 
 def resource_value(name: str) -> str | dg.EnvVar:

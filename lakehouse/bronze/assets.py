@@ -108,6 +108,7 @@ def _landing_asset(contract: Contract) -> dg.AssetsDefinition:
         context.log.info(
             f"bronze/{contract.name}: {len(result.files)} files, {result.rows_appended} rows, "
             f"{result.lines_quarantined} lines quarantined, {result.files_waiting} files wait for the next"
+            f" run, {len(result.files_settling)} are still being written"
         )
         yield dg.MaterializeResult(
             asset_key=["bronze", contract.name],
@@ -116,6 +117,7 @@ def _landing_asset(contract: Contract) -> dg.AssetsDefinition:
                 **delta.elapsed(started),
                 "files_ingested": len(result.files),
                 "files_waiting": result.files_waiting,
+                "files_settling": len(result.files_settling),
                 "lines_read": result.lines_read,
                 "rows_appended": result.rows_appended,
                 "rows_quarantined": result.lines_quarantined,

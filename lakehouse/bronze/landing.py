@@ -4,17 +4,24 @@ Every line of every file ends up in one of two tables: a line holding a JSON obj
 bronze (each field as text, nested values as JSON text, so nothing is lost or coerced), any
 other line in the quarantine table with its file, line number, raw text and the reason.
 
-The ledger of ingested files is one entry per file (lakehouse/ledger.py), committed together
-with the file's rows. Quarantined lines are written first with a MERGE on (file, line), so a
-crash between the two commits cannot duplicate them when the files are read again. A run
-overtaken by another that committed some of the same files first starts again without them.
+Only complete files are read: a file is complete once its size and modification time have
+not changed for the settle time (`LAKEHOUSE_LANDING_SETTLE_SECONDS`), and a file that changes
+while it is read is left for a later run. Producers that write a file and then rename it into
+the folder never show a partial file at all (docs/operations.md).
+
+The ledger of ingested files holds each file's size and checksum (lakehouse/ledger.py),
+committed together with the file's rows. Quarantined lines are written first with a MERGE on
+(file, line), so a crash between the two commits cannot duplicate them when the files are read
+again. A run overtaken by another that committed some of the same files first starts again
+without them.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,8 +32,12 @@ from lakehouse import delta, ledger
 from lakehouse.bronze.columns import PARTITION_COLUMN, pin_types, with_audit_columns
 from lakehouse.contract import Contract
 from lakehouse.merge import merge
+from lakehouse.settings import seconds
 
 MAX_FILES_PER_RUN = 500
+# A run waits for files that arrived just before it when they settle within this long, so it
+# takes what was dropped for it; files that need longer are left to the next run.
+SETTLE_WAIT_LIMIT = 60.0
 QUARANTINE_SCHEMA = {
     "_source_file": pl.String,
     "_line_number": pl.Int64,
@@ -45,6 +56,8 @@ class Ingestion:
     added_columns: list[str]
     table: delta.DeltaTable | None
     quarantine: delta.DeltaTable | None
+    # Files still being written (changed within the settle time, or while read): a later run's.
+    files_settling: list[str] = field(default_factory=list)
 
 
 def pending_files(contract: Contract, landing: Path, table: delta.DeltaTable | None) -> list[Path]:
@@ -56,6 +69,61 @@ def pending_files(contract: Contract, landing: Path, table: delta.DeltaTable | N
     return [
         path for path in files if ledger.read(table, ledger.landing_file(contract.name, path.name)) is None
     ]
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A landing file as one look at it found it."""
+
+    path: Path
+    size: int
+    modified_ns: int
+
+    def settles_in(self, settle: float, now_ns: int) -> float:
+        """Seconds until the file has been unchanged for `settle` seconds (0 or less: settled)."""
+        return settle - (now_ns - self.modified_ns) / 1e9
+
+
+def look(path: Path) -> Seen | None:
+    """The file's size and modification time now; None when it is gone."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return Seen(path, stat.st_size, stat.st_mtime_ns)
+
+
+def settle_seconds() -> float:
+    return seconds("LAKEHOUSE_LANDING_SETTLE_SECONDS")
+
+
+def split_settled(files: list[Path], settle: float) -> tuple[list[Seen], list[Seen]]:
+    """The files unchanged for `settle` seconds, and those changed more recently (still being
+    written, or just arrived), each in the order given. Files gone meanwhile are in neither."""
+    now_ns = time.time_ns()
+    seen = [found for found in map(look, files) if found is not None]
+    return (
+        [found for found in seen if found.settles_in(settle, now_ns) <= 0],
+        [found for found in seen if found.settles_in(settle, now_ns) > 0],
+    )
+
+
+def complete_files(files: list[Path], settle: float) -> tuple[list[Seen], list[Path]]:
+    """The files that are complete, in the order given, and those still settling.
+
+    Files that would settle within SETTLE_WAIT_LIMIT are waited for, once: those unchanged
+    by then are complete too, the others are still being written."""
+    settled, young = split_settled(files, settle)
+    now_ns = time.time_ns()
+    soon = [found for found in young if found.settles_in(settle, now_ns) <= SETTLE_WAIT_LIMIT]
+    if soon:
+        time.sleep(max(found.settles_in(settle, now_ns) for found in soon))
+        again, _ = split_settled([found.path for found in soon], settle)
+        settled += [found for found in again if found in soon]
+    order = {path: number for number, path in enumerate(files)}
+    complete = sorted(settled, key=lambda found: order[found.path])
+    done = {found.path for found in complete}
+    return complete, [found.path for found in young if found.path not in done]
 
 
 # `json.dumps(value, separators=...)` builds an encoder per call: one for all is the same text.
@@ -151,7 +219,7 @@ def ingest_files(
     run_id: str,
     now: datetime | None = None,
 ) -> Ingestion:
-    """Ingest the pending files (at most MAX_FILES_PER_RUN, oldest first) in one commit."""
+    """Ingest the complete pending files (at most MAX_FILES_PER_RUN, oldest first) in one commit."""
     return ledger.redo_when_moved(
         lambda: _ingest_once(contract, landing, uri, quarantine_uri, source, run_id, now),
         f"bronze/{contract.name}",
@@ -169,22 +237,30 @@ def _ingest_once(
 ) -> Ingestion:
     table = delta.open_table(uri)
     claim = ledger.Claim(uri, table)
-    waiting = pending_files(contract, landing, table)
-    files = waiting[:MAX_FILES_PER_RUN]
+    waiting, settling = complete_files(pending_files(contract, landing, table), settle_seconds())
     extracted_at = now or datetime.now(UTC)
     # Each file's rows become columns at once: rows as Python dicts take several times the
     # memory of the frame.
     frames: list[pl.DataFrame] = []
     rejected: list[dict[str, object]] = []
-    for path in files:
-        file_rows, file_rejected = parse_file(path)
+    names: list[str] = []
+    entries: dict[str, int] = {}
+    for seen in waiting[:MAX_FILES_PER_RUN]:
+        checksum = ledger.landing_checksum(seen.path.read_bytes())
+        file_rows, file_rejected = parse_file(seen.path)
+        if look(seen.path) != seen:  # written to while read: not complete after all
+            settling.append(seen.path)
+            continue
         frames.append(_rows_frame(file_rows, contract))
         rejected.extend(file_rejected)
+        names.append(seen.path.name)
+        entries |= ledger.landing_file_entries(contract.name, seen.path.name, seen.size, checksum)
+    still = sorted(path.name for path in settling)
 
     bad = with_audit_columns(pl.DataFrame(rejected, schema=QUARANTINE_SCHEMA), source, run_id, extracted_at)
     quarantine = _quarantine(quarantine_uri, bad)
-    if not files:
-        return Ingestion([], 0, 0, 0, 0, [], table, quarantine)
+    if not names:
+        return Ingestion([], 0, 0, 0, 0, [], table, quarantine, still)
 
     stored = delta.arrow_schema(table) if table else None
     good = pin_types(
@@ -196,14 +272,13 @@ def _ingest_once(
     )
     added = [name for name in good.columns if stored is not None and name not in stored.names]
     good = with_audit_columns(good, source, run_id, extracted_at)
-    names = [path.name for path in files]
     written = delta.write(
         uri,
         good,
         partition_by=[PARTITION_COLUMN],
         configuration=delta.CHANGE_DATA_FEED,
         metadata={"lakehouse.run_id": run_id, "lakehouse.files": json.dumps(names)},
-        transactions={ledger.landing_file(contract.name, name): 1 for name in names},
+        transactions=entries,
         claim=claim,
     )
     return Ingestion(
@@ -211,8 +286,9 @@ def _ingest_once(
         lines_read=good.height + len(rejected),
         rows_appended=good.height,
         lines_quarantined=len(rejected),
-        files_waiting=len(waiting) - len(files),
+        files_waiting=max(len(waiting) - MAX_FILES_PER_RUN, 0),
         added_columns=added,
         table=written,
         quarantine=quarantine,
+        files_settling=still,
     )
