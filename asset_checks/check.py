@@ -1,7 +1,7 @@
 """One asset check as data, and the one Dagster step per asset that evaluates an asset's checks.
 
-Every step costs a run Dagster's bookkeeping (its events, its context) whatever it does: about
-0.06 s on two cores, against a few milliseconds for most checks themselves. So the checks of
+Every step costs a run Dagster's bookkeeping (its events, its context) whatever it does, more
+than most checks cost themselves. So the checks of
 an asset run in one step (a multi-asset check that can be subset), and each still shows as its
 own check, with its own result, severity and blocking.
 

@@ -201,8 +201,8 @@ def _silver_accounts_check(contract: Contract) -> Check:
         valid = typed(kept, contract).select(*key, *watermark)
         current = scan_columns(lakehouse.table_uri("silver", contract.name), [*key, *watermark])
         # One streamed join of bronze's valid rows with silver's keys yields both kinds of
-        # problem; only they and three counts are held, not the tables (at scale 10, whole
-        # tables and three joins took 5 GiB).
+        # problem; only they and three counts are held, not the tables, so memory does not
+        # grow with them.
         in_bronze, in_silver = pl.col("_in_bronze").is_not_null(), pl.col("_in_silver").is_not_null()
         lost = ~in_silver
         for column in watermark:

@@ -2,7 +2,7 @@
 period, so an incremental rebuild that skipped or doubled a period is caught.
 
 Both sides are summed by polars' streaming engine: only the per-period sums and the join's
-smaller side (the orders) are held, not whole tables (at scale 10, reading them took 5.4 GiB).
+smaller side (the orders) are held, not whole tables, so memory does not grow with them.
 """
 
 from __future__ import annotations

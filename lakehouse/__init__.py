@@ -2,8 +2,8 @@
 
 Importing it freezes the objects already alive (chiefly Dagster's, as every `dagster` command
 imports Dagster first) out of the cyclic garbage collector, which otherwise scans them again in
-every full collection while the definitions load: about 0.35 s of each process that loads them
-(README, Performance). Nearly all of them are module-level and live as long as the process
+every full collection while the definitions load, in every process that loads them (every
+command and run). Nearly all of them are module-level and live as long as the process
 anyway. The freeze is undone at exit, so that the interpreter's last collection still frees
 everything (else DuckDB's extension reports leaked objects).
 """

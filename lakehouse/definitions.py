@@ -45,6 +45,6 @@ defs = dg.Definitions(
         "dbt": DbtCli(project_dir=dbt_project, dbt_executable=DBT_EXECUTABLE),
     },
     # Steps are short and mostly I/O: running them in one process avoids re-importing the
-    # definitions for every step, which costs seconds each on two cores (see README).
+    # definitions for every step, which would outweigh most steps (docs/architecture.md).
     executor=dg.in_process_executor,
 )

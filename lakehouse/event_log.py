@@ -1,13 +1,13 @@
 """Dagster's SQLite event log for one machine, keeping its index database open between writes.
 
 Dagster's own SQLite event log creates an engine and opens a connection for every write and
-closes it after, and each close of a WAL database checkpoints it: at SCALE=1 a run writes about
-600 events through about 3,300 such connections. Holding one connection to the index database
-(asset and check events, run status, every cross-run query) stores them about 2 s faster per run
-(README, Performance). Each run's own database keeps Dagster's open-and-close: the webserver
-streams a run's events by watching that file change, which a held connection would postpone to
-the next checkpoint. Dagster also asks some 300 times a run whether a table exists, each time
-through a new engine: a table once found is remembered, as tables are only ever added.
+closes it after, and each close of a WAL database checkpoints it: a run writes hundreds of
+events, each through several such connections. Holding one connection to the index database
+(asset and check events, run status, every cross-run query) saves that work on every write.
+Each run's own database keeps Dagster's open-and-close: the webserver streams a run's events by
+watching that file change, which a held connection would postpone to the next checkpoint.
+Dagster also asks hundreds of times a run whether a table exists, each time through a new
+engine: a table once found is remembered, as tables are only ever added.
 """
 
 from __future__ import annotations

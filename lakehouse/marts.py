@@ -43,14 +43,14 @@ dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_D
 
 class DbtCli(DbtCliResource):
     """dagster-dbt's dbt CLI resource without two things it does before every dbt invocation,
-    which cost 3.3 s a dbt step on two cores and serve nothing this project uses: running
+    which each start a process or build an adapter and serve nothing this project uses: running
     `dbt --version` (which also asks PyPI for the latest release: dbt-core #6085) to tell dbt
     Core from the Fusion engine, and building a dbt adapter in this process for
     `fetch_column_metadata` (row counts and schemas come from the warehouse instead; dbt-core
     is not in this environment, so it would only log a failure).
 
     Both are private members of dagster-dbt 0.29 (pinned): on an upgrade, check they still
-    exist, or `make bench` shows the dbt step 3 s slower again."""
+    exist, or every dbt step pays for both again."""
 
     @cached_property
     def _cli_version(self) -> Version:
@@ -92,7 +92,7 @@ def keep_parse_state(run_target: Path) -> None:
 
     dagster-dbt hands each build a copy of the project's `partial_parse.msgpack`, written by
     `make`'s `dbt parse`. dbt discards it when the profile differs (the warehouse path of this
-    deployment) and parses the whole project again, about 2 s of every build. dbt still checks
+    deployment) and parses the whole project again at every build. dbt still checks
     the state it is given and parses again what changed.
     """
     state = run_target / PARSE_STATE

@@ -3,8 +3,8 @@
 Each slice is a query of its own, filtered on a range of the key, which the Parquet scan prunes
 by row-group statistics: over files written in key order each reads about its own rows. polars'
 `collect_batches` and `sink_batches` do not bound memory: they run the query ahead of a consumer
-slower than the scan and hold what it has not taken yet (validating a batch of 30M bronze order
-items that way held 3 GB at scale 10).
+slower than the scan and hold what it has not taken yet, so a slow consumer such as Pandera
+makes them hold most of the batch.
 """
 
 import itertools

@@ -24,7 +24,7 @@ from typing import TypeVar
 import dagster as dg
 
 T = TypeVar("T")
-STARTUP_SECONDS = 180  # about 25 s on an idle two-core machine; other workers share the cores
+STARTUP_SECONDS = 180  # far above an idle start: other workers share the cores
 STOP_SECONDS = 30
 
 

@@ -69,9 +69,9 @@ def source_chunks(
 
     A load with no lower bound pages through the primary key, the table's own order; later
     runs through (watermark, primary key), which the watermark's index serves. Reading a whole
-    table in watermark order would jump around it: three times slower on orders that changed
-    since. The source's condition may admit rows just outside the range (see
-    `lakehouse.bronze.watermark`): they are dropped here.
+    table in watermark order would jump around it, as rows that changed since their creation
+    are spread over the whole table. The source's condition may admit rows just outside the
+    range (see `lakehouse.bronze.watermark`): they are dropped here.
     """
     column = contract.watermark.column
     order = contract.primary_key if bounds.lower is None else [column, *contract.primary_key]

@@ -14,7 +14,7 @@ admit a few rows more, then the exact test on the instants the values name (see
   one day wider than the range admits every row in it. Values in the one fixed-width UTC form
   the demo writes (`SQLITE_TIMESTAMP_FORMAT`) do compare as time: of the widened day only the
   other forms are read, and a source holding that form alone reads exactly the range, through
-  its index, as before.
+  its index.
 """
 
 from __future__ import annotations

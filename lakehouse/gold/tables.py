@@ -119,7 +119,8 @@ def _with_customer_key(orders: pl.LazyFrame, read: Reader) -> pl.LazyFrame:
     """The customer version valid when the order was placed (SCD2 point-in-time join).
 
     Only the versions of these orders' customers are numbered: a part of a few days names a
-    fraction of them, and numbering all took most of a small part's build (scale 10)."""
+    fraction of them, and numbering every customer's versions would outweigh the part's own
+    work."""
     versions = (
         customer_versions(read, orders.select("customer_id").unique())
         .select("customer_id", "customer_key", "effective_from")

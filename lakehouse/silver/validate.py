@@ -67,10 +67,10 @@ def split_valid(frame: pl.DataFrame, contract: Contract) -> tuple[pl.DataFrame, 
         rules.extend(_rules(name, spec, raw, pl.col(converted[name])))
     # Every value is converted once, into a column of its own that the rules read: parsing a
     # timestamp costs more than all the rules together. concat_str, not a list join, names the
-    # broken rules: a list per row is several times slower. Lazily, because an eager
-    # `with_columns` converts one column after another: 1.5 x slower on 1M orders (measured).
+    # broken rules: it builds no list per row. Lazily, because an eager `with_columns`
+    # converts one column after another, where the lazy plan converts them side by side.
     # Both halves in one `collect_all`, which checks the rows once for both and filters them
-    # in parallel: 0.5 against 0.65 s on 1M orders (measured).
+    # in parallel.
     errors = pl.concat_str(rules, separator=ERROR_SEPARATOR, ignore_nulls=True) if rules else pl.lit("")
     checked = frame.lazy().with_columns(conversions).with_columns(errors.alias(ERROR_COLUMN))
     columns = [*frame.columns, *(name for name in contract.columns if name not in frame.columns)]
