@@ -226,10 +226,9 @@ def _table_log_command(action: str, lakehouse: LakehouseStorage, layer: str, nam
     print(f"  table loads: {'yes' if report.load_error is None else 'no (' + report.load_error + ')'}")
     if report.sound:
         return 0
-    repairable = state.torn_last is not None
     print(
         f"  `lakehouse table repair {layer}/{name}` sets the torn last commit aside"
-        if repairable
+        if state.repairable
         else "  not a torn last commit: restore the table's folder from a backup (docs/operations.md)"
     )
     return 1

@@ -60,11 +60,18 @@ class LogState:
 
     @property
     def torn_last(self) -> Problem | None:
-        """The newest commit, when it is the log's only problem and no checkpoint holds it."""
-        if len(self.problems) != 1 or self.problems[0].version != self.newest:
-            return None
-        covered = any(checkpoint >= self.problems[0].version for checkpoint in self.checkpoints)
-        return None if covered else self.problems[0]
+        """The newest commit, when it is broken and the log's only problem."""
+        only = self.problems[0] if len(self.problems) == 1 else None
+        return only if only is not None and only.version == self.newest else None
+
+    @property
+    def covered(self) -> bool:
+        """Whether a checkpoint holds the newest version (then setting its commit aside is no repair)."""
+        return self.newest is not None and any(c >= self.newest for c in self.checkpoints)
+
+    @property
+    def repairable(self) -> bool:
+        return self.torn_last is not None and not self.covered
 
 
 @dataclass(frozen=True)
@@ -96,12 +103,12 @@ def _commit_problem(text: bytes) -> str | None:
     """Why a commit file is not a commit: each line one JSON object, at least one action."""
     lines = [line for line in text.decode("utf-8", errors="replace").splitlines() if line.strip()]
     if not lines:
-        return "empty (torn before its first action was written)"
+        return "empty: the file was cut short before its first action"
     for number, line in enumerate(lines, start=1):
         try:
             action = json.loads(line)
         except json.JSONDecodeError as error:
-            return f"line {number} is not JSON ({error.msg}): torn while being written"
+            return f"line {number} is not JSON ({error.msg}): the file was cut short or damaged"
         if not isinstance(action, dict):
             return f"line {number} is not a Delta action"
     return None
@@ -117,8 +124,8 @@ def _checkpoint_problems(filesystem: fs.FileSystem, root: str, names: set[str]) 
             problems.append(Problem(f"{LOG}/{name}", f"checkpoint unreadable ({error})"))
     if LAST_CHECKPOINT in names:
         path = f"{LOG}/{LAST_CHECKPOINT}"
-        with filesystem.open_input_stream(f"{root}/{path}") as hint:
-            text = hint.read()
+        with filesystem.open_input_stream(f"{root}/{path}") as stream:
+            text = stream.read()
         try:
             version = int(json.loads(text)["version"])
         except (ValueError, KeyError, TypeError):
@@ -154,7 +161,7 @@ def inspect(uri: str) -> LogState:
     )
 
 
-def hint(uri: str) -> str:
+def _hint(uri: str) -> str:
     name = table_name(uri)
     return (
         f"`lakehouse table check {name}` reports the log; `lakehouse table repair {name}` sets a "
@@ -175,7 +182,7 @@ def unreadable(uri: str, error: Exception) -> Exception:
     problem = next((p for p in reversed(problems) if p.version is not None), problems[-1])
     return CorruptLog(
         f"{table_name(uri)}: the Delta log cannot be read: {uri}/{problem.file}: {problem.what}"
-        f"{f' (and {len(problems) - 1} more problem(s))' if len(problems) > 1 else ''}; {hint(uri)}"
+        f"{f' (and {len(problems) - 1} more problem(s))' if len(problems) > 1 else ''}; {_hint(uri)}"
     )
 
 
@@ -213,10 +220,15 @@ def repair(uri: str, consumer: tuple[str, int] | None = None) -> Repaired:
     if torn is None:
         listed = "; ".join(f"{problem.file}: {problem.what}" for problem in state.problems)
         raise RepairRefused(
-            f"{name}: repair only sets aside a torn last commit, and this log has more: {listed}. "
-            "Commits after a broken one are real; restore the table's folder from a backup"
+            f"{name}: repair only sets aside a torn last commit; this log has: {listed}. Restore "
+            "the table's folder from a backup (commits after a broken file are real data)"
         )
     assert torn.version is not None
+    if state.covered:
+        raise RepairRefused(
+            f"{name}: a checkpoint holds version {torn.version}, whose commit {torn.file} is broken: "
+            "restore the table's folder from a backup"
+        )
     if consumer is not None and consumer[1] >= torn.version:
         raise RepairRefused(
             f"{consumer[0]} has consumed {name} up to version {consumer[1]}, the torn commit "

@@ -100,6 +100,7 @@ def test_a_torn_last_commit_is_named_checked_and_set_aside(
         ("torn middle", "00000000000000000001.json: line 2 is not JSON"),
         ("missing middle", "00000000000000000001.json: missing, yet later commits exist"),
         ("missing checkpoint", "_last_checkpoint: names the checkpoint of version 1, which is missing"),
+        ("garbled checkpoint", "00000000000000000001.checkpoint.parquet: checkpoint unreadable"),
     ],
 )
 def test_repair_refuses_anything_but_a_torn_last_commit(
@@ -114,7 +115,11 @@ def test_repair_refuses_anything_but_a_torn_last_commit(
         (log / "00000000000000000001.json").rename(tmp_path / "moved.json")
     else:
         delta.load_table(uri, 1).create_checkpoint()
-        (log / "00000000000000000001.checkpoint.parquet").unlink()
+        checkpoint = log / "00000000000000000001.checkpoint.parquet"
+        if damage == "missing checkpoint":
+            checkpoint.unlink()
+        else:
+            checkpoint.write_bytes(checkpoint.read_bytes()[:-100])
     files = sorted(path.name for path in log.iterdir())
 
     with pytest.raises(CorruptLog, match=named):
@@ -228,3 +233,15 @@ def test_the_next_run_redoes_exactly_the_set_aside_commit(
     assert ledger.read(delta.load_table(silver), position) < consumed, "silver merges that bronze again"
     _assert_run(_run(contracts, built, tmp_path, instance, ("bronze", "silver")), len(built.orphans()))
     _assert_lake(built, storage, keys, shown)
+
+
+def test_repair_refuses_a_torn_commit_a_checkpoint_holds(tmp_path: Path) -> None:
+    uri = _readings(tmp_path / "lakehouse")
+    delta.load_table(uri).create_checkpoint()
+    _tear(uri, 2)
+    report = table_log.check(uri)
+    assert report.load_error is None and not report.sound, "loads from the checkpoint, yet a file is broken"
+    assert [problem.file for problem in report.state.problems] == ["_delta_log/00000000000000000002.json"]
+    with pytest.raises(RepairRefused, match="a checkpoint holds version 2"):
+        table_log.repair(uri)
+    assert not (Path(uri) / "_delta_log" / "_corrupt").exists()

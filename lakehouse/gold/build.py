@@ -46,7 +46,7 @@ def _micros(moment: datetime) -> int:
 
 def _silver_reader(lakehouse: LakehouseStorage) -> Reader:
     def read(name: str) -> pl.LazyFrame:
-        return pl.scan_delta(delta.load_table(lakehouse.table_uri("silver", name)))
+        return pl.scan_delta(lakehouse.table_uri("silver", name))
 
     return read
 
