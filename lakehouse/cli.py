@@ -9,12 +9,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lakehouse import table_log
 from lakehouse.contract import ContractError
 from lakehouse.demo.store import NotADemoError, shown_url
 from lakehouse.settings import SettingsError, setting
 from lakehouse.source import SourceDatabase
 from lakehouse.source_errors import SourceError, SourceUnavailableError
-from lakehouse.table_log import CorruptLog, RepairRefused
 from lakehouse.text_table import print_table
 
 if TYPE_CHECKING:
@@ -42,8 +42,8 @@ USER_ERRORS = (
     NotADemoError,
     SourceUrlError,
     SourceError,
-    CorruptLog,
-    RepairRefused,
+    table_log.CorruptLog,
+    table_log.RepairRefused,
 )
 
 
@@ -202,7 +202,7 @@ def _table_command(args: argparse.Namespace) -> int:
 
 
 def _table_log_command(action: str, lakehouse: LakehouseStorage, layer: str, name: str) -> int:
-    from lakehouse import table_log, time_travel
+    from lakehouse import time_travel
 
     uri = lakehouse.table_uri(layer, name)
     report = table_log.check(uri)
