@@ -7,7 +7,9 @@ import argparse
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from lakehouse import table_log
 from lakehouse.contract import ContractError
 from lakehouse.demo.store import NotADemoError, shown_url
 from lakehouse.settings import SettingsError, setting
@@ -15,11 +17,16 @@ from lakehouse.source import SourceDatabase
 from lakehouse.source_errors import SourceError, SourceUnavailableError
 from lakehouse.text_table import print_table
 
+if TYPE_CHECKING:
+    from lakehouse.delta import LakehouseStorage
+
 EXIT_CODES = """exit codes:
   0  done
-  1  quality report: a table misses its SLAs; summary: no Delta tables yet
+  1  quality report: a table misses its SLAs; summary: no Delta tables yet; table check: the
+     table's Delta log has a broken file
   2  usage or configuration error: bad arguments or settings, an invalid contract, a source URL
-     the demo cannot use (not a database the demo created, or no demo yet)
+     the demo cannot use (not a database the demo created, or no demo yet); a table whose Delta
+     log cannot be read, or that table repair does not mend
   3  the source database stayed unreachable through every retry"""
 
 
@@ -29,7 +36,15 @@ class SourceUrlError(ValueError):
 
 # Errors in what the user gave (arguments, settings, contracts, the source they point at): one
 # line on stderr and exit 2. Anything else is a defect of the lakehouse and keeps its traceback.
-USER_ERRORS = (ContractError, SettingsError, NotADemoError, SourceUrlError, SourceError)
+USER_ERRORS = (
+    ContractError,
+    SettingsError,
+    NotADemoError,
+    SourceUrlError,
+    SourceError,
+    table_log.CorruptLog,
+    table_log.RepairRefused,
+)
 
 
 def _source() -> SourceDatabase:
@@ -130,6 +145,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     back.add_argument("table", type=_table_name, help="<layer>/<table>, e.g. bronze/orders")
     back.add_argument("--version", type=int, required=True, help="the version to restore")
+    checked = table.add_parser(
+        "check", help="read every file of the table's Delta log and load the table; exit 1 on a problem"
+    )
+    checked.add_argument("table", type=_table_name, help="<layer>/<table>, e.g. silver/orders")
+    mended = table.add_parser(
+        "repair", help="set a torn last commit aside, so the table reads at the version before it"
+    )
+    mended.add_argument("table", type=_table_name, help="<layer>/<table>, e.g. silver/orders")
     contract = commands.add_parser("contract", help="dataset contracts").add_subparsers(
         dest="action", required=True
     )
@@ -158,6 +181,8 @@ def _table_command(args: argparse.Namespace) -> int:
 
     lakehouse = LakehouseStorage(root=setting("LAKEHOUSE_ROOT"))
     layer, name = args.table
+    if args.action in ("check", "repair"):
+        return _table_log_command(args.action, lakehouse, layer, name)
     if args.action == "history":
         if delta.open_table(lakehouse.table_uri(layer, name)) is None:
             print(f"lakehouse table history: {layer}/{name} does not exist", file=sys.stderr)
@@ -174,6 +199,39 @@ def _table_command(args: argparse.Namespace) -> int:
     for key, value in restored.markers.items():
         print(f"  ledger {key}: {'not set' if value is None else value}")
     return 0
+
+
+def _table_log_command(action: str, lakehouse: LakehouseStorage, layer: str, name: str) -> int:
+    from lakehouse import time_travel
+
+    uri = lakehouse.table_uri(layer, name)
+    report = table_log.check(uri)
+    if not report.state.commits and not report.state.problems:
+        print(f"lakehouse table {action}: {layer}/{name} has no Delta log at {uri}", file=sys.stderr)
+        return 2
+    if action == "repair" and not report.state.problems:
+        print(f"{layer}/{name}: the Delta log has no broken file; nothing to repair")
+        return 0
+    if action == "repair":
+        repaired = table_log.repair(uri, time_travel.consumer_position(lakehouse, layer, name))
+        at = "has no commit left" if repaired.version is None else f"reads at version {repaired.version}"
+        print(f"{layer}/{name}: set the torn last commit aside as {repaired.set_aside}; the table {at}")
+        print("  the next run redoes that commit's work (its ledger entries went with it)")
+        return 0
+    state = report.state
+    checkpoints = ", ".join(map(str, state.checkpoints)) or "none"
+    print(f"{layer}/{name}: commits {state.commits[0]} to {state.newest}, checkpoints: {checkpoints}")
+    for problem in state.problems:
+        print(f"  {problem.file}: {problem.what}")
+    print(f"  table loads: {'yes' if report.load_error is None else 'no (' + report.load_error + ')'}")
+    if report.sound:
+        return 0
+    print(
+        f"  `lakehouse table repair {layer}/{name}` sets the torn last commit aside"
+        if state.repairable
+        else "  not a torn last commit: restore the table's folder from a backup (docs/operations.md)"
+    )
+    return 1
 
 
 def _quality_report(args: argparse.Namespace) -> int:

@@ -11,9 +11,10 @@ import dagster as dg
 import polars as pl
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
-from deltalake.exceptions import CommitFailedError, TableNotFoundError
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from pyarrow import fs
 
+from lakehouse import table_log
 from lakehouse.ledger import Claim, LedgerMoved
 
 COMMIT_ATTEMPTS = 5
@@ -51,10 +52,22 @@ class LakehouseStorage(dg.ConfigurableResource):
         ]
 
 
-def open_table(uri: str) -> DeltaTable | None:
-    """The table at `uri`, or None before its first commit."""
+def load_table(uri: str, version: int | None = None) -> DeltaTable:
+    """The table at `uri`, at `version` (default: its newest). Raises `TableNotFoundError`
+    before its first commit, and `table_log.CorruptLog` naming the table and the broken file
+    when its log cannot be read (delta-rs's own error names neither)."""
     try:
-        return DeltaTable(uri)
+        return DeltaTable(uri, version=version)
+    except TableNotFoundError:
+        raise
+    except DeltaError as error:
+        raise table_log.unreadable(uri, error) from None
+
+
+def open_table(uri: str) -> DeltaTable | None:
+    """The table at `uri`, or None before its first commit (see `load_table`)."""
+    try:
+        return load_table(uri)
     except TableNotFoundError:
         return None
 
@@ -222,4 +235,4 @@ def write(
     if claim is not None:
         # A table object written through is at its own commit's version; a created one is at 0.
         claim.advance(0 if latest is None else latest.version())
-    return DeltaTable(uri)
+    return load_table(uri)

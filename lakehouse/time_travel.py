@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from deltalake import CommitProperties, DeltaTable, Transaction
+from deltalake import CommitProperties, Transaction
 
 from lakehouse import delta, ledger
 from lakehouse.delta import LakehouseStorage
@@ -42,7 +42,7 @@ def _metric(metrics: dict[str, Any], names: tuple[str, ...]) -> int | None:
 def history(uri: str, limit: int | None = None) -> list[dict[str, Any]]:
     """The table's versions, newest first: when, what operation, rows changed, by which run."""
     rows = []
-    for commit in DeltaTable(uri).history(limit):
+    for commit in delta.load_table(uri).history(limit):
         metrics = commit.get("operationMetrics", {})
         rows.append(
             {
@@ -61,8 +61,8 @@ def history(uri: str, limit: int | None = None) -> list[dict[str, Any]]:
     return rows
 
 
-def _consumer_position(lakehouse: LakehouseStorage, layer: str, name: str) -> tuple[str, int] | None:
-    """Silver's position in this bronze table: how far a restore of bronze may go back."""
+def consumer_position(lakehouse: LakehouseStorage, layer: str, name: str) -> tuple[str, int] | None:
+    """Silver's position in this bronze table: how far a restore (or a repair) of bronze may go back."""
     if layer != "bronze":
         return None
     silver = delta.open_table(lakehouse.table_uri("silver", name))
@@ -81,14 +81,14 @@ def restore(lakehouse: LakehouseStorage, layer: str, name: str, version: int) ->
         raise RestoreError(
             f"{layer}/{name} is at version {current}: restore to a version from 0 to {current - 1}"
         )
-    consumer = _consumer_position(lakehouse, layer, name)
+    consumer = consumer_position(lakehouse, layer, name)
     if consumer is not None and consumer[1] > version:
         raise RestoreError(
             f"{consumer[0]} has consumed {layer}/{name} up to version {consumer[1]}: restore "
             f"{consumer[0]} first to a version that consumed at most {version} "
             f"(see `lakehouse table history {consumer[0]}`)"
         )
-    then = DeltaTable(uri, version=version)
+    then = delta.load_table(uri, version)
     markers = {key: ledger.read(then, key) for key in sorted(ledger.keys_written(uri, version, current))}
     table.restore(
         version,
@@ -100,4 +100,4 @@ def restore(lakehouse: LakehouseStorage, layer: str, name: str, version: int) ->
             ],
         ),
     )
-    return Restored(DeltaTable(uri).version(), version, markers)
+    return Restored(delta.load_table(uri).version(), version, markers)

@@ -71,7 +71,7 @@ def bronze_identity(contract: Contract) -> list[str]:
 def read_bronze_changes(uri: str, since: int, until: int | None = None) -> tuple[pl.DataFrame, int]:
     """Bronze rows committed after version `since` up to `until` (default: the latest), and
     the version read."""
-    table = delta.DeltaTable(uri)
+    table = delta.load_table(uri)
     version = table.version() if until is None else until
     empty = pl.DataFrame(schema=pl.Schema(delta.arrow_schema(table)))
     feeds = [
@@ -314,7 +314,7 @@ def _load_once(
     key = ledger.silver_position(contract.name)
     since = ledger.read(silver, key)
     if since is None:
-        bronze = delta.DeltaTable(bronze_uri)
+        bronze = delta.load_table(bronze_uri)
         version = bronze.version()
         slices = _whole_table(bronze, contract)
     else:
