@@ -155,7 +155,8 @@ def test_a_duplicate_event_in_a_later_file_is_not_inserted_twice(lake: Lake) -> 
     assert silver.height == events_before
     assert silver.filter(pl.col("event_id") == event_id).height == 1
     metadata = silver_metadata(result, "events")
-    assert (metadata["rows_read"], metadata["rows_unchanged"], metadata["rows_inserted"]) == (1, 1, 0)
+    assert (metadata["rows_read"], metadata["duplicates_collapsed"], metadata["rows_inserted"]) == (1, 1, 0)
+    assert metadata["conflicting_duplicates"] == 0
 
 
 def change_customer(lake: Lake, customer_id: int, **values: str) -> None:
