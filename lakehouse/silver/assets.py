@@ -54,8 +54,8 @@ def _silver_asset(contract: Contract) -> dg.AssetsDefinition:
             ["quarantine", name],
             deps=[["bronze", name]],
             kinds=KINDS,
-            description=f"Bronze {name} rows that broke a contract rule: the row as it came, with "
-            "`_error` naming every rule broken.",
+            description=f"Bronze {name} rows that broke a contract rule, or (append-only) repeat a key "
+            "with other content: the row as it came, with `_error` naming every rule broken.",
         ),
     ]
     if contract.history == "scd2":
