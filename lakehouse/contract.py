@@ -101,6 +101,9 @@ class LandingSource(_Strict):
     kind: Literal["landing"]
     glob: str
     format: Literal["jsonl"] = "jsonl"
+    # Keys a line holds beyond the contract's columns: kept in bronze's one JSON column of
+    # extras, or the line quarantined. Never a column each: one line could add thousands.
+    extra_keys: Literal["keep_json", "quarantine"] = "keep_json"
 
 
 class Watermark(_Strict):

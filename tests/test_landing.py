@@ -9,6 +9,7 @@ from conftest import Lake
 
 from lakehouse import delta
 from lakehouse.bronze.landing import parse_file
+from lakehouse.contract import Contract
 from lakehouse.demo.events import EVENT_TYPES
 
 EVENT_ASSETS = dg.AssetSelection.assets(["bronze", "events"], ["quarantine", "events_malformed"])
@@ -145,12 +146,22 @@ def test_each_field_is_kept_as_the_json_text_it_holds(tmp_path: Path) -> None:
     )
     huge = tmp_path / "huge.jsonl"
     huge.write_bytes(b'{"big": 123456789012345678901234567890, "low": -9223372036854775809}\n')
+    fields = ("n", "f", "g", "t", "z", "i", "nested", "big", "low")
+    contract = Contract.model_validate(
+        {
+            "name": "fields",
+            "description": "Every kind of JSON value.",
+            "source": {"kind": "landing", "glob": "*.jsonl"},
+            "primary_key": ["i"],
+            "columns": {name: {"type": "string"} for name in fields},
+        }
+    )
 
-    [row], rejected = parse_file(plain)
+    [row], rejected = parse_file(plain, contract)
     assert rejected == []
     assert row == {
         "n": "NaN", "f": "1e+16", "g": "0.1", "t": "true", "z": None, "i": "-42",
         "nested": '{"\\u00e9":"caf\\u00e9","l":[1,2.5]}', "_source_file": "plain.jsonl", "_line_number": 1,
     }  # fmt: skip
-    [row], _ = parse_file(huge)
+    [row], _ = parse_file(huge, contract)
     assert (row["big"], row["low"]) == ("123456789012345678901234567890", "-9223372036854775809")

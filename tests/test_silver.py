@@ -1,5 +1,6 @@
 """Silver: validated, deduplicated current state that never regresses and never loses a row."""
 
+import json
 import re
 import sqlite3
 from datetime import timedelta
@@ -13,6 +14,7 @@ from conftest import TEST_SALT, Lake, sqlite_source
 from lakehouse import delta
 from lakehouse.contract import Contract
 from lakehouse.demo import store
+from lakehouse.demo.events import EVENT_TYPES
 from lakehouse.silver import load as silver_load
 from lakehouse.silver.pii import PiiHasher
 
@@ -145,17 +147,33 @@ def test_a_duplicate_event_in_a_later_file_is_not_inserted_twice(lake: Lake) -> 
     lake.materialize()
     first_file = sorted((lake.landing / "events").glob("*.jsonl"))[0]
     line = first_file.read_text().splitlines()[0]
-    event_id = pl.read_ndjson(first_file.read_bytes().split(b"\n")[0]).get_column("event_id")[0]
-    (lake.landing / "events" / "events_20991231T000000_99999_00.jsonl").write_text(line + "\n")
+    event = json.loads(line)
+    # The same event again, and another event under its id (the id reused by the producer).
+    reused = {**event, "event_type": next(kind for kind in EVENT_TYPES if kind != event["event_type"])}
+    later = lake.landing / "events" / "events_20991231T000000_99999_00.jsonl"
+    later.write_text(f"{line}\n{json.dumps(reused)}\n")
     events_before = lake.table("silver", "events").height
 
     result = lake.materialize()
 
     silver = lake.table("silver", "events")
     assert silver.height == events_before
-    assert silver.filter(pl.col("event_id") == event_id).height == 1
+    assert silver.filter(pl.col("event_id") == event["event_id"]).get_column("event_type").to_list() == [
+        event["event_type"]
+    ]
     metadata = silver_metadata(result, "events")
-    assert (metadata["rows_read"], metadata["rows_unchanged"], metadata["rows_inserted"]) == (1, 1, 0)
+    counts = (
+        "rows_read",
+        "duplicates_collapsed",
+        "conflicting_duplicates",
+        "rows_quarantined",
+        "rows_inserted",
+    )
+    assert tuple(metadata[name] for name in counts) == (2, 1, 1, 1, 0)
+    quarantined = lake.table("quarantine", "events").filter(pl.col("_source_file") == later.name)
+    assert quarantined.select("_line_number", "_error").rows() == [
+        (2, f"event_id repeats with different content (first in {first_file.name}:1)")
+    ]
 
 
 def change_customer(lake: Lake, customer_id: int, **values: str) -> None:

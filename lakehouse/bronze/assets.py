@@ -83,15 +83,16 @@ def _landing_asset(contract: Contract) -> dg.AssetsDefinition:
             dg.AssetSpec(
                 ["bronze", contract.name],
                 kinds={"deltalake", "polars"},
-                description=f"Every line of the landing files that is a JSON object, fields as text. "
-                f"{contract.description}",
+                description=f"Every line of the landing files that is a JSON object, fields as text "
+                f"(keys the contract does not name per its extra_keys rule). {contract.description}",
                 tags={"lakehouse/source": "landing"},
             ),
             dg.AssetSpec(
                 ["quarantine", quarantine_name],
                 kinds={"deltalake", "polars"},
-                description=f"Lines of {contract.name} landing files that are not JSON objects, "
-                "with file, line number, raw text and reason.",
+                description=f"Lines of {contract.name} landing files that bronze cannot store (not JSON "
+                "objects, keys naming bronze's own columns or differing only in case), with file, line "
+                "number, raw text and reason.",
             ),
         ],
     )

@@ -12,6 +12,16 @@ from lakehouse.contract import Contract
 from lakehouse.timestamps import in_zone
 
 PARTITION_COLUMN = "_ingest_date"
+EXTRACTED_AT, SOURCE, RUN_ID = "_extracted_at", "_source", "_run_id"
+AUDIT_COLUMNS = (EXTRACTED_AT, SOURCE, RUN_ID, PARTITION_COLUMN)
+# Where a landing row came from: its file and line (from 1) tell it from every other row.
+SOURCE_FILE, LINE_NUMBER = "_source_file", "_line_number"
+# A landing line's keys the contract does not name, as one JSON object (contract rule
+# `source.extra_keys: keep_json`): bronze's columns stay the contract's, whatever lines hold.
+EXTRA_KEYS = "_extra_keys"
+# Columns the lakehouse writes into bronze itself: a landing key of one of these names (in
+# any case, as Delta compares column names) cannot be stored beside them.
+OWN_COLUMNS = (*AUDIT_COLUMNS, SOURCE_FILE, LINE_NUMBER, EXTRA_KEYS)
 
 
 class BronzeSchemaError(TypeError):
@@ -21,10 +31,12 @@ class BronzeSchemaError(TypeError):
 def with_audit_columns(frame: pl.DataFrame, source: str, run_id: str, extracted_at: datetime) -> pl.DataFrame:
     """Add where, when and by which run each row was extracted, and the ingest-date partition."""
     return frame.with_columns(
-        _extracted_at=pl.lit(extracted_at, dtype=pl.Datetime("us", "UTC")),
-        _source=pl.lit(source, dtype=pl.String),
-        _run_id=pl.lit(run_id, dtype=pl.String),
-        **{PARTITION_COLUMN: pl.lit(extracted_at.date(), dtype=pl.Date)},
+        **{
+            EXTRACTED_AT: pl.lit(extracted_at, dtype=pl.Datetime("us", "UTC")),
+            SOURCE: pl.lit(source, dtype=pl.String),
+            RUN_ID: pl.lit(run_id, dtype=pl.String),
+            PARTITION_COLUMN: pl.lit(extracted_at.date(), dtype=pl.Date),
+        }
     )
 
 

@@ -1,8 +1,12 @@
 """Exactly-once ingestion of landing files (JSON lines) into bronze, with a quarantine.
 
 Every line of every file ends up in one of two tables: a line holding a JSON object in
-bronze (each field as text, nested values as JSON text, so nothing is lost or coerced), any
-other line in the quarantine table with its file, line number, raw text and the reason.
+bronze (each contract field as text, nested values as JSON text, so nothing is lost or
+coerced; other keys as one JSON object in `_extra_keys`, or the line quarantined, as the
+contract's `extra_keys` says), any other line in the quarantine table with its file, line
+number, raw text and the reason. So are objects bronze cannot store: a key naming one of the
+lakehouse's own columns, or two keys differing only in case. Bronze's columns are thus the
+contract's whatever the lines hold, and one odd line never fails the batch.
 
 Only complete files are read: a file is complete once its size and modification time have
 not changed for the settle time (`LAKEHOUSE_LANDING_SETTLE_SECONDS`), and a file that changes
@@ -29,8 +33,16 @@ import orjson
 import polars as pl
 
 from lakehouse import delta, ledger
-from lakehouse.bronze.columns import PARTITION_COLUMN, pin_types, with_audit_columns
-from lakehouse.contract import Contract
+from lakehouse.bronze.columns import (
+    EXTRA_KEYS,
+    LINE_NUMBER,
+    OWN_COLUMNS,
+    PARTITION_COLUMN,
+    SOURCE_FILE,
+    pin_types,
+    with_audit_columns,
+)
+from lakehouse.contract import Contract, LandingSource
 from lakehouse.merge import merge
 from lakehouse.settings import seconds
 
@@ -39,8 +51,8 @@ MAX_FILES_PER_RUN = 500
 # takes what was dropped for it; files that need longer are left to the next run.
 SETTLE_WAIT_LIMIT = 60.0
 QUARANTINE_SCHEMA = {
-    "_source_file": pl.String,
-    "_line_number": pl.Int64,
+    SOURCE_FILE: pl.String,
+    LINE_NUMBER: pl.Int64,
     "_raw_line": pl.String,
     "_error": pl.String,
 }
@@ -161,12 +173,21 @@ def _json_parser(data: bytes) -> Callable[[str], object]:
     return json.loads if _long_digit_run(data) else _orjson_first
 
 
-def parse_file(path: Path) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
-    """Split a file into rows (JSON objects, fields as text) and rejected lines with reasons."""
+# The UTF-8 byte-order mark some editors and exporters put at the start of a file.
+BYTE_ORDER_MARK = b"\xef\xbb\xbf"
+_OWN_FOLDED = {name.casefold() for name in OWN_COLUMNS}
+LISTED_KEYS = 5
+
+
+def parse_file(path: Path, contract: Contract) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    """Split a file into rows (the contract's fields as text, other keys per its `extra_keys`
+    rule) and rejected lines with reasons."""
     rows: list[dict[str, object]] = []
     rejected: list[dict[str, object]] = []
     name, data = path.name, path.read_bytes()
+    data = data.removeprefix(BYTE_ORDER_MARK)
     parse = _json_parser(data)
+    known = frozenset(contract.columns)
     raw_lines = data.split(b"\n")
     if raw_lines and raw_lines[-1] == b"":
         raw_lines.pop()  # the newline that ends the last line
@@ -187,27 +208,61 @@ def parse_file(path: Path) -> tuple[list[dict[str, object]], list[dict[str, obje
                 _rejected(path, number, text, f"not a JSON object: a JSON {type(value).__name__}")
             )
             continue
-        row = {key: _as_text(field) for key, field in value.items()}
-        row["_source_file"], row["_line_number"] = name, number
+        if value.keys() <= known:  # the usual line: every key a contract column
+            row = {key: _as_text(field) for key, field in value.items()}
+        else:
+            row, reason = _row_with_extra_keys(value, contract)
+            if row is None:
+                rejected.append(_rejected(path, number, text, reason))
+                continue
+        row[SOURCE_FILE], row[LINE_NUMBER] = name, number
         rows.append(row)
     return rows, rejected
 
 
+def _row_with_extra_keys(
+    value: dict[str, object], contract: Contract
+) -> tuple[dict[str, object] | None, str]:
+    """The row of an object holding keys the contract does not name, or None and the reason
+    the line cannot be stored: a key bronze writes itself, two keys Delta would take for one
+    column (they differ only in case), or extra keys the contract quarantines."""
+    seen: dict[str, str] = {}
+    for key in value:
+        folded = key.casefold()
+        if folded in _OWN_FOLDED:
+            return None, f"key '{key}' is a column the lakehouse writes itself"
+        if folded in seen:
+            return None, f"keys '{seen[folded]}' and '{key}' differ only in case"
+        seen[folded] = key
+    extra = {key: field for key, field in value.items() if key not in contract.columns}
+    assert isinstance(contract.source, LandingSource)
+    if contract.source.extra_keys == "quarantine":
+        listed = ", ".join(f"'{key}'" for key in list(extra)[:LISTED_KEYS])
+        more = f" and {len(extra) - LISTED_KEYS} more" if len(extra) > LISTED_KEYS else ""
+        return None, f"keys not in the contract (extra_keys: quarantine): {listed}{more}"
+    row: dict[str, object] = {key: _as_text(field) for key, field in value.items() if key in contract.columns}
+    row[EXTRA_KEYS] = _COMPACT_JSON.encode(extra)
+    return row, ""
+
+
 def _rejected(path: Path, number: int, text: str, reason: str) -> dict[str, object]:
-    return {"_source_file": path.name, "_line_number": number, "_raw_line": text, "_error": reason}
+    return {SOURCE_FILE: path.name, LINE_NUMBER: number, "_raw_line": text, "_error": reason}
 
 
 def _rows_frame(rows: list[dict[str, object]], contract: Contract) -> pl.DataFrame:
-    names = list(dict.fromkeys([*contract.columns, *(key for row in rows for key in row)]))
-    schema = {name: pl.Int64 if name == "_line_number" else pl.String for name in names}
-    return pl.DataFrame(rows, schema=schema)
+    """The rows in bronze's columns for the contract, the same for every batch."""
+    assert isinstance(contract.source, LandingSource)
+    schema: dict[str, pl.DataType] = dict.fromkeys(contract.columns, pl.String)
+    if contract.source.extra_keys == "keep_json":
+        schema[EXTRA_KEYS] = pl.String
+    return pl.DataFrame(rows, schema={**schema, SOURCE_FILE: pl.String, LINE_NUMBER: pl.Int64})
 
 
 def _quarantine(uri: str, rejected: pl.DataFrame) -> delta.DeltaTable | None:
     if rejected.is_empty():
         return delta.open_table(uri)
     # Keyed by file and line only: a re-run on another day must still find the same lines.
-    return merge(uri, rejected, ["_source_file", "_line_number"]).table
+    return merge(uri, rejected, [SOURCE_FILE, LINE_NUMBER]).table
 
 
 def ingest_files(
@@ -247,7 +302,7 @@ def _ingest_once(
     entries: dict[str, int] = {}
     for seen in waiting[:MAX_FILES_PER_RUN]:
         checksum = ledger.landing_checksum(seen.path.read_bytes())
-        file_rows, file_rejected = parse_file(seen.path)
+        file_rows, file_rejected = parse_file(seen.path, contract)
         if look(seen.path) != seen:  # written to while read: not complete after all
             settling.append(seen.path)
             continue

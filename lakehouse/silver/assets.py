@@ -54,8 +54,8 @@ def _silver_asset(contract: Contract) -> dg.AssetsDefinition:
             ["quarantine", name],
             deps=[["bronze", name]],
             kinds=KINDS,
-            description=f"Bronze {name} rows that broke a contract rule: the row as it came, with "
-            "`_error` naming every rule broken.",
+            description=f"Bronze {name} rows that broke a contract rule, or (append-only) repeat a key "
+            "with other content: the row as it came, with `_error` naming every rule broken.",
         ),
     ]
     if contract.history == "scd2":
@@ -80,7 +80,8 @@ def _silver_asset(contract: Contract) -> dg.AssetsDefinition:
         context.log.info(
             f"silver/{name}: {load.rows_read} bronze rows (version {load.bronze_version_before} -> "
             f"{load.bronze_version}), {load.rows_quarantined} quarantined, "
-            f"{load.duplicates_collapsed} duplicates collapsed, {_merge_metadata(load.silver)}"
+            f"{load.duplicates_collapsed} duplicates collapsed, {load.conflicting_duplicates} duplicate keys "
+            f"with other content quarantined, {_merge_metadata(load.silver)}"
         )
         yield dg.MaterializeResult(
             asset_key=["silver", name],
@@ -91,6 +92,7 @@ def _silver_asset(contract: Contract) -> dg.AssetsDefinition:
                 **_merge_metadata(load.silver),
                 "duplicates_collapsed": load.duplicates_collapsed,
                 "rows_quarantined": load.rows_quarantined,
+                "conflicting_duplicates": load.conflicting_duplicates,
                 "orphans": load.orphans,
                 "bronze_version_before": str(load.bronze_version_before),
                 "bronze_version_after": load.bronze_version,

@@ -5,7 +5,9 @@ bronze's change data feed), types and validates them, quarantines the invalid on
 MERGEs the newest version of each valid key into silver. The bronze version consumed is an
 app transaction in silver's own commit, so a crash anywhere before it makes the next run
 read the same rows again; quarantine and history are written first, by MERGEs keyed on the
-bronze row, so reading them again duplicates nothing.
+bronze row, so reading them again duplicates nothing. An append-only dataset keeps each key's
+first arrival; a later row with the key and other content is quarantined with the reason
+(lakehouse/silver/repeats.py).
 
 The first load reads bronze whole, in slices of about `SLICE_ROWS` rows split by ranges of the
 key (every version of a key in the same slice), so its memory follows the slice and not the
@@ -26,6 +28,7 @@ from lakehouse.delta import LakehouseStorage
 from lakehouse.merge import MergeCounts, merge
 from lakehouse.silver import history
 from lakehouse.silver.pii import PiiHasher
+from lakehouse.silver.repeats import split_repeats
 from lakehouse.silver.validate import split_valid
 from lakehouse.slices import key_ranges
 from lakehouse.sql import quoted
@@ -46,7 +49,8 @@ class SilverLoad:
     bronze_version: int
     rows_read: int
     duplicates_collapsed: int
-    rows_quarantined: int
+    rows_quarantined: int  # conflicting repeats among them
+    conflicting_duplicates: int
     orphans: int
     silver: MergeCounts | None
     history: MergeCounts | None
@@ -205,6 +209,7 @@ class _Slice:
     rows_read: int
     duplicates_collapsed: int
     rows_quarantined: int
+    conflicting_duplicates: int
     silver: MergeCounts
     history: MergeCounts | None
 
@@ -221,10 +226,25 @@ def _load_slice(
     metadata: dict[str, str],
     keys_are_new: bool = False,
 ) -> _Slice:
-    """Quarantine the invalid rows of `changes`, record history, and MERGE the newest valid
-    version of each key into silver (append it, when silver cannot hold these keys yet), in a
-    commit that carries silver's `position` and `metadata`, against `claim`."""
+    """Quarantine the invalid rows of `changes` (and append-only repeats of a key with other
+    content), record history, and MERGE the newest valid version of each key into silver
+    (append it, when silver cannot hold these keys yet), in a commit that carries silver's
+    `position` and `metadata`, against `claim`."""
     valid, invalid = split_valid(changes, contract)
+    valid = hasher.protect(valid, contract)
+    silver_uri = lakehouse.table_uri("silver", contract.name)
+    repeats = None
+    if contract.history == "append":
+        repeats = split_repeats(
+            valid,
+            _newest_per_key(valid, contract),
+            contract.primary_key,
+            None if keys_are_new else silver_uri,
+        )
+        valid = repeats.kept
+        # The conflicting rows as bronze holds them, like every quarantined row.
+        conflicting = changes.join(repeats.conflicting, on=bronze_identity(contract), how="inner")
+        invalid = pl.concat([invalid, conflicting.select(invalid.columns)])
     if not invalid.is_empty():
         # PII is hashed here too: raw values stay in bronze only.
         quarantined = (
@@ -235,7 +255,7 @@ def _load_slice(
         merge(lakehouse.table_uri("quarantine", contract.name), quarantined, bronze_identity(contract))
 
     partition = partition_column(contract)
-    valid = _with_partition(hasher.protect(valid, contract), contract).with_columns(
+    valid = _with_partition(valid, contract).with_columns(
         pl.lit(loaded_at, dtype=pl.Datetime("us", "UTC")).alias(LOADED_AT)
     )
     valid = _flag_orphans(valid.drop(PARTITION_COLUMN), parents)
@@ -245,8 +265,8 @@ def _load_slice(
             lakehouse.table_uri("silver", f"{contract.name}_history"), valid, contract
         )
 
-    newest = _newest_per_key(valid, contract)
-    silver_uri = lakehouse.table_uri("silver", contract.name)
+    # Append-only rows are each key's first arrival already.
+    newest = valid if repeats is not None else _newest_per_key(valid, contract)
     wm = contract.watermark.column if contract.watermark else ""
     counts = (
         MergeCounts(
@@ -267,7 +287,14 @@ def _load_slice(
             claim=claim,
         )
     )
-    return _Slice(changes.height, valid.height - newest.height, invalid.height, counts, changed)
+    return _Slice(
+        changes.height,
+        repeats.identical if repeats is not None else valid.height - newest.height,
+        invalid.height,
+        repeats.conflicting.height if repeats is not None else 0,
+        counts,
+        changed,
+    )
 
 
 def _whole_table(table: delta.DeltaTable, contract: Contract) -> list[pl.LazyFrame]:
@@ -322,7 +349,7 @@ def _load_once(
         if changes.is_empty():
             # No new rows, but parents may have arrived for rows flagged as orphans.
             return SilverLoad(
-                since, version, 0, 0, 0, resolve_orphans(silver_uri, contract, lakehouse), None, None
+                since, version, 0, 0, 0, 0, resolve_orphans(silver_uri, contract, lakehouse), None, None
             )
         slices = [changes.lazy()]
     loaded_at = now or datetime.now(UTC)
@@ -354,6 +381,7 @@ def _load_once(
         rows_read=sum(part.rows_read for part in loaded),
         duplicates_collapsed=sum(part.duplicates_collapsed for part in loaded),
         rows_quarantined=sum(part.rows_quarantined for part in loaded),
+        conflicting_duplicates=sum(part.conflicting_duplicates for part in loaded),
         orphans=resolve_orphans(silver_uri, contract, lakehouse, parents),
         silver=silver,
         history=_summed([part.history for part in loaded]),

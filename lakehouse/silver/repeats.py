@@ -1,0 +1,82 @@
+"""Keys that arrive again in an append-only dataset: silver keeps each key's first arrival.
+
+A later row with the same key and the same content is a plain duplicate (counted). One with
+different content is a conflict: silver still keeps the first, and the later row goes to
+quarantine with the reason and where the first came from, never dropped silently. The first
+arrival of a key silver already holds is silver's row, in whichever partition it lies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+from lakehouse import delta
+from lakehouse.bronze.columns import AUDIT_COLUMNS, LINE_NUMBER, SOURCE_FILE
+from lakehouse.silver.validate import ERROR_COLUMN
+
+FIRST = "_first"
+# Append-only datasets come from landing files: a row is its file and line.
+IDENTITY = [SOURCE_FILE, LINE_NUMBER]
+
+
+@dataclass(frozen=True)
+class Repeats:
+    kept: pl.DataFrame  # the valid rows silver loads: each key's first arrival, once
+    identical: int  # repeats of a first arrival's content
+    conflicting: pl.DataFrame  # the file and line of each repeat with other content, and why
+
+
+def _stored(silver_uri: str | None, keys: pl.DataFrame, columns: list[str], like: pl.Schema) -> pl.DataFrame:
+    """Silver's rows of `keys`, in `columns` (null where silver has no such column yet)."""
+    table = delta.open_table(silver_uri) if silver_uri else None
+    if table is None:
+        return pl.DataFrame(schema={name: like[name] for name in columns})
+    names = set(delta.arrow_schema(table).names)
+    # Each key's earliest row, should silver hold a key twice.
+    stored = (
+        pl.scan_delta(table)
+        .select(name for name in columns if name in names)
+        .join(keys.lazy(), on=keys.columns, how="semi")
+        .sort(IDENTITY)
+        .unique(keys.columns, keep="first", maintain_order=True)
+        .collect()
+    )
+    return stored.with_columns(
+        pl.lit(None, dtype=like[name]).alias(name) for name in columns if name not in names
+    ).select(columns)
+
+
+def split_repeats(
+    valid: pl.DataFrame, first: pl.DataFrame, key: list[str], silver_uri: str | None
+) -> Repeats:
+    """Tell apart, among `valid` rows, each key's first arrival (silver's row if it has one,
+    else the batch's `first`), identical repeats, and conflicting ones.
+
+    `silver_uri`: None when silver cannot hold these keys yet (a slice of a first load)."""
+    content = [name for name in valid.columns if name not in (*key, *IDENTITY, *AUDIT_COLUMNS)]
+    columns = [*key, *IDENTITY, *content]
+    stored = _stored(silver_uri, first.select(key), columns, valid.schema)
+    reference = pl.concat(
+        [stored, first.select(columns).join(stored, on=key, how="anti")], how="vertical_relaxed"
+    )
+    # A row with the file and line of its key's first arrival is that arrival (a re-read of a row
+    # silver took in a load that crashed before moving its position counts as it too).
+    kept = valid.join(reference.select(IDENTITY), on=IDENTITY, how="semi")
+    compared = (
+        valid.join(reference.select(IDENTITY), on=IDENTITY, how="anti")
+        .select(columns)
+        .join(reference, on=key, suffix=FIRST)
+    )
+    differs = pl.any_horizontal(
+        pl.lit(False), *(~pl.col(name).eq_missing(pl.col(f"{name}{FIRST}")) for name in content)
+    )
+    file, line = (pl.col(f"{name}{FIRST}").cast(pl.String) for name in IDENTITY)
+    conflicting = compared.filter(differs).select(
+        *IDENTITY,
+        pl.format(f"{', '.join(key)} repeats with different content (first in {{}}:{{}})", file, line).alias(
+            ERROR_COLUMN
+        ),
+    )
+    return Repeats(kept, compared.height - conflicting.height, conflicting)
