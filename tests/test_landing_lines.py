@@ -29,6 +29,8 @@ READINGS = {
     "event_time": "measured_at",
     "history": "append",
     "partitioning": {"column": "measured_at", "granularity": "day"},
+    # The batches here are a few lines, of which the tests quarantine a third on purpose.
+    "sla": {"max_quarantine_rate": 0.5},
     "columns": {
         "reading_id": {"type": "string", "nullable": False},
         "sensor": {"type": "string", "nullable": False},
