@@ -21,7 +21,7 @@ from dagster_server import DagsterServer, wait_for
 
 from lakehouse.alerts import AlertSink
 from lakehouse.marts import WAREHOUSE_POOL
-from lakehouse.run_health import HOST_TAG, PID_TAG, describe_pool_holders, fail_dead_runs
+from lakehouse.run_health import DEAD_WORKER_TAG, HOST_TAG, PID_TAG, describe_pool_holders, fail_dead_runs
 
 SCALE = 0.01
 DBT_STEP = "dbt_models"
@@ -131,29 +131,37 @@ def test_only_runs_whose_process_is_gone_here_are_failed_and_holders_are_named(t
     assert (alert["run_id"], alert["job"]) == (dead, "returns")
 
 
-@pytest.fixture
-def killed_in_dbt(deployment: Deployment) -> Iterator[str]:
-    """`dagster asset materialize --select '*'`, its process group killed while dbt runs: the run id."""
-    with (deployment.folder / "killed-run.log").open("wb") as log:
-        process = subprocess.Popen(
+def start_materialize(deployment: Deployment, selection: str) -> subprocess.Popen:
+    """`dagster asset materialize` in a process group of its own, as a shell with `set -m` starts it."""
+    with (deployment.folder / "killed-run.log").open("ab") as log:
+        return subprocess.Popen(
             [str(Path(sys.executable).parent / "dagster"), "asset", "materialize",
-             "-m", "lakehouse.definitions", "--select", "*"],
+             "-m", "lakehouse.definitions", "--select", selection],
             cwd=PROJECT, env=deployment.environment, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+
+
+@pytest.fixture
+def killed_in_dbt(deployment: Deployment) -> Iterator[str]:
+    """`dagster asset materialize --select '*'`, its process group killed while dbt runs: the run id."""
+    process = start_materialize(deployment, "*")
     try:
         with deployment.instance() as instance:
             run = wait_for("the run", lambda: only_run(instance), RUN_SECONDS, every=0.5)
             wait_for(
                 "the dbt step", lambda: started_step(instance, run.run_id, DBT_STEP), RUN_SECONDS, every=0.2
             )
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
+        kill_group(process)
         yield run.run_id
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
+        kill_group(process)
 
 
 def test_a_run_killed_in_dbt_is_failed_freed_and_alerted_by_the_next_cli_run(
@@ -201,31 +209,37 @@ def server(deployment: Deployment) -> Iterator[DagsterServer]:
         served.stop()
 
 
-def test_the_daemon_fails_a_killed_run_and_launches_the_queued_one(
+def test_the_daemon_fails_a_killed_cli_run_and_launches_the_queued_one(
     deployment: Deployment, server: DagsterServer
 ) -> None:
+    # A killed run worker of a live code server is failed by the code server itself; a CLI run
+    # has no such parent, and nothing but the sweep fails it.
     client = DagsterGraphQLClient("127.0.0.1", port_number=server.port)
-    # A locked source keeps the first run in its extraction (retried with backoff) until killed.
+    # A locked source keeps the CLI run in its extraction (retried with backoff) until killed.
     with closing(sqlite3.connect(deployment.folder / "source" / "shop.db", isolation_level=None)) as source:
         source.execute("begin exclusive")
-        killed = client.submit_job_execution("ingest")
-        with server.instance() as instance:
-            started = wait_for(
-                "the first run's process",
-                lambda: (run := instance.get_run_by_id(killed)) and run.tags.get(PID_TAG),
-                RUN_SECONDS,
-                every=0.2,
-            )
-            os.kill(int(started), signal.SIGKILL)
-            queued = client.submit_job_execution("ingest")
-            source.execute("rollback")
+        process = start_materialize(deployment, "bronze/products")
+        try:
+            with server.instance() as instance:
+                killed = wait_for(
+                    "the CLI run's process",
+                    lambda: (run := only_run(instance)) and run.tags.get(PID_TAG) and run.run_id,
+                    RUN_SECONDS,
+                    every=0.2,
+                )
+                kill_group(process)
+                source.execute("rollback")
+                queued = client.submit_job_execution("ingest")
 
-            def finished() -> dg.DagsterRun | None:
-                run = instance.get_run_by_id(queued)
-                return run if run and run.is_finished else None
+                def finished() -> dg.DagsterRun | None:
+                    run = instance.get_run_by_id(queued)
+                    return run if run and run.is_finished else None
 
-            # The queue launches nothing while the dead run counts as in progress.
-            assert wait_for("the queued run", finished, RUN_SECONDS).status == dg.DagsterRunStatus.SUCCESS
-            assert instance.get_run_by_id(killed).status == dg.DagsterRunStatus.FAILURE
+                # The queue launches nothing while the dead run counts as in progress.
+                assert wait_for("the queued run", finished, RUN_SECONDS).status == dg.DagsterRunStatus.SUCCESS
+                dead = instance.get_run_by_id(killed)
+                assert dead.status == dg.DagsterRunStatus.FAILURE and dead.tags.get(DEAD_WORKER_TAG)
+        finally:
+            kill_group(process)
     # One alert for the dead run: the failure sensor leaves it to the sweep that failed it.
     assert [alert["run_id"] for alert in deployment.alerts] == [killed]
