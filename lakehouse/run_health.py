@@ -82,9 +82,13 @@ def _pid_running(pid: int) -> bool:
         return False
     except PermissionError:
         return True  # another user's process: it exists
-    state = Path(f"/proc/{pid}/stat")
     # A zombie has exited and waits for its parent to read its status.
-    return not (state.exists() and state.read_text().rsplit(")", 1)[1].split()[0] == "Z")
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False  # it ended since
+    except (OSError, IndexError):
+        return True  # no /proc here: the signal said it exists
 
 
 def is_alive(worker: Worker, run_started: float | None) -> bool | None:
