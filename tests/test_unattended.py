@@ -194,6 +194,34 @@ def test_a_run_killed_in_dbt_is_failed_freed_and_alerted_by_the_next_cli_run(
     )
 
 
+def test_a_run_waiting_for_the_warehouse_pool_names_the_live_run_holding_it(deployment: Deployment) -> None:
+    holder = subprocess.Popen(["sleep", str(RUN_SECONDS)])
+    try:
+        with deployment.instance() as instance:
+            holding = started_run(
+                instance, "catalogue_rebuild", socket.gethostname(), holder.pid, WAREHOUSE_POOL
+            )
+        process = start_materialize(deployment, "group:staging or group:marts")
+        try:
+            log = deployment.folder / "killed-run.log"
+
+            def holder_line() -> str | None:
+                lines = log.read_text(errors="replace").splitlines()
+                return next((line for line in lines if f"held by run {holding}" in line), None)
+
+            line = wait_for("the line naming the holder", holder_line, RUN_SECONDS)
+            assert f"pool {WAREHOUSE_POOL} (1 slot(s))" in line
+            assert f"process pid {holder.pid} on {socket.gethostname()} alive" in line
+            with deployment.instance() as instance:
+                # A live holder is waited for, never failed.
+                assert instance.get_run_by_id(holding).status == dg.DagsterRunStatus.STARTED
+        finally:
+            kill_group(process)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 @pytest.fixture
 def server(deployment: Deployment) -> Iterator[DagsterServer]:
     served = DagsterServer(
