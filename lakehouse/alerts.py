@@ -8,6 +8,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,3 +60,15 @@ class AlertSink(dg.ConfigurableResource):
             if attempt < self.attempts:
                 time.sleep(self.backoff_seconds * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
         return False
+
+
+def run_failure_alert(run: dg.DagsterRun, failed_steps: list[str], message: str) -> dict[str, Any]:
+    """The alert for a failed run, whoever noticed the failure."""
+    return {
+        "at": datetime.now(UTC).isoformat(),
+        "kind": "run_failure",
+        "run_id": run.run_id,
+        "job": run.job_name,
+        "failed_steps": failed_steps,
+        "message": message,
+    }

@@ -13,6 +13,7 @@ from lakehouse.gold.assets import gold_assets
 from lakehouse.jobs import ingest_job, schedules, transform_job
 from lakehouse.maintenance import maintenance_job
 from lakehouse.marts import DBT_EXECUTABLE, DbtCli, attached_models, dbt_project
+from lakehouse.run_health import sweeping_in_process_executor
 from lakehouse.sensors import sensors
 from lakehouse.settings import check_deployment, resource_value, setting
 from lakehouse.silver.assets import silver_assets
@@ -46,5 +47,6 @@ defs = dg.Definitions(
     },
     # Steps are short and mostly I/O: running them in one process avoids re-importing the
     # definitions for every step, which would outweigh most steps (docs/architecture.md).
-    executor=dg.in_process_executor,
+    # Before the first step it fails the runs whose process died (lakehouse/run_health.py).
+    executor=sweeping_in_process_executor,
 )

@@ -1,24 +1,27 @@
-"""Sensors: new landing files launch their ingestion; a failed run raises an alert.
+"""Sensors: new landing files launch their ingestion; a failed run raises an alert; a run
+whose process died is failed.
 
 The landing sensors start STOPPED like the schedules (turn them on in the UI or with
-`dagster sensor start`); the alert sensor starts RUNNING, since a failure nobody hears of is
-the one thing a deployment must never have.
+`dagster sensor start`); the alert and dead-run sensors start RUNNING, since a failure nobody
+hears of, or a dead run that holds the queue, is the one thing a deployment must never have.
 """
 
 import json
-from datetime import UTC, datetime
 from hashlib import sha256
 
 import dagster as dg
 
-from lakehouse import delta
-from lakehouse.alerts import AlertSink
+from lakehouse import delta, run_health
+from lakehouse.alerts import AlertSink, run_failure_alert
 from lakehouse.bronze.assets import LISTED_FILES, LandingZone
 from lakehouse.bronze.landing import pending_files, settle_seconds, split_settled
 from lakehouse.contract import Contract
 from lakehouse.delta import LakehouseStorage
 from lakehouse.jobs import landing_job
 from lakehouse.settings import setting
+
+# A dead run holds the queue and its pools until this sweep: often enough that nobody waits long.
+DEAD_RUN_POLL_SECONDS = 30
 
 
 def waiting_files(
@@ -81,21 +84,30 @@ def landing_sensor(contract: Contract) -> dg.SensorDefinition:
 )
 def alert_on_run_failure(context: dg.RunFailureSensorContext, alerts: AlertSink) -> None:
     run = context.dagster_run
+    if run.tags.get(run_health.DEAD_WORKER_TAG):
+        return  # failed by the dead-run sweep, which sent its alert
     failed_steps = sorted(
         {event.step_key for event in context.get_step_failure_events() if event.step_key is not None}
     )
-    alert = {
-        "at": datetime.now(UTC).isoformat(),
-        "kind": "run_failure",
-        "run_id": run.run_id,
-        "job": run.job_name,
-        "failed_steps": failed_steps,
-        "message": context.failure_event.message or "",
-    }
+    alert = run_failure_alert(run, failed_steps, context.failure_event.message or "")
     if not alerts.send(alert):
         context.log.error(f"alert for run {run.run_id} was not delivered everywhere: see the log above")
 
 
+@dg.sensor(
+    name="fail_dead_runs",
+    minimum_interval_seconds=DEAD_RUN_POLL_SECONDS,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Fails the runs whose process is gone, frees their pool slots and alerts them.",
+)
+def fail_dead_runs(context: dg.SensorEvaluationContext, alerts: AlertSink) -> dg.SkipReason:
+    # The daemon's own run monitoring cannot check the default launcher's run workers.
+    failed = run_health.fail_dead_runs(context.instance, alerts, context.log)
+    return dg.SkipReason(
+        f"failed {len(failed)} dead run(s): {', '.join(failed)}" if failed else "no dead runs"
+    )
+
+
 def sensors(contracts: list[Contract]) -> list[dg.SensorDefinition]:
     landing = [landing_sensor(contract) for contract in contracts if not contract.is_database]
-    return [*landing, alert_on_run_failure]
+    return [*landing, alert_on_run_failure, fail_dead_runs]
