@@ -208,6 +208,7 @@ def test_dg_checks_and_lists_the_definitions(built: Lake) -> None:
     checked = run_command(["dg", "check", "defs"], built.folder, **lake_environment(built))
     assert checked.returncode == 0, checked.stderr[-3000:] + checked.stdout[-3000:]
     assert "All definitions loaded successfully" in checked.stdout + checked.stderr
+    assert "does not match" not in checked.stderr  # the project's environment is the active one
 
     listed = run_command(["dg", "list", "defs", "--json"], built.folder, **lake_environment(built))
     assert listed.returncode == 0, listed.stderr[-3000:]
