@@ -13,6 +13,7 @@ from lakehouse.gold.assets import gold_assets
 from lakehouse.jobs import ingest_job, schedules, transform_job
 from lakehouse.maintenance import maintenance_job
 from lakehouse.marts import DBT_EXECUTABLE, DbtCli, attached_models, dbt_project
+from lakehouse.owners import with_owners
 from lakehouse.run_health import sweeping_in_process_executor
 from lakehouse.sensors import sensors
 from lakehouse.settings import check_deployment, resource_value, setting
@@ -28,7 +29,7 @@ contracts = load_contracts(Path(setting("LAKEHOUSE_CONTRACTS")))
 tables = [*bronze_assets(contracts), *silver_assets(contracts), *gold_assets(contracts)]
 
 defs = dg.Definitions(
-    assets=[*tables, *attached_models({key for assets in tables for key in assets.keys})],
+    assets=with_owners([*tables, *attached_models({key for assets in tables for key in assets.keys})]),
     asset_checks=all_checks(contracts),
     jobs=[ingest_job, transform_job, maintenance_job(contracts)],
     schedules=schedules,

@@ -79,6 +79,19 @@ class Lake:
     def warehouse(self) -> Path:
         return self.folder / "warehouse.duckdb"
 
+    @property
+    def resources(self) -> dict[str, dg.ConfigurableResource]:
+        """The resources of a run against this lake, with the test's salt and pinned clock."""
+        return {
+            "source": self.source,
+            "lakehouse": self.storage,
+            "landing": LandingZone(path=str(self.landing)),
+            "pii": PiiHasher(salt=TEST_SALT),
+            "warehouse": Warehouse(path=str(self.warehouse)),
+            "clock": Clock(now=self.clock.isoformat()),
+            "dbt": DbtCli(project_dir=dbt_project, dbt_executable=DBT_EXECUTABLE),
+        }
+
     def materialize(
         self,
         selection: str | dg.AssetSelection = WITHOUT_DBT,
@@ -95,15 +108,7 @@ class Lake:
                 *all_checks(self.contracts),
             ],
             selection=selection,
-            resources={
-                "source": self.source,
-                "lakehouse": self.storage,
-                "landing": LandingZone(path=str(self.landing)),
-                "pii": PiiHasher(salt=TEST_SALT),
-                "warehouse": Warehouse(path=str(self.warehouse)),
-                "clock": Clock(now=self.clock.isoformat()),
-                "dbt": DbtCli(project_dir=dbt_project, dbt_executable=DBT_EXECUTABLE),
-            },
+            resources=self.resources,
             instance=self.instance,
             raise_on_error=raise_on_error,
             run_config=run_config,

@@ -96,11 +96,13 @@ class Library:
             marks = ", ".join("?" * (len(rows[0]) + 1))
             connection.executemany(f"insert into {table} values ({marks})", [(*row, stamp) for row in rows])
 
-    def materialize(self) -> dg.ExecuteInProcessResult:
-        """Bronze and silver of every contract with their checks, in one run."""
+    def materialize(self, selection: list[str] | None = None) -> dg.ExecuteInProcessResult:
+        """The `selection` (by default bronze and silver of every contract) with its checks, in
+        one run."""
         contracts = self.contracts
         return dg.materialize(
             [*bronze_assets(contracts), *silver_assets(contracts), *all_checks(contracts)],
+            selection=selection,
             resources={
                 "source": SourceDatabase(url=self.source_url, backoff_seconds=0.05),
                 "lakehouse": self.storage,

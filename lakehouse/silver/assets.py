@@ -69,7 +69,9 @@ def _silver_asset(contract: Contract) -> dg.AssetsDefinition:
             )
         )
 
-    @dg.multi_asset(name=f"silver_{name}", group_name="silver", specs=specs)
+    # One load writes all three tables (the rows it rejects belong to the same Delta version of
+    # bronze), so selecting any of them runs the whole load and reports the selected ones.
+    @dg.multi_asset(name=f"silver_{name}", group_name="silver", specs=specs, can_subset=True)
     def silver_table(context: dg.AssetExecutionContext, lakehouse: LakehouseStorage, pii: PiiHasher):
         started = time.monotonic()
         if pii.uses_development_salt:
@@ -83,31 +85,34 @@ def _silver_asset(contract: Contract) -> dg.AssetsDefinition:
             f"{load.duplicates_collapsed} duplicates collapsed, {load.conflicting_duplicates} duplicate keys "
             f"with other content quarantined, {_merge_metadata(load.silver)}"
         )
-        yield dg.MaterializeResult(
-            asset_key=["silver", name],
-            metadata={
-                **_table_metadata(lakehouse, "silver", name),
-                **delta.elapsed(started),
-                "rows_read": load.rows_read,
-                **_merge_metadata(load.silver),
-                "duplicates_collapsed": load.duplicates_collapsed,
-                "rows_quarantined": load.rows_quarantined,
-                "conflicting_duplicates": load.conflicting_duplicates,
-                "orphans": load.orphans,
-                "bronze_version_before": str(load.bronze_version_before),
-                "bronze_version_after": load.bronze_version,
-                "pii_salt": "development default" if pii.uses_development_salt else "LAKEHOUSE_PII_SALT",
-            },
-        )
-        yield dg.MaterializeResult(
-            asset_key=["quarantine", name],
-            metadata={
-                **_table_metadata(lakehouse, "quarantine", name),
-                **delta.elapsed(started),
-                "rows_quarantined": load.rows_quarantined,
-            },
-        )
-        if contract.history == "scd2":
+        selected = context.selected_asset_keys
+        if dg.AssetKey(["silver", name]) in selected:
+            yield dg.MaterializeResult(
+                asset_key=["silver", name],
+                metadata={
+                    **_table_metadata(lakehouse, "silver", name),
+                    **delta.elapsed(started),
+                    "rows_read": load.rows_read,
+                    **_merge_metadata(load.silver),
+                    "duplicates_collapsed": load.duplicates_collapsed,
+                    "rows_quarantined": load.rows_quarantined,
+                    "conflicting_duplicates": load.conflicting_duplicates,
+                    "orphans": load.orphans,
+                    "bronze_version_before": str(load.bronze_version_before),
+                    "bronze_version_after": load.bronze_version,
+                    "pii_salt": "development default" if pii.uses_development_salt else "LAKEHOUSE_PII_SALT",
+                },
+            )
+        if dg.AssetKey(["quarantine", name]) in selected:
+            yield dg.MaterializeResult(
+                asset_key=["quarantine", name],
+                metadata={
+                    **_table_metadata(lakehouse, "quarantine", name),
+                    **delta.elapsed(started),
+                    "rows_quarantined": load.rows_quarantined,
+                },
+            )
+        if dg.AssetKey(["silver", f"{name}_history"]) in selected:
             yield dg.MaterializeResult(
                 asset_key=["silver", f"{name}_history"],
                 metadata={
