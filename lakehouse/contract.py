@@ -95,6 +95,9 @@ class Column(_Strict):
 class DatabaseSource(_Strict):
     kind: Literal["database"]
     table: str = Field(pattern=TABLE_NAME)
+    # How changes are found: rows whose watermark moved, or PostgreSQL's logical replication
+    # (every insert, update and delete, in commit order).
+    capture: Literal["watermark", "cdc"] = "watermark"
 
 
 class LandingSource(_Strict):
@@ -111,6 +114,17 @@ class Watermark(_Strict):
     lookback: timedelta = timedelta(0)
 
     @field_validator("lookback", mode="before")
+    @classmethod
+    def _duration(cls, value: object) -> timedelta:
+        return value if isinstance(value, timedelta) else parse_duration(str(value))
+
+
+class DeleteCadence(_Strict):
+    """How often a watermark source's keys are compared with the lakehouse's to find deletes."""
+
+    every: timedelta
+
+    @field_validator("every", mode="before")
     @classmethod
     def _duration(cls, value: object) -> timedelta:
         return value if isinstance(value, timedelta) else parse_duration(str(value))
@@ -187,6 +201,8 @@ class Contract(_Strict):
     sla: Sla = Sla()
     volume: Volume | None = None
     maintenance: Maintenance | None = None
+    # Deletes in a database source: found on every run (the default), on a cadence, or never.
+    deletes: Literal["every_run", "never"] | DeleteCadence = "every_run"
     # The IANA zone of the source's timestamps that carry no offset of their own.
     time_zone: str = "UTC"
     columns: dict[Identifier, Column] = Field(min_length=1)
@@ -228,6 +244,11 @@ class Contract(_Strict):
     @property
     def is_database(self) -> bool:
         return isinstance(self.source, DatabaseSource)
+
+    @property
+    def is_cdc(self) -> bool:
+        """Whether bronze reads the source's change stream (PostgreSQL logical replication)."""
+        return isinstance(self.source, DatabaseSource) and self.source.capture == "cdc"
 
     def timestamp_form(self, column: str) -> TimestampForm:
         """How the source's values of the timestamp `column` name an instant."""

@@ -14,6 +14,11 @@ from lakehouse.timestamps import in_zone
 PARTITION_COLUMN = "_ingest_date"
 EXTRACTED_AT, SOURCE, RUN_ID = "_extracted_at", "_source", "_run_id"
 AUDIT_COLUMNS = (EXTRACTED_AT, SOURCE, RUN_ID, PARTITION_COLUMN)
+# What a database row records: `upsert` (a version read by its watermark), `insert`, `update`
+# or `delete` (read from the change stream); a delete row, a tombstone, holds the key only.
+# `_lsn` orders a change-stream row among all others (PostgreSQL's log sequence number).
+OP, LSN = "_op", "_lsn"
+UPSERT, INSERT, UPDATE, DELETE = "upsert", "insert", "update", "delete"
 # Where a landing row came from: its file and line (from 1) tell it from every other row.
 SOURCE_FILE, LINE_NUMBER = "_source_file", "_line_number"
 # A landing line's keys the contract does not name, as one JSON object (contract rule
