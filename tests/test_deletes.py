@@ -5,6 +5,7 @@ Two domains: a library's members and loans (tests/library.py, SQLite), and the d
 SQLite and PostgreSQL, whose `demo advance` deletes abandoned orders and idle customers.
 """
 
+import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -21,6 +22,9 @@ from lakehouse.gold.build import _silver_reader
 from lakehouse.gold.tables import GOLD_TABLES
 from lakehouse.maintenance import maintain_table
 
+# A library lake written before tombstones existed (members with SCD2 history, loans; member 4
+# changed once): bronze has no `_op`, history no `_deleted`, and no ledger names deletes.
+BEFORE_TOMBSTONES = Path(__file__).resolve().parent / "fixtures" / "library_lake_before_tombstones"
 MEMBERS = [(member, f"member {member}") for member in range(1, 7)]
 # Loans 1-4 of member 2 (deleted with the member), 5-6 of member 3 (kept when the member goes).
 LOANS = [(1, 2, "open"), (2, 2, "open"), (3, 2, "returned"), (4, 2, "open"), (5, 3, "open"), (6, 3, "open")]
@@ -99,6 +103,26 @@ def test_a_key_deleted_inserted_again_and_deleted_again_follows_the_source(libra
     assert result.success, "two tombstones of one key are no duplicate row versions"
     assert _tombstones(library, "members").get_column("member_id").to_list() == [4, 4]
     assert 4 not in library.table("silver", "members").get_column("member_id")
+
+
+def test_a_lake_written_before_tombstones_is_read_and_advanced(tmp_path: Path) -> None:
+    shutil.copytree(BEFORE_TOMBSTONES, tmp_path / "lake")
+    library = Library(tmp_path / "lake", dg.DagsterInstance.ephemeral())
+    library.delete("loans", "loan_id", [1, 2])
+    library.delete("members", "member_id", [2, 4])
+
+    result = library.materialize()
+
+    assert result.success
+    assert sorted(library.table("silver", "members").get_column("member_id")) == [1, 3, 5, 6]
+    assert sorted(library.table("silver", "loans").get_column("loan_id")) == [3, 4]
+    history = library.table("silver", "members_history").filter(pl.col("member_id") == 4).sort("valid_from")
+    assert history.get_column("is_current").to_list() == [False, False]
+    assert history.get_column("_deleted").to_list() == [None, True]
+    checks = _checks(result)
+    for asset in ("silver/members", "silver/loans"):
+        assert checks[(asset, "bronze_rows_accounted")].passed
+        assert checks[(asset, "keys_in_source")].passed
 
 
 def test_with_deletes_never_the_rows_stay_and_the_check_warns(tmp_path: Path) -> None:
