@@ -124,10 +124,13 @@ def webhook():
 
 
 def failed_run(lake: Lake) -> tuple[dg.DagsterRun, dg.DagsterEvent]:
-    """A real failed run: silver/orders before bronze/orders exists."""
-    result = lake.materialize(
-        dg.AssetSelection.assets(["silver", "orders"], ["quarantine", "orders"]), raise_on_error=False
-    )
+    """A real failed run: bronze/orders while its source database is away."""
+    database = lake.source.sqlite_path
+    away = database.rename(database.with_suffix(".away"))
+    try:
+        result = lake.materialize(dg.AssetSelection.assets(["bronze", "orders"]), raise_on_error=False)
+    finally:
+        away.rename(database)
     assert not result.success
     run = lake.instance.get_run_by_id(result.run_id)
     failure = lake.instance.get_records_for_run(
@@ -155,7 +158,7 @@ def test_a_failed_run_is_alerted_in_the_log_and_at_the_webhook_after_a_retry(
     alert(lake, AlertSink(log_path=str(log), webhook=webhook, backoff_seconds=0.01))
 
     [logged] = [json.loads(line) for line in log.read_text().splitlines()]
-    assert logged["kind"] == "run_failure" and logged["failed_steps"] == ["silver_orders"]
+    assert logged["kind"] == "run_failure" and logged["failed_steps"] == ["bronze__orders"]
     assert Webhook.received == [logged]  # the first post got a 503, the retry went through
     assert alert_on_run_failure.default_status == dg.DefaultSensorStatus.RUNNING
 
