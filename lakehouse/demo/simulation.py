@@ -243,16 +243,15 @@ def _delete_some(
     source: SourceDatabase,
     rng: np.random.Generator,
     volumes: Volumes,
-    open_orders: pl.DataFrame,
+    abandoned: pl.Series,
     known: pl.Series,
 ) -> dict[str, int]:
-    """Delete what a shop deletes, among the rows there before this batch: some orders that
-    were pending (abandoned carts) with their items, and some of the `known` customers who never
-    ordered (closed accounts). Returns the rows deleted per table."""
-    pending = open_orders.filter(pl.col("status") == "pending").get_column("order_id")
+    """Delete what a shop deletes, among the rows there before this batch: some `abandoned`
+    orders with their items, and some of the `known` customers who never ordered (closed
+    accounts). Returns the rows deleted per table."""
     ordered = store.read(source, "SELECT DISTINCT customer_id FROM orders WHERE customer_id IS NOT NULL")
     idle = known.filter(~known.is_in(ordered.get_column("customer_id").implode()))
-    orders = _some(rng, pending, volumes.abandoned_orders_per_batch)
+    orders = _some(rng, abandoned, volumes.abandoned_orders_per_batch)
     customers = _some(rng, idle, volumes.closed_accounts_per_batch)
     listed = ", ".join(map(str, orders)) or "NULL"
     items = store.read(source, f"SELECT count(*) AS n FROM order_items WHERE order_id IN ({listed})").item()
@@ -325,7 +324,11 @@ def _advance_one(
     store.insert(source, "orders", orders)
     store.insert(source, "order_items", items)
     store.update(source, "orders", "order_id", moved)
-    deleted = _delete_some(source, rng, volumes, open_orders, customers.get_column("customer_id"))
+    # Abandoned carts: orders pending since before this batch that did not move on in it.
+    abandoned = open_orders.filter(pl.col("status") == "pending").join(moved, on="order_id", how="anti")
+    deleted = _delete_some(
+        source, rng, volumes, abandoned.get_column("order_id"), customers.get_column("customer_id")
+    )
 
     halves = [
         (
