@@ -319,6 +319,33 @@ def test_a_truncate_is_a_tombstone_for_every_live_key(library: Library) -> None:
     assert result.deleted == 4 and live(bronze) == [7]
 
 
+def test_a_large_value_an_update_did_not_send_is_taken_from_the_previous_version(library: Library) -> None:
+    # Random text too large to stay in the row: PostgreSQL keeps it aside (TOAST), and an
+    # update that does not change it does not send it.
+    library.execute(
+        "ALTER TABLE {schema}.loans ADD COLUMN note text",
+        "UPDATE {schema}.loans SET note = (SELECT string_agg(md5(random()::text), '') "
+        "FROM generate_series(1, 300)) WHERE loan_id = 1",
+    )
+    library.capture()
+    library.execute("UPDATE {schema}.loans SET status = 'late' WHERE loan_id = 1")
+    library.capture()  # from the snapshot's row
+    library.execute("UPDATE {schema}.loans SET status = 'returned' WHERE loan_id = 1")
+    library.execute("UPDATE {schema}.loans SET status = 'closed' WHERE loan_id = 1")
+    library.capture()  # from bronze, then from the batch itself
+
+    note = library.source.read(f"SELECT note FROM {library.schema}.loans WHERE loan_id = 1").item()
+    assert len(note) == 9600
+    rows = library.bronze().filter(pl.col("loan_id") == 1)
+    assert rows.select(OP, "status").rows() == [
+        (INSERT, "open"),
+        (UPDATE, "late"),
+        (UPDATE, "returned"),
+        (UPDATE, "closed"),
+    ]
+    assert rows.get_column("note").to_list() == [note] * 4
+
+
 def test_a_slot_dropped_by_someone_else_is_made_again_from_a_snapshot_with_a_warning(
     library: Library,
 ) -> None:

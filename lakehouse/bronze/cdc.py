@@ -461,7 +461,7 @@ def _apply(writer: _Writer, changes: pl.DataFrame, position: int, result: Captur
     def flush() -> None:
         nonlocal segment
         if segment is not None and segment.rows:
-            typed.append(_typed(writer, segment))
+            typed.append(_typed(writer, segment, typed))
         segment = None
 
     for lsn, data in changes.iter_rows():
@@ -521,24 +521,65 @@ def _row(
         return DELETE, values
     assert isinstance(change, pgoutput.Insert | pgoutput.Update)
     values = list(change.new)
+    old = change.old if isinstance(change, pgoutput.Update) and change.old else None
     for index, value in enumerate(values):
-        if value is pgoutput.UNCHANGED:
-            old = change.old[index] if isinstance(change, pgoutput.Update) and change.old else None
-            if old is None or old is pgoutput.UNCHANGED:
-                raise CaptureError(
-                    f"{_name(contract)}: an update of {relation.namespace}.{relation.name} at LSN "
-                    f"{lsn_text(lsn)} left out column '{names[index]}' (a large value it did not "
-                    f"change): ALTER TABLE {relation.namespace}.{relation.name} REPLICA IDENTITY FULL "
-                    "makes updates carry it"
-                )
-            values[index] = old
+        # A large value the update did not change is not sent: the old row holds it under
+        # replica identity full; otherwise it stays UNCHANGED, for `_fill_unchanged`.
+        if value is pgoutput.UNCHANGED and old is not None:
+            values[index] = old[index]
     return (INSERT if isinstance(change, pgoutput.Insert) else UPDATE), values
 
 
-def _typed(writer: _Writer, segment: _Segment) -> pl.DataFrame:
+def _fill_unchanged(
+    writer: _Writer, frame: pl.DataFrame, unchanged: dict[str, list[bool]], earlier: list[pl.DataFrame]
+) -> pl.DataFrame:
+    """`frame` with each value an update left out (`unchanged`: per column, which rows) taken
+    from the key's previous version, in this batch (`earlier`, then `frame`) or in bronze."""
+    key, columns = writer.contract.primary_key, list(unchanged)
+    marks = [f"__unchanged_{index}" for index in range(len(columns))]
+    marked = frame.with_columns(
+        pl.Series(mark, unchanged[column], pl.Boolean) for mark, column in zip(marks, columns, strict=True)
+    ).with_row_index("__row")
+    keys = marked.filter(pl.any_horizontal(marks)).select(key).unique()
+    wanted = [*key, *columns, LSN]
+    versions = [part.lazy().select(wanted) for part in earlier]
+    if writer.table is not None:
+        held = [name for name in wanted if name in writer.stored.names]
+        versions.insert(0, pl.scan_delta(writer.table).join(keys.lazy(), on=key, how="semi").select(held))
+    before = pl.concat([*versions, pl.LazyFrame(schema=frame.select(wanted).schema)], how="diagonal_relaxed")
+    history = pl.concat(
+        [before.join(keys.lazy(), on=key, how="semi").collect(), marked], how="diagonal_relaxed"
+    ).sort(LSN, nulls_last=False, maintain_order=True)
+    history = history.with_columns(pl.col(mark).fill_null(False) for mark in marks).with_row_index("__at")
+    # Each left-out value is the one of the key's last row that sent it (null included).
+    for mark, column in zip(marks, columns, strict=True):
+        history = history.with_columns(
+            pl.when(~pl.col(mark)).then(pl.col("__at")).forward_fill().over(key).alias("__from")
+        )
+        unknown = history.filter(pl.col(mark) & pl.col("__from").is_null())
+        if not unknown.is_empty():
+            raise CaptureError(
+                f"{_name(writer.contract)}: an update at LSN {lsn_text(unknown.get_column(LSN)[0])} left "
+                f"out column '{column}' (a large value it did not change) and bronze holds no earlier "
+                f"version of the row: ALTER TABLE {writer.contract.source.table} REPLICA IDENTITY FULL "
+                "makes updates carry it"
+            )
+        history = history.with_columns(pl.col(column).gather(pl.col("__from")))
+    filled = history.filter(pl.col("__row").is_not_null()).sort("__row")
+    return frame.with_columns(filled.get_column(column) for column in columns)
+
+
+def _typed(writer: _Writer, segment: _Segment, earlier: list[pl.DataFrame]) -> pl.DataFrame:
     """The segment's rows with the source's types: PostgreSQL casts the text values itself, so
-    a change is typed exactly as the snapshot's `SELECT` types the same row."""
+    a change is typed exactly as the snapshot's `SELECT` types the same row. `earlier`: the
+    batch's rows before the segment."""
     relation = segment.relation
+    unchanged = {
+        column.name: [row[index] is pgoutput.UNCHANGED for row in segment.rows]
+        for index, column in enumerate(relation.columns)
+    }
+    unchanged = {name: marks for name, marks in unchanged.items() if any(marks)}
+    rows = [[None if value is pgoutput.UNCHANGED else value for value in row] for row in segment.rows]
     types = writer.source.read(
         "SELECT format_type(t.oid, t.modifier) AS type FROM (VALUES "
         + ", ".join(f"({int(c.type_oid)}::oid, {int(c.type_modifier)})" for c in relation.columns)
@@ -551,7 +592,8 @@ def _typed(writer: _Writer, segment: _Segment) -> pl.DataFrame:
     )
     frame = writer.source.read(
         f"SELECT {selected} FROM json_array_elements($1::json) WITH ORDINALITY AS e(v, n) ORDER BY e.n",
-        [json.dumps(segment.rows)],
+        [json.dumps(rows)],
         what=f"{_name(writer.contract)}: typing changes of {relation.name}",
     )
-    return writer.shape(frame, pl.Series(OP, segment.ops, pl.String), pl.Series(LSN, segment.lsns, pl.Int64))
+    frame = writer.shape(frame, pl.Series(OP, segment.ops, pl.String), pl.Series(LSN, segment.lsns, pl.Int64))
+    return _fill_unchanged(writer, frame, unchanged, earlier) if unchanged else frame
