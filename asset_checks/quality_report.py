@@ -1,6 +1,7 @@
 """`lakehouse quality report`: each silver table against its contract's SLA, read from Delta.
 
-Per table: row count (an empty table fails), freshness in hours (fails past the contract's
+Per table: row count (an empty table fails), the keys the source deleted (bronze's
+tombstones; a count, never a failure), freshness in hours (fails past the contract's
 `freshness.warn_after`), duplicate keys (fail above `sla.duplicate_rate`) and the null rate of
 every column (a non-nullable column fails below `sla.completeness`). One pass over each
 table; a failing table makes the overall status, and the command's exit code, a failure.
@@ -16,6 +17,8 @@ import polars as pl
 
 from asset_checks.freshness import HOUR, age_status
 from lakehouse import delta
+from lakehouse.bronze import tombstones
+from lakehouse.bronze.columns import OP
 from lakehouse.contract import Contract
 from lakehouse.delta import LakehouseStorage
 
@@ -46,6 +49,14 @@ def _measures(table: delta.DeltaTable, contract: Contract) -> dict[str, Any]:
     )
 
 
+def _deleted_keys(lakehouse: LakehouseStorage, contract: Contract) -> int:
+    """The keys whose last change in bronze is a tombstone: rows the source deleted."""
+    bronze = delta.open_table(lakehouse.table_uri("bronze", contract.name))
+    if bronze is None or OP not in delta.arrow_schema(bronze).names:
+        return 0
+    return tombstones.deleted_keys(pl.scan_delta(bronze), contract).select(pl.len()).collect().item()
+
+
 def table_report(lakehouse: LakehouseStorage, contract: Contract, now: datetime) -> dict[str, Any]:
     """The report of silver/<contract.name>; a missing table fails with a note."""
     name = f"silver/{contract.name}"
@@ -54,7 +65,11 @@ def table_report(lakehouse: LakehouseStorage, contract: Contract, now: datetime)
         return {"table": name, "status": FAIL, "note": "the table does not exist: materialise it first"}
     measured = _measures(table, contract)
     rows, sla = measured.pop("_rows"), contract.sla
-    report: dict[str, Any] = {"table": name, "row_count": {"value": rows, "status": _status(rows > 0)}}
+    report: dict[str, Any] = {
+        "table": name,
+        "row_count": {"value": rows, "status": _status(rows > 0)},
+        "deleted_keys": _deleted_keys(lakehouse, contract),
+    }
 
     if contract.freshness:
         newest: datetime | None = measured.pop("_newest", None)
@@ -124,17 +139,19 @@ def to_markdown(report: dict[str, Any]) -> str:
         "",
         f"As of {report['as_of']}.",
         "",
-        "| table | status | rows | freshness (hours / limit) | duplicate keys (rate / limit) |",
-        "| --- | --- | ---: | --- | --- |",
+        "| table | status | rows | deleted keys | freshness (hours / limit) | duplicate keys (rate / limit) "
+        "|",
+        "| --- | --- | ---: | ---: | --- | --- |",
     ]
     for table in report["tables"]:
         if "note" in table:
-            lines.append(f"| {table['table']} | {table['status']} | - | {table['note']} | - |")
+            lines.append(f"| {table['table']} | {table['status']} | - | - | {table['note']} | - |")
             continue
         fresh, dup = table.get("freshness"), table["duplicates"]
         freshness = f"{fresh['hours']} / {fresh['limit_hours']:g} ({fresh['status']})" if fresh else "-"
         lines.append(
-            f"| {table['table']} | {table['status']} | {table['row_count']['value']:,} | {freshness} | "
+            f"| {table['table']} | {table['status']} | {table['row_count']['value']:,} | "
+            f"{table['deleted_keys']:,} | {freshness} | "
             f"{dup['count']:,} ({_percent(dup['rate'])} / {_percent(dup['limit_rate'])}, {dup['status']}) |"
         )
     for table in report["tables"]:

@@ -21,6 +21,8 @@ import polars as pl
 from asset_checks import rules
 from asset_checks.check import Check
 from lakehouse import delta
+from lakehouse.bronze import tombstones
+from lakehouse.bronze.columns import OP
 from lakehouse.contract import Contract
 from lakehouse.delta import LakehouseStorage
 from lakehouse.gold.tables import GoldTable
@@ -67,7 +69,9 @@ def latest_batch(contract: Contract, as_typed: bool) -> Reader:
         if latest is None:
             return pl.LazyFrame(), {"scope": "no materialisation yet"}
         uri = lakehouse.table_uri("bronze", contract.name)
-        rows = scan_columns(uri, wanted, where=pl.col("_run_id") == latest.run_id)
+        rows = scan_columns(uri, [*wanted, OP], where=pl.col("_run_id") == latest.run_id)
+        # Tombstones hold a key and no values: they are no row versions to check.
+        rows = tombstones.versions(rows).drop(OP, strict=False)
         return (typed(rows, contract) if as_typed else rows), {"scope": f"rows of run {latest.run_id}"}
 
     return read

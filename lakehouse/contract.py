@@ -124,6 +124,9 @@ class DeleteCadence(_Strict):
 
     every: timedelta
 
+    def __str__(self) -> str:
+        return f"every {self.every}"
+
     @field_validator("every", mode="before")
     @classmethod
     def _duration(cls, value: object) -> timedelta:

@@ -10,8 +10,12 @@ survive log checkpoints. The entries, one home for their names:
 - `landing_file`: a landing file bronze has ingested (1), with `landing_file_size` (bytes) and
   `landing_file_checksum` (63 bits of the file's BLAKE2b digest) beside it; a lake written
   before those two existed has only the first, and its files are still ingested;
+- `bronze_deletes_checked`: when bronze last compared the source's keys with its own to find
+  deletes (microseconds since the epoch), for a contract that looks for them on a cadence;
 - `silver_position`: the bronze version silver has consumed;
-- `gold_position`: the newest silver `_loaded_at` (microseconds) a gold table has consumed.
+- `gold_position`: the newest silver `_loaded_at` (microseconds) a gold table has consumed;
+- `gold_deletes_position`: the silver version up to which a gold table has rebuilt what
+  silver's deletes touched.
 
 Writers are optimistic: a `Claim` remembers the version of the table its entries were read
 at, and every commit that carries them fails with `LedgerMoved` when another writer committed
@@ -25,6 +29,7 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import pyarrow.fs as pafs
@@ -37,6 +42,17 @@ T = TypeVar("T")
 UNSET = -1
 # A writer that loses the race this often in a row is racing a stuck loop, not a second run.
 REDO_ATTEMPTS = 5
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def micros(moment: datetime) -> int:
+    """A moment as an entry holds it: microseconds since the epoch."""
+    return (moment - EPOCH) // timedelta(microseconds=1)
+
+
+def moment(micros: int) -> datetime:
+    """The moment an entry of microseconds since the epoch names."""
+    return EPOCH + timedelta(microseconds=micros)
 
 
 def bronze_watermark(dataset: str) -> str:
@@ -45,6 +61,10 @@ def bronze_watermark(dataset: str) -> str:
 
 def bronze_lsn(dataset: str) -> str:
     return f"lakehouse.bronze.{dataset}.lsn"
+
+
+def bronze_deletes_checked(dataset: str) -> str:
+    return f"lakehouse.bronze.{dataset}.deletes_checked"
 
 
 def landing_file(dataset: str, file_name: str) -> str:
@@ -100,6 +120,10 @@ def silver_position(dataset: str) -> str:
 
 def gold_position(table: str, upstream: str) -> str:
     return f"lakehouse.gold.{table}.{upstream}.loaded_at"
+
+
+def gold_deletes_position(table: str, upstream: str) -> str:
+    return f"lakehouse.gold.{table}.{upstream}.deletes_version"
 
 
 def read(table: DeltaTable | None, key: str) -> int | None:

@@ -19,6 +19,7 @@ class MergeCounts:
     updated: int
     unchanged: int
     table: delta.DeltaTable
+    deleted: int = 0
 
 
 def _literal(value: object) -> str:
@@ -50,6 +51,7 @@ def merge(
     keys: list[str],
     *,
     update_when: str | None = None,
+    delete_flag: str | None = None,
     partition: str | None = None,
     metadata: dict[str, str] | None = None,
     transactions: dict[str, int] | None = None,
@@ -59,14 +61,22 @@ def merge(
 
     `update_when` is a SQL predicate over the source `s` and the target `t`, for example
     `s."updated_at" > t."updated_at"` so that an older version never replaces a newer one.
-    The frame must hold each key once. The commit carries `metadata` and ledger `transactions`
-    (checked against `claim`, as `delta.write` does); when the MERGE changes nothing, an empty
-    commit carries them, so the ledger always moves.
+    `delete_flag` names a boolean column of the frame: its true rows delete their key's row,
+    and the column itself is never stored. The frame must hold each key once. The commit
+    carries `metadata` and ledger `transactions` (checked against `claim`, as `delta.write`
+    does); when the MERGE changes nothing, an empty commit carries them, so the ledger always
+    moves.
     """
     table = delta.open_table(uri)
+    if delete_flag is not None and (table is None or not frame.get_column(delete_flag).any()):
+        # Nothing to delete: a plain MERGE of the rest.
+        frame = frame.filter(~pl.col(delete_flag)).drop(delete_flag)
+        delete_flag = None
+    # What the table stores of the frame's columns.
+    stored = frame.drop(delete_flag) if delete_flag else frame
     if table is not None and frame.is_empty():
         moved = (
-            delta.write(uri, frame, metadata=metadata, transactions=transactions, claim=claim)
+            delta.write(uri, stored, metadata=metadata, transactions=transactions, claim=claim)
             if transactions
             else table
         )
@@ -81,7 +91,7 @@ def merge(
             claim=claim,
         )
         return MergeCounts(frame.height, 0, 0, created)
-    _evolve_schema(uri, frame, table)
+    _evolve_schema(uri, stored, table)
     for attempt in range(1, delta.COMMIT_ATTEMPTS + 1):
         table = delta.DeltaTable(uri)
         if claim is not None:
@@ -94,10 +104,17 @@ def merge(
             target_alias="t",
             commit_properties=delta.commit_properties(metadata, transactions),
         )
+        kept, flags = None, None
+        if delete_flag is not None:
+            flag = f"s.{quoted(delete_flag)}"
+            merger = merger.when_matched_delete(predicate=flag)
+            kept, flags = f"NOT {flag}", [delete_flag]
         if update_when:
-            merger = merger.when_matched_update_all(predicate=update_when)
+            merger = merger.when_matched_update_all(
+                predicate=update_when if kept is None else f"{kept} AND ({update_when})", except_cols=flags
+            )
         try:
-            metrics = merger.when_not_matched_insert_all().execute()
+            metrics = merger.when_not_matched_insert_all(predicate=kept, except_cols=flags).execute()
             break
         except CommitFailedError as error:
             if attempt == delta.COMMIT_ATTEMPTS:
@@ -108,10 +125,11 @@ def merge(
     # The merged table object is at its own commit's version, or still at `before` when the
     # MERGE wrote nothing.
     if table.version() == before and (metadata or transactions):
-        merged = delta.write(uri, frame.head(0), metadata=metadata, transactions=transactions, claim=claim)
+        merged = delta.write(uri, stored.head(0), metadata=metadata, transactions=transactions, claim=claim)
     else:
         if claim is not None:
             claim.advance(table.version())
         merged = delta.DeltaTable(uri)
     inserted, updated = metrics["num_target_rows_inserted"], metrics["num_target_rows_updated"]
-    return MergeCounts(inserted, updated, frame.height - inserted - updated, merged)
+    deleted = metrics["num_target_rows_deleted"]
+    return MergeCounts(inserted, updated, frame.height - inserted - updated - deleted, merged, deleted)

@@ -16,6 +16,7 @@ import dagster as dg
 import polars as pl
 import pyarrow as pa
 
+from lakehouse.contract import Contract
 from lakehouse.source_errors import SourceError, SourceUnavailableError, is_transient, summary
 
 T = TypeVar("T")
@@ -34,6 +35,11 @@ SQLITE_ONE_BATCH = {"adbc.sqlite.query.batch_rows": str(2**30)}
 def timestamp_text(value: datetime) -> str:
     """A moment in the text form SQLite sources store (see SQLITE_TIMESTAMP_FORMAT)."""
     return value.astimezone(UTC).isoformat(sep=" ", timespec="microseconds")
+
+
+def reading(contract: Contract, what: str = "extracting") -> str:
+    """What a source query of the contract does, for its errors: the contract and the table."""
+    return f"bronze/{contract.name}: {what} source table {contract.source.table}"
 
 
 def _without_extension_types(table: pa.Table) -> pa.Table:

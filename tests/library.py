@@ -77,10 +77,11 @@ class Library:
     def contracts(self) -> list[Contract]:
         return load_contracts(self.contracts_folder)
 
-    def create(self, loans_sla: str = "") -> None:
-        """The contracts (the loans' with an `sla:` block when given) and an empty source."""
+    def create(self, loans_sla: str = "", members_deletes: str = "") -> None:
+        """The contracts (the loans' with an `sla:` block, the members' with a `deletes:` line,
+        when given) and an empty source."""
         self.contracts_folder.mkdir(parents=True)
-        (self.contracts_folder / "members.yaml").write_text(MEMBERS)
+        (self.contracts_folder / "members.yaml").write_text(MEMBERS + members_deletes)
         (self.contracts_folder / "loans.yaml").write_text(LOANS + loans_sla)
         self.database.parent.mkdir(parents=True)
         with sqlite3.connect(self.database) as connection:
@@ -95,6 +96,11 @@ class Library:
             )
             marks = ", ".join("?" * (len(rows[0]) + 1))
             connection.executemany(f"insert into {table} values ({marks})", [(*row, stamp) for row in rows])
+
+    def delete(self, table: str, key: str, ids: list[int]) -> None:
+        """Delete the rows whose `key` is one of `ids`, as the source's users do."""
+        with sqlite3.connect(self.database) as connection:
+            connection.executemany(f"delete from {table} where {key} = ?", [(value,) for value in ids])
 
     def materialize(self, selection: list[str] | None = None) -> dg.ExecuteInProcessResult:
         """The `selection` (by default bronze and silver of every contract) with its checks, in

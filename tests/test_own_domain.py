@@ -87,3 +87,15 @@ def test_the_shop_business_layer_attaches_as_far_as_the_contracts_feed_it(tmp_pa
     }
     assert len(attached_tables(everything)) == len(gold_assets(everything)) > 2
     assert len(attached_models(defined)) == 1
+
+
+def test_an_empty_source_table_leaves_its_silver_unbuilt_and_the_run_green(tmp_path: Path) -> None:
+    library = Library(tmp_path, dg.DagsterInstance.ephemeral())
+    library.create()
+    library.add("members", [(1, "member 1")])  # and no loans yet
+
+    result = library.materialize()
+
+    assert result.success
+    assert not (library.folder / "lakehouse" / "silver" / "loans").exists()
+    assert library.table("silver", "members").height == 1

@@ -58,7 +58,8 @@ def _database_asset(contract: Contract) -> dg.AssetsDefinition:
         )
         context.log.info(
             f"bronze/{contract.name}: read {result.rows_read} rows, appended {result.rows_appended}, "
-            f"watermark {result.watermark_before} -> {result.watermark_after}"
+            f"watermark {result.watermark_before} -> {result.watermark_after}, "
+            f"deletes: {result.deletes_checked}"
         )
         if result.rows_without_watermark:
             context.log.warning(
@@ -71,6 +72,8 @@ def _database_asset(contract: Contract) -> dg.AssetsDefinition:
                 **delta.elapsed(started),
                 "rows_read": result.rows_read,
                 "rows_appended": result.rows_appended,
+                "rows_deleted": result.rows_deleted,
+                "deletes_checked": result.deletes_checked,
                 "watermark_before": str(result.watermark_before),
                 "watermark_after": str(result.watermark_after),
                 "added_columns": ", ".join(result.added_columns) or "none",

@@ -36,7 +36,7 @@ import polars as pl
 import pyarrow as pa
 
 from lakehouse import delta, ledger
-from lakehouse.bronze import pgoutput
+from lakehouse.bronze import pgoutput, tombstones
 from lakehouse.bronze.columns import (
     DELETE,
     INSERT,
@@ -219,22 +219,6 @@ def slot_lag(contract: Contract, source: SourceDatabase, bronze_uri: str) -> int
     return None if lag.is_empty() else lag.item()
 
 
-def live_keys(rows: pl.LazyFrame, primary_key: list[str]) -> pl.LazyFrame:
-    """The keys whose newest row is not a tombstone. Rows are ordered by `_lsn`; rows without
-    one (extracted by watermark before the contract changed to cdc) come first."""
-    schema = rows.collect_schema()
-    if OP not in schema:
-        return rows.select(primary_key).unique()
-    ordered = rows.select(*primary_key, OP, LSN if LSN in schema else pl.lit(None, pl.Int64).alias(LSN))
-    return (
-        ordered.sort(LSN, nulls_last=False, maintain_order=True)
-        .group_by(primary_key, maintain_order=True)
-        .agg(pl.col(OP).last())
-        .filter(pl.col(OP).is_null() | (pl.col(OP) != DELETE))
-        .select(primary_key)
-    )
-
-
 def _conform(frame: pl.DataFrame, schema: pl.Schema) -> pl.DataFrame:
     """`frame` with exactly `schema`'s columns in its order, missing ones null."""
     return frame.select(
@@ -280,13 +264,14 @@ class _Writer:
     def live(self, pending: list[pl.DataFrame]) -> pl.DataFrame:
         """The keys live in bronze once `pending`, rows not written yet, are."""
         key = self.contract.primary_key
-        parts = [frame.lazy().select(*key, OP, LSN) for frame in pending]
+        # Rows extracted by watermark, before the contract changed to cdc, have no `_op` or
+        # `_lsn`: versions that come before every change.
+        events = pl.LazyFrame(schema={OP: pl.String, LSN: pl.Int64})
+        parts = [events, *(frame.lazy().select(*key, OP, LSN) for frame in pending)]
         if self.table is not None:
             held = [name for name in (*key, OP, LSN) if name in self.stored.names]
-            parts.insert(0, pl.scan_delta(self.table).select(held))
-        if not parts:
-            return pl.DataFrame()
-        return live_keys(pl.concat(parts, how="diagonal_relaxed"), key).collect()
+            parts.append(pl.scan_delta(self.table).select(held))
+        return tombstones.live_keys(pl.concat(parts, how="diagonal_relaxed"), self.contract).collect()
 
     def write(self, frames: Iterator[pl.DataFrame], lsn: int, metadata: dict[str, str]) -> bool:
         """Append the frames and the ledger entry `lsn` in one commit; False when there were no

@@ -6,6 +6,9 @@ versions bronze already holds, and appends the rest in one commit that also reco
 watermark (as a Delta app transaction, which survives log checkpoints). A crash before that
 commit changes nothing; the next run reads again.
 
+The same commit appends a tombstone for each key bronze holds that the source no longer has
+(lakehouse/bronze/deletes.py), on every run or on the contract's cadence.
+
 The rows are read in chunks of CHUNK_ROWS and streamed into that one commit: memory follows
 the chunk, not the table, however large the first load.
 """
@@ -15,20 +18,20 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import polars as pl
 import pyarrow as pa
 
 from lakehouse import delta, ledger
-from lakehouse.bronze.columns import PARTITION_COLUMN, pin_types, with_audit_columns
+from lakehouse.bronze import deletes, tombstones
+from lakehouse.bronze.columns import OP, PARTITION_COLUMN, UPSERT, pin_types, with_audit_columns
 from lakehouse.bronze.watermark import WatermarkRange
-from lakehouse.contract import Contract
-from lakehouse.source import SourceDatabase
+from lakehouse.contract import Contract, DeleteCadence
+from lakehouse.source import SourceDatabase, reading
 from lakehouse.sql import qualified, quoted
 from lakehouse.timestamps import instant
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 CHUNK_ROWS = 1_000_000  # source rows an extraction holds at a time
 
 
@@ -45,16 +48,14 @@ class Extraction:
     added_columns: list[str]
     table: delta.DeltaTable | None
     rows_without_watermark: int
+    rows_deleted: int
+    deletes_checked: str  # how deletes were looked for, or why not
 
 
 def read_watermark(table: delta.DeltaTable | None, contract: Contract) -> datetime | None:
     """The highest watermark value bronze has committed, as stored in its ledger."""
     micros = ledger.read(table, ledger.bronze_watermark(contract.name))
-    return None if micros is None else EPOCH + timedelta(microseconds=micros)
-
-
-def _micros(moment: datetime) -> int:
-    return (moment - EPOCH) // timedelta(microseconds=1)
+    return None if micros is None else ledger.moment(micros)
 
 
 def source_chunks(
@@ -139,11 +140,6 @@ def newest_instant(contract: Contract, source: SourceDatabase, bounds: Watermark
     return max(filter(None, [latest, found]), default=None)
 
 
-def reading(contract: Contract, what: str = "extracting") -> str:
-    """What a source query of the contract does, for its errors: the contract and the table."""
-    return f"bronze/{contract.name}: {what} source table {contract.source.table}"
-
-
 def check_source_columns(contract: Contract, source: SourceDatabase) -> None:
     """Fail when the source table lacks a column the contract lists: silver would hold it as
     nulls that pass every check. Columns only the source has are extracted as they are."""
@@ -179,14 +175,12 @@ def _extract_once(
     lower = None if before is None else before - contract.watermark.lookback
     # Rows without a watermark cannot be extracted incrementally: they are counted, not read.
     bounds, unwatermarked = source_range(contract, source, lower)
-    if bounds.newest is None:
-        return Extraction(0, 0, before, before, [], table, unwatermarked)
-    newest = newest_instant(contract, source, bounds)
+    newest = None if bounds.newest is None else newest_instant(contract, source, bounds)
 
     stored = delta.arrow_schema(table) if table else None
     identity = [*contract.primary_key, column]
     seen = None
-    if table is not None:
+    if table is not None and bounds.newest is not None:
         # The lookback re-reads recent rows on purpose (to catch late commits in the source);
         # the versions bronze already has (in the version whose watermark this run starts
         # from) are dropped by (primary key, watermark value), read by the same test as the
@@ -195,11 +189,15 @@ def _extract_once(
         seen = pl.scan_delta(table).filter(held.admits()).filter(held.exact()).select(identity).collect()
 
     extracted_at = now or datetime.now(UTC)
+    label = f"{source.label}/{table_name}"
     counts = {"read": 0, "appended": 0}
     pinned: pa.Schema | None = None
+    appended_keys: list[pl.DataFrame] = []
 
     def new_rows() -> Iterator[pl.DataFrame]:
         nonlocal pinned
+        if bounds.newest is None:
+            return
         for chunk in source_chunks(contract, source, bounds):
             counts["read"] += chunk.height
             if chunk.is_empty():
@@ -212,26 +210,70 @@ def _extract_once(
                 frame = frame.join(seen, on=identity, how="anti", nulls_equal=True)
             counts["appended"] += frame.height
             if not frame.is_empty():
-                yield with_audit_columns(frame, f"{source.label}/{table_name}", run_id, extracted_at)
+                appended_keys.append(frame.select(contract.primary_key))
+                yield with_audit_columns(frame, label, run_id, extracted_at).with_columns(
+                    pl.lit(UPSERT).alias(OP)
+                )
 
-    rows = new_rows()
-    first = next(rows, None)
+    # A first load has nothing to delete. Deletes are looked for after the extraction, against
+    # the keys bronze holds live and those this run appends: one commit holds both, so a key
+    # deleted while the run reads is a tombstone after its last version.
+    checked = ledger.read(table, ledger.bronze_deletes_checked(contract.name))
+    looking = table is not None and deletes.due(contract, checked, extracted_at)
+    found: list[deletes.Deletes] = []
+
+    def gone(schema: pl.Schema) -> Iterator[pl.DataFrame]:
+        assert table is not None
+        live = pl.concat([tombstones.live_keys(pl.scan_delta(table), contract).collect(), *appended_keys])
+        found.append(deletes.find_deletes(contract, source, live.unique()))
+        if not found[-1].keys.is_empty():
+            yield tombstones.tombstones(found[-1].keys, schema, label, run_id, extracted_at)
+
+    def changes() -> Iterator[pl.DataFrame]:
+        schema = None
+        for frame in new_rows():
+            schema = schema or frame.schema
+            yield frame
+        if looking:
+            assert stored is not None
+            yield from gone(schema or pl.Schema({**pl.DataFrame(stored.empty_table()).schema, OP: pl.String}))
+
+    def extraction(after: datetime | None, written: delta.DeltaTable | None, added: list[str]) -> Extraction:
+        result = found[0] if found else None
+        return Extraction(
+            counts["read"], counts["appended"], before, after, added, written, unwatermarked,
+            rows_deleted=0 if result is None else result.keys.height,
+            deletes_checked=deletes.describe(contract, result, table is None),
+        )  # fmt: skip
+
+    stream = changes()
+    first = next(stream, None)
+    # The time of the check is kept for a cadence only: a run that finds nothing commits nothing.
+    cadence = isinstance(contract.deletes, DeleteCadence)
+    entries = {ledger.bronze_deletes_checked(contract.name): ledger.micros(extracted_at)} if looking else {}
     if first is None:
-        return Extraction(counts["read"], 0, before, before, [], table, unwatermarked)
+        if not (looking and cadence):
+            return extraction(before, table, [])
+        assert stored is not None
+        recorded = delta.write(uri, pl.DataFrame(stored.empty_table()), transactions=entries, claim=claim)
+        return extraction(before, recorded, [])
     after = max(filter(None, [before, newest]), default=None)
     added = [name for name in first.columns if stored is not None and name not in stored.names]
     # A source whose every watermark is unreadable has none to record: its next run reads it
     # whole again, and bronze's copy of each row keeps it from being appended twice.
     written = delta.write(
         uri,
-        itertools.chain([first], rows),
+        itertools.chain([first], stream),
         partition_by=[PARTITION_COLUMN],
         configuration=delta.CHANGE_DATA_FEED,
         metadata={
             "lakehouse.run_id": run_id,
             **({"lakehouse.watermark": after.isoformat()} if after else {}),
         },
-        transactions={ledger.bronze_watermark(contract.name): _micros(after)} if after else {},
+        transactions={
+            **({ledger.bronze_watermark(contract.name): ledger.micros(after)} if after else {}),
+            **entries,
+        },
         claim=claim,
     )
-    return Extraction(counts["read"], counts["appended"], before, after, added, written, unwatermarked)
+    return extraction(after, written, added)

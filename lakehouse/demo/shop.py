@@ -125,6 +125,14 @@ class Volumes:
     def price_changes_per_batch(self) -> int:
         return max(1, self.products // 100)
 
+    @property
+    def abandoned_orders_per_batch(self) -> int:
+        return max(2, self.orders_per_batch // 200)
+
+    @property
+    def closed_accounts_per_batch(self) -> int:
+        return max(1, self.new_customers_per_batch // 4)
+
 
 def hashed_uniform(ids: np.ndarray, salt: int) -> np.ndarray:
     """A uniform [0, 1) number per id (splitmix64), stable for the same id and salt."""

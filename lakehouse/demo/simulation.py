@@ -239,6 +239,34 @@ def advance(source: SourceDatabase, landing: Path, batches: int = 1, now: dateti
     return manifest
 
 
+def _delete_some(
+    source: SourceDatabase,
+    rng: np.random.Generator,
+    volumes: Volumes,
+    open_orders: pl.DataFrame,
+    known: pl.Series,
+) -> dict[str, int]:
+    """Delete what a shop deletes, among the rows there before this batch: some orders that
+    were pending (abandoned carts) with their items, and some of the `known` customers who never
+    ordered (closed accounts). Returns the rows deleted per table."""
+    pending = open_orders.filter(pl.col("status") == "pending").get_column("order_id")
+    ordered = store.read(source, "SELECT DISTINCT customer_id FROM orders WHERE customer_id IS NOT NULL")
+    idle = known.filter(~known.is_in(ordered.get_column("customer_id").implode()))
+    orders = _some(rng, pending, volumes.abandoned_orders_per_batch)
+    customers = _some(rng, idle, volumes.closed_accounts_per_batch)
+    listed = ", ".join(map(str, orders)) or "NULL"
+    items = store.read(source, f"SELECT count(*) AS n FROM order_items WHERE order_id IN ({listed})").item()
+    store.delete(source, "order_items", "order_id", orders)
+    store.delete(source, "orders", "order_id", orders)
+    store.delete(source, "customers", "customer_id", customers)
+    return {"orders": len(orders), "order_items": int(items), "customers": len(customers)}
+
+
+def _some(rng: np.random.Generator, ids: pl.Series, count: int) -> list[int]:
+    chosen = rng.choice(ids.to_numpy(), size=min(count, ids.len()), replace=False) if ids.len() else []
+    return sorted(int(value) for value in chosen)
+
+
 def _advance_one(
     source: SourceDatabase, landing: Path, manifest: Manifest, start: datetime, end: datetime
 ) -> None:
@@ -297,6 +325,7 @@ def _advance_one(
     store.insert(source, "orders", orders)
     store.insert(source, "order_items", items)
     store.update(source, "orders", "order_id", moved)
+    deleted = _delete_some(source, rng, volumes, open_orders, customers.get_column("customer_id"))
 
     halves = [
         (
@@ -326,6 +355,7 @@ def _advance_one(
                 "orders": {"inserted": orders.height, "updated": moved.height},
                 "order_items": {"inserted": items.height},
             },
+            "deleted": deleted,
             "defects": {**order_defects, **event_defects},
             "event_files": files,
         }

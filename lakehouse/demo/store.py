@@ -176,6 +176,16 @@ def update(source: SourceDatabase, table: str, key: str, frame: pl.DataFrame) ->
         connection.commit()
 
 
+def delete(source: SourceDatabase, table: str, key: str, ids: list[int]) -> None:
+    """Delete the rows whose `key` is one of `ids`, in one transaction."""
+    if not ids:
+        return
+    places = ", ".join(source.placeholder(position) for position in range(1, len(ids) + 1))
+    with source.connect() as connection:
+        connection.cursor().execute(f"DELETE FROM {table} WHERE {key} IN ({places})", ids)
+        connection.commit()
+
+
 def read(source: SourceDatabase, query: str) -> pl.DataFrame:
     """A query's result with timestamp text from SQLite parsed back into UTC datetimes."""
     frame = source.read(query)

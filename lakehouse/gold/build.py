@@ -9,16 +9,20 @@ patching it, is what makes the result equal to a full rebuild. The periods are b
 of their days at a time, each holding about `PART_ROWS` input rows, and written as one stream:
 memory follows the part, not the table or its largest month.
 
+Rows silver deletes leave no `_loaded_at` behind: silver's deleting commits name the days the
+deleted rows held, and a gold table also remembers the silver version it has read those
+commits up to; their periods are rebuilt like the others.
+
 A backfill rebuilds the periods of the days it is given, changed or not, and leaves the
 positions where they are: what changed since the last build is still rebuilt by the next run.
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import polars as pl
@@ -26,10 +30,9 @@ import polars as pl
 from lakehouse import delta, ledger
 from lakehouse.delta import LakehouseStorage
 from lakehouse.gold.tables import DAY, MONTH, GoldTable, Reader, period_bounds
-from lakehouse.silver.load import LOADED_AT
+from lakehouse.silver.load import DELETED_DAYS, LOADED_AT
 from lakehouse.sql import quoted
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 PART_ROWS = 2_000_000  # input rows a build of periods holds at a time
 
 
@@ -40,8 +43,18 @@ class GoldBuild:
     table: delta.DeltaTable | None
 
 
-def _micros(moment: datetime) -> int:
-    return (moment - EPOCH) // timedelta(microseconds=1)
+def _deleted_days(uri: str, since: int | None, column: str) -> tuple[int, set[str]]:
+    """The silver table's version now, and the days of `column` its rows deleted after
+    version `since` held (None: none looked for yet, so none are owed)."""
+    silver = delta.load_table(uri)
+    version = silver.version()
+    days: set[str] = set()
+    if since is None:
+        return version, days
+    for commit in silver.history(limit=max(version - since, 0)):
+        if since < commit["version"] <= version and DELETED_DAYS in commit:
+            days.update(json.loads(commit[DELETED_DAYS]).get(column, []))
+    return version, days
 
 
 def _silver_reader(lakehouse: LakehouseStorage) -> Reader:
@@ -123,14 +136,22 @@ def _build_once(table: GoldTable, lakehouse: LakehouseStorage, run_id: str) -> G
     positions, periods = {}, set()
     for upstream, moment in table.upstream.items():
         seen = ledger.read(existing, ledger.gold_position(table.name, upstream))
-        since = EPOCH + timedelta(microseconds=seen) if seen is not None else EPOCH
+        since = ledger.moment(seen or 0)
         changed = read(upstream).filter(pl.col(LOADED_AT) > since)
         summary = changed.select(
             newest=pl.col(LOADED_AT).max(), periods=pl.col(moment).dt.strftime(pattern).unique().implode()
         ).collect()
         newest = summary["newest"][0]
-        positions[ledger.gold_position(table.name, upstream)] = _micros(newest) if newest else (seen or 0)
+        positions[ledger.gold_position(table.name, upstream)] = (
+            ledger.micros(newest) if newest else (seen or 0)
+        )
         periods.update(summary["periods"].explode().drop_nulls().to_list())
+        deletes = ledger.gold_deletes_position(table.name, upstream)
+        version, days = _deleted_days(
+            lakehouse.table_uri("silver", upstream), ledger.read(existing, deletes), moment
+        )
+        positions[deletes] = version
+        periods.update(day[: len("YYYY-MM")] if pattern == MONTH else day for day in days)
 
     if existing is not None and not periods:
         return GoldBuild([], 0, existing)

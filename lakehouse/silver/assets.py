@@ -21,11 +21,12 @@ def _table_metadata(lakehouse: LakehouseStorage, layer: str, name: str) -> dict[
 
 def _merge_metadata(counts: MergeCounts | None) -> dict[str, int]:
     if counts is None:
-        return {"rows_inserted": 0, "rows_updated": 0, "rows_unchanged": 0}
+        return {"rows_inserted": 0, "rows_updated": 0, "rows_unchanged": 0, "rows_deleted": 0}
     return {
         "rows_inserted": counts.inserted,
         "rows_updated": counts.updated,
         "rows_unchanged": counts.unchanged,
+        "rows_deleted": counts.deleted,
     }
 
 
@@ -99,7 +100,7 @@ def _silver_asset(contract: Contract) -> dg.AssetsDefinition:
                     "conflicting_duplicates": load.conflicting_duplicates,
                     "orphans": load.orphans,
                     "bronze_version_before": str(load.bronze_version_before),
-                    "bronze_version_after": load.bronze_version,
+                    "bronze_version_after": str(load.bronze_version),
                     "pii_salt": "development default" if pii.uses_development_salt else "LAKEHOUSE_PII_SALT",
                 },
             )
@@ -119,6 +120,7 @@ def _silver_asset(contract: Contract) -> dg.AssetsDefinition:
                     **_table_metadata(lakehouse, "silver", f"{name}_history"),
                     **delta.elapsed(started),
                     **_merge_metadata(load.history),
+                    "versions_closed_by_deletes": load.history_closed,
                 },
             )
 

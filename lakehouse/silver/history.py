@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import polars as pl
 
 from lakehouse import delta
+from lakehouse.bronze.tombstones import DELETED_AT
 from lakehouse.contract import Contract
 from lakehouse.merge import MergeCounts, merge
 from lakehouse.sql import quoted
 
 VALID_FROM, VALID_TO, IS_CURRENT = "valid_from", "valid_to", "is_current"
+DELETED = "_deleted"  # true on the version a delete in the source closed
 LOADED_AT = "_loaded_at"  # when the row was last written, for downstream change detection
 
 
@@ -63,3 +67,30 @@ def record_changes(uri: str, versions: pl.DataFrame, contract: Contract) -> Merg
     return merge(
         uri, rows, [*keys, VALID_FROM], update_when=f"t.{quoted(IS_CURRENT)} AND NOT s.{quoted(IS_CURRENT)}"
     )
+
+
+def close_deleted(uri: str, gone: pl.DataFrame, contract: Contract, loaded_at: datetime) -> int:
+    """Close the current version of each key the source deleted (`gone`: the keys and
+    `_deleted_at`, when the delete was found): valid until then, not current, `_deleted`.
+    Returns the versions closed; a key closed already is left as it is."""
+    if gone.is_empty() or delta.open_table(uri) is None:
+        return 0
+    keys = contract.primary_key
+    current = pl.scan_delta(uri).filter(pl.col(IS_CURRENT))
+    schema = current.collect_schema()
+    found = gone.cast({key: schema[key] for key in keys})
+    closed = (
+        current.join(found.lazy(), on=keys, how="inner")
+        .with_columns(
+            # A source clock ahead of the lakehouse's must not end a version before it began.
+            pl.max_horizontal(VALID_FROM, pl.col(DELETED_AT).cast(schema[VALID_FROM])).alias(VALID_TO),
+            pl.lit(False).alias(IS_CURRENT),
+            pl.lit(True).alias(DELETED),
+            pl.lit(loaded_at, dtype=pl.Datetime("us", "UTC")).alias(LOADED_AT),
+        )
+        .drop(DELETED_AT)
+        .collect()
+    )
+    if closed.is_empty():
+        return 0
+    return merge(uri, closed, [*keys, VALID_FROM], update_when=f"t.{quoted(IS_CURRENT)}").updated

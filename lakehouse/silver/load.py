@@ -16,13 +16,15 @@ table; only the last slice's commit moves silver's position.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import polars as pl
 
 from lakehouse import delta, ledger
-from lakehouse.bronze.columns import PARTITION_COLUMN
+from lakehouse.bronze import tombstones
+from lakehouse.bronze.columns import LSN, OP, PARTITION_COLUMN
 from lakehouse.contract import Contract
 from lakehouse.delta import LakehouseStorage
 from lakehouse.merge import MergeCounts, merge
@@ -40,13 +42,17 @@ ROW = "_row"
 # Silver's commits name the bronze versions their load consumed: those after the one before,
 # up to the one after (the position silver's ledger records).
 BRONZE_VERSION, BRONZE_VERSION_BEFORE = "lakehouse.bronze_version", "lakehouse.bronze_version_before"
+# A commit that deletes rows names, per date or timestamp column, the days the deleted rows held:
+# what a gold table built by period must rebuild (lakehouse/gold/build.py).
+DELETED_DAYS = "lakehouse.deleted_days"
+DELETE_FLAG = "_delete"
 SLICE_ROWS = 1_000_000  # bronze rows a first load holds at a time
 
 
 @dataclass(frozen=True)
 class SilverLoad:
     bronze_version_before: int | None
-    bronze_version: int
+    bronze_version: int | None  # None: bronze has no table yet (an empty source)
     rows_read: int
     duplicates_collapsed: int
     rows_quarantined: int  # conflicting repeats among them
@@ -54,6 +60,7 @@ class SilverLoad:
     orphans: int
     silver: MergeCounts | None
     history: MergeCounts | None
+    history_closed: int = 0  # current history rows closed by a delete
 
 
 def partition_column(contract: Contract) -> str | None:
@@ -66,6 +73,8 @@ def partition_column(contract: Contract) -> str | None:
 
 def bronze_identity(contract: Contract) -> list[str]:
     """The columns that tell one bronze row from every other."""
+    if contract.is_cdc:
+        return [*contract.primary_key, LSN]
     if contract.is_database:
         assert contract.watermark is not None
         return [*contract.primary_key, contract.watermark.column]
@@ -192,6 +201,8 @@ def _newest_per_key(frame: pl.DataFrame, contract: Contract) -> pl.DataFrame:
     """
     if contract.history == "append":
         order, pick = ["_source_file", "_line_number"], pl.Expr.first
+    elif contract.is_cdc:
+        order, pick = [LSN], pl.Expr.last
     else:
         assert contract.watermark is not None
         order, pick = [contract.watermark.column], pl.Expr.last
@@ -212,6 +223,28 @@ class _Slice:
     conflicting_duplicates: int
     silver: MergeCounts
     history: MergeCounts | None
+    history_closed: int
+
+
+def _doomed(silver_uri: str, gone: pl.DataFrame, contract: Contract) -> pl.DataFrame | None:
+    """Silver's rows of the deleted keys `gone`; None when it holds none."""
+    if gone.is_empty() or delta.open_table(silver_uri) is None:
+        return None
+    silver = pl.scan_delta(silver_uri)
+    schema = silver.collect_schema()
+    keys = gone.select(contract.primary_key).cast({key: schema[key] for key in contract.primary_key})
+    doomed = silver.join(keys.lazy(), on=contract.primary_key, how="semi").collect()
+    return None if doomed.is_empty() else doomed
+
+
+def _deleted_days(doomed: pl.DataFrame, contract: Contract) -> str:
+    """The days each date or timestamp column of the deleted rows holds, as JSON."""
+    days = {
+        name: doomed.get_column(name).dt.date().drop_nulls().unique().sort().cast(pl.String).to_list()
+        for name, dtype in doomed.schema.items()
+        if name in contract.columns and (dtype == pl.Date or isinstance(dtype, pl.Datetime))
+    }
+    return json.dumps(days, separators=(",", ":"))
 
 
 def _load_slice(
@@ -229,8 +262,10 @@ def _load_slice(
     """Quarantine the invalid rows of `changes` (and append-only repeats of a key with other
     content), record history, and MERGE the newest valid version of each key into silver
     (append it, when silver cannot hold these keys yet), in a commit that carries silver's
-    `position` and `metadata`, against `claim`."""
-    valid, invalid = split_valid(changes, contract)
+    `position` and `metadata`, against `claim`. The same commit deletes the rows of the keys
+    whose last change is a tombstone; their history is closed before it."""
+    gone = tombstones.deleted_keys(changes, contract)
+    valid, invalid = split_valid(tombstones.versions(changes), contract)
     valid = hasher.protect(valid, contract)
     silver_uri = lakehouse.table_uri("silver", contract.name)
     repeats = None
@@ -259,15 +294,31 @@ def _load_slice(
         pl.lit(loaded_at, dtype=pl.Datetime("us", "UTC")).alias(LOADED_AT)
     )
     valid = _flag_orphans(valid.drop(PARTITION_COLUMN), parents)
-    changed = None
+    changed, closed = None, 0
     if contract.history == "scd2":
-        changed = history.record_changes(
-            lakehouse.table_uri("silver", f"{contract.name}_history"), valid, contract
-        )
+        history_uri = lakehouse.table_uri("silver", f"{contract.name}_history")
+        changed = history.record_changes(history_uri, valid, contract)
+        closed = history.close_deleted(history_uri, gone, contract, loaded_at)
 
-    # Append-only rows are each key's first arrival already.
-    newest = valid if repeats is not None else _newest_per_key(valid, contract)
+    # The versions after the last delete of their key; append-only rows are each key's first
+    # arrival already.
+    standing = tombstones.standing(valid, contract, changes).drop(OP, strict=False)
+    newest = standing if repeats is not None else _newest_per_key(standing, contract)
+    collapsed = standing.height - newest.height
+    doomed = None if keys_are_new else _doomed(silver_uri, gone, contract)
+    if doomed is not None:
+        metadata = {**metadata, DELETED_DAYS: _deleted_days(doomed, contract)}
+        newest = pl.concat(
+            [
+                newest.with_columns(pl.lit(False).alias(DELETE_FLAG)),
+                doomed.with_columns(pl.lit(True).alias(DELETE_FLAG)),
+            ],
+            how="diagonal_relaxed",
+        )
     wm = contract.watermark.column if contract.watermark else ""
+    # A change stream's order is the truth: its newest change replaces the row whatever its
+    # watermark says.
+    update_when = f"s.{quoted(wm)} > t.{quoted(wm)}" if not contract.is_cdc else "true"
     counts = (
         MergeCounts(
             newest.height,
@@ -280,7 +331,8 @@ def _load_slice(
             silver_uri,
             newest,
             contract.primary_key,
-            update_when=None if contract.history == "append" else f"s.{quoted(wm)} > t.{quoted(wm)}",
+            update_when=None if contract.history == "append" else update_when,
+            delete_flag=None if doomed is None else DELETE_FLAG,
             partition=partition,
             metadata=metadata,
             transactions=position,
@@ -289,11 +341,12 @@ def _load_slice(
     )
     return _Slice(
         changes.height,
-        repeats.identical if repeats is not None else valid.height - newest.height,
+        repeats.identical if repeats is not None else collapsed,
         invalid.height,
         repeats.conflicting.height if repeats is not None else 0,
         counts,
         changed,
+        closed,
     )
 
 
@@ -314,6 +367,7 @@ def _summed(counts: list[MergeCounts | None]) -> MergeCounts | None:
         sum(each.updated for each in present),
         sum(each.unchanged for each in present),
         present[-1].table,
+        sum(each.deleted for each in present),
     )
 
 
@@ -341,7 +395,10 @@ def _load_once(
     key = ledger.silver_position(contract.name)
     since = ledger.read(silver, key)
     if since is None:
-        bronze = delta.load_table(bronze_uri)
+        bronze = delta.open_table(bronze_uri)
+        if bronze is None:
+            # The source table is empty: bronze has written nothing yet, and silver has nothing.
+            return SilverLoad(None, None, 0, 0, 0, 0, 0, None, None)
         version = bronze.version()
         slices = _whole_table(bronze, contract)
     else:
@@ -385,4 +442,5 @@ def _load_once(
         orphans=resolve_orphans(silver_uri, contract, lakehouse, parents),
         silver=silver,
         history=_summed([part.history for part in loaded]),
+        history_closed=sum(part.history_closed for part in loaded),
     )

@@ -1,0 +1,282 @@
+"""Rows the source deletes leave the lakehouse: tombstones in bronze, rows gone from silver,
+history closed, gold rebuilt where they were, and the reconciliation both ways.
+
+Two domains: a library's members and loans (tests/library.py, SQLite), and the demo shop in
+SQLite and PostgreSQL, whose `demo advance` deletes abandoned orders and idle customers.
+"""
+
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+from conftest import Lake, postgres_source, sqlite_source
+from library import Library
+
+from lakehouse import delta, ledger
+from lakehouse.bronze import deletes
+from lakehouse.bronze.columns import DELETE, OP
+from lakehouse.contract import Contract
+from lakehouse.gold.build import _silver_reader
+from lakehouse.gold.tables import GOLD_TABLES
+from lakehouse.maintenance import maintain_table
+
+# A library lake written before tombstones existed (members with SCD2 history, loans; member 4
+# changed once): bronze has no `_op`, history no `_deleted`, and no ledger names deletes.
+BEFORE_TOMBSTONES = Path(__file__).resolve().parent / "fixtures" / "library_lake_before_tombstones"
+MEMBERS = [(member, f"member {member}") for member in range(1, 7)]
+# Loans 1-4 of member 2 (deleted with the member), 5-6 of member 3 (kept when the member goes).
+LOANS = [(1, 2, "open"), (2, 2, "open"), (3, 2, "returned"), (4, 2, "open"), (5, 3, "open"), (6, 3, "open")]
+
+
+def _checks(result: dg.ExecuteInProcessResult) -> dict[tuple[str, str], dg.AssetCheckEvaluation]:
+    return {
+        (check.asset_key.to_user_string(), check.check_name): check
+        for check in result.get_asset_check_evaluations()
+    }
+
+
+def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
+    (event,) = [
+        event
+        for event in result.get_asset_materialization_events()
+        if event.asset_key.to_user_string() == asset
+    ]
+    return {name: value.value for name, value in event.materialization.metadata.items()}
+
+
+def _tombstones(library: Library, name: str) -> pl.DataFrame:
+    return library.table("bronze", name).filter(pl.col(OP) == DELETE)
+
+
+@pytest.fixture
+def library(tmp_path: Path) -> Library:
+    built = Library(tmp_path, dg.DagsterInstance.ephemeral())
+    built.create()
+    built.add("members", MEMBERS)
+    built.add("loans", LOANS)
+    assert built.materialize().success
+    return built
+
+
+def test_deleted_rows_leave_silver_once_and_both_reconciliations_hold(library: Library) -> None:
+    library.delete("loans", "loan_id", [1, 2, 3, 4])
+    library.delete("members", "member_id", [2, 3])
+
+    result = library.materialize()
+
+    assert sorted(_tombstones(library, "members").get_column("member_id")) == [2, 3]
+    assert sorted(_tombstones(library, "loans").get_column("loan_id")) == [1, 2, 3, 4]
+    assert sorted(library.table("silver", "members").get_column("member_id")) == [1, 4, 5, 6]
+    assert sorted(library.table("silver", "loans").get_column("loan_id")) == [5, 6]
+    assert _metadata(result, "bronze/members")["rows_deleted"] == 2
+    assert _metadata(result, "silver/loans")["rows_deleted"] == 4
+    checks = _checks(result)
+    for asset in ("silver/members", "silver/loans"):
+        assert checks[(asset, "bronze_rows_accounted")].passed
+        assert checks[(asset, "keys_in_source")].passed
+    # Loans 5 and 6 outlived their member: the references check names them, as for any orphan.
+    orphans = checks[("silver/loans", "references")]
+    assert not orphans.passed and orphans.metadata["failing_rows"].value == 2
+
+    bronze = delta.load_table(library.storage.table_uri("bronze", "members")).version()
+    again = library.materialize()
+    assert again.success
+    assert _tombstones(library, "members").height == 2, "a second run adds no second tombstone"
+    assert delta.load_table(library.storage.table_uri("bronze", "members")).version() == bronze
+
+
+def test_a_key_deleted_inserted_again_and_deleted_again_follows_the_source(library: Library) -> None:
+    library.delete("members", "member_id", [4])
+    assert library.materialize().success
+    library.add("members", [(4, "member 4, back")])
+
+    assert library.materialize().success
+
+    silver = library.table("silver", "members")
+    assert silver.filter(pl.col("member_id") == 4).get_column("name").to_list() == ["member 4, back"]
+    assert silver.height == 6
+
+    library.delete("members", "member_id", [4])
+    result = library.materialize()
+    assert result.success, "two tombstones of one key are no duplicate row versions"
+    assert _tombstones(library, "members").get_column("member_id").to_list() == [4, 4]
+    assert 4 not in library.table("silver", "members").get_column("member_id")
+
+
+def test_a_lake_written_before_tombstones_is_read_and_advanced(tmp_path: Path) -> None:
+    shutil.copytree(BEFORE_TOMBSTONES, tmp_path / "lake")
+    library = Library(tmp_path / "lake", dg.DagsterInstance.ephemeral())
+    library.delete("loans", "loan_id", [1, 2])
+    library.delete("members", "member_id", [2, 4])
+
+    result = library.materialize()
+
+    assert result.success
+    assert sorted(library.table("silver", "members").get_column("member_id")) == [1, 3, 5, 6]
+    assert sorted(library.table("silver", "loans").get_column("loan_id")) == [3, 4]
+    history = library.table("silver", "members_history").filter(pl.col("member_id") == 4).sort("valid_from")
+    assert history.get_column("is_current").to_list() == [False, False]
+    assert history.get_column("_deleted").to_list() == [None, True]
+    checks = _checks(result)
+    for asset in ("silver/members", "silver/loans"):
+        assert checks[(asset, "bronze_rows_accounted")].passed
+        assert checks[(asset, "keys_in_source")].passed
+
+
+def test_with_deletes_never_the_rows_stay_and_the_check_warns(tmp_path: Path) -> None:
+    library = Library(tmp_path, dg.DagsterInstance.ephemeral())
+    library.create(members_deletes="deletes: never\n")
+    library.add("members", MEMBERS)
+    library.add("loans", LOANS)
+    assert library.materialize().success
+    library.delete("members", "member_id", [5])
+
+    result = library.materialize()
+
+    assert _tombstones(library, "members").is_empty()
+    assert library.table("silver", "members").height == 6
+    assert _metadata(result, "bronze/members")["deletes_checked"] == "off (deletes: never)"
+    check = _checks(result)[("silver/members", "keys_in_source")]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert check.metadata["keys_not_in_source"].value == 1
+
+
+def test_a_cadence_looks_for_deletes_once_per_period(tmp_path: Path) -> None:
+    library = Library(tmp_path, dg.DagsterInstance.ephemeral())
+    library.create(members_deletes="deletes: {every: 1d}\n")
+    library.add("members", MEMBERS)
+    library.add("loans", LOANS)
+    assert library.materialize().success  # a first load: nothing to delete
+    library.delete("members", "member_id", [1])
+    first = library.materialize()
+    library.delete("members", "member_id", [6])
+
+    second = library.materialize()
+
+    assert _metadata(first, "bronze/members")["rows_deleted"] == 1
+    assert _metadata(second, "bronze/members")["deletes_checked"] == "not due (every 1 day, 0:00:00)"
+    assert sorted(_tombstones(library, "members").get_column("member_id")) == [1]
+    bronze = delta.load_table(library.storage.table_uri("bronze", "members"))
+    assert ledger.read(bronze, ledger.bronze_deletes_checked("members")) is not None
+
+
+def _contract(key: list[str], columns: dict[str, str]) -> Contract:
+    return Contract.model_validate(
+        {
+            "name": "readings",
+            "description": "Sensor readings.",
+            "source": {"kind": "database", "table": "readings"},
+            "primary_key": key,
+            "watermark": {"column": "taken_at"},
+            "columns": {name: {"type": kind} for name, kind in columns.items()},
+        }
+    )
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_key_ranges_find_exactly_the_keys_gone(dialect: str, tmp_path: Path) -> None:
+    """Deletes on both sides of range edges and of zero, and an insert that keeps a range's
+    count while another key goes, are found; ranges that agree are not read."""
+    source = sqlite_source(tmp_path) if dialect == "sqlite" else postgres_source()
+    width = deletes.RANGE_WIDTH
+    held = [-2 * width, -width, -width + 1, -1, 0, 1, width - 1, width, 5 * width + 3, 9 * width]
+    gone = [-width, 0, width - 1, 5 * width + 3]
+    kept = [key for key in held if key not in gone]
+    if dialect == "sqlite":
+        source.sqlite_path.parent.mkdir(parents=True)
+        source.sqlite_path.touch()
+    with source.connect() as connection:
+        cursor = connection.cursor()
+        cursor.execute("DROP TABLE IF EXISTS readings")
+        cursor.execute("CREATE TABLE readings (sensor_id BIGINT PRIMARY KEY, taken_at TEXT)")
+        # A key the lakehouse does not hold yet, in the range of a deleted one.
+        for key in [*kept, 5 * width + 4]:
+            cursor.execute(f"INSERT INTO readings VALUES ({key}, '2026-01-01')")
+        connection.commit()
+    contract = _contract(["sensor_id"], {"sensor_id": "int", "taken_at": "timestamp"})
+
+    found = deletes.find_deletes(contract, source, pl.DataFrame({"sensor_id": held}))
+
+    assert sorted(found.keys.get_column("sensor_id")) == sorted(gone)
+    assert (found.ranges_compared, found.ranges_read) == (6, 3)  # only the ranges with a delete
+    with source.connect() as connection:
+        connection.cursor().execute("DROP TABLE readings")
+        connection.commit()
+
+
+def test_a_key_of_several_columns_is_compared_whole(tmp_path: Path) -> None:
+    source = sqlite_source(tmp_path)
+    source.sqlite_path.parent.mkdir(parents=True)
+    source.sqlite_path.touch()
+    with source.connect() as connection:
+        cursor = connection.cursor()
+        cursor.execute("CREATE TABLE readings (site TEXT, sensor_id INTEGER, taken_at TEXT)")
+        cursor.execute("INSERT INTO readings VALUES ('a', 1, 'x'), ('b', 1, 'x')")
+        connection.commit()
+    contract = _contract(
+        ["site", "sensor_id"], {"site": "string", "sensor_id": "int", "taken_at": "timestamp"}
+    )
+    live = pl.DataFrame({"site": ["a", "a", "b"], "sensor_id": [1, 2, 1]})
+
+    found = deletes.find_deletes(contract, source, live)
+
+    assert found.keys.rows() == [("a", 2)]
+    assert found.ranges_compared == 0
+
+
+def _deleted_keys(lake: Lake, name: str, key: str) -> set[int]:
+    tombstones = lake.table("bronze", name).filter(pl.col(OP) == DELETE)
+    return set(tombstones.get_column(key).to_list())
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_demo_deletes_reach_gold_by_period_and_gold_equals_a_rebuild(dialect: str, tmp_path: Path) -> None:
+    source = sqlite_source(tmp_path) if dialect == "sqlite" else postgres_source()
+    lake = Lake(tmp_path, source)
+    lake.init()
+    assert lake.materialize().success
+    lake.advance()
+
+    result = lake.materialize()
+
+    orders = _deleted_keys(lake, "orders", "order_id")
+    customers = _deleted_keys(lake, "customers", "customer_id")
+    assert orders and customers, "demo advance deletes abandoned orders and idle customers"
+    assert lake.table("silver", "orders").filter(pl.col("order_id").is_in(orders)).is_empty()
+    assert lake.table("silver", "order_items").filter(pl.col("order_id").is_in(orders)).is_empty()
+    assert lake.table("silver", "customers").filter(pl.col("customer_id").is_in(customers)).is_empty()
+    closed = lake.table("silver", "customers_history").filter(pl.col("customer_id").is_in(customers))
+    assert closed.filter(pl.col("is_current")).is_empty()
+    assert closed.filter(pl.col("_deleted")).get_column("customer_id").n_unique() == len(customers)
+    # The fact tables were rebuilt for the months of the deleted orders, not whole.
+    assert _metadata(result, "gold/fct_orders")["periods_rewritten"] != "all"
+    read = _silver_reader(lake.storage)
+    for table in GOLD_TABLES:
+        stored = lake.table("gold", table.name).sort(table.primary_key)
+        rebuilt = table.build(read, None).sort(table.primary_key)
+        assert stored.equals(rebuilt.select(stored.columns)), f"gold/{table.name} differs from a rebuild"
+    failed = [key for key, check in _checks(result).items() if not check.passed]
+    assert not [key for key in failed if key[1] in ("bronze_rows_accounted", "keys_in_source")]
+
+
+def test_an_erased_customer_is_in_no_data_file_of_current_tables_after_vacuum(lake: Lake) -> None:
+    assert lake.materialize().success
+    lake.advance()
+    assert lake.materialize().success
+    (customer, *_) = sorted(_deleted_keys(lake, "customers", "customer_id"))
+
+    for layer, name in lake.storage.tables():
+        if layer in ("silver", "gold"):
+            maintain_table(delta.load_table(lake.uri(layer, name)), [], 1 << 27, 0, [])
+
+    # History keeps the closed versions on purpose (SCD2); every current table lost the row.
+    kept_on_purpose = {("silver", "customers_history"), ("gold", "dim_customers")}
+    for layer in ("silver", "gold"):
+        for path in (lake.folder / "lakehouse" / layer).rglob("*.parquet"):
+            table = (layer, path.relative_to(lake.folder / "lakehouse" / layer).parts[0])
+            data = pl.read_parquet(path)
+            if table in kept_on_purpose or "customer_id" not in data.columns:
+                continue
+            assert data.filter(pl.col("customer_id") == customer).is_empty(), f"{path} holds {customer}"
