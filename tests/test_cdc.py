@@ -17,15 +17,16 @@ import textwrap
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 import pytest
 import yaml
-from conftest import PROJECT, postgres_source, run_command
+from conftest import PROJECT, Lake, error_line, postgres_source, run_command
 
-from asset_checks import all_checks
+from asset_checks import Clock, all_checks
 from lakehouse import delta, ledger
 from lakehouse.alerts import AlertSink
 from lakehouse.bronze import cdc, pgoutput, tombstones
@@ -33,6 +34,8 @@ from lakehouse.bronze.assets import bronze_assets
 from lakehouse.bronze.columns import DELETE, INSERT, LSN, OP, UPDATE
 from lakehouse.contract import Contract
 from lakehouse.delta import LakehouseStorage
+from lakehouse.silver.assets import silver_assets
+from lakehouse.silver.pii import PiiHasher
 from lakehouse.source import SourceDatabase
 
 CONTRACTS = {
@@ -532,6 +535,89 @@ def test_release_drops_the_lakehouse_slot_and_publication_and_nothing_else(libra
 
         again = run_command(["lakehouse", "source", "release", "loans"], library.folder, **env)
         assert again.stdout.startswith("loans: the lakehouse holds no replication slot or publication")
+        unknown = run_command(["lakehouse", "source", "release", "lending"], library.folder, **env)
+        assert error_line(unknown).startswith("lakehouse source release: no contract named 'lending'")
     finally:
         library.source.read("SELECT 1 AS dropped FROM pg_drop_replication_slot($1)", [theirs])
         library.execute(f"DROP PUBLICATION {theirs}")
+
+
+def test_silver_holds_what_the_source_holds_through_inserts_updates_deletes_and_a_truncate(
+    library: Library,
+) -> None:
+    contracts = [library.contract("loans")]
+    resources = {
+        "source": library.source,
+        "lakehouse": LakehouseStorage(root=str(library.folder / "lakehouse")),
+        "alerts": AlertSink(log_path=str(library.folder / "alerts.jsonl")),
+        "pii": PiiHasher(salt="test-salt"),
+        "clock": Clock(now=datetime.now(UTC).isoformat()),
+    }
+    assets = [*bronze_assets(contracts), *silver_assets(contracts), *all_checks(contracts)]
+    instance = dg.DagsterInstance.ephemeral()
+
+    def run_and_compare() -> None:
+        result = dg.materialize(assets, resources=resources, instance=instance, raise_on_error=False)
+        failed = {e.check_name for e in result.get_asset_check_evaluations() if not e.passed}
+        assert result.success and not failed, failed
+        columns = ["loan_id", "member_id", "status"]
+        source = library.source.read(f"SELECT {', '.join(columns)} FROM {library.schema}.loans")
+        silver = pl.read_delta(resources["lakehouse"].table_uri("silver", "loans")).select(columns)
+        assert silver.sort("loan_id").rows() == source.sort("loan_id").rows()
+
+    run_and_compare()
+    library.execute(
+        "UPDATE {schema}.loans SET status = 'returned', updated_at = now() WHERE loan_id = 1",
+        "DELETE FROM {schema}.loans WHERE loan_id = 2",
+        "INSERT INTO {schema}.loans (loan_id, member_id, status) VALUES (4, 2, 'open')",
+    )
+    library.execute("DELETE FROM {schema}.loans WHERE loan_id = 4")
+    library.execute("INSERT INTO {schema}.loans (loan_id, member_id, status) VALUES (4, 3, 'again')")
+    run_and_compare()
+    library.execute("TRUNCATE {schema}.loans")
+    library.execute("INSERT INTO {schema}.loans (loan_id, member_id, status) VALUES (9, 1, 'open')")
+    run_and_compare()
+
+
+@dataclass
+class CapturedLake(Lake):
+    """The demo shop with an alerts log, which the slot_lag check writes to."""
+
+    @property
+    def resources(self) -> dict[str, dg.ConfigurableResource]:
+        return {**super().resources, "alerts": AlertSink(log_path=str(self.folder / "alerts.jsonl"))}
+
+
+def test_the_demo_shop_on_postgresql_captures_orders_and_items_deletes_included(tmp_path: Path) -> None:
+    lake = CapturedLake(tmp_path, postgres_source())
+    captured = ("orders", "order_items")
+    lake.contracts = [
+        contract.model_copy(update={"source": contract.source.model_copy(update={"capture": "cdc"})})
+        if contract.name in captured
+        else contract
+        for contract in lake.contracts
+    ]
+    lake.init()
+    try:
+        for batch in range(2):  # the first load, then a batch of inserts, updates and deletes
+            result = lake.materialize()
+            assert result.success
+            for name in captured:
+                key = lake.contract(name).primary_key
+                source = lake.source_rows(name).select(key)
+                silver = lake.table("silver", name).select(key)
+                quarantined = lake.table("quarantine", name).select(key) if name == "orders" else None
+                assert silver.join(source, on=key, how="anti").is_empty(), f"{name}: a deleted key in silver"
+                missing = source.join(silver, on=key, how="anti")
+                if quarantined is not None:
+                    missing = missing.join(quarantined, on=key, how="anti")
+                assert missing.is_empty(), f"{name}: source rows neither in silver nor quarantined"
+            if batch == 0:
+                lake.advance()
+        deleted = lake.manifest.log[-1]["deleted"]
+        assert deleted["orders"] > 0 and deleted["order_items"] > 0
+        tombstones = lake.table("bronze", "orders").filter(pl.col(OP) == DELETE)
+        assert tombstones.height == deleted["orders"]
+    finally:
+        for name in captured:
+            cdc.release(lake.contract(name), lake.source, lake.uri("bronze", name))
