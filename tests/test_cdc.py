@@ -496,7 +496,8 @@ def test_the_asset_reports_the_capture_and_the_slot_lag_check_alerts(
     monkeypatch.setenv("LAKEHOUSE_CDC_MAX_SLOT_LAG_BYTES", "0")
     second = materialize()
     metadata = second.get_asset_materialization_events()[0].materialization.metadata
-    assert (metadata["updated"].value, metadata["deleted"].value, metadata["inserted"].value) == (1, 1, 0)
+    counts = (metadata["rows_updated"].value, metadata["rows_deleted"].value, metadata["rows_inserted"].value)
+    assert counts == (1, 1, 0)
     assert metadata["lsn_after"].value != metadata["lsn_before"].value
     # Other activity on the server after the run: WAL the slot now keeps.
     library.execute("CREATE TABLE {schema}.noise AS SELECT generate_series(1, 1000) AS n")

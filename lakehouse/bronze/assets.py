@@ -108,9 +108,10 @@ def _capture_result(
             "rows_read": result.snapshot_rows + result.inserted + result.updated + result.deleted,
             "rows_appended": result.rows_appended,
             "snapshot_rows": result.snapshot_rows,
-            "inserted": result.inserted,
-            "updated": result.updated,
-            "deleted": result.deleted,
+            # Changes, as silver names its own counts; a truncate's tombstones count as deletes.
+            "rows_inserted": result.inserted,
+            "rows_updated": result.updated,
+            "rows_deleted": result.deleted,
             "lsn_before": lsn_text(result.lsn_before),
             "lsn_after": lsn_text(result.lsn_after),
             "slot_lag_bytes": dg.MetadataValue.int(result.slot_lag_bytes or 0),
