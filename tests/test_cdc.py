@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -284,6 +285,32 @@ def test_a_kill_between_the_delta_commit_and_the_slot_advance_loses_and_repeats_
     changes = bronze.filter(pl.col(LSN) > bronze.get_column(LSN).min())
     assert changes.select("loan_id", OP).rows() == [(1, UPDATE), (3, DELETE), (6, INSERT)]
     assert live(library) == [1, 2, 6]
+
+
+def test_two_captures_at_once_append_each_change_once(library: Library) -> None:
+    library.capture()
+    for loan in range(10, 40):
+        library.execute(
+            f"INSERT INTO {{schema}}.loans (loan_id, member_id, status) VALUES ({loan}, 1, 'open')"
+        )
+    outcomes: list[str] = []
+
+    def capture() -> None:
+        try:
+            library.capture(batch_changes=5)
+            outcomes.append("done")
+        except ledger.LedgerMoved:
+            outcomes.append("overtaken")  # as for watermarks: the other run did the work
+
+    runs = [threading.Thread(target=capture) for _ in range(2)]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join()
+
+    assert "done" in outcomes
+    bronze = library.bronze()
+    assert bronze.height == 33 and bronze.get_column("loan_id").n_unique() == 33
 
 
 def test_a_transaction_touching_two_tables_reaches_both_bronze_tables(library: Library) -> None:
