@@ -352,6 +352,18 @@ def test_a_truncate_is_a_tombstone_for_every_live_key(library: Library) -> None:
     assert result.deleted == 4 and live(library) == [7]
 
 
+def test_a_publication_dropped_by_someone_else_is_made_again_from_a_snapshot(library: Library) -> None:
+    library.capture()
+    name = cdc.capture_name(library.contract("loans"), library.uri("loans"))
+    library.execute(f"DROP PUBLICATION {name}", "DELETE FROM {schema}.loans WHERE loan_id = 1")
+    result = library.capture()
+
+    assert len(result.warnings) == 1 and f"publication {name} is gone" in result.warnings[0]
+    assert result.snapshot_rows == 2 and live(library) == [2, 3]
+    library.execute("DELETE FROM {schema}.loans WHERE loan_id = 2")
+    assert library.capture().deleted == 1 and live(library) == [3]
+
+
 def test_a_large_value_an_update_did_not_send_is_taken_from_the_previous_version(library: Library) -> None:
     # Random text too large to stay in the row: PostgreSQL keeps it aside (TOAST), and an
     # update that does not change it does not send it.

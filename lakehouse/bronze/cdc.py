@@ -168,6 +168,23 @@ def _publication_owned(source: SourceDatabase, name: str) -> bool | None:
     return None if found.is_empty() else (found.item() or "").startswith(OWNER_MARK)
 
 
+def _publication_lost(contract: Contract, source: SourceDatabase, name: str) -> str | None:
+    """When the slot's publication was dropped outside the lakehouse, the slot cannot be read
+    again (its changes name a publication that no longer exists): drop it, and say so."""
+    if _publication_owned(source, name) is not None:
+        return None
+    source.read(
+        "SELECT 1 AS dropped FROM pg_drop_replication_slot($1)",
+        [name],
+        what=f"{_name(contract)}: dropping replication slot {name}",
+    )
+    return (
+        f"{_name(contract)}: publication {name} is gone (dropped outside the lakehouse?), and its slot "
+        "cannot be read without it: created both again and re-read the table whole, with a tombstone "
+        "for every key it no longer holds"
+    )
+
+
 def _create_slot(contract: Contract, source: SourceDatabase, name: str) -> int:
     """Create the publication (if absent) and the slot; the slot's start position."""
     owned = _publication_owned(source, name)
@@ -334,8 +351,12 @@ def _capture_once(
     name = capture_name(contract, uri)
     confirmed = _slot(source, name, contract)
     position = result.lsn_before
+    lost = None if confirmed is None else _publication_lost(contract, source, name)
+    if lost:
+        result.warnings.append(lost)
+        confirmed = None
     if confirmed is None or position is None:
-        if confirmed is None and position is not None:
+        if confirmed is None and position is not None and not lost:
             result.warnings.append(
                 f"{_name(contract)}: replication slot {name} is gone (dropped outside the lakehouse?), so "
                 f"changes after LSN {lsn_text(position)} may be missing from the stream: created it again "
