@@ -21,7 +21,8 @@ from lakehouse.bronze.assets import LandingZone, bronze_assets
 from lakehouse.contract import Contract, load_contracts
 from lakehouse.delta import LakehouseStorage
 from lakehouse.demo import simulation, store
-from lakehouse.gold.assets import gold_assets
+from lakehouse.gold.assets import attached_tables, gold_assets
+from lakehouse.gold.build import silver_reader
 from lakehouse.marts import DBT_EXECUTABLE, DbtCli, dbt_models, dbt_project
 from lakehouse.settings import DEFAULTS
 from lakehouse.silver.assets import silver_assets
@@ -125,6 +126,14 @@ class Lake:
         manifest = simulation.Manifest.load(self.landing)
         assert manifest is not None
         return manifest
+
+
+def assert_gold_equals_a_rebuild_in_one_piece(lake: Lake) -> None:
+    """Every gold table holds what a build of it from silver in one piece gives."""
+    for table in attached_tables(lake.contracts):
+        stored = lake.table("gold", table.name)
+        rebuilt = table.build(silver_reader(lake.storage), None).select(stored.columns)
+        assert stored.sort(stored.columns).equals(rebuilt.sort(rebuilt.columns)), f"gold/{table.name} drifted"
 
 
 def sqlite_source(folder: Path) -> SourceDatabase:

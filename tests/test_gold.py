@@ -6,28 +6,22 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from conftest import SCALE, TEST_SALT, Lake, run_command, sqlite_source
+from conftest import (
+    SCALE,
+    TEST_SALT,
+    Lake,
+    assert_gold_equals_a_rebuild_in_one_piece,
+    run_command,
+    sqlite_source,
+)
 
 from lakehouse import delta
 from lakehouse.demo import store
 from lakehouse.gold import build
-from lakehouse.gold.tables import GOLD_TABLES, Reader
+from lakehouse.gold.build import silver_reader
+from lakehouse.gold.tables import GOLD_TABLES
 
 EVENT_TABLES = {table.name: table for table in GOLD_TABLES if table.upstream == {"events": "timestamp"}}
-
-
-def silver_reader(lake: Lake) -> Reader:
-    def read(name: str) -> pl.LazyFrame:
-        return pl.scan_delta(lake.uri("silver", name))
-
-    return read
-
-
-def assert_gold_equals_a_rebuild_in_one_piece(lake: Lake) -> None:
-    for table in GOLD_TABLES:
-        stored = lake.table("gold", table.name)
-        rebuilt = table.build(silver_reader(lake), None).select(stored.columns)
-        assert stored.sort(stored.columns).equals(rebuilt.sort(rebuilt.columns)), f"gold/{table.name} drifted"
 
 
 def test_incremental_gold_equals_a_full_rebuild(lake: Lake, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -151,7 +145,9 @@ def test_a_backfill_of_a_day_range_rebuilds_those_days_and_no_other(lake: Lake) 
     )  # fmt: skip
 
     assert backfill.returncode == 0, backfill.stderr[-2000:]
-    expected = {name: table.build(silver_reader(lake), backfilled) for name, table in EVENT_TABLES.items()}
+    expected = {
+        name: table.build(silver_reader(lake.storage), backfilled) for name, table in EVENT_TABLES.items()
+    }
     for name, column in wrong.items():
         rebuilt = lake.table("gold", name)
         outside = rebuilt.filter(pl.col("event_date").cast(pl.String) == untouched)
@@ -174,7 +170,7 @@ def test_what_changed_outside_a_backfill_is_rebuilt_by_the_next_run(lake: Lake) 
         assert metadata["periods_rewritten"].value == oldest
     new_day = str(lake.clock.date())
     stored = lake.table("gold", "funnel_daily").filter(pl.col("event_date").cast(pl.String) == new_day)
-    expected = EVENT_TABLES["funnel_daily"].build(silver_reader(lake), [new_day])
+    expected = EVENT_TABLES["funnel_daily"].build(silver_reader(lake.storage), [new_day])
     assert not stored.equals(expected.select(stored.columns)), "the new events are not in gold yet"
 
     following = lake.materialize()

@@ -2,10 +2,11 @@
 
 Watermark extraction reads every row that changed and never one that is gone, so each run
 (or each run on the contract's cadence) compares keys. Cost follows the change, not the
-table: for a key of one integer column, both sides are summarised per range of
+table: for a key of one integer column, both sides are summarised per range of at least
 `RANGE_WIDTH` key values (rows, and two sums of the keys modulo a prime), the source's in
-SQL, so that only the summaries cross the wire; keys are read only for the ranges whose
-summaries differ. A key of another type, or of several columns, is compared whole.
+SQL over the key's index, so that only the summaries cross the wire; keys are read only for
+the ranges whose summaries differ. A key of another type, or of several columns, is compared
+whole.
 
 A range also differs when the source holds keys bronze does not have yet (inserted since the
 extraction, or without a watermark): its keys are read, and only those gone are deletes.
@@ -23,7 +24,9 @@ from lakehouse.contract import Contract, DeleteCadence
 from lakehouse.source import SourceDatabase, reading
 from lakehouse.sql import qualified, quoted
 
-RANGE_WIDTH = 1 << 16
+RANGE_WIDTH = 1 << 16  # key values per range, at least
+MAX_RANGES = 1024
+TERMS_PER_QUERY = 200  # SQLite allows 500 SELECTs in one UNION
 PRIME = 1_000_003
 SUMMARY = ("rows", "sum", "squares")
 
@@ -67,53 +70,77 @@ def _ranged(contract: Contract, live: pl.DataFrame) -> bool:
     return len(contract.primary_key) == 1 and live.schema[contract.primary_key[0]].is_integer()
 
 
-def _bucket(key: pl.Expr) -> pl.Expr:
-    # SQL's integer division truncates towards zero; polars' floors.
-    return pl.when(key < 0).then(-((-key) // RANGE_WIDTH)).otherwise(key // RANGE_WIDTH)
+@dataclass(frozen=True)
+class _Ranges:
+    """`count` ranges of `width` key values from `low` on, both sides cut alike."""
+
+    low: int
+    width: int
+    count: int
+
+    @classmethod
+    def spanning(cls, low: int, high: int) -> _Ranges:
+        # Sparse keys widen the ranges rather than multiply them.
+        width = RANGE_WIDTH
+        while (high - low) // width + 1 > MAX_RANGES:
+            width *= 2
+        return cls(low, width, (high - low) // width + 1)
+
+    def bounds(self, number: int) -> tuple[int, int]:
+        start = self.low + number * self.width
+        return start, start + self.width - 1
 
 
-def _summary(live: pl.DataFrame, key: str) -> pl.DataFrame:
-    residue = pl.col(key).abs() % PRIME
-    return (
-        live.filter(pl.col(key).is_not_null())
-        .group_by(_bucket(pl.col(key)).alias("bucket"))
-        .agg(rows=pl.len().cast(pl.Int64), sum=residue.sum(), squares=(residue * residue % PRIME).sum())
+def _summary(live: pl.DataFrame, key: str, ranges: _Ranges) -> pl.DataFrame:
+    offset = pl.col(key) - ranges.low
+    residue = offset % PRIME
+    return live.group_by((offset // ranges.width).alias("range")).agg(
+        rows=pl.len().cast(pl.Int64), sum=residue.sum(), squares=(residue * residue % PRIME).sum()
     )
 
 
-def _source_summary(contract: Contract, source: SourceDatabase, key: str) -> pl.DataFrame:
-    value = f"CAST({quoted(key)} AS BIGINT)"
-    residue = f"(abs({value}) % {PRIME})"
-    summary = source.read(
-        f"SELECT {value} / {RANGE_WIDTH} AS bucket, count(*) AS rows, CAST(sum({residue}) AS BIGINT) AS sum, "
+def _source_summary(contract: Contract, source: SourceDatabase, key: str, ranges: _Ranges) -> pl.DataFrame:
+    """The source's summary of each range: one aggregate per range over the key's index, which
+    reads the keys in order; a `GROUP BY` of the ranges would sort every key first."""
+    column, table = quoted(key), qualified(contract.source.table)
+    residue = f"((CAST({column} AS BIGINT) - {ranges.low}) % {PRIME})"
+    terms = [
+        f"SELECT {number} AS range, count(*) AS rows, CAST(sum({residue}) AS BIGINT) AS sum, "
         f"CAST(sum({residue} * {residue} % {PRIME}) AS BIGINT) AS squares "
-        f"FROM {qualified(contract.source.table)} WHERE {quoted(key)} IS NOT NULL GROUP BY 1",
+        f"FROM {table} WHERE {column} BETWEEN {low} AND {high}"
+        for number in range(ranges.count)
+        for low, high in [ranges.bounds(number)]
+    ]
+    parts = [
+        source.read(
+            " UNION ALL ".join(terms[first : first + TERMS_PER_QUERY]),
+            what=reading(contract, "comparing keys of"),
+        )
+        for first in range(0, len(terms), TERMS_PER_QUERY)
+    ]
+    return pl.concat(parts).cast({"range": pl.Int64, **dict.fromkeys(SUMMARY, pl.Int64)}).fill_null(0)
+
+
+def _source_extent(contract: Contract, source: SourceDatabase, key: str) -> tuple[int | None, int | None]:
+    column, table = quoted(key), qualified(contract.source.table)
+    # Two subqueries, each one step down the key's index; min and max in one SELECT scan it all.
+    extent = source.read(
+        f"SELECT (SELECT min({column}) FROM {table}) AS low, (SELECT max({column}) FROM {table}) AS high",
         what=reading(contract, "comparing keys of"),
     )
-    return summary.cast({"bucket": pl.Int64, **dict.fromkeys(SUMMARY, pl.Int64)})
-
-
-def _bounds(bucket: int) -> tuple[int, int]:
-    """The key values a bucket holds (bucket 0 holds both signs, as truncation puts them there)."""
-    if bucket > 0:
-        return bucket * RANGE_WIDTH, (bucket + 1) * RANGE_WIDTH - 1
-    if bucket < 0:
-        return (bucket - 1) * RANGE_WIDTH + 1, bucket * RANGE_WIDTH
-    return -(RANGE_WIDTH - 1), RANGE_WIDTH - 1
+    low, high = extent.row(0)
+    return (None, None) if low is None or high is None else (int(low), int(high))
 
 
 def _source_keys(
     contract: Contract, source: SourceDatabase, live: pl.DataFrame, bounds: tuple[int, int] | None = None
 ) -> pl.DataFrame:
     keys = ", ".join(map(quoted, contract.primary_key))
-    condition, parameters = "", []
+    condition = ""
     if bounds is not None:
-        column = quoted(contract.primary_key[0])
-        condition = f" WHERE {column} BETWEEN {source.placeholder(1)} AND {source.placeholder(2)}"
-        parameters = list(bounds)
+        condition = f" WHERE {quoted(contract.primary_key[0])} BETWEEN {bounds[0]} AND {bounds[1]}"
     found = source.read(
         f"SELECT {keys} FROM {qualified(contract.source.table)}{condition}",
-        parameters,
         what=reading(contract, "comparing keys of"),
     )
     return found.cast(dict(live.schema))
@@ -125,15 +152,22 @@ def find_deletes(contract: Contract, source: SourceDatabase, live: pl.DataFrame)
         gone = live.join(_source_keys(contract, source, live), on=contract.primary_key, how="anti")
         return Deletes(gone, 0, 0)
     key = contract.primary_key[0]
-    compared = _summary(live, key).join(
-        _source_summary(contract, source, key), on="bucket", how="full", coalesce=True, suffix="_source"
+    live = live.filter(pl.col(key).is_not_null())
+    low, high = _source_extent(contract, source, key)
+    if live.is_empty() or low is None or high is None:
+        return Deletes(live, 0, 0)  # nothing held, or the source holds nothing
+    ranges = _Ranges.spanning(min(low, live[key].min()), max(high, live[key].max()))
+    compared = (
+        _source_summary(contract, source, key, ranges)
+        .join(_summary(live, key, ranges), on="range", how="left", suffix="_held")
+        .fill_null(0)
     )
-    differs = pl.any_horizontal(pl.col(name).ne_missing(pl.col(f"{name}_source")) for name in SUMMARY)
-    buckets = compared.filter(differs).get_column("bucket").sort().to_list()
+    differs = pl.any_horizontal(pl.col(name) != pl.col(f"{name}_held") for name in SUMMARY)
+    numbers = compared.filter(differs).get_column("range").sort().to_list()
     gone = [live.head(0)]
-    for bucket in buckets:
-        low, high = _bounds(bucket)
+    for number in numbers:
+        low, high = ranges.bounds(number)
         held = live.filter(pl.col(key).is_between(low, high))
         if not held.is_empty():
             gone.append(held.join(_source_keys(contract, source, live, (low, high)), on=key, how="anti"))
-    return Deletes(pl.concat(gone), compared.height, len(buckets))
+    return Deletes(pl.concat(gone), ranges.count, len(numbers))

@@ -57,7 +57,7 @@ def _deleted_days(uri: str, since: int | None, column: str) -> tuple[int, set[st
     return version, days
 
 
-def _silver_reader(lakehouse: LakehouseStorage) -> Reader:
+def silver_reader(lakehouse: LakehouseStorage) -> Reader:
     def read(name: str) -> pl.LazyFrame:
         return pl.scan_delta(lakehouse.table_uri("silver", name))
 
@@ -129,7 +129,7 @@ def build_gold(table: GoldTable, lakehouse: LakehouseStorage, run_id: str) -> Go
 
 def _build_once(table: GoldTable, lakehouse: LakehouseStorage, run_id: str) -> GoldBuild:
     uri = lakehouse.table_uri("gold", table.name)
-    read = _silver_reader(lakehouse)
+    read = silver_reader(lakehouse)
     existing = delta.open_table(uri)
     claim = ledger.Claim(uri, existing)
     pattern = MONTH if table.granularity == "month" else DAY
@@ -201,7 +201,7 @@ def backfill(table: GoldTable, lakehouse: LakehouseStorage, days: list[str], run
     existing = delta.open_table(uri)
     if existing is None:
         return build_gold(table, lakehouse, run_id)
-    read = _silver_reader(lakehouse)
+    read = silver_reader(lakehouse)
     periods = sorted({day[: len("YYYY-MM")] for day in days}) if table.granularity == "month" else days
     metadata = {"lakehouse.run_id": run_id, "lakehouse.gold.periods": ",".join(periods)}
     if table.period is None:
