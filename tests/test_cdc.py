@@ -18,7 +18,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -362,6 +362,24 @@ def test_a_publication_dropped_by_someone_else_is_made_again_from_a_snapshot(lib
     assert result.snapshot_rows == 2 and live(library) == [2, 3]
     library.execute("DELETE FROM {schema}.loans WHERE loan_id = 2")
     assert library.capture().deleted == 1 and live(library) == [3]
+
+
+def test_a_column_added_at_the_source_between_two_changes_of_one_batch_reaches_bronze(
+    library: Library,
+) -> None:
+    library.capture()
+    library.execute("UPDATE {schema}.loans SET status = 'late' WHERE loan_id = 1")
+    library.execute("ALTER TABLE {schema}.loans ADD COLUMN due_on date")
+    library.execute(
+        "INSERT INTO {schema}.loans (loan_id, member_id, status, due_on) VALUES (4, 1, 'open', '2026-12-24')"
+    )
+    library.capture()
+
+    changes = library.bronze().filter(pl.col(LSN) > pl.col(LSN).min())
+    assert changes.select("loan_id", "status", "due_on").rows() == [
+        (1, "late", None),
+        (4, "open", date(2026, 12, 24)),
+    ]
 
 
 def test_a_large_value_an_update_did_not_send_is_taken_from_the_previous_version(library: Library) -> None:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -290,22 +290,24 @@ class _Writer:
             parts.append(pl.scan_delta(self.table).select(held))
         return tombstones.live_keys(pl.concat(parts, how="diagonal_relaxed"), self.contract).collect()
 
-    def write(self, frames: Iterator[pl.DataFrame], lsn: int, metadata: dict[str, str]) -> bool:
+    def write(self, frames: Iterable[pl.DataFrame], lsn: int, metadata: dict[str, str]) -> bool:
         """Append the frames and the ledger entry `lsn` in one commit; False when there were no
-        rows (nothing is committed)."""
+        rows (nothing is committed). A commit's frames share one schema: bronze's and, for a
+        list, every frame's (a column added at the source mid-batch), else the first frame's (a
+        stream's frames are alike but for tombstones, which hold the key only)."""
         label = f"{self.source.label}/{self.contract.source.table}"
-        columns: pl.Schema | None = None
+        columns = pl.Schema(pl.DataFrame(self.stored.empty_table()).schema if self.stored else {})
+        for frame in frames if isinstance(frames, list) else []:
+            columns = pl.Schema({**columns, **frame.schema})
 
         def audited() -> Iterator[pl.DataFrame]:
             nonlocal columns
+            widened = isinstance(frames, list)
             for frame in frames:
                 if frame.is_empty():
                     continue
-                # A commit's batches share one schema: the first full-width frame's (a
-                # tombstone holds the key only).
-                if columns is None:
-                    stored = pl.DataFrame(self.stored.empty_table()).schema if self.stored else {}
-                    columns = pl.Schema({**stored, **frame.schema})
+                if not widened:
+                    columns, widened = pl.Schema({**columns, **frame.schema}), True
                 yield with_audit_columns(_conform(frame, columns), label, self.run_id, self.extracted_at)
 
         rows = audited()
@@ -490,7 +492,12 @@ def _apply(writer: _Writer, changes: pl.DataFrame, position: int, result: Captur
                         typed.append(writer.tombstones(keys, change_lsn))
                     result.deleted += keys.height
                     continue
-                relation = relations[change.relation]
+                relation = relations.get(change.relation)
+                if relation is None:
+                    raise CaptureError(
+                        f"{_name(contract)}: the change stream sent a change at LSN {lsn_text(change_lsn)} "
+                        f"of relation {change.relation} before describing it"
+                    )
                 if segment is None or segment.relation.columns != relation.columns:
                     flush()
                     segment = _Segment(relation)
@@ -505,7 +512,7 @@ def _apply(writer: _Writer, changes: pl.DataFrame, position: int, result: Captur
     if batch_end is None or batch_end <= position:
         return batch_end
     appended = sum(frame.height for frame in typed)
-    if writer.write(iter(typed), batch_end, {"lakehouse.capture": "changes"}):
+    if writer.write(typed, batch_end, {"lakehouse.capture": "changes"}):
         result.rows_appended += appended
     return batch_end
 
