@@ -2,7 +2,7 @@
 
 Row rules (Pandera, from the contracts and the gold keys), data freshness, volume anomalies,
 reconciliation (nothing lost from the source to bronze to silver, gold money = silver's), and
-the share of each load sent to quarantine.
+the share of each load sent to quarantine, and the WAL a change-captured table's slot keeps.
 """
 
 import dagster as dg
@@ -13,6 +13,7 @@ from asset_checks.quarantine import quarantine_checks
 from asset_checks.reconciliation import reconciliation_checks
 from asset_checks.revenue import revenue_checks
 from asset_checks.row_checks import contract_checks, gold_checks
+from asset_checks.slot_lag import slot_lag_checks
 from asset_checks.volume import volume_checks
 from lakehouse.contract import Contract
 from lakehouse.gold.assets import attached_tables
@@ -33,6 +34,7 @@ def all_checks(contracts: list[Contract]) -> list[dg.AssetChecksDefinition]:
             volume_checks(contract),
             reconciliation_checks(contract),
             quarantine_checks(contract),
+            slot_lag_checks(contract),
         )
         for check in checks
     ]

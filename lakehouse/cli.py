@@ -1,5 +1,6 @@
 """The `lakehouse` command: build and advance the demo source, summarise the tables, report
-their quality, and inspect or roll back a table's versions."""
+their quality, inspect or roll back a table's versions, and release a change-captured table's
+replication slot."""
 
 from __future__ import annotations
 
@@ -153,6 +154,15 @@ def _parser() -> argparse.ArgumentParser:
         "repair", help="set a torn last commit aside, so the table reads at the version before it"
     )
     mended.add_argument("table", type=_table_name, help="<layer>/<table>, e.g. silver/orders")
+    source = commands.add_parser(
+        "source", help="the lakehouse's objects in the source database"
+    ).add_subparsers(dest="action", required=True)
+    release = source.add_parser(
+        "release",
+        help="drop the replication slot and publication the lakehouse created for a cdc contract, "
+        "and nothing else (its next run starts again from a snapshot)",
+    )
+    release.add_argument("contract", help="the contract's name, e.g. orders")
     contract = commands.add_parser("contract", help="dataset contracts").add_subparsers(
         dest="action", required=True
     )
@@ -275,6 +285,31 @@ def _contract_scaffold(args: argparse.Namespace) -> int:
     return 0
 
 
+def _source_release(args: argparse.Namespace) -> int:
+    from lakehouse.bronze.cdc import release
+    from lakehouse.contract import load_contracts
+    from lakehouse.delta import LakehouseStorage
+
+    contracts = {contract.name: contract for contract in load_contracts(Path(setting("LAKEHOUSE_CONTRACTS")))}
+    if args.contract not in contracts:
+        raise ContractError(
+            f"no contract named '{args.contract}' in {setting('LAKEHOUSE_CONTRACTS')} "
+            f"(known: {', '.join(sorted(contracts))})"
+        )
+    contract = contracts[args.contract]
+    source = _source()
+    if source.dialect != "postgresql":
+        print(f"{source.label} is not PostgreSQL: the lakehouse holds no slot or publication there")
+        return 0
+    lakehouse = LakehouseStorage(root=setting("LAKEHOUSE_ROOT"))
+    dropped = release(contract, source, lakehouse.table_uri("bronze", contract.name))
+    if not dropped:
+        print(f"{contract.name}: the lakehouse holds no replication slot or publication on {source.label}")
+    for name in dropped:
+        print(f"{contract.name}: dropped {name} on {source.label}")
+    return 0
+
+
 def _demo_command(args: argparse.Namespace) -> int:
     from lakehouse.demo import simulation, store
 
@@ -316,6 +351,8 @@ def _run(args: argparse.Namespace) -> int:
         return _contract_scaffold(args)
     if args.command == "demo":
         return _demo_command(args)
+    if args.command == "source":
+        return _source_release(args)
     if args.command == "quality":
         return _quality_report(args)
     if args.command == "table":

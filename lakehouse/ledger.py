@@ -5,6 +5,8 @@ commit as the rows it describes, so a table and its ledger never disagree and th
 survive log checkpoints. The entries, one home for their names:
 
 - `bronze_watermark`: the highest source watermark (microseconds since the epoch) bronze has;
+- `bronze_lsn`: for a change-captured table, the end LSN (PostgreSQL's log position, as an
+  integer) of the last source transaction bronze holds, or of the snapshot it started from;
 - `landing_file`: a landing file bronze has ingested (1), with `landing_file_size` (bytes) and
   `landing_file_checksum` (63 bits of the file's BLAKE2b digest) beside it; a lake written
   before those two existed has only the first, and its files are still ingested;
@@ -55,6 +57,10 @@ def moment(micros: int) -> datetime:
 
 def bronze_watermark(dataset: str) -> str:
     return f"lakehouse.bronze.{dataset}.watermark"
+
+
+def bronze_lsn(dataset: str) -> str:
+    return f"lakehouse.bronze.{dataset}.lsn"
 
 
 def bronze_deletes_checked(dataset: str) -> str:

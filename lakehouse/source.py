@@ -141,3 +141,18 @@ class SourceDatabase(dg.ConfigurableResource):
                 connection.close()
 
         return pl.from_arrow(_without_extension_types(self.with_retries(attempt, what)))
+
+    def execute(self, statements: Sequence[str], what: str = "statement") -> None:
+        """Run statements that return no rows in one transaction; retried together, like `read`."""
+
+        def attempt() -> None:
+            connection = self._open()
+            try:
+                cursor = connection.cursor()
+                for statement in statements:
+                    cursor.execute(statement)
+                connection.commit()
+            finally:
+                connection.close()
+
+        self.with_retries(attempt, what)

@@ -13,8 +13,9 @@ import adbc_driver_manager
 # PostgreSQL SQLSTATEs (prefixes) of passing conditions: 08 connection exception, 53
 # insufficient resources (too many connections), 57P admin or crash shutdown and "cannot connect
 # now" (starting up), 57014 query cancelled (statement timeout), 40001 serialization failure,
-# 40P01 deadlock, 55P03 lock not available.
-TRANSIENT_SQLSTATES = ("08", "53", "57P", "57014", "40001", "40P01", "55P03")
+# 40P01 deadlock, 55P03 lock not available, 55006 object in use (a replication slot another run
+# is reading at that moment).
+TRANSIENT_SQLSTATES = ("08", "53", "57P", "57014", "40001", "40P01", "55P03", "55006")
 # Failures the drivers report without a SQLSTATE: SQLite's fixed texts for SQLITE_BUSY and
 # SQLITE_LOCKED (the ADBC SQLite driver passes no result code), and libpq's for a connection
 # that never reached a server able to answer. Refused credentials reach the server, which

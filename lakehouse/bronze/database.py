@@ -88,8 +88,10 @@ def source_chunks(
             places = ", ".join(source.placeholder(position) for position in range(first, first + len(order)))
             conditions.append(f"({ordered}) > ({places})")
             parameters.extend(after)
+        # No condition at all: a snapshot of every row (change capture's first load).
+        where = " AND ".join(conditions) or "TRUE"
         page = source.read(
-            f"SELECT {selected} FROM {qualified(contract.source.table)} WHERE {' AND '.join(conditions)} "
+            f"SELECT {selected} FROM {qualified(contract.source.table)} WHERE {where} "
             f"ORDER BY {ordered} LIMIT {CHUNK_ROWS}",
             parameters,
             what=reading(contract, what),
