@@ -63,6 +63,8 @@ def expected_checks(lake: Lake) -> set[tuple[str, str]]:
         expected.add(
             (bronze, "source_rows_in_bronze" if contract.is_database else "lines_in_bronze_or_quarantine")
         )
+        if contract.is_database:
+            expected.add((silver, "keys_in_source"))
         if any(c.allowed_values or c.range for c in columns):
             expected |= {(bronze, "valid_values"), (silver, "valid_values")}
         if any(c.references for c in columns):
@@ -197,7 +199,7 @@ def test_failing_silver_checks_show_exactly_the_planted_rows(lake: Lake) -> None
     checks = evaluations(result, "silver", "orders")
     assert {name: check.passed for name, check in checks.items() if name != "volume"} == {
         "not_null": False, "unique": False, "valid_values": False, "references": False,
-        "freshness": True, "bronze_rows_accounted": False, "quarantine_rate": True,
+        "freshness": True, "bronze_rows_accounted": False, "quarantine_rate": True, "keys_in_source": False,
     }  # fmt: skip
     assert values(checks["unique"], "failing_rows") == 1
     assert sample_column(checks["unique"], "order_id") == [str(duplicate["order_id"][0])]
@@ -208,6 +210,12 @@ def test_failing_silver_checks_show_exactly_the_planted_rows(lake: Lake) -> None
     # Rows no bronze row explains are named too.
     accounted = checks["bronze_rows_accounted"]
     assert values(accounted, "silver_rows_without_bronze") == 3 and values(accounted, "rows_missing") == 0
+    # ... and the source does not hold them either.
+    assert sorted(map(int, sample_column(checks["keys_in_source"], "order_id"))) == [
+        10**9,
+        10**9 + 1,
+        10**9 + 2,
+    ]
 
 
 def test_bronze_reconciliation_and_gold_key_checks_name_the_planted_rows(

@@ -44,11 +44,14 @@ def test_summary_after_a_step_failed_before_its_checks(lake: Lake, monkeypatch: 
     home = lake.folder / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry: {enabled: false}\n")
-    # silver/orders has no bronze table to read: its step fails before its checks run.
+    # bronze/products runs; silver/orders then fails before its checks run: its parent silver
+    # table is a file, not a Delta table.
+    (lake.folder / "lakehouse" / "silver").mkdir(parents=True)
+    (lake.folder / "lakehouse" / "silver" / "customers").write_text("not a Delta table")
     failed = run_command(
         [
             *("dagster", "asset", "materialize", "-m", "lakehouse.definitions"),
-            *("--select", "bronze/products,silver/orders,quarantine/orders"),
+            *("--select", "bronze/products,bronze/orders,silver/orders,quarantine/orders"),
         ],
         lake.folder,
         DAGSTER_HOME=str(home),

@@ -12,10 +12,13 @@ import pytest
 from conftest import TEST_SALT, Lake, sqlite_source
 
 from lakehouse import delta
+from lakehouse.bronze import tombstones
+from lakehouse.bronze.columns import DELETE, OP
 from lakehouse.contract import Contract
 from lakehouse.demo import store
 from lakehouse.demo.events import EVENT_TYPES
 from lakehouse.silver import load as silver_load
+from lakehouse.silver.history import DELETED, VALID_TO
 from lakehouse.silver.pii import PiiHasher
 
 KEYS = {
@@ -43,7 +46,12 @@ def silver_metadata(result, name: str) -> dict:
 
 
 def stable(frame: pl.DataFrame, key: str | list[str]) -> pl.DataFrame:
-    """Contents without the columns that record when or by which run a row was written."""
+    """Contents without the columns that record when or by which run a row was written (a
+    version a delete closed ends when a run found the delete)."""
+    if DELETED in frame.columns:
+        frame = frame.with_columns(
+            pl.when(pl.col(DELETED)).then(None).otherwise(pl.col(VALID_TO)).alias(VALID_TO)
+        )
     return frame.drop(VOLATILE, strict=False).sort(key)
 
 
@@ -81,10 +89,14 @@ def test_silver_is_the_latest_valid_version_and_every_bronze_row_is_accounted_fo
             + m["rows_unchanged"]
             + m["duplicates_collapsed"]
             + m["rows_quarantined"]
+            + m["tombstones"]
+            + m["rows_before_a_delete"]
             for m in metadata
         )
         assert read == lake.table("bronze", name).height, f"silver/{name} did not consume all of bronze"
-        assert accounted == read, f"silver/{name}: rows read are not merged + collapsed + quarantined"
+        assert accounted == read, (
+            f"silver/{name}: rows read are not merged + collapsed + quarantined + deleted"
+        )
 
     for name, key in KEYS.items():
         source = lake.source_rows(name).filter(VALID[name])
@@ -379,7 +391,12 @@ def test_an_incremental_merge_touches_only_the_batch_partitions(lake: Lake) -> N
     merge = next(commit for commit in table.history() if commit["operation"] == "MERGE")
     bronze = lake.table("bronze", "orders")
     batch = bronze.filter(pl.col("_extracted_at") == pl.col("_extracted_at").max())
-    batch_months = set(batch.get_column("created_at").str.slice(0, 7))
+    # The batch's versions, and the orders its tombstones delete, in the months they were made.
+    deleted = batch.filter(pl.col(OP) == DELETE).get_column("order_id")
+    touched = pl.concat(
+        [tombstones.versions(batch), bronze.filter(pl.col("order_id").is_in(deleted.implode()))]
+    )
+    batch_months = set(tombstones.versions(touched).get_column("created_at").str.slice(0, 7))
     assert set(
         re.findall(r"created_at_month = '(\d{4}-\d{2})'", merge["operationParameters"]["predicate"])
     ) == (batch_months)

@@ -96,6 +96,8 @@ def _silver_asset(contract: Contract) -> dg.AssetsDefinition:
                     "rows_read": load.rows_read,
                     **_merge_metadata(load.silver),
                     "duplicates_collapsed": load.duplicates_collapsed,
+                    "tombstones": load.tombstones,
+                    "rows_before_a_delete": load.rows_before_a_delete,
                     "rows_quarantined": load.rows_quarantined,
                     "conflicting_duplicates": load.conflicting_duplicates,
                     "orphans": load.orphans,

@@ -61,6 +61,8 @@ class SilverLoad:
     silver: MergeCounts | None
     history: MergeCounts | None
     history_closed: int = 0  # current history rows closed by a delete
+    tombstones: int = 0
+    rows_before_a_delete: int = 0  # valid versions a later tombstone of their key supersedes
 
 
 def partition_column(contract: Contract) -> str | None:
@@ -224,6 +226,8 @@ class _Slice:
     silver: MergeCounts
     history: MergeCounts | None
     history_closed: int
+    tombstones: int
+    rows_before_a_delete: int
 
 
 def _doomed(silver_uri: str, gone: pl.DataFrame, contract: Contract) -> pl.DataFrame | None:
@@ -265,7 +269,8 @@ def _load_slice(
     `position` and `metadata`, against `claim`. The same commit deletes the rows of the keys
     whose last change is a tombstone; their history is closed before it."""
     gone = tombstones.deleted_keys(changes, contract)
-    valid, invalid = split_valid(tombstones.versions(changes), contract)
+    versions = tombstones.versions(changes)
+    valid, invalid = split_valid(versions, contract)
     valid = hasher.protect(valid, contract)
     silver_uri = lakehouse.table_uri("silver", contract.name)
     repeats = None
@@ -347,6 +352,8 @@ def _load_slice(
         counts,
         changed,
         closed,
+        changes.height - versions.height,
+        valid.height - standing.height,
     )
 
 
@@ -443,4 +450,6 @@ def _load_once(
         silver=silver,
         history=_summed([part.history for part in loaded]),
         history_closed=sum(part.history_closed for part in loaded),
+        tombstones=sum(part.tombstones for part in loaded),
+        rows_before_a_delete=sum(part.rows_before_a_delete for part in loaded),
     )
