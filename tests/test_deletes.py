@@ -21,6 +21,7 @@ from lakehouse.bronze import deletes
 from lakehouse.bronze.columns import DELETE, OP
 from lakehouse.contract import Contract
 from lakehouse.maintenance import maintain_table
+from lakehouse.source import SourceDatabase
 
 # A library lake written before tombstones existed (members with SCD2 history, loans; member 4
 # changed once): bronze has no `_op`, history no `_deleted`, and no ledger names deletes.
@@ -175,26 +176,32 @@ def _contract(key: list[str], columns: dict[str, str]) -> Contract:
     )
 
 
+def _readings_table(source: SourceDatabase, columns: str, rows: list[str]) -> None:
+    """A `readings` table of `columns` in `source`, holding `rows` (SQL value lists)."""
+    if source.dialect == "sqlite":
+        source.sqlite_path.parent.mkdir(parents=True)
+        source.sqlite_path.touch()
+    with source.connect() as connection:
+        cursor = connection.cursor()
+        cursor.execute("DROP TABLE IF EXISTS readings")
+        cursor.execute(f"CREATE TABLE readings ({columns})")
+        for row in rows:
+            cursor.execute(f"INSERT INTO readings VALUES ({row})")
+        connection.commit()
+
+
 @pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
 def test_key_ranges_find_exactly_the_keys_gone(dialect: str, tmp_path: Path) -> None:
-    """Deletes on both sides of range edges and of zero, and an insert that keeps a range's
+    """Deletes at range edges and among negative keys, and an insert that keeps a range's
     count while another key goes, are found; ranges that agree are not read."""
     source = sqlite_source(tmp_path) if dialect == "sqlite" else postgres_source()
     width = deletes.RANGE_WIDTH
     held = [-2 * width, -width, -width + 1, -1, 0, 1, width - 1, width, 5 * width + 3, 9 * width]
     gone = [-width, 0, width - 1, 5 * width + 3]
     kept = [key for key in held if key not in gone]
-    if dialect == "sqlite":
-        source.sqlite_path.parent.mkdir(parents=True)
-        source.sqlite_path.touch()
-    with source.connect() as connection:
-        cursor = connection.cursor()
-        cursor.execute("DROP TABLE IF EXISTS readings")
-        cursor.execute("CREATE TABLE readings (sensor_id BIGINT PRIMARY KEY, taken_at TEXT)")
-        # A key the lakehouse does not hold yet, in the range of a deleted one.
-        for key in [*kept, 5 * width + 4]:
-            cursor.execute(f"INSERT INTO readings VALUES ({key}, '2026-01-01')")
-        connection.commit()
+    # A key the lakehouse does not hold yet, in the range of a deleted one.
+    rows = [f"{key}, '2026-01-01'" for key in [*kept, 5 * width + 4]]
+    _readings_table(source, "sensor_id BIGINT PRIMARY KEY, taken_at TEXT", rows)
     contract = _contract(["sensor_id"], {"sensor_id": "int", "taken_at": "timestamp"})
 
     found = deletes.find_deletes(contract, source, pl.DataFrame({"sensor_id": held}))
@@ -208,13 +215,7 @@ def test_key_ranges_find_exactly_the_keys_gone(dialect: str, tmp_path: Path) -> 
 
 def test_a_key_of_several_columns_is_compared_whole(tmp_path: Path) -> None:
     source = sqlite_source(tmp_path)
-    source.sqlite_path.parent.mkdir(parents=True)
-    source.sqlite_path.touch()
-    with source.connect() as connection:
-        cursor = connection.cursor()
-        cursor.execute("CREATE TABLE readings (site TEXT, sensor_id INTEGER, taken_at TEXT)")
-        cursor.execute("INSERT INTO readings VALUES ('a', 1, 'x'), ('b', 1, 'x')")
-        connection.commit()
+    _readings_table(source, "site TEXT, sensor_id INTEGER, taken_at TEXT", ["'a', 1, 'x'", "'b', 1, 'x'"])
     contract = _contract(
         ["site", "sensor_id"], {"site": "string", "sensor_id": "int", "taken_at": "timestamp"}
     )

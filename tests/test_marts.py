@@ -155,7 +155,9 @@ def test_dbt_has_its_own_environment_with_the_lakehouses_duckdb() -> None:
     assert versions == [manifest["metadata"]["dbt_version"], duckdb.__version__]
 
 
-def test_the_incremental_model_takes_late_updates(built: tuple[Lake, dg.ExecuteInProcessResult]) -> None:
+def test_the_incremental_model_takes_late_updates_and_deletes(
+    built: tuple[Lake, dg.ExecuteInProcessResult],
+) -> None:
     lake, _ = built
     old = (
         warehouse_table(lake, "mart_order_status")
@@ -164,11 +166,15 @@ def test_the_incremental_model_takes_late_updates(built: tuple[Lake, dg.ExecuteI
         .row(0, named=True)
     )
     late = (lake.clock + timedelta(minutes=1)).isoformat(sep=" ", timespec="microseconds")
+    erased = warehouse_table(lake, "mart_order_status").get_column("order_id").max()
     with sqlite3.connect(lake.source.sqlite_path) as connection:  # a return booked weeks later
         connection.execute(
             "UPDATE orders SET status = 'cancelled', updated_at = ? WHERE order_id = ?",
             (late, old["order_id"]),
         )
+        # ... and an order the shop deleted with its lines.
+        connection.execute("DELETE FROM order_items WHERE order_id = ?", (erased,))
+        connection.execute("DELETE FROM orders WHERE order_id = ?", (erased,))
 
     lake.materialize("*")
 
@@ -177,6 +183,7 @@ def test_the_incremental_model_takes_late_updates(built: tuple[Lake, dg.ExecuteI
     assert (row["status"], row["is_cancelled"]) == ("cancelled", True)
     expected = lake.table("gold", "fct_orders").select("order_id", "status").sort("order_id")
     assert status.select("order_id", "status").equals(expected)
+    assert erased not in status.get_column("order_id")
 
 
 READER = """

@@ -1,8 +1,11 @@
+-- delete+insert replaces only the orders a run brings: the post-hook takes out the orders
+-- the source deleted (gone from staging), so the mart never keeps what silver dropped.
 {{
     config(
         materialized='incremental',
         unique_key='order_id',
-        incremental_strategy='delete+insert'
+        incremental_strategy='delete+insert',
+        post_hook="delete from {{ this }} where order_id not in (select order_id from {{ ref('stg_orders') }})"
     )
 }}
 
