@@ -190,6 +190,27 @@ def command_environment(folder: Path, **env: str) -> dict[str, str]:
     return environment
 
 
+def local_deployment(folder: Path, **env: str) -> dict[str, str]:
+    """A local deployment's instance (`make instance`) and a demo source at SCALE in `folder`;
+    returns its settings (`env` added), for `command_environment`."""
+    home = folder / "dagster_home"
+    made = subprocess.run(
+        ["make", "-s", "instance", f"DAGSTER_HOME={home}", "LAKEHOUSE_DEPLOYMENT=local"],
+        cwd=PROJECT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stdout + made.stderr
+    settings = {
+        "DAGSTER_HOME": str(home),
+        "LAKEHOUSE_DEPLOYMENT": "local",
+        "LAKEHOUSE_WAREHOUSE": str(folder / "warehouse.duckdb"),
+        "LAKEHOUSE_ALERTS": str(folder / "alerts.jsonl"),
+        **env,
+    }
+    built = run_command(["lakehouse", "demo", "init", "--scale", str(SCALE)], folder, **settings)
+    assert built.returncode == 0, built.stderr
+    return settings
+
+
 def run_command(args: list[str], folder: Path, **env: str) -> subprocess.CompletedProcess:
     """Run a project command (`lakehouse`, `dagster`) the way a user does, against `folder`."""
     return subprocess.run(

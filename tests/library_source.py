@@ -16,9 +16,17 @@ import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
+import dagster as dg
 import polars as pl
 
+from asset_checks import Clock, all_checks
+from lakehouse.bronze.assets import LandingZone, bronze_assets
+from lakehouse.contract import Contract
+from lakehouse.delta import LakehouseStorage
+from lakehouse.silver.assets import silver_assets
+from lakehouse.silver.pii import PiiHasher
 from lakehouse.source import SourceDatabase
 
 START = datetime(2013, 6, 30, 18, 0, tzinfo=UTC)
@@ -281,6 +289,30 @@ class LibrarySource:
             for row in self.rows["loans"]
             if row["member_id"] is not None and row["member_id"] not in members
         }
+
+
+def materialize(
+    contracts: list[Contract],
+    source: SourceDatabase,
+    folder: Path,
+    instance: dg.DagsterInstance,
+    salt: str,
+    layers: tuple[str, ...] = ("bronze", "silver"),
+) -> dg.ExecuteInProcessResult:
+    """One in-process run of the library's `layers` with their checks, its lakehouse in `folder`."""
+    return dg.materialize(
+        [*bronze_assets(contracts), *silver_assets(contracts), *all_checks(contracts)],
+        selection=dg.AssetSelection.groups(*layers),
+        resources={
+            "source": source,
+            "lakehouse": LakehouseStorage(root=str(folder / "lakehouse")),
+            "landing": LandingZone(path=str(folder / "landing")),
+            "pii": PiiHasher(salt=salt),
+            "clock": Clock(now="2013-07-02T00:00:00+00:00"),
+        },
+        instance=instance,
+        raise_on_error=False,
+    )
 
 
 def _quoted(name: str) -> str:

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ import dagster as dg
 import duckdb
 import polars as pl
 import pytest
-from conftest import PROJECT, SCALE, command_environment, run_command
+from conftest import PROJECT, command_environment, local_deployment
 from dagster._core.scheduler.instigation import InstigatorState, InstigatorTick, InstigatorType, TickStatus
 from dagster._core.storage.tags import SENSOR_NAME_TAG
 from dagster_server import DagsterServer, wait_for
@@ -69,21 +68,8 @@ class Deployment:
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     folder = tmp_path_factory.mktemp("e2e")
-    home = folder / "dagster_home"
-    made = subprocess.run(
-        ["make", "-s", "instance", f"DAGSTER_HOME={home}", "LAKEHOUSE_DEPLOYMENT=local"],
-        cwd=PROJECT, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert made.returncode == 0, made.stdout + made.stderr
-    settings = {
-        "DAGSTER_HOME": str(home),
-        "LAKEHOUSE_DEPLOYMENT": "local",
-        "LAKEHOUSE_WAREHOUSE": str(folder / "warehouse.duckdb"),
-        "LAKEHOUSE_ALERTS": str(folder / "alerts.jsonl"),
-        "LAKEHOUSE_LANDING_POLL_SECONDS": str(POLL_SECONDS),
-    }
-    built = run_command(["lakehouse", "demo", "init", "--scale", str(SCALE)], folder, **settings)
-    assert built.returncode == 0, built.stderr
+    settings = local_deployment(folder, LAKEHOUSE_LANDING_POLL_SECONDS=str(POLL_SECONDS))
+    home = Path(settings["DAGSTER_HOME"])
     server = DagsterServer(
         project=PROJECT,
         home=home,

@@ -12,17 +12,13 @@ import dagster as dg
 import polars as pl
 import pytest
 from conftest import POSTGRES_URL, TEST_SALT, postgres_source, run_command
-from library_source import ORPHAN_MEMBERS, PLAIN_NAMES, TABLES, LibrarySource, Naming
+from library_source import ORPHAN_MEMBERS, PLAIN_NAMES, TABLES, LibrarySource, Naming, materialize
 
-from asset_checks import Clock, all_checks
 from lakehouse import delta
-from lakehouse.bronze.assets import LandingZone, bronze_assets
 from lakehouse.cli import main
 from lakehouse.contract import Contract, ContractError, load_contract, load_contracts
 from lakehouse.delta import LakehouseStorage
 from lakehouse.scaffold import TableSchema, declared_type, watermark_column
-from lakehouse.silver.assets import silver_assets
-from lakehouse.silver.pii import PiiHasher
 from lakehouse.source import SourceDatabase
 
 SCHEMA = "library"
@@ -237,23 +233,6 @@ def test_the_watermark_is_an_indexed_update_time_first() -> None:
 # --- bronze and silver on the library, end to end -------------------------------------------
 
 
-def materialize(
-    contracts: list[Contract], source: SourceDatabase, folder: Path, instance: dg.DagsterInstance
-):
-    return dg.materialize(
-        [*bronze_assets(contracts), *silver_assets(contracts), *all_checks(contracts)],
-        resources={
-            "source": source,
-            "lakehouse": LakehouseStorage(root=str(folder / "lakehouse")),
-            "landing": LandingZone(path=str(folder / "landing")),
-            "pii": PiiHasher(salt=TEST_SALT),
-            "clock": Clock(now="2013-07-02T00:00:00+00:00"),
-        },
-        instance=instance,
-        raise_on_error=False,
-    )
-
-
 def _moments(column: pl.Series) -> pl.Series:
     """A watermark column as UTC moments, whichever form bronze holds it in (SQLite text)."""
     if column.dtype != pl.String:
@@ -305,14 +284,14 @@ def test_library_end_to_end(dialect: str, realistic: bool, tmp_path: Path) -> No
     instance = dg.DagsterInstance.ephemeral()
     keys = {name: built.primary_key(name) for name in TABLES}
 
-    first = materialize(contracts, built.source, tmp_path, instance)
+    first = materialize(contracts, built.source, tmp_path, instance, TEST_SALT)
     _assert_run(first, len(built.orphans()))
     before = {name: _versions(built.truth(name), keys[name]) for name in TABLES}
     orphans_before = built.orphans()
     _assert_lake(built, storage, keys, before)
 
     changes = built.change()
-    second = materialize(contracts, built.source, tmp_path, instance)
+    second = materialize(contracts, built.source, tmp_path, instance, TEST_SALT)
     _assert_run(second, len(built.orphans()))
     # Bronze holds every version the source has shown: the first ones and the changed ones.
     shown = {name: before[name] | _versions(built.truth(name), keys[name]) for name in TABLES}

@@ -12,17 +12,12 @@ import dagster as dg
 import polars as pl
 import pytest
 from conftest import TEST_SALT, error_line, run_command
-from library_source import TABLES, LibrarySource
+from library_source import TABLES, materialize
 from test_own_source import _assert_lake, _assert_run, _versions, library, scaffold_contracts
 
-from asset_checks import Clock, all_checks
 from lakehouse import delta, ledger, table_log
-from lakehouse.bronze.assets import LandingZone, bronze_assets
 from lakehouse.cli import main
-from lakehouse.contract import Contract
 from lakehouse.delta import LakehouseStorage
-from lakehouse.silver.assets import silver_assets
-from lakehouse.silver.pii import PiiHasher
 from lakehouse.table_log import CorruptLog, RepairRefused
 
 WATERMARK = ledger.bronze_watermark("readings")
@@ -155,29 +150,6 @@ def test_repair_refuses_a_torn_commit_silver_has_consumed(tmp_path: Path) -> Non
 # --- the pipeline on the library ------------------------------------------------------------
 
 
-def _run(
-    contracts: list[Contract],
-    built: LibrarySource,
-    folder: Path,
-    instance: dg.DagsterInstance,
-    layers: tuple[str, ...],
-) -> dg.ExecuteInProcessResult:
-    """One run of the library's `layers` (bronze, silver) with their checks."""
-    return dg.materialize(
-        [*bronze_assets(contracts), *silver_assets(contracts), *all_checks(contracts)],
-        selection=dg.AssetSelection.groups(*layers),
-        resources={
-            "source": built.source,
-            "lakehouse": LakehouseStorage(root=str(folder / "lakehouse")),
-            "landing": LandingZone(path=str(folder / "landing")),
-            "pii": PiiHasher(salt=TEST_SALT),
-            "clock": Clock(now="2013-07-02T00:00:00+00:00"),
-        },
-        instance=instance,
-        raise_on_error=False,
-    )
-
-
 def test_the_next_run_redoes_exactly_the_set_aside_commit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
@@ -188,16 +160,19 @@ def test_the_next_run_redoes_exactly_the_set_aside_commit(
     keys = {name: built.primary_key(name) for name in TABLES}
     loans = storage.table_uri("bronze", "loans")
 
-    _assert_run(_run(contracts, built, tmp_path, instance, ("bronze", "silver")), len(built.orphans()))
+    _assert_run(
+        materialize(contracts, built.source, tmp_path, instance, TEST_SALT, ("bronze", "silver")),
+        len(built.orphans()),
+    )
     before = {name: _versions(built.truth(name), keys[name]) for name in TABLES}
     built.change()
-    extracted = _run(contracts, built, tmp_path, instance, ("bronze",))
+    extracted = materialize(contracts, built.source, tmp_path, instance, TEST_SALT, ("bronze",))
     assert extracted.success
     torn_rows = _versions(pl.read_delta(loans).filter(pl.col("_run_id") == extracted.run_id), keys["loans"])
     assert torn_rows and delta.load_table(loans).version() == 1
     _tear(loans, 1)
 
-    failed = _run(contracts, built, tmp_path, instance, ("bronze", "silver"))
+    failed = materialize(contracts, built.source, tmp_path, instance, TEST_SALT, ("bronze", "silver"))
     assert not failed.success
     (failure,) = failed.get_step_failure_events()
     raised = failure.step_failure_data.error.cause
@@ -212,7 +187,7 @@ def test_the_next_run_redoes_exactly_the_set_aside_commit(
     assert _lakehouse(["repair", "bronze/loans"], tmp_path / "lakehouse", monkeypatch) == 0
     assert delta.load_table(loans).version() == 0
 
-    again = _run(contracts, built, tmp_path, instance, ("bronze", "silver"))
+    again = materialize(contracts, built.source, tmp_path, instance, TEST_SALT, ("bronze", "silver"))
     _assert_run(again, len(built.orphans()))
     # Bronze extracted again exactly the versions of the set-aside commit: none lost, none twice.
     redone = pl.read_delta(loans).filter(pl.col("_run_id") == again.run_id)
@@ -226,12 +201,15 @@ def test_the_next_run_redoes_exactly_the_set_aside_commit(
     merged = delta.load_table(silver).version()
     consumed = ledger.read(delta.load_table(silver), position)
     _tear(silver, merged)
-    failed = _run(contracts, built, tmp_path, instance, ("bronze", "silver"))
+    failed = materialize(contracts, built.source, tmp_path, instance, TEST_SALT, ("bronze", "silver"))
     (failure,) = failed.get_step_failure_events()
     assert f"{silver}/_delta_log/{merged:020d}.json" in failure.step_failure_data.error.cause.message
     assert _lakehouse(["repair", "silver/members"], tmp_path / "lakehouse", monkeypatch) == 0
     assert ledger.read(delta.load_table(silver), position) < consumed, "silver merges that bronze again"
-    _assert_run(_run(contracts, built, tmp_path, instance, ("bronze", "silver")), len(built.orphans()))
+    _assert_run(
+        materialize(contracts, built.source, tmp_path, instance, TEST_SALT, ("bronze", "silver")),
+        len(built.orphans()),
+    )
     _assert_lake(built, storage, keys, shown)
 
 

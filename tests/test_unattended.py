@@ -15,7 +15,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from conftest import PROJECT, command_environment, run_command
+from conftest import PROJECT, command_environment, local_deployment
 from dagster_graphql import DagsterGraphQLClient
 from dagster_server import DagsterServer, wait_for
 
@@ -23,7 +23,6 @@ from lakehouse.alerts import AlertSink
 from lakehouse.marts import WAREHOUSE_POOL
 from lakehouse.run_health import DEAD_WORKER_TAG, HOST_TAG, PID_TAG, describe_pool_holders, fail_dead_runs
 
-SCALE = 0.01
 DBT_STEP = "dbt_models"
 # Bounds, not expectations: a run at this scale takes well under a minute on an idle machine.
 RUN_SECONDS = 240
@@ -48,21 +47,8 @@ class Deployment:
 
 @pytest.fixture
 def deployment(tmp_path: Path) -> Deployment:
-    home = tmp_path / "dagster_home"
-    made = subprocess.run(
-        ["make", "-s", "instance", f"DAGSTER_HOME={home}", "LAKEHOUSE_DEPLOYMENT=local"],
-        cwd=PROJECT, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert made.returncode == 0, made.stdout + made.stderr
-    settings = {
-        "DAGSTER_HOME": str(home),
-        "LAKEHOUSE_DEPLOYMENT": "local",
-        "LAKEHOUSE_WAREHOUSE": str(tmp_path / "warehouse.duckdb"),
-        "LAKEHOUSE_ALERTS": str(tmp_path / "alerts.jsonl"),
-    }
-    built = run_command(["lakehouse", "demo", "init", "--scale", str(SCALE)], tmp_path, **settings)
-    assert built.returncode == 0, built.stderr
-    return Deployment(tmp_path, home, command_environment(tmp_path, **settings))
+    settings = local_deployment(tmp_path)
+    return Deployment(tmp_path, Path(settings["DAGSTER_HOME"]), command_environment(tmp_path, **settings))
 
 
 def started_step(instance: dg.DagsterInstance, run_id: str, step_key: str) -> bool:
