@@ -20,9 +20,6 @@ from lakehouse.delta import LakehouseStorage
 from lakehouse.jobs import landing_job
 from lakehouse.settings import setting
 
-# A dead run holds the queue and its pools until this sweep: often enough that nobody waits long.
-DEAD_RUN_POLL_SECONDS = 30
-
 
 def waiting_files(
     contract: Contract, landing: LandingZone, lakehouse: LakehouseStorage
@@ -96,7 +93,7 @@ def alert_on_run_failure(context: dg.RunFailureSensorContext, alerts: AlertSink)
 
 @dg.sensor(
     name="fail_dead_runs",
-    minimum_interval_seconds=DEAD_RUN_POLL_SECONDS,
+    minimum_interval_seconds=run_health.SWEEP_SECONDS,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Fails the runs whose process is gone, frees their pool slots and alerts them.",
 )
