@@ -17,7 +17,9 @@ from dagster._utils.schedules import cron_string_iterator
 from lakehouse.alerts import AlertSink
 from lakehouse.bronze.assets import LandingZone
 from lakehouse.definitions import defs
+from lakehouse.jobs import schedules
 from lakehouse.sensors import alert_on_run_failure, landing_sensor
+from lakehouse.settings import SettingsError
 
 EVENTS = [dg.AssetKey(["bronze", "events"]), dg.AssetKey(["quarantine", "events_malformed"])]
 
@@ -197,3 +199,19 @@ def test_only_the_failure_alert_and_the_dead_run_sweep_start_running() -> None:
         "events_landing_files",
         "default_automation_condition_sensor",
     }
+
+
+def test_each_schedule_runs_at_the_cron_expression_of_its_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LAKEHOUSE_INGEST_SCHEDULE", "*/15 6-18 * * 1-5")
+    crons = {schedule.name: schedule.cron_schedule for schedule in schedules()}
+    assert crons == {
+        "ingest_hourly": "*/15 6-18 * * 1-5",
+        "transform_daily": "0 2 * * *",
+        "maintenance_weekly": "30 3 * * 0",
+    }
+    monkeypatch.setenv("LAKEHOUSE_TRANSFORM_SCHEDULE", "daily")
+    with pytest.raises(SettingsError) as refused:
+        schedules()
+    assert str(refused.value) == (
+        "LAKEHOUSE_TRANSFORM_SCHEDULE must be a cron expression such as '0 * * * *', not 'daily'"
+    )
