@@ -9,13 +9,21 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import dagster as dg
 import pytest
-from conftest import PROJECT, command_environment, local_deployment
+from conftest import (
+    PROJECT,
+    Lake,
+    assert_bronze_holds_each_version_once,
+    command_environment,
+    local_deployment,
+    sqlite_source,
+)
 from dagster_graphql import DagsterGraphQLClient
 from dagster_server import DagsterServer, wait_for
 
@@ -275,8 +283,8 @@ def test_a_run_waiting_for_a_pool_whose_holder_dies_goes_on_by_itself(
     assert [alert["run_id"] for alert in deployment.alerts] == [holding]
 
 
-@pytest.fixture
-def server(deployment: Deployment) -> Iterator[DagsterServer]:
+@contextmanager
+def serving(deployment: Deployment) -> Iterator[DagsterServer]:
     served = DagsterServer(
         PROJECT, deployment.home, deployment.environment, deployment.folder / "dagster-dev.log"
     )
@@ -288,6 +296,22 @@ def server(deployment: Deployment) -> Iterator[DagsterServer]:
         yield served
     finally:
         served.stop()
+
+
+@pytest.fixture
+def server(deployment: Deployment) -> Iterator[DagsterServer]:
+    with serving(deployment) as served:
+        yield served
+
+
+@pytest.fixture
+def wide_server(deployment: Deployment) -> Iterator[DagsterServer]:
+    """The daemon of an instance whose queue launches three runs at once, as one whose operator
+    raised `max_concurrent_runs` has."""
+    config = deployment.home / "dagster.yaml"
+    config.write_text(config.read_text().replace("max_concurrent_runs: 1", "max_concurrent_runs: 3"))
+    with serving(deployment) as served:
+        yield served
 
 
 def test_the_daemon_fails_a_killed_cli_run_and_launches_the_queued_one(
@@ -324,3 +348,40 @@ def test_the_daemon_fails_a_killed_cli_run_and_launches_the_queued_one(
             kill_group(process)
     # One alert for the dead run: the failure sensor leaves it to the sweep that failed it.
     assert [alert["run_id"] for alert in deployment.alerts] == [killed]
+
+
+def finished(instance: dg.DagsterInstance, run_ids: list[str]) -> list[dg.RunRecord] | None:
+    """The runs' records once every one of them has finished."""
+    records = instance.get_run_records(dg.RunsFilter(run_ids=run_ids))
+    return records if all(record.dagster_run.is_finished for record in records) else None
+
+
+def test_three_runs_the_daemon_launches_at_once_append_each_row_version_once(
+    deployment: Deployment, wide_server: DagsterServer
+) -> None:
+    client = DagsterGraphQLClient("127.0.0.1", port_number=wide_server.port)
+    lake = Lake(deployment.folder, sqlite_source(deployment.folder))
+    with wide_server.instance() as instance:
+        for batch in range(2):  # a first load, then an incremental batch, each raced
+            if batch:
+                advanced = wide_server.command(["lakehouse", "demo", "advance"])
+                assert advanced.returncode == 0, advanced.stderr
+            submitted = [client.submit_job_execution("ingest") for _ in range(3)]
+            records = wait_for("the three runs", partial(finished, instance, submitted), 2 * RUN_SECONDS)
+            assert {record.dagster_run.status for record in records} == {dg.DagsterRunStatus.SUCCESS}
+            # They did run at once: each started before any of them ended.
+            assert max(record.start_time for record in records) < min(record.end_time for record in records)
+            assert_bronze_holds_each_version_once(lake)
+    # One more run finds nothing new, and its blocking reconciliation checks pass.
+    again = wide_server.command(
+        [
+            "dagster",
+            "asset",
+            "materialize",
+            "-m",
+            "lakehouse.definitions",
+            "--select",
+            "group:bronze or group:silver",
+        ]
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
