@@ -5,6 +5,7 @@ disk, Dagster materialising in-process.
 """
 
 import os
+import shlex
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -229,8 +230,11 @@ def local_deployment(folder: Path, **env: str) -> dict[str, str]:
     return settings
 
 
-def run_command(args: list[str], folder: Path, **env: str) -> subprocess.CompletedProcess:
-    """Run a project command (`lakehouse`, `dagster`) the way a user does, against `folder`."""
+def run_command(args: list[str] | str, folder: Path, **env: str) -> subprocess.CompletedProcess:
+    """Run a project command (`lakehouse`, `dagster`) the way a user does, against `folder`;
+    given as one string, it is split as a shell would (the README's are copied from these)."""
+    if isinstance(args, str):
+        args = shlex.split(args)
     return subprocess.run(
         [str(Path(sys.executable).parent / args[0]), *args[1:]],
         cwd=PROJECT, env=command_environment(folder, **env), capture_output=True, text=True, timeout=300,
