@@ -3,7 +3,8 @@
 - `ingest` (bronze + silver), hourly: the source and landing files into validated tables.
 - `transform` (gold + dbt), daily: the business tables and marts, once the day's data is in;
   gold rebuilds the periods (order months, order and event days) that silver changed.
-- `ingest_events` (one landing dataset into bronze and silver), launched by the landing sensor.
+- `ingest_events` (one landing dataset into bronze and silver): defined with the landing sensor
+  that launches it (sensors.py).
 - `maintenance` (every Delta table: compaction, checkpoints, vacuum), weekly: see maintenance.py.
 
 Each schedule's cron expression is a setting (`LAKEHOUSE_*_SCHEDULE`, lakehouse/settings.py).
@@ -13,9 +14,7 @@ on its own. Turn them on in the UI (Automation) or with `dagster schedule start`
 """
 
 import dagster as dg
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from lakehouse.contract import Contract
 from lakehouse.maintenance import JOB_NAME as MAINTENANCE
 from lakehouse.settings import SettingsError, setting
 
@@ -57,14 +56,3 @@ def schedules() -> list[dg.ScheduleDefinition]:
                 f"{variable} must be a cron expression such as '0 * * * *', not '{cron}'"
             ) from None
     return made
-
-
-def landing_job(contract: Contract) -> UnresolvedAssetJobDefinition:
-    """One landing dataset from its files to silver: bronze and silver with their quarantines."""
-    name = contract.name
-    keys = [["bronze", name], ["quarantine", f"{name}_malformed"], ["silver", name], ["quarantine", name]]
-    return dg.define_asset_job(
-        f"ingest_{name}",
-        selection=dg.AssetSelection.assets(*keys),
-        description=f"Ingest new {name} files into bronze and silver (launched by the landing sensor).",
-    )

@@ -17,7 +17,6 @@ from lakehouse.bronze.assets import LISTED_FILES, LandingZone
 from lakehouse.bronze.landing import pending_files, settle_seconds, split_settled
 from lakehouse.contract import Contract
 from lakehouse.delta import LakehouseStorage
-from lakehouse.jobs import landing_job
 from lakehouse.settings import setting
 
 
@@ -33,7 +32,8 @@ def waiting_files(
 
 
 def landing_sensor(contract: Contract) -> dg.SensorDefinition:
-    """Requests one run for each set of new files.
+    """Requests one run of the dataset's own job, `ingest_<dataset>` (bronze and silver with their
+    quarantines), for each set of new files.
 
     The cursor holds the files already requested that bronze has not ingested yet, so a file
     is requested once whatever its name, however long its run takes; the run key (a hash of
@@ -41,12 +41,24 @@ def landing_sensor(contract: Contract) -> dg.SensorDefinition:
     its ingestion is in the ledger and launches nothing. A file still settling is requested by
     a later tick, once it is complete.
     """
+    dataset = contract.name
+    keys = [
+        ["bronze", dataset],
+        ["quarantine", f"{dataset}_malformed"],
+        ["silver", dataset],
+        ["quarantine", dataset],
+    ]
+    ingest = dg.define_asset_job(
+        f"ingest_{dataset}",
+        selection=dg.AssetSelection.assets(*keys),
+        description=f"Ingest new {dataset} files into bronze and silver (launched by the landing sensor).",
+    )
 
     @dg.sensor(
-        name=f"{contract.name}_landing_files",
-        job=landing_job(contract),
+        name=f"{dataset}_landing_files",
+        job=ingest,
         minimum_interval_seconds=int(setting("LAKEHOUSE_LANDING_POLL_SECONDS")),
-        description=f"Launches ingest_{contract.name} when new {contract.source.glob} files arrive.",
+        description=f"Launches {ingest.name} when new {contract.source.glob} files arrive.",
     )
     def watch(
         context: dg.SensorEvaluationContext, landing: LandingZone, lakehouse: LakehouseStorage

@@ -12,7 +12,6 @@ from typing import ClassVar
 import dagster as dg
 import pytest
 from conftest import Lake
-from dagster._utils.schedules import cron_string_iterator
 
 from lakehouse.alerts import AlertSink
 from lakehouse.bronze.assets import LandingZone
@@ -21,13 +20,23 @@ from lakehouse.jobs import schedules
 from lakehouse.sensors import alert_on_run_failure, landing_sensor
 from lakehouse.settings import SettingsError
 
+TICK_FORMAT = "%Y-%m-%dT%H:%M%z"
 EVENTS = [dg.AssetKey(["bronze", "events"]), dg.AssetKey(["quarantine", "events_malformed"])]
 
 
 def next_tick(name: str, after: datetime) -> datetime:
+    """The schedule's first tick at or after `after`, by Dagster's own cron arithmetic: time
+    partitions start at their cron schedule's ticks, the first at the first tick from `start`,
+    and `end_offset=1` lists it before it has ended."""
     schedule = defs.get_schedule_def(name)
-    ticks = cron_string_iterator(after.timestamp(), schedule.cron_schedule, schedule.execution_timezone)
-    return next(ticks)
+    ticks = dg.TimeWindowPartitionsDefinition(
+        cron_schedule=schedule.cron_schedule,
+        timezone=schedule.execution_timezone,
+        start=after,
+        fmt=TICK_FORMAT,
+        end_offset=1,
+    )
+    return datetime.strptime(ticks.get_partition_keys(current_time=after)[0], TICK_FORMAT)
 
 
 def test_schedules_tick_when_the_docs_say_and_start_stopped() -> None:
