@@ -16,7 +16,7 @@ import polars as pl
 
 from asset_checks.check import Check
 from asset_checks.row_checks import scan_columns
-from asset_checks.sample import table_sample
+from asset_checks.sample import sample
 from lakehouse import delta, ledger
 from lakehouse.contract import Contract
 from lakehouse.delta import LakehouseStorage
@@ -106,7 +106,7 @@ def _quarantine_rate_check(contract: Contract) -> Check:
             "quarantine_rate": round(rate, 4),
             "max_quarantine_rate": limit,
             "silver_rows": silver_rows,
-            "reasons": table_sample(reasons, NAMED_REASONS),
+            "reasons": sample(reasons, NAMED_REASONS),
         }
         if passed:
             return dg.AssetCheckResult(passed=True, metadata=metadata)
@@ -122,7 +122,7 @@ def _quarantine_rate_check(contract: Contract) -> Check:
         return dg.AssetCheckResult(
             passed=False,
             description=f"{problem}; commonest reasons: {commonest or 'none'}",
-            metadata={**metadata, "sample": table_sample(quarantined)},
+            metadata={**metadata, "sample": sample(quarantined)},
         )
 
     return Check(

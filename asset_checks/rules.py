@@ -121,7 +121,9 @@ def rule_result(
         counts.append(cases.group_by("column", "check").len())
         shown.append(bad.head(SAMPLE_ROWS))
     checked = validated if total is None else total
-    by_check = pl.concat(counts).group_by("column", "check").agg(pl.col("len").sum()).sort("column", "check")
+    by_check = (
+        pl.concat(counts).group_by("column", "check").agg(rows=pl.col("len").sum()).sort("column", "check")
+    )
     return dg.AssetCheckResult(
         passed=failing == 0,
         severity=severity,

@@ -6,16 +6,8 @@ import polars as pl
 SAMPLE_ROWS = 10
 
 
-def sample(frame: pl.DataFrame) -> dg.MetadataValue:
-    """Up to ten rows as a markdown table, so the UI shows what is wrong."""
-    head = frame.head(SAMPLE_ROWS)
-    header = "| " + " | ".join(head.columns) + " |\n|" + " --- |" * len(head.columns)
-    body = "\n".join("| " + " | ".join(str(value) for value in row) + " |" for row in head.iter_rows())
-    return dg.MetadataValue.md(f"{header}\n{body}")
-
-
-def table_sample(frame: pl.DataFrame, rows: int = SAMPLE_ROWS) -> dg.MetadataValue:
-    """The first `rows` rows as a table the UI renders with its columns."""
+def sample(frame: pl.DataFrame, rows: int = SAMPLE_ROWS) -> dg.MetadataValue:
+    """The first `rows` rows (ten by default) as a table the UI renders with its columns."""
     head = frame.head(rows)
     return dg.MetadataValue.table(
         records=[

@@ -41,10 +41,13 @@ def values(check: dg.AssetCheckEvaluation, name: str) -> int | float | str:
 
 
 def sample_column(check: dg.AssetCheckEvaluation, column: str) -> list[str]:
-    """The values of one column in the check's markdown sample."""
-    header, _, *rows = str(values(check, "sample")).splitlines()
-    position = [cell.strip() for cell in header.strip("|").split("|")].index(column)
-    return [row.strip("|").split("|")[position].strip() for row in rows]
+    """The values of one column in the check's sample, as the UI shows them."""
+    return [str(row[column]) for row in records(check, "sample")]
+
+
+def records(check: dg.AssetCheckEvaluation, name: str) -> list[dict]:
+    """The rows of one of the check's metadata tables."""
+    return [record.data for record in check.metadata[name].value.records]  # type: ignore[union-attr]
 
 
 def plant(lake: Lake, rows: pl.DataFrame) -> None:
@@ -163,8 +166,9 @@ def test_bronze_checks_warn_with_exactly_the_defects_the_demo_planted(
         lake.source_rows("products").select("product_id"), on="product_id", how="anti"
     )
     assert unknown_products.height == defects["orphan_order_item"]
-    failures = str(values(items, "failures_by_check"))
-    assert f"| product_id | exists in products.product_id | {defects['orphan_order_item']} |" in failures
+    failures = records(items, "failures_by_check")
+    orphans = defects["orphan_order_item"]
+    assert {"column": "product_id", "check": "exists in products.product_id", "rows": orphans} in failures
 
     # Silver's account of the bronze rows it consumed matches what the tables hold.
     for name in ("orders", "events"):
@@ -428,11 +432,6 @@ def test_quality_report_names_the_tables_it_knows(lake: Lake) -> None:
     assert "no contract for table 'suppliers'" in text and "orders" in text
     code, text = report(lake)
     assert code == 1 and "the table does not exist" in text
-
-
-def records(check: dg.AssetCheckEvaluation, name: str) -> list[dict]:
-    """The rows of one of the check's metadata tables."""
-    return [record.data for record in check.metadata[name].value.records]  # type: ignore[union-attr]
 
 
 def test_a_load_that_quarantines_most_of_its_rows_fails_naming_its_reasons(tmp_path: Path) -> None:
