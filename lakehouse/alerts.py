@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -13,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import tenacity
 
 logger = dg.get_dagster_logger()
 
@@ -46,20 +45,30 @@ class AlertSink(dg.ConfigurableResource):
 
     def _post(self, alert: dict[str, Any]) -> bool:
         body = json.dumps(alert).encode()
-        for attempt in range(1, self.attempts + 1):
+        # The URL may carry a token: name the host only.
+        host = urllib.parse.urlparse(self.webhook).hostname
+
+        def post() -> None:
             request = urllib.request.Request(
                 self.webhook, data=body, headers={"Content-Type": "application/json"}, method="POST"
             )
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout_seconds):
-                    return True
-            except (urllib.error.URLError, OSError, ValueError) as error:
-                # The URL may carry a token: name the host only.
-                host = urllib.parse.urlparse(self.webhook).hostname
-                logger.warning(f"alert webhook at {host}: attempt {attempt}/{self.attempts} failed: {error}")
-            if attempt < self.attempts:
-                time.sleep(self.backoff_seconds * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
-        return False
+            with urllib.request.urlopen(request, timeout=self.timeout_seconds):
+                pass
+
+        def failed(attempt: tenacity.RetryCallState) -> None:
+            error = attempt.outcome.exception() if attempt.outcome else None
+            logger.warning(
+                f"alert webhook at {host}: attempt {attempt.attempt_number}/{self.attempts} failed: {error}"
+            )
+
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.attempts),
+            wait=tenacity.wait_random_exponential(self.backoff_seconds),
+            retry=tenacity.retry_if_exception_type((urllib.error.URLError, OSError, ValueError)),
+            after=failed,
+            retry_error_callback=lambda _attempt: False,
+        )
+        return retrying(post) is None
 
 
 def run_failure_alert(run: dg.DagsterRun, failed_steps: list[str], message: str) -> dict[str, Any]:

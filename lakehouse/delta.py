@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import dagster as dg
 import polars as pl
 import pyarrow as pa
+import tenacity
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from pyarrow import fs
@@ -17,7 +18,11 @@ from pyarrow import fs
 from lakehouse import table_log
 from lakehouse.ledger import Claim, LedgerMoved
 
+T = TypeVar("T")
 COMMIT_ATTEMPTS = 5
+# Concurrent writers back off from each other: 0.4 s doubling each time, at most 5 s, each
+# wait drawn at random below that so that they do not meet again.
+COMMIT_BACKOFF = tenacity.wait_random_exponential(multiplier=0.4, max=5)
 BATCH_ROWS = 250_000
 # Bronze is read incrementally by silver through the change data feed.
 CHANGE_DATA_FEED = {"delta.enableChangeDataFeed": "true"}
@@ -175,6 +180,24 @@ def commit_properties(
     )
 
 
+def committing(attempt: Callable[[], T], uri: str, claim: Claim | None, attempts: int = COMMIT_ATTEMPTS) -> T:
+    """`attempt` (one commit), again after each commit conflict with a concurrent writer, backing
+    off with jitter, up to `attempts` times. The last conflict of a claimed writer is
+    `LedgerMoved`, so that it starts again from the ledger."""
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(attempts),
+        wait=COMMIT_BACKOFF,
+        retry=tenacity.retry_if_exception_type(CommitFailedError),
+        reraise=True,
+    )
+    try:
+        return retrying(attempt)
+    except CommitFailedError as error:
+        if claim is not None:
+            raise LedgerMoved(f"{uri}: a concurrent commit won ({error})") from error
+        raise
+
+
 def write(
     uri: str,
     frame: pl.DataFrame | Iterable[pl.DataFrame],
@@ -199,8 +222,8 @@ def write(
     an iterator, which cannot be read twice: its conflict fails the write (`LedgerMoved` with
     a claim, so that the writer starts again from the ledger).
     """
-    attempts = 1 if isinstance(frame, Iterator) else COMMIT_ATTEMPTS
-    for attempt in range(1, attempts + 1):
+
+    def attempt() -> DeltaTable | None:
         latest = open_table(uri)
         if claim is not None:
             claim.check(latest, transactions or {})
@@ -219,19 +242,17 @@ def write(
                 configuration=configuration,
                 commit_properties=commit_properties(metadata, transactions, creating=creating),
             )
-            break
-        except CommitFailedError as error:
-            if attempt == attempts:
-                if claim is not None:
-                    raise LedgerMoved(f"{uri}: a concurrent commit won ({error})") from error
-                raise
-            time.sleep(0.2 * 2**attempt)
+        except CommitFailedError:
+            raise  # a concurrent writer's: `committing` tries again
         except Exception as error:
             if stream is not None and stream.error is not None:
                 raise stream.error from None
             if creating and open_table(uri) is not None:
                 raise LedgerMoved(f"{uri}: created by another writer meanwhile") from error
             raise
+        return latest
+
+    latest = committing(attempt, uri, claim, attempts=1 if isinstance(frame, Iterator) else COMMIT_ATTEMPTS)
     if claim is not None:
         # A table object written through is at its own commit's version; a created one is at 0.
         claim.advance(0 if latest is None else latest.version())

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import polars as pl
-from deltalake.exceptions import CommitFailedError
 
 from lakehouse import delta
-from lakehouse.ledger import Claim, LedgerMoved
+from lakehouse.ledger import Claim
 from lakehouse.sql import quoted
 
 
@@ -92,7 +90,8 @@ def merge(
         )
         return MergeCounts(frame.height, 0, 0, created)
     _evolve_schema(uri, stored, table)
-    for attempt in range(1, delta.COMMIT_ATTEMPTS + 1):
+
+    def attempt() -> tuple[delta.DeltaTable, int, dict]:
         table = delta.DeltaTable(uri)
         if claim is not None:
             claim.check(table, transactions or {})
@@ -113,15 +112,9 @@ def merge(
             merger = merger.when_matched_update_all(
                 predicate=update_when if kept is None else f"{kept} AND ({update_when})", except_cols=flags
             )
-        try:
-            metrics = merger.when_not_matched_insert_all(predicate=kept, except_cols=flags).execute()
-            break
-        except CommitFailedError as error:
-            if attempt == delta.COMMIT_ATTEMPTS:
-                if claim is not None:
-                    raise LedgerMoved(f"{uri}: a concurrent commit won ({error})") from error
-                raise
-            time.sleep(0.2 * 2**attempt)
+        return table, before, merger.when_not_matched_insert_all(predicate=kept, except_cols=flags).execute()
+
+    table, before, metrics = delta.committing(attempt, uri, claim)
     # The merged table object is at its own commit's version, or still at `before` when the
     # MERGE wrote nothing.
     if table.version() == before and (metadata or transactions):

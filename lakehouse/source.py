@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -15,6 +13,7 @@ import adbc_driver_manager
 import dagster as dg
 import polars as pl
 import pyarrow as pa
+import tenacity
 
 from lakehouse.contract import Contract
 from lakehouse.source_errors import SourceError, SourceUnavailableError, is_transient, summary
@@ -90,19 +89,22 @@ class SourceDatabase(dg.ConfigurableResource):
 
         The only retry layer for the source: a driver error that will fail again (see
         `is_transient`) is raised at once as a SourceError naming `what`."""
-        for attempt in range(1, self.max_attempts + 1):
-            try:
-                return action()
-            except adbc_driver_manager.Error as error:
-                if not is_transient(error):
-                    raise SourceError(f"{what} on {self.label} failed: {summary(error)}") from error
-                if attempt == self.max_attempts:
-                    raise SourceUnavailableError(
-                        f"{what} failed after {attempt} attempts against {self.label}: {summary(error)}"
-                    ) from error
-                ceiling = min(self.max_backoff_seconds, self.backoff_seconds * 2 ** (attempt - 1))
-                time.sleep(random.uniform(0, ceiling))
-        raise AssertionError("unreachable")
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.max_attempts),
+            wait=tenacity.wait_random_exponential(self.backoff_seconds, max=self.max_backoff_seconds),
+            retry=tenacity.retry_if_exception(
+                lambda error: isinstance(error, adbc_driver_manager.Error) and is_transient(error)
+            ),
+            reraise=True,
+        )
+        try:
+            return retrying(action)
+        except adbc_driver_manager.Error as error:
+            if not is_transient(error):
+                raise SourceError(f"{what} on {self.label} failed: {summary(error)}") from error
+            raise SourceUnavailableError(
+                f"{what} failed after {self.max_attempts} attempts against {self.label}: {summary(error)}"
+            ) from error
 
     def _open(self) -> Any:
         if self.dialect == "sqlite":
