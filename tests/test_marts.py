@@ -34,6 +34,12 @@ def warehouse_table(lake: Lake, name: str) -> pl.DataFrame:
         return connection.sql(f"select * from main.{name}").pl()
 
 
+def dbt_outcomes(run_id: str) -> dict[str, str]:
+    """The status of each dbt node the run's dbt build ran, by unique id."""
+    (results,) = (dbt_project.project_dir / "target").glob(f"dbt_models-{run_id[:7]}-*/run_results.json")
+    return {outcome["unique_id"]: outcome["status"] for outcome in json.loads(results.read_text())["results"]}
+
+
 def warehouse_types(lake: Lake, name: str) -> dict[str, str]:
     with duckdb.connect(str(lake.warehouse), read_only=True) as connection:
         return {column: dtype for column, dtype, *_ in connection.sql(f"describe main.{name}").fetchall()}
@@ -143,22 +149,17 @@ def test_dbt_tests_are_asset_checks_models_report_rows_and_schema_and_columns_ar
 def test_the_marts_unit_tests_pass_in_each_build_and_are_no_asset_checks(
     built: tuple[Lake, dg.ExecuteInProcessResult],
 ) -> None:
-    """dbt runs the marts' unit tests before it builds them; dagster-dbt reports data tests as
-    asset checks and leaves unit tests to dbt, whose failure fails the step."""
+    """The first build of the marts runs their unit tests before it builds them; dagster-dbt
+    reports data tests as asset checks and leaves unit tests to dbt, whose failure fails the step."""
     _, result = built
     manifest = json.loads(dbt_project.manifest_path.read_text())
     unit_tests = {unique_id: test["model"] for unique_id, test in manifest["unit_tests"].items()}
     assert set(unit_tests.values()) == set(MARTS)
 
-    (run_results,) = (dbt_project.project_dir / "target").glob(
-        f"dbt_models-{result.run_id[:7]}-*/run_results.json"
+    outcomes = dbt_outcomes(result.run_id)
+    assert {unique_id: outcomes.get(unique_id) for unique_id in unit_tests} == dict.fromkeys(
+        unit_tests, "pass"
     )
-    statuses = {
-        outcome["unique_id"]: outcome["status"]
-        for outcome in json.loads(run_results.read_text())["results"]
-        if outcome["unique_id"] in unit_tests
-    }
-    assert statuses == dict.fromkeys(unit_tests, "pass")
     names = {unique_id.split(".")[-1] for unique_id in unit_tests}
     assert not names & {spec.name for spec in dbt_models.check_specs}
 
@@ -301,3 +302,7 @@ def test_dbt_is_not_run_again_until_what_it_reads_changes(
     # The first build's parse state is kept, so this one, with the same settings, parses nothing.
     (log,) = (dbt_project.project_dir / "target").glob(f"dbt_models-{rebuilt.run_id[:7]}-*/dbt.log")
     assert "Nothing changed, skipping partial parsing" in log.read_text()
+    # The unit tests passed in the first build of this dbt project: their fixed rows would again.
+    ran = dbt_outcomes(rebuilt.run_id)
+    assert not [unique_id for unique_id in ran if unique_id.startswith("unit_test.")]
+    assert ran["model.lakehouse.mart_sales_daily"] == "success"
