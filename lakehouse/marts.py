@@ -8,6 +8,9 @@ counts and column schemas. Only one step writes the DuckDB warehouse at a time (
 dbt is not invoked when it would rebuild the same tables: every selected model was last built,
 in a run that succeeded, from the same gold table versions with the same dbt project, and is
 still in the warehouse. Each model's `built_from` metadata records what it was built from.
+The marts' unit tests run in the build only while the dbt project is new to the selected
+models: their rows are fixed in the project, so a project that built them once, its unit tests
+passing, gives the same verdict on any data.
 """
 
 import hashlib
@@ -122,13 +125,17 @@ def gold_tables(
     return {key: delta.open_table(lakehouse.table_uri(*key.path)) for key in gold}
 
 
-def built_from(tables: Mapping[dg.AssetKey, DeltaTable | None]) -> str:
-    """The dbt project's manifest and the Delta version of every gold table the models read."""
+def project_label() -> str:
+    """The dbt project as `built_from` names it first: the digest of its manifest."""
     # `make` parses the project again only when a dbt file changed, so the manifest's digest
     # changes with the project and not otherwise.
-    project = hashlib.sha256(dbt_project.manifest_path.read_bytes()).hexdigest()[:12]
+    return f"manifest {hashlib.sha256(dbt_project.manifest_path.read_bytes()).hexdigest()[:12]}; "
+
+
+def built_from(tables: Mapping[dg.AssetKey, DeltaTable | None]) -> str:
+    """The dbt project's manifest and the Delta version of every gold table the models read."""
     versions = [f"{key.to_user_string()} {delta.version_label(table)}" for key, table in tables.items()]
-    return f"manifest {project}; " + ", ".join(versions)
+    return project_label() + ", ".join(versions)
 
 
 def _relations(warehouse: Warehouse) -> set[str]:
@@ -139,27 +146,39 @@ def _relations(warehouse: Warehouse) -> set[str]:
         return {name for (name,) in rows.fetchall()}
 
 
-def up_to_date(context: dg.AssetExecutionContext, warehouse: Warehouse, inputs: str) -> bool:
+def last_builds(context: dg.AssetExecutionContext) -> dict[dg.AssetKey, str]:
+    """What each selected model was last built from, for the models whose last build was in a
+    run that succeeded."""
+    events = context.instance.get_latest_materialization_events(context.selected_asset_keys)
+    recorded: dict[dg.AssetKey, tuple[str, str]] = {}
+    for key, event in events.items():
+        materialization = event.asset_materialization if event else None
+        value = materialization.metadata.get(BUILT_FROM) if materialization else None
+        if event is not None and value is not None:
+            recorded[key] = (value.value, event.run_id)
+    # The models of one build share its run: each run is looked up once.
+    succeeded = set()
+    for run_id in {run_id for _, run_id in recorded.values()}:
+        run = context.instance.get_run_by_id(run_id)
+        if run is not None and run.status == dg.DagsterRunStatus.SUCCESS:
+            succeeded.add(run_id)
+    return {key: value for key, (value, run_id) in recorded.items() if run_id in succeeded}
+
+
+def up_to_date(
+    context: dg.AssetExecutionContext, warehouse: Warehouse, builds: Mapping[dg.AssetKey, str], inputs: str
+) -> bool:
     """Every selected model was last built from `inputs` in a run that succeeded and is still in
     the warehouse: a dbt build would make the same tables and run the same tests on them."""
     relations = _relations(warehouse)
-    events = context.instance.get_latest_materialization_events(context.selected_asset_keys)
-    runs: set[str] = set()
-    for key in context.selected_asset_keys:
-        event = events.get(key)
-        materialization = event.asset_materialization if event else None
-        if event is None or materialization is None or key.path[-1] not in relations:
-            return False
-        recorded = materialization.metadata.get(BUILT_FROM)
-        if recorded is None or recorded.value != inputs:
-            return False
-        runs.add(event.run_id)
-    # The models of one build share its run: each run is looked up once.
-    for run_id in runs:
-        run = context.instance.get_run_by_id(run_id)
-        if run is None or run.status != dg.DagsterRunStatus.SUCCESS:
-            return False
-    return True
+    return all(builds.get(key) == inputs and key.path[-1] in relations for key in context.selected_asset_keys)
+
+
+def unit_tested(context: dg.AssetExecutionContext, builds: Mapping[dg.AssetKey, str]) -> bool:
+    """Every selected model was last built by this dbt project in a run that succeeded, so its
+    unit tests passed with this project (in that build or in one before it)."""
+    project = project_label()
+    return all(builds.get(key, "").startswith(project) for key in context.selected_asset_keys)
 
 
 @dbt_assets(
@@ -172,7 +191,8 @@ def dbt_models(
 ) -> Iterator[Any]:
     tables = gold_tables(context, lakehouse)
     inputs = built_from(tables)
-    if up_to_date(context, warehouse, inputs):
+    builds = last_builds(context)
+    if up_to_date(context, warehouse, builds, inputs):
         context.log.info(f"dbt not run: every selected model was built from {inputs} and is in the warehouse")
         return
     warehouse.location.parent.mkdir(parents=True, exist_ok=True)
@@ -188,7 +208,13 @@ def dbt_models(
     # test once all its parents are selected or upstream of the selection; dagster-dbt still
     # overrides it when it has to.
     os.environ.setdefault(DBT_INDIRECT_SELECTION, "buildable")
-    invocation = dbt.cli(["build"], context=context)
+    build = ["build"]
+    if unit_tested(context, builds):
+        context.log.info(
+            "unit tests not run: the selected models were built by this dbt project, its unit tests passing"
+        )
+        build += ["--exclude-resource-type", "unit_test"]
+    invocation = dbt.cli(build, context=context)
     events = list(invocation.stream())
     keep_parse_state(invocation.target_path)
     # Row counts and schemas through one short-lived read-only connection once dbt has

@@ -37,6 +37,17 @@ def warehouse_table(lake: Lake, name: str) -> pl.DataFrame:
         return connection.sql(f"select * from main.{name}").pl()
 
 
+def dbt_outcomes(run_id: str) -> dict[str, str]:
+    """The status of each dbt node the run's dbt build ran, by unique id."""
+    (results,) = (dbt_project.project_dir / "target").glob(f"dbt_models-{run_id[:7]}-*/run_results.json")
+    return {outcome["unique_id"]: outcome["status"] for outcome in json.loads(results.read_text())["results"]}
+
+
+def warehouse_types(lake: Lake, name: str) -> dict[str, str]:
+    with duckdb.connect(str(lake.warehouse), read_only=True) as connection:
+        return {column: dtype for column, dtype, *_ in connection.sql(f"describe main.{name}").fetchall()}
+
+
 @pytest.fixture
 def built(lake: Lake) -> tuple[Lake, dg.ExecuteInProcessResult]:
     """The demo after two batches of changes, materialised from bronze through the marts."""
@@ -70,6 +81,7 @@ def test_marts_agree_with_gold(built: tuple[Lake, dg.ExecuteInProcessResult]) ->
 
     assert sales.get_column("gross_revenue").sum() == revenue.get_column("gross_revenue").sum()
     assert sales.get_column("cancelled_revenue").sum() == revenue.get_column("cancelled_revenue").sum()
+    assert sales.get_column("units").sum() == revenue.get_column("items").sum()
     assert sales.get_column("orders").sum() == orders.height
 
     paid = orders.filter(~pl.col("is_cancelled"))
@@ -115,10 +127,16 @@ def test_dbt_tests_are_asset_checks_models_report_rows_and_schema_and_columns_ar
 
     for yml in sorted((dbt_project.project_dir / "models").rglob("*.yml")):
         for model in yaml.safe_load(yml.read_text()).get("models", []):
-            documented = {column["name"] for column in model["columns"] if column.get("description")}
-            assert documented == set(warehouse_table(lake, model["name"]).columns), (
-                f"{yml.name} is out of date"
-            )
+            columns = {column["name"]: column for column in model["columns"]}
+            built_types = warehouse_types(lake, model["name"])
+            assert list(columns) == list(built_types), f"{yml.name} is out of date"
+            bare = [name for name, column in columns.items() if not column.get("description")]
+            untested = [name for name, column in columns.items() if not column.get("data_tests")]
+            assert not bare and not untested, f"{yml.name}: undocumented {bare}, untested {untested}"
+            if model["name"] in MARTS:
+                assert model["config"]["contract"] == {"enforced": True}, yml.name
+                declared = {name: column["data_type"].upper() for name, column in columns.items()}
+                assert declared == built_types, yml.name
 
     for name in MARTS:
         metadata = next(
@@ -131,16 +149,36 @@ def test_dbt_tests_are_asset_checks_models_report_rows_and_schema_and_columns_ar
         assert columns == warehouse_table(lake, name).columns
 
 
+def test_the_marts_unit_tests_pass_in_each_build_and_are_no_asset_checks(
+    built: tuple[Lake, dg.ExecuteInProcessResult],
+) -> None:
+    """The first build of the marts runs their unit tests before it builds them; dagster-dbt
+    reports data tests as asset checks and leaves unit tests to dbt, whose failure fails the step."""
+    _, result = built
+    manifest = json.loads(dbt_project.manifest_path.read_text())
+    unit_tests = {unique_id: test["model"] for unique_id, test in manifest["unit_tests"].items()}
+    assert set(unit_tests.values()) == set(MARTS)
+
+    outcomes = dbt_outcomes(result.run_id)
+    assert {unique_id: outcomes.get(unique_id) for unique_id in unit_tests} == dict.fromkeys(
+        unit_tests, "pass"
+    )
+    names = {unique_id.split(".")[-1] for unique_id in unit_tests}
+    assert not names & {spec.name for spec in dbt_models.check_specs}
+
+
 def test_one_lineage_graph_from_bronze_to_marts() -> None:
     gold = {dg.AssetKey(["gold", table.name]) for table in GOLD_TABLES}
     staging_inputs = set()
     for key in dbt_models.keys:
         staging_inputs |= set(dbt_models.asset_deps[key])
-    assert (
-        gold - {dg.AssetKey(["gold", "daily_revenue"]), dg.AssetKey(["gold", "event_windows_5m"])}
-        <= staging_inputs
-    )
+    assert gold - {dg.AssetKey(["gold", "event_windows_5m"])} <= staging_inputs
     assert {key.path[0] for key in dbt_models.keys} == {"staging", "marts"}
+    # Revenue is defined once, in gold: the daily sales read it rather than the order lines.
+    assert dbt_models.asset_deps[dg.AssetKey(["marts", "mart_sales_daily"])] == {
+        dg.AssetKey(["staging", "stg_orders"]),
+        dg.AssetKey(["staging", "stg_daily_revenue"]),
+    }
 
 
 def test_dbt_has_its_own_environment_with_the_lakehouses_duckdb() -> None:
@@ -298,3 +336,7 @@ def test_dbt_is_not_run_again_until_what_it_reads_changes(
     # The first build's parse state is kept, so this one, with the same settings, parses nothing.
     (log,) = (dbt_project.project_dir / "target").glob(f"dbt_models-{rebuilt.run_id[:7]}-*/dbt.log")
     assert "Nothing changed, skipping partial parsing" in log.read_text()
+    # The unit tests passed in the first build of this dbt project: their fixed rows would again.
+    ran = dbt_outcomes(rebuilt.run_id)
+    assert not [unique_id for unique_id in ran if unique_id.startswith("unit_test.")]
+    assert ran["model.lakehouse.mart_sales_daily"] == "success"

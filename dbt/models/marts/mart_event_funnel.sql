@@ -12,7 +12,8 @@ select
     round(clickers / nullif(viewers, 0), 4) as view_to_click,
     round(purchasers / nullif(clickers, 0), 4) as click_to_purchase,
     round(purchasers / nullif(viewers, 0), 4) as view_to_purchase,
-    sum(purchasers) over last_7_days as purchasers_7d,
-    sum(viewers) over last_7_days as viewers_7d
+    -- DuckDB sums bigints to a 128-bit hugeint; the contract, and BI tools, take a bigint.
+    cast(sum(purchasers) over last_7_days as bigint) as purchasers_7d,
+    cast(sum(viewers) over last_7_days as bigint) as viewers_7d
 from funnel
 window last_7_days as (order by event_date range between interval 6 days preceding and current row)

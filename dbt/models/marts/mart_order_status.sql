@@ -1,10 +1,13 @@
 -- delete+insert replaces only the orders a run brings: the post-hook takes out the orders
 -- the source deleted (gone from staging), so the mart never keeps what silver dropped.
+-- The enforced contract needs a schema change policy: a column added to the model later is
+-- appended to the table a warehouse already holds, so the next build goes on.
 {{
     config(
         materialized='incremental',
         unique_key='order_id',
         incremental_strategy='delete+insert',
+        on_schema_change='append_new_columns',
         post_hook="delete from {{ this }} where order_id not in (select order_id from {{ ref('stg_orders') }})"
     )
 }}

@@ -7,7 +7,8 @@ products as (
 sold as (
     select
         product_id,
-        sum(quantity) as units_sold,
+        -- DuckDB sums bigints to a 128-bit hugeint; the contract, and BI tools, take a bigint.
+        cast(sum(quantity) as bigint) as units_sold,
         count(distinct order_id) as orders,
         sum(line_amount) as revenue
     from {{ ref('stg_order_items') }}

@@ -4,9 +4,8 @@ orders as (
     select * from {{ ref('stg_orders') }}
 ),
 
-order_lines as (
-    select * from {{ ref('stg_order_items') }}
-    where has_order
+revenue as (
+    select * from {{ ref('stg_daily_revenue') }}
 ),
 
 daily_orders as (
@@ -18,23 +17,26 @@ daily_orders as (
     group by order_date
 ),
 
-daily_lines as (
+-- Revenue is gold's (daily_revenue), never derived here again: a day is the sum of its categories.
+daily_revenue as (
     select
         order_date,
-        sum(quantity) as units,
-        sum(line_amount) filter (where status <> 'cancelled') as gross_revenue,
-        sum(line_amount) filter (where status = 'cancelled') as cancelled_revenue
-    from order_lines
+        sum(units) as units,
+        sum(gross_revenue) as gross_revenue,
+        sum(cancelled_revenue) as cancelled_revenue
+    from revenue
     group by order_date
 )
 
+-- A full join: a day with revenue keeps it even with no order of that day in staging.
 select
-    daily_orders.order_date,
-    daily_orders.orders,
-    daily_orders.paid_orders,
-    coalesce(daily_lines.units, 0) as units,
-    coalesce(daily_lines.gross_revenue, 0) as gross_revenue,
-    coalesce(daily_lines.cancelled_revenue, 0) as cancelled_revenue,
-    round(coalesce(daily_lines.gross_revenue, 0) / nullif(daily_orders.paid_orders, 0), 2) as average_order_value
+    order_date,
+    coalesce(daily_orders.orders, 0) as orders,
+    coalesce(daily_orders.paid_orders, 0) as paid_orders,
+    -- DuckDB sums bigints to a 128-bit hugeint; the contract, and BI tools, take a bigint.
+    cast(coalesce(daily_revenue.units, 0) as bigint) as units,
+    coalesce(daily_revenue.gross_revenue, 0) as gross_revenue,
+    coalesce(daily_revenue.cancelled_revenue, 0) as cancelled_revenue,
+    round(coalesce(daily_revenue.gross_revenue, 0) / nullif(daily_orders.paid_orders, 0), 2) as average_order_value
 from daily_orders
-left join daily_lines using (order_date)
+full join daily_revenue using (order_date)
