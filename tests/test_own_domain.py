@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import dagster as dg
+import pytest
 from conftest import run_command
 from library import Library
 
@@ -39,6 +40,7 @@ OWN_TABLES = [
 ]
 
 
+@pytest.mark.slow
 def test_a_users_own_contracts_give_exactly_their_tables_and_materialize_all(tmp_path: Path) -> None:
     library = Library(tmp_path, dg.DagsterInstance.ephemeral())
     library.create()

@@ -68,6 +68,7 @@ def scaffold_contracts(built: LibrarySource, folder: Path) -> list[Contract]:
 # --- the scaffold, as a user runs it ------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
 def test_scaffold_writes_a_contract_from_the_schema(dialect: str, tmp_path: Path) -> None:
     built = library(dialect, tmp_path)
@@ -150,6 +151,7 @@ def _readings(path: Path) -> None:
     connection.close()
 
 
+@pytest.mark.slow
 def test_scaffold_without_a_watermark_explains_what_to_do(tmp_path: Path) -> None:
     path = tmp_path / "sensors.db"
     _readings(path)
@@ -198,6 +200,7 @@ def test_scaffold_errors_are_one_line_with_exit_2(
     assert not (tmp_path / "contracts").exists()
 
 
+@pytest.mark.slow
 def test_scaffold_names_an_unknown_postgres_table(capsys: pytest.CaptureFixture) -> None:
     assert main(["contract", "scaffold", "nowhere.shelves", "--source", postgres_source().url]) == 2
     assert "table 'nowhere.shelves' does not exist" in capsys.readouterr().err
@@ -271,6 +274,7 @@ def _assert_run(result: dg.ExecuteInProcessResult, orphans: int) -> None:
     assert failed == ([("silver/loans", "references")] if orphans else []), failed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "realistic", [True, False], ids=["reserved-names-naive-timestamps", "plain-names-offsets"]
 )
