@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import CodeType
 
 import dagster as dg
 import polars as pl
@@ -244,18 +245,29 @@ def run_command(args: list[str], folder: Path, **env: str) -> subprocess.Complet
 
 # The fixtures of demo lakes: every fixture that builds one goes through `demo_lake`.
 SLOW_FIXTURES = {"demo_lake", "any_lake"}
+# What starts a project command or a deployment in other processes.
+SLOW_CALLS = {"run_command", "local_deployment", "DagsterServer"}
+
+
+def _names(code: CodeType) -> set[str]:
+    """The global and attribute names a function's code uses, its comprehensions' included."""
+    inner = (_names(const) for const in code.co_consts if isinstance(const, CodeType))
+    return set(code.co_names).union(*inner)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark `slow` the tests `make test-fast` leaves out: those on a demo lake (through any
-    fixture), those parametrized on PostgreSQL and the browser tests. Any other slow test (dbt,
-    a command or a server in a subprocess, PostgreSQL, a wait) carries the mark itself; a run on
-    a few rows of a small test domain (tests/library.py) is fast."""
+    fixture), those whose own body calls one of `SLOW_CALLS`, those parametrized on PostgreSQL
+    and the browser tests. Any other slow test (dbt, PostgreSQL, a command started through a
+    helper, a wait) carries the mark itself; a run on a few rows of a small test domain
+    (tests/library.py) is fast."""
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
+        function = getattr(item, "function", None)
+        calls = _names(function.__code__) if function is not None else set()
         callspec = getattr(item, "callspec", None)
         on_postgresql = callspec is not None and "postgresql" in callspec.params.values()
-        if SLOW_FIXTURES & fixtures or on_postgresql or item.get_closest_marker("e2e"):
+        if SLOW_FIXTURES & fixtures or SLOW_CALLS & calls or on_postgresql or item.get_closest_marker("e2e"):
             item.add_marker(pytest.mark.slow)
 
 

@@ -578,7 +578,6 @@ def test_the_asset_reports_the_capture_and_the_slot_lag_check_alerts(
     assert '"kind": "slot_lag"' in alerts.read_text()
 
 
-@pytest.mark.slow
 def test_release_drops_the_lakehouse_slot_and_publication_and_nothing_else(library: Library) -> None:
     library.capture()
     contracts = library.folder / "contracts"

@@ -68,7 +68,6 @@ def test_summary_after_a_step_failed_before_its_checks(lake: Lake, monkeypatch: 
     assert orders.startswith("0/") and "not run: " in orders
 
 
-@pytest.mark.slow
 def test_a_broken_contract_is_one_line_and_exit_2(tmp_path: Path) -> None:
     pl.DataFrame({"id": [1]}).write_delta(tmp_path / "lakehouse" / "bronze" / "readings")
     home = tmp_path / "dagster_home"  # the summary reads contracts to list their checks' results

@@ -125,7 +125,6 @@ def test_timestamps_follow_the_demo_clock(lake: Lake) -> None:
     assert orders.get_column("created_at").min() >= CLOCK.replace(month=8)
 
 
-@pytest.mark.slow
 def test_cli_builds_and_advances_the_source(tmp_path: Path) -> None:
     built = run_command(
         ["lakehouse", "demo", "init", "--scale", "0.01", "--now", "2026-11-01T12:00:00Z"], tmp_path
@@ -161,7 +160,6 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.mark.slow
 def test_demo_never_changes_a_sqlite_file_it_did_not_create(tmp_path: Path) -> None:
     path = tmp_path / "source" / "shop.db"  # where run_command points the source
     path.parent.mkdir()
@@ -216,7 +214,6 @@ def test_the_demo_refuses_a_source_it_did_not_create_and_keeps_a_users_table_bes
     assert store.read(shop, "SELECT note FROM notes").get_column("note").to_list() == ["keep me"]
 
 
-@pytest.mark.slow
 def test_demo_builds_in_an_empty_file_and_rebuilds_only_its_own_tables(tmp_path: Path) -> None:
     path = tmp_path / "source" / "shop.db"
     path.parent.mkdir()
@@ -240,7 +237,6 @@ def with_search_path(url: str, schema: str) -> str:
     return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
 
 
-@pytest.mark.slow
 def test_demo_never_changes_postgresql_tables_it_did_not_create(tmp_path: Path) -> None:
     admin = postgres_source()
     # Its own schema, so the library sits where the demo would write without disturbing the
@@ -276,7 +272,6 @@ def test_demo_never_changes_postgresql_tables_it_did_not_create(tmp_path: Path) 
             connection.commit()
 
 
-@pytest.mark.slow
 def test_advance_needs_the_demo_it_advances(tmp_path: Path) -> None:
     nothing = error_line(run_command(["lakehouse", "demo", "advance"], tmp_path))
     assert nothing.startswith("lakehouse demo advance: no demo source in sqlite:///")
@@ -293,7 +288,6 @@ def test_advance_needs_the_demo_it_advances(tmp_path: Path) -> None:
     assert "unsupported scheme 'mysql'" in scheme
 
 
-@pytest.mark.slow
 def test_scale_must_be_positive(tmp_path: Path) -> None:
     for scale in ("0", "-1", "nan"):
         done = run_command(["lakehouse", "demo", "init", "--scale", scale], tmp_path)

@@ -102,7 +102,6 @@ def test_an_unknown_deployment_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "dagster.yaml").exists()
 
 
-@pytest.mark.slow
 def test_a_shared_deployment_refuses_local_defaults(tmp_path: Path) -> None:
     validated = run_command(
         ["dagster", "definitions", "validate", "-m", "lakehouse.definitions"], tmp_path,

@@ -194,7 +194,6 @@ def test_a_backfill_range_that_names_no_days_fails_and_says_so(lake: Lake) -> No
     assert "backfill: first_day 2026-11-02 to last_day 2026-11-01 is not a range" in done.stdout + done.stderr
 
 
-@pytest.mark.slow
 def test_the_plain_ci_command_builds_every_event_day_run_after_run(tmp_path: Path) -> None:
     """`dagster asset materialize -m lakehouse.definitions --select '*'` and nothing else, on a
     fresh demo lake and again after a batch of changes."""

@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import dagster as dg
-import pytest
 from conftest import run_command
 from library import Library
 
@@ -40,7 +39,6 @@ OWN_TABLES = [
 ]
 
 
-@pytest.mark.slow
 def test_a_users_own_contracts_give_exactly_their_tables_and_materialize_all(tmp_path: Path) -> None:
     library = Library(tmp_path, dg.DagsterInstance.ephemeral())
     library.create()

@@ -68,7 +68,6 @@ def scaffold_contracts(built: LibrarySource, folder: Path) -> list[Contract]:
 # --- the scaffold, as a user runs it ------------------------------------------------------
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
 def test_scaffold_writes_a_contract_from_the_schema(dialect: str, tmp_path: Path) -> None:
     built = library(dialect, tmp_path)
@@ -151,7 +150,6 @@ def _readings(path: Path) -> None:
     connection.close()
 
 
-@pytest.mark.slow
 def test_scaffold_without_a_watermark_explains_what_to_do(tmp_path: Path) -> None:
     path = tmp_path / "sensors.db"
     _readings(path)

@@ -45,7 +45,6 @@ def _lakehouse(command: list[str], root: Path, monkeypatch: pytest.MonkeyPatch) 
     return main(["table", *command])
 
 
-@pytest.mark.slow
 def test_a_torn_last_commit_is_named_checked_and_set_aside(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
@@ -132,7 +131,6 @@ def test_repair_refuses_anything_but_a_torn_last_commit(
     assert sorted(path.name for path in log.iterdir()) == files, "nothing moved"
 
 
-@pytest.mark.slow
 def test_repair_refuses_a_torn_commit_silver_has_consumed(tmp_path: Path) -> None:
     root = tmp_path / "lakehouse"
     uri = _readings(root)
