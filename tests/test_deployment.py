@@ -45,7 +45,6 @@ def recorded_product_rows(instance: dg.DagsterInstance) -> int:
     return recorded.asset_materialization.metadata["dagster/row_count"].value
 
 
-@pytest.mark.slow
 def test_make_writes_a_local_instance_with_a_run_queue_of_one(tmp_path: Path) -> None:
     assert make_instance(tmp_path, "local").returncode == 0
 
@@ -79,7 +78,6 @@ def test_a_local_instance_holding_its_event_log_open_sees_other_processes_runs(l
         assert read.stdout.strip() == "ops", read.stderr[-2000:]
 
 
-@pytest.mark.slow
 def test_the_local_event_log_sees_a_table_added_after_it_first_looked(tmp_path: Path) -> None:
     # As `dagster instance migrate` run beside a daemon that keeps its instance open would.
     assert make_instance(tmp_path, "local").returncode == 0
@@ -93,7 +91,6 @@ def test_the_local_event_log_sees_a_table_added_after_it_first_looked(tmp_path: 
         assert storage.has_table("added_later")
 
 
-@pytest.mark.slow
 def test_an_unknown_deployment_is_refused(tmp_path: Path) -> None:
     made = make_instance(tmp_path, "staging")
 

@@ -79,7 +79,6 @@ def started_run(instance: dg.DagsterInstance, job: str, host: str, pid: int, poo
     return run.run_id
 
 
-@pytest.mark.slow
 def test_only_runs_whose_process_is_gone_here_are_failed_and_holders_are_named(tmp_path: Path) -> None:
     made = subprocess.run(
         ["make", "-s", "instance", f"DAGSTER_HOME={tmp_path}", "LAKEHOUSE_DEPLOYMENT=local"],
