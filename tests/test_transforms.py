@@ -12,6 +12,7 @@ import pytest
 import yaml
 from library import MEMBERS
 
+from asset_checks.revenue import revenue_checks
 from lakehouse import delta
 from lakehouse.contract import Contract
 from lakehouse.delta import LakehouseStorage
@@ -391,3 +392,25 @@ def test_a_backfill_rebuilds_the_days_it_names_changed_or_not(tmp_path: Path) ->
     ):
         with pytest.raises(dg.Failure, match=message):
             wrong.days()
+
+
+def test_the_gold_reconciliations_pass_on_a_build_and_name_a_period_gold_got_wrong(tmp_path: Path) -> None:
+    storage = lakehouse_of(tmp_path)
+    for table in GOLD_TABLES:
+        build_gold(table, storage, "first")
+    context = dg.build_asset_check_context(resources={"lakehouse": storage})
+    checks = {check.name: check for check in revenue_checks(GOLD_TABLES)}
+    assert {name: check.evaluate(context).passed for name, check in checks.items()} == {
+        "orders_match_silver": True,
+        "revenue_matches_silver": True,
+    }
+
+    uri = storage.table_uri("gold", "daily_revenue")
+    stored = pl.read_delta(uri)
+    wrong = stored.head(1).with_columns((pl.col("gross_revenue") + 1).cast(stored.schema["gross_revenue"]))
+    delta.write(uri, wrong)
+    result = checks["revenue_matches_silver"].evaluate(context)
+
+    assert not result.passed
+    assert result.metadata["periods_wrong"].value == 1
+    assert "2026-11-02" in str(result.metadata["sample"].value)
