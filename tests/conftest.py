@@ -243,8 +243,9 @@ def run_command(args: list[str], folder: Path, **env: str) -> subprocess.Complet
     )  # fmt: skip
 
 
-# The fixtures of demo lakes: every fixture that builds one goes through `demo_lake`.
-SLOW_FIXTURES = {"demo_lake", "any_lake"}
+# The fixtures of demo lakes (every fixture that builds one goes through `demo_lake`) and of
+# local deployments (a test module's `deployment`).
+SLOW_FIXTURES = {"demo_lake", "any_lake", "deployment"}
 # What starts a project command or a deployment in other processes.
 SLOW_CALLS = {"run_command", "local_deployment", "DagsterServer"}
 

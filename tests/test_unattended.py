@@ -150,7 +150,6 @@ def killed_in_dbt(deployment: Deployment) -> Iterator[str]:
         kill_group(process)
 
 
-@pytest.mark.slow
 def test_a_run_killed_in_dbt_is_failed_freed_and_alerted_by_the_next_cli_run(
     deployment: Deployment, killed_in_dbt: str
 ) -> None:
@@ -181,7 +180,6 @@ def test_a_run_killed_in_dbt_is_failed_freed_and_alerted_by_the_next_cli_run(
     )
 
 
-@pytest.mark.slow
 def test_a_run_waiting_for_the_warehouse_pool_names_the_live_run_holding_it(deployment: Deployment) -> None:
     holder = subprocess.Popen(["sleep", str(RUN_SECONDS)])
     try:
@@ -225,7 +223,6 @@ def server(deployment: Deployment) -> Iterator[DagsterServer]:
         served.stop()
 
 
-@pytest.mark.slow
 def test_the_daemon_fails_a_killed_cli_run_and_launches_the_queued_one(
     deployment: Deployment, server: DagsterServer
 ) -> None:
