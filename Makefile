@@ -58,7 +58,7 @@ instance:
 	@test -f deploy/dagster.$(LAKEHOUSE_DEPLOYMENT).yaml \
 	  || { echo "LAKEHOUSE_DEPLOYMENT must be local or shared, not '$(LAKEHOUSE_DEPLOYMENT)'"; exit 2; }
 	@mkdir -p $(DAGSTER_HOME)/.nux
-	@sed 's|$${DAGSTER_HOME}|$(DAGSTER_HOME)|g' deploy/dagster.$(LAKEHOUSE_DEPLOYMENT).yaml > $(DAGSTER_HOME)/dagster.yaml
+	@cp deploy/dagster.$(LAKEHOUSE_DEPLOYMENT).yaml $(DAGSTER_HOME)/dagster.yaml
 	@printf 'seen: 1\n' > $(DAGSTER_HOME)/.nux/nux.yaml
 
 install: $(VENV)/.installed $(MANIFEST) instance

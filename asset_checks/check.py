@@ -22,10 +22,6 @@ from functools import cache
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.storage.asset_check_execution_record import (
-    AssetCheckExecutionRecord,
-    AssetCheckExecutionRecordStatus,
-)
 
 from lakehouse import delta
 from lakehouse.delta import LakehouseStorage
@@ -35,6 +31,9 @@ Evaluate = Callable[[dg.AssetCheckExecutionContext], dg.AssetCheckResult]
 CHECKED_AGAINST = "checked_against"
 REUSED_FROM_RUN = "reused_from_run"
 PROJECT = Path(__file__).resolve().parent.parent
+# A check's history is read newest first, a page at a time: usually only this run's own record,
+# still unevaluated, comes before the last evaluation, so one small page finds it.
+HISTORY_PAGE = 10
 
 
 @dataclass(frozen=True)
@@ -86,13 +85,22 @@ def _checked_against(
     return f"code {code_digest()}; {tables}"
 
 
-def _last_pass(
+def _last_evaluation(
     context: dg.AssetCheckExecutionContext, key: dg.AssetCheckKey
-) -> AssetCheckExecutionRecord | None:
-    records = context.instance.event_log_storage.get_asset_check_execution_history(
-        key, limit=1, status={AssetCheckExecutionRecordStatus.SUCCEEDED}
-    )
-    return records[0] if records else None
+) -> tuple[str, dg.AssetCheckEvaluation] | None:
+    """The check's newest finished evaluation and the run it came from.
+
+    Newer runs may have planned the check without evaluating it: this one has, and so has a run
+    that failed before its checks. Their records hold no evaluation and are passed over."""
+    storage = context.instance.event_log_storage
+    cursor = None
+    while records := storage.get_asset_check_execution_history(key, limit=HISTORY_PAGE, cursor=cursor):
+        for record in records:
+            evaluation = record.event.asset_check_evaluation if record.event else None
+            if evaluation is not None:
+                return record.run_id, evaluation
+        cursor = records[-1].id
+    return None
 
 
 def _result(
@@ -102,15 +110,15 @@ def _result(
         return check.evaluate(context)
     reuse = setting("LAKEHOUSE_REUSE_CHECK_PASSES").lower() != "false"
     against = _checked_against(context.resources.lakehouse, check.reads, snapshots)
-    last = _last_pass(context, check.key) if reuse else None
-    evaluation = last.evaluation if last else None
+    last = _last_evaluation(context, check.key) if reuse else None
+    run_id, evaluation = last if last else (None, None)
     recorded = evaluation.metadata.get(CHECKED_AGAINST) if evaluation else None
-    if last and evaluation and recorded and recorded.value == against:
+    if evaluation and evaluation.passed and recorded and recorded.value == against:
         origin = evaluation.metadata.get(REUSED_FROM_RUN)
         return dg.AssetCheckResult(
             passed=True,
             severity=evaluation.severity,
-            metadata={**evaluation.metadata, REUSED_FROM_RUN: origin.value if origin else last.run_id},
+            metadata={**evaluation.metadata, REUSED_FROM_RUN: origin.value if origin else run_id},
             description=evaluation.description,
         )
     result = check.evaluate(context)

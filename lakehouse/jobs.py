@@ -3,24 +3,23 @@
 - `ingest` (bronze + silver), hourly: the source and landing files into validated tables.
 - `transform` (gold + dbt), daily: the business tables and marts, once the day's data is in;
   gold rebuilds the periods (order months, order and event days) that silver changed.
-- `ingest_events` (one landing dataset into bronze and silver), launched by the landing sensor.
+- `ingest_events` (one landing dataset into bronze and silver): defined with the landing sensor
+  that launches it (sensors.py).
 - `maintenance` (every Delta table: compaction, checkpoints, vacuum), weekly: see maintenance.py.
+
+Each schedule's cron expression is a setting (`LAKEHOUSE_*_SCHEDULE`, lakehouse/settings.py).
 
 Schedules start STOPPED: a fresh clone opened with `make dev` must not start polling a source
 on its own. Turn them on in the UI (Automation) or with `dagster schedule start`.
 """
 
 import dagster as dg
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from lakehouse.contract import Contract
 from lakehouse.maintenance import JOB_NAME as MAINTENANCE
+from lakehouse.settings import SettingsError, setting
 
 INGEST = dg.AssetSelection.groups("bronze", "silver")
 TRANSFORM = dg.AssetSelection.groups("gold", "staging", "marts")
-HOURLY, DAILY = "0 * * * *", "0 2 * * *"
-# Half past: clear of the hourly ingest and the daily transform, whose commits would race it.
-WEEKLY = "30 3 * * 0"
 
 ingest_job = dg.define_asset_job(
     "ingest",
@@ -31,25 +30,29 @@ transform_job = dg.define_asset_job(
     "transform", selection=TRANSFORM, description="Rebuild the touched gold periods, then the dbt marts."
 )
 
-schedules: list[dg.ScheduleDefinition] = [
-    dg.ScheduleDefinition(
-        name=name, job_name=job, cron_schedule=cron, execution_timezone="UTC", description=description
-    )
-    for name, job, cron, description in (
-        ("ingest_hourly", ingest_job.name, HOURLY, "Every hour on the hour (UTC): bronze and silver."),
-        ("transform_daily", transform_job.name, DAILY, "Every day at 02:00 UTC: gold and the dbt marts."),
-        ("maintenance_weekly", MAINTENANCE, WEEKLY,
-         "Every Sunday at 03:30 UTC: compact, checkpoint and vacuum every Delta table."),
-    )
-]  # fmt: skip
 
-
-def landing_job(contract: Contract) -> UnresolvedAssetJobDefinition:
-    """One landing dataset from its files to silver: bronze and silver with their quarantines."""
-    name = contract.name
-    keys = [["bronze", name], ["quarantine", f"{name}_malformed"], ["silver", name], ["quarantine", name]]
-    return dg.define_asset_job(
-        f"ingest_{name}",
-        selection=dg.AssetSelection.assets(*keys),
-        description=f"Ingest new {name} files into bronze and silver (launched by the landing sensor).",
-    )
+def schedules() -> list[dg.ScheduleDefinition]:
+    """The three schedules, each at the cron expression (UTC) of its setting."""
+    made = []
+    for name, job, variable, what in (
+        ("ingest_hourly", ingest_job.name, "LAKEHOUSE_INGEST_SCHEDULE", "bronze and silver"),
+        ("transform_daily", transform_job.name, "LAKEHOUSE_TRANSFORM_SCHEDULE", "gold and the dbt marts"),
+        ("maintenance_weekly", MAINTENANCE, "LAKEHOUSE_MAINTENANCE_SCHEDULE",
+         "compact, checkpoint and vacuum every Delta table"),
+    ):  # fmt: skip
+        cron = setting(variable)
+        try:
+            made.append(
+                dg.ScheduleDefinition(
+                    name=name,
+                    job_name=job,
+                    cron_schedule=cron,
+                    execution_timezone="UTC",
+                    description=f"{what.capitalize()}, at `{cron}` UTC ({variable}).",
+                )
+            )
+        except dg.DagsterInvalidDefinitionError:
+            raise SettingsError(
+                f"{variable} must be a cron expression such as '0 * * * *', not '{cron}'"
+            ) from None
+    return made

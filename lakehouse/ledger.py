@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
+import dagster as dg
 import pyarrow.fs as pafs
 from deltalake import DeltaTable
 
@@ -190,4 +191,8 @@ def redo_when_moved(work: Callable[[], T], what: str, attempts: int = REDO_ATTEM
                     f"{what}: gave up after {attempts} attempts, each overtaken by another run "
                     f"writing the same table ({moved})"
                 ) from moved
+            dg.get_dagster_logger().warning(
+                f"{what}: another run wrote the same table first ({moved}); starting again from "
+                f"its position (attempt {attempt + 1} of {attempts})"
+            )
     raise AssertionError("unreachable")

@@ -49,8 +49,9 @@ class DbtCli(DbtCliResource):
     `fetch_column_metadata` (row counts and schemas come from the warehouse instead; dbt-core
     is not in this environment, so it would only log a failure).
 
-    Both are private members of dagster-dbt 0.29 (pinned): on an upgrade, check they still
-    exist, or every dbt step pays for both again."""
+    Both are private members of dagster-dbt 0.29 (pinned), with no public way around them: a
+    test (tests/test_marts.py) fails when the installed dagster-dbt renames, reshapes or stops
+    calling either, since every dbt step would then pay for both again."""
 
     @cached_property
     def _cli_version(self) -> Version:

@@ -6,16 +6,22 @@ dbt step's `duckdb_warehouse`), so every later run waits for it forever. Dagster
 monitoring cannot see such runs: the default run launcher has no worker health check, and a
 `dagster asset materialize` run has no launcher at all.
 
-So each run records where it runs (host and process id, as run tags) when it starts, and two
-sweepers fail the runs whose process is gone: every run's executor before its first step (the
-CLI case), and the `fail_dead_runs` sensor in the daemon (the queue case). A run on another host
-is never judged from here: its process cannot be seen.
+So each run records where it runs (host and process id, as run tags) when it starts, and the
+runs whose process is gone are failed by every run, before its first step and every
+SWEEP_SECONDS while it executes (the CLI case, and a run waiting for a slot whose holder died),
+and by the `fail_dead_runs` sensor in the daemon (the queue case). A run on another host is never
+judged from here: its process cannot be seen.
+
+A run interrupted while it waits (for a pool slot, for a retry) would not take the interrupt
+until the wait is over, which may be never: it is canceled after STOP_GRACE_SECONDS instead.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +39,13 @@ DEAD_WORKER_TAG = "lakehouse/dead_worker"
 IN_PROGRESS = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 # A process that started later than its run by more than this is another process with a reused id.
 PID_REUSE_SLACK_SECONDS = 2.0
+# How often running runs and the daemon's sensor look for dead runs: a dead run holds the queue
+# and its pool slots until then.
+SWEEP_SECONDS = 30
+# After SIGTERM or SIGINT a run ends on its own within this, unless it is waiting (for a pool
+# slot, for a retry), where Dagster only takes an interrupt when the wait is over: then it is
+# marked canceled and its process exits. Supervisors send SIGKILL 30 s after SIGTERM or later.
+STOP_GRACE_SECONDS = 20
 STEP_ENDS = {
     dg.DagsterEventType.STEP_SUCCESS,
     dg.DagsterEventType.STEP_FAILURE,
@@ -172,9 +185,73 @@ def alert_sink() -> AlertSink:
     return AlertSink(log_path=setting("LAKEHOUSE_ALERTS"), webhook=setting("LAKEHOUSE_ALERT_WEBHOOK"))
 
 
+class Watch:
+    """What a run does beside its steps: fail dead runs every SWEEP_SECONDS, and end the run if
+    it has not ended STOP_GRACE_SECONDS after an interrupt."""
+
+    def __init__(self, instance: dg.DagsterInstance, run: dg.DagsterRun, log: Any) -> None:
+        self.instance, self.run, self.log = instance, run, log
+        self.interrupted: int | None = None  # the signal's number
+        self._passed_on: Any = None  # the handler each interrupt goes on to
+        self._wake = threading.Event()  # an interrupt, or the run's end
+        self._ended = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name=f"watch-{run.run_id[:8]}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def listen(self) -> None:
+        """Note interrupts, then pass them on to the handler in place now.
+
+        Dagster swaps the SIGINT handler (SIGTERM follows it) around its execution and each step,
+        so this is called again at every event, in the main thread, where handlers are set."""
+        current = signal.getsignal(signal.SIGINT)
+        if current == self._on_interrupt or threading.current_thread() is not threading.main_thread():
+            return
+        self._passed_on = current
+        signal.signal(signal.SIGINT, self._on_interrupt)
+        signal.signal(signal.SIGTERM, self._on_interrupt)
+
+    def end(self) -> None:
+        self._ended.set()
+        self._wake.set()
+        self._thread.join()
+        if signal.getsignal(signal.SIGINT) == self._on_interrupt:
+            signal.signal(signal.SIGINT, self._passed_on)
+            signal.signal(signal.SIGTERM, self._passed_on)
+
+    def _on_interrupt(self, number: int, frame: Any) -> None:
+        self.interrupted = number
+        self._wake.set()
+        if callable(self._passed_on):
+            self._passed_on(number, frame)
+
+    def _watch(self) -> None:
+        while not self._ended.is_set():
+            if self._wake.wait(SWEEP_SECONDS):
+                if self.interrupted is not None and not self._ended.wait(STOP_GRACE_SECONDS):
+                    self._stop_now()
+                return
+            fail_dead_runs(self.instance, alert_sink(), self.log)
+
+    def _stop_now(self) -> None:
+        steps = _unfinished_steps(self.instance, self.run.run_id)
+        message = (
+            f"run {self.run.run_id} ({self.run.job_name}) canceled: signal {self.interrupted} came "
+            f"{STOP_GRACE_SECONDS} s ago while it waited (for a pool slot or a retry), with "
+            f"{', '.join(steps) or 'no step'} unfinished; its pool slots are freed"
+        )
+        self.instance.report_run_canceled(self.run, message)
+        self.instance.event_log_storage.free_concurrency_slots_for_run(self.run.run_id)
+        self.log.warning(message)
+        # The main thread sleeps inside Dagster's wait, where no exception can reach it.
+        os._exit(128 + self.interrupted)
+
+
 class SweepingExecutor(dg.Executor):
     """Another executor, after recording this run's process and failing the dead runs: the check
-    every run makes before its first step, CLI runs included (no daemon watches those)."""
+    every run makes before its first step, CLI runs included (no daemon watches those). While the
+    run executes, a Watch goes on sweeping and makes an interrupt end it even while it waits."""
 
     def __init__(self, inner: dg.Executor) -> None:
         self._inner = inner
@@ -195,7 +272,14 @@ class SweepingExecutor(dg.Executor):
         pools = {step.pool for step in execution_plan.get_steps_to_execute_in_topo_order() if step.pool}
         for line in describe_pool_holders(instance, pools):
             plan_context.log.warning(line)
-        yield from self._inner.execute(plan_context, execution_plan)
+        watch = Watch(instance, plan_context.dagster_run, plan_context.log)
+        watch.start()
+        try:
+            for event in self._inner.execute(plan_context, execution_plan):
+                watch.listen()
+                yield event
+        finally:
+            watch.end()
 
 
 @dg.executor(

@@ -17,11 +17,7 @@ from lakehouse.bronze.assets import LISTED_FILES, LandingZone
 from lakehouse.bronze.landing import pending_files, settle_seconds, split_settled
 from lakehouse.contract import Contract
 from lakehouse.delta import LakehouseStorage
-from lakehouse.jobs import landing_job
 from lakehouse.settings import setting
-
-# A dead run holds the queue and its pools until this sweep: often enough that nobody waits long.
-DEAD_RUN_POLL_SECONDS = 30
 
 
 def waiting_files(
@@ -36,7 +32,8 @@ def waiting_files(
 
 
 def landing_sensor(contract: Contract) -> dg.SensorDefinition:
-    """Requests one run for each set of new files.
+    """Requests one run of the dataset's own job, `ingest_<dataset>` (bronze and silver with their
+    quarantines), for each set of new files.
 
     The cursor holds the files already requested that bronze has not ingested yet, so a file
     is requested once whatever its name, however long its run takes; the run key (a hash of
@@ -44,12 +41,24 @@ def landing_sensor(contract: Contract) -> dg.SensorDefinition:
     its ingestion is in the ledger and launches nothing. A file still settling is requested by
     a later tick, once it is complete.
     """
+    dataset = contract.name
+    keys = [
+        ["bronze", dataset],
+        ["quarantine", f"{dataset}_malformed"],
+        ["silver", dataset],
+        ["quarantine", dataset],
+    ]
+    ingest = dg.define_asset_job(
+        f"ingest_{dataset}",
+        selection=dg.AssetSelection.assets(*keys),
+        description=f"Ingest new {dataset} files into bronze and silver (launched by the landing sensor).",
+    )
 
     @dg.sensor(
-        name=f"{contract.name}_landing_files",
-        job=landing_job(contract),
+        name=f"{dataset}_landing_files",
+        job=ingest,
         minimum_interval_seconds=int(setting("LAKEHOUSE_LANDING_POLL_SECONDS")),
-        description=f"Launches ingest_{contract.name} when new {contract.source.glob} files arrive.",
+        description=f"Launches {ingest.name} when new {contract.source.glob} files arrive.",
     )
     def watch(
         context: dg.SensorEvaluationContext, landing: LandingZone, lakehouse: LakehouseStorage
@@ -96,7 +105,7 @@ def alert_on_run_failure(context: dg.RunFailureSensorContext, alerts: AlertSink)
 
 @dg.sensor(
     name="fail_dead_runs",
-    minimum_interval_seconds=DEAD_RUN_POLL_SECONDS,
+    minimum_interval_seconds=run_health.SWEEP_SECONDS,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Fails the runs whose process is gone, frees their pool slots and alerts them.",
 )

@@ -35,6 +35,11 @@ DEFAULTS = {
     "LAKEHOUSE_LANDING_POLL_SECONDS": "30",
     "LAKEHOUSE_LANDING_SETTLE_SECONDS": "10",
     "LAKEHOUSE_REUSE_CHECK_PASSES": "true",
+    # Cron expressions in UTC. Maintenance at half past, clear of the hourly ingest and the daily
+    # transform, whose commits would race it.
+    "LAKEHOUSE_INGEST_SCHEDULE": "0 * * * *",
+    "LAKEHOUSE_TRANSFORM_SCHEDULE": "0 2 * * *",
+    "LAKEHOUSE_MAINTENANCE_SCHEDULE": "30 3 * * 0",
     "LAKEHOUSE_ALERT_WEBHOOK": "",
     # Past this much WAL kept by a change-captured table's slot (1 GiB), its check fails and alerts.
     "LAKEHOUSE_CDC_MAX_SLOT_LAG_BYTES": str(2**30),

@@ -5,6 +5,7 @@ disk, Dagster materialising in-process.
 """
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,9 @@ import pytest
 from dagster_server import DagsterServer
 
 from asset_checks import Clock, all_checks
+from lakehouse.bronze import tombstones
 from lakehouse.bronze.assets import LandingZone, bronze_assets
+from lakehouse.bronze.columns import DELETE, OP
 from lakehouse.contract import Contract, load_contracts
 from lakehouse.delta import LakehouseStorage
 from lakehouse.demo import simulation, store
@@ -146,6 +149,22 @@ def assert_gold_equals_a_rebuild_in_one_piece(lake: Lake) -> None:
         assert stored.sort(stored.columns).equals(rebuilt.sort(rebuilt.columns)), f"gold/{table.name} drifted"
 
 
+def assert_bronze_holds_each_version_once(lake: Lake) -> None:
+    """No row version, tombstone or event line twice in bronze, and bronze's live keys are the
+    source's: what runs that raced or were killed must leave."""
+    for contract in lake.contracts:
+        bronze = lake.table("bronze", contract.name)
+        if not contract.is_database:
+            assert bronze.select("_source_file", "_line_number").is_duplicated().sum() == 0, contract.name
+            continue
+        versions = tombstones.versions(bronze).select(*contract.primary_key, contract.watermark.column)
+        assert versions.is_duplicated().sum() == 0, f"bronze/{contract.name} holds a row version twice"
+        deleted = bronze.filter(pl.col(OP) == DELETE).select(contract.primary_key)
+        assert deleted.is_duplicated().sum() == 0, f"bronze/{contract.name} holds a tombstone twice"
+        live = tombstones.live_keys(bronze, contract)
+        assert live.height == lake.source_rows(contract.source.table).height, contract.name
+
+
 def sqlite_source(folder: Path) -> SourceDatabase:
     return SourceDatabase(url=f"sqlite:///{folder / 'source' / 'shop.db'}", backoff_seconds=0.05)
 
@@ -235,8 +254,11 @@ def local_deployment(folder: Path, **env: str) -> dict[str, str]:
     return settings
 
 
-def run_command(args: list[str], folder: Path, **env: str) -> subprocess.CompletedProcess:
-    """Run a project command (`lakehouse`, `dagster`) the way a user does, against `folder`."""
+def run_command(args: list[str] | str, folder: Path, **env: str) -> subprocess.CompletedProcess:
+    """Run a project command (`lakehouse`, `dagster`) the way a user does, against `folder`;
+    given as one string, it is split as a shell would (the README's are copied from these)."""
+    if isinstance(args, str):
+        args = shlex.split(args)
     return subprocess.run(
         [str(Path(sys.executable).parent / args[0]), *args[1:]],
         cwd=PROJECT, env=command_environment(folder, **env), capture_output=True, text=True, timeout=300,

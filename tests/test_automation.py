@@ -12,20 +12,31 @@ from typing import ClassVar
 import dagster as dg
 import pytest
 from conftest import Lake
-from dagster._utils.schedules import cron_string_iterator
 
 from lakehouse.alerts import AlertSink
 from lakehouse.bronze.assets import LandingZone
 from lakehouse.definitions import defs
+from lakehouse.jobs import schedules
 from lakehouse.sensors import alert_on_run_failure, landing_sensor
+from lakehouse.settings import SettingsError
 
+TICK_FORMAT = "%Y-%m-%dT%H:%M%z"
 EVENTS = [dg.AssetKey(["bronze", "events"]), dg.AssetKey(["quarantine", "events_malformed"])]
 
 
 def next_tick(name: str, after: datetime) -> datetime:
+    """The schedule's first tick at or after `after`, by Dagster's own cron arithmetic: time
+    partitions start at their cron schedule's ticks, the first at the first tick from `start`,
+    and `end_offset=1` lists it before it has ended."""
     schedule = defs.get_schedule_def(name)
-    ticks = cron_string_iterator(after.timestamp(), schedule.cron_schedule, schedule.execution_timezone)
-    return next(ticks)
+    ticks = dg.TimeWindowPartitionsDefinition(
+        cron_schedule=schedule.cron_schedule,
+        timezone=schedule.execution_timezone,
+        start=after,
+        fmt=TICK_FORMAT,
+        end_offset=1,
+    )
+    return datetime.strptime(ticks.get_partition_keys(current_time=after)[0], TICK_FORMAT)
 
 
 def test_schedules_tick_when_the_docs_say_and_start_stopped() -> None:
@@ -197,3 +208,19 @@ def test_only_the_failure_alert_and_the_dead_run_sweep_start_running() -> None:
         "events_landing_files",
         "default_automation_condition_sensor",
     }
+
+
+def test_each_schedule_runs_at_the_cron_expression_of_its_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LAKEHOUSE_INGEST_SCHEDULE", "*/15 6-18 * * 1-5")
+    crons = {schedule.name: schedule.cron_schedule for schedule in schedules()}
+    assert crons == {
+        "ingest_hourly": "*/15 6-18 * * 1-5",
+        "transform_daily": "0 2 * * *",
+        "maintenance_weekly": "30 3 * * 0",
+    }
+    monkeypatch.setenv("LAKEHOUSE_TRANSFORM_SCHEDULE", "daily")
+    with pytest.raises(SettingsError) as refused:
+        schedules()
+    assert str(refused.value) == (
+        "LAKEHOUSE_TRANSFORM_SCHEDULE must be a cron expression such as '0 * * * *', not 'daily'"
+    )

@@ -1,7 +1,7 @@
 """Gold: facts, dimensions and aggregates that agree with silver, built incrementally."""
 
 import json
-from datetime import date, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import polars as pl
@@ -124,36 +124,53 @@ def test_gold_reports_periods_and_column_lineage(lake: Lake) -> None:
     assert set(lineage) <= set(lake.table("gold", "fct_orders").columns)
 
 
-def test_a_backfill_of_a_day_range_rebuilds_those_days_and_no_other(lake: Lake) -> None:
+# A wrong number a backfill must replace, per event table, as a bug fixed since would have left.
+WRONG = {"funnel_daily": "viewers", "event_windows_5m": "event_count"}
+# Two days, the second without events: the demo's last day is the clock's.
+DAY_RANGE = ["2026-11-02", "2026-11-03"]
+RANGE = {"first_day": DAY_RANGE[0], "last_day": DAY_RANGE[-1]}
+DAY_RANGE_CONFIG = json.dumps({"ops": {f"gold__{name}": {"config": RANGE} for name in WRONG}})
+
+
+@pytest.mark.parametrize(
+    ("command", "tables", "backfilled"),
+    [
+        pytest.param(  # the README's "one day of events"
+            "dagster asset materialize -m lakehouse.definitions --select gold/funnel_daily "
+            """--config-json '{"ops": {"gold__funnel_daily": {"config": {"first_day": "2026-11-01"}}}}'""",
+            ["funnel_daily"],
+            ["2026-11-01"],
+            id="one-day",
+        ),
+        pytest.param(
+            "dagster asset materialize -m lakehouse.definitions "
+            f"--select gold/funnel_daily,gold/event_windows_5m --config-json '{DAY_RANGE_CONFIG}'",
+            list(WRONG),
+            DAY_RANGE,
+            id="day-range",
+        ),
+    ],
+)
+def test_a_backfill_rebuilds_its_days_and_no_other(
+    lake: Lake, command: str, tables: list[str], backfilled: list[str]
+) -> None:
     lake.materialize()
     days = sorted(str(day) for day in lake.table("gold", "funnel_daily").get_column("event_date"))
-    assert len(days) >= 2, "the demo's events span two days at least"
-    # A range of two days, the second without events (the demo's last day is today).
-    untouched, backfilled = days[0], [days[1], str(date.fromisoformat(days[1]) + timedelta(days=1))]
-    # A wrong number on every day, as a bug fixed since would have left.
-    wrong = {"funnel_daily": "viewers", "event_windows_5m": "event_count"}
-    for name, column in wrong.items():
-        table = lake.table("gold", name).with_columns(pl.lit(-1).alias(column))
+    for name in tables:
+        table = lake.table("gold", name).with_columns(pl.lit(-1).alias(WRONG[name]))
         delta.write(lake.uri("gold", name), table, mode="overwrite")
-    config = {"first_day": backfilled[0], "last_day": backfilled[-1]}
 
-    backfill = run_command(
-        ["dagster", "asset", "materialize", "-m", "lakehouse.definitions",
-         "--select", "gold/funnel_daily,gold/event_windows_5m",
-         "--config-json", json.dumps({"ops": {f"gold__{name}": {"config": config} for name in wrong}})],
-        lake.folder, LAKEHOUSE_PII_SALT=TEST_SALT,
-    )  # fmt: skip
+    backfill = run_command(command, lake.folder, LAKEHOUSE_PII_SALT=TEST_SALT)
 
     assert backfill.returncode == 0, backfill.stderr[-2000:]
-    expected = {
-        name: table.build(silver_reader(lake.storage), backfilled) for name, table in EVENT_TABLES.items()
-    }
-    for name, column in wrong.items():
+    for name in tables:
         rebuilt = lake.table("gold", name)
-        outside = rebuilt.filter(pl.col("event_date").cast(pl.String) == untouched)
-        assert outside.height > 0 and outside.get_column(column).to_list() == [-1] * outside.height
-        inside = rebuilt.filter(pl.col("event_date").cast(pl.String).is_in(backfilled))
-        assert inside.sort(inside.columns).equals(expected[name].select(inside.columns).sort(inside.columns))
+        days_in = pl.col("event_date").cast(pl.String).is_in(backfilled)
+        outside = rebuilt.filter(~days_in)
+        assert outside.height > 0 and outside.get_column(WRONG[name]).to_list() == [-1] * outside.height
+        inside = rebuilt.filter(days_in)
+        expected = EVENT_TABLES[name].build(silver_reader(lake.storage), backfilled).select(inside.columns)
+        assert inside.height > 0 and inside.sort(inside.columns).equals(expected.sort(inside.columns))
     assert sorted({str(day) for day in lake.table("gold", "funnel_daily")["event_date"]}) == days
 
 
@@ -202,11 +219,7 @@ def test_the_plain_ci_command_builds_every_event_day_run_after_run(tmp_path: Pat
     init = run_command(["lakehouse", "demo", "init", "--scale", str(SCALE)], tmp_path, **env)
     assert init.returncode == 0, init.stderr[-2000:]
     for _ in range(2):
-        done = run_command(
-            ["dagster", "asset", "materialize", "-m", "lakehouse.definitions", "--select", "*"],
-            tmp_path,
-            **env,
-        )
+        done = run_command("dagster asset materialize -m lakehouse.definitions --select '*'", tmp_path, **env)
         assert done.returncode == 0, done.stderr[-3000:]
         assert "Traceback" not in done.stdout + done.stderr
         event_days = lake.table("silver", "events").get_column("timestamp").dt.date().unique().sort()

@@ -10,11 +10,9 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from conftest import PROJECT, Lake, command_environment
+from conftest import PROJECT, Lake, assert_bronze_holds_each_version_once, command_environment
 
 from lakehouse import delta, ledger
-from lakehouse.bronze import tombstones
-from lakehouse.bronze.columns import DELETE, OP
 from lakehouse.ledger import Claim, LedgerMoved
 
 READINGS = pl.DataFrame({"sensor": ["a", "b"], "celsius": [21.5, 19.0]})
@@ -166,17 +164,7 @@ def test_runs_started_together_append_each_row_version_once(lake: Lake, runs: in
             lake.advance()
         for code, output in _finish(_start_runs(lake, runs)):
             assert code == 0, output[-3000:]
-        for table, key in (("orders", "order_id"), ("order_items", "order_item_id")):
-            bronze = lake.table("bronze", table)
-            versions = tombstones.versions(bronze).select(key, "updated_at")
-            assert versions.is_duplicated().sum() == 0, f"bronze/{table} holds a row version twice"
-            # `demo advance` deletes some: each delete is recorded once, by one of the runs.
-            deleted = bronze.filter(pl.col(OP) == DELETE).get_column(key)
-            assert deleted.is_duplicated().sum() == 0, f"bronze/{table} holds a tombstone twice"
-            live = tombstones.live_keys(bronze, lake.contract(table))
-            assert live.height == lake.source_rows(table).height
-        events = lake.table("bronze", "events")
-        assert events.select("_source_file", "_line_number").is_duplicated().sum() == 0
+        assert_bronze_holds_each_version_once(lake)
     # One more run finds nothing new, and its blocking reconciliation checks pass.
     ((code, output),) = _finish(_start_runs(lake, 1))
     assert code == 0, output[-3000:]

@@ -9,13 +9,21 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import dagster as dg
 import pytest
-from conftest import PROJECT, command_environment, local_deployment
+from conftest import (
+    PROJECT,
+    Lake,
+    assert_bronze_holds_each_version_once,
+    command_environment,
+    local_deployment,
+    sqlite_source,
+)
 from dagster_graphql import DagsterGraphQLClient
 from dagster_server import DagsterServer, wait_for
 
@@ -26,6 +34,8 @@ from lakehouse.run_health import DEAD_WORKER_TAG, HOST_TAG, PID_TAG, describe_po
 DBT_STEP = "dbt_models"
 # Bounds, not expectations: a run at this scale takes well under a minute on an idle machine.
 RUN_SECONDS = 240
+# A supervisor's SIGTERM (systemd, Kubernetes) must end a run well before its SIGKILL follows.
+STOP_SECONDS = 50
 
 
 @dataclass
@@ -119,13 +129,18 @@ def test_only_runs_whose_process_is_gone_here_are_failed_and_holders_are_named(t
 
 def start_materialize(deployment: Deployment, selection: str) -> subprocess.Popen:
     """`dagster asset materialize` in a process group of its own, as a shell with `set -m` starts it."""
-    with (deployment.folder / "killed-run.log").open("ab") as log:
+    with (deployment.folder / "runs.log").open("ab") as log:
         return subprocess.Popen(
             [str(Path(sys.executable).parent / "dagster"), "asset", "materialize",
              "-m", "lakehouse.definitions", "--select", selection],
             cwd=PROJECT, env=deployment.environment, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
+
+
+def run_log(deployment: Deployment) -> str:
+    """What the runs `start_materialize` started printed."""
+    return (deployment.folder / "runs.log").read_text(errors="replace")
 
 
 def kill_group(process: subprocess.Popen) -> None:
@@ -180,36 +195,96 @@ def test_a_run_killed_in_dbt_is_failed_freed_and_alerted_by_the_next_cli_run(
     )
 
 
-def test_a_run_waiting_for_the_warehouse_pool_names_the_live_run_holding_it(deployment: Deployment) -> None:
+def pending_runs(instance: dg.DagsterInstance, pool: str) -> set[str]:
+    """The runs with a step waiting for a slot of `pool` (not yet given one)."""
+    info = instance.event_log_storage.get_concurrency_info(pool)
+    return {step.run_id for step in info.pending_steps if step.assigned_timestamp is None}
+
+
+@pytest.fixture
+def live_holder(deployment: Deployment) -> Iterator[tuple[subprocess.Popen, str]]:
+    """A live process recorded as a STARTED run holding the warehouse pool's one slot."""
     holder = subprocess.Popen(["sleep", str(RUN_SECONDS)])
     try:
         with deployment.instance() as instance:
             holding = started_run(
                 instance, "catalogue_rebuild", socket.gethostname(), holder.pid, WAREHOUSE_POOL
             )
-        process = start_materialize(deployment, "group:staging or group:marts")
-        try:
-            log = deployment.folder / "killed-run.log"
-
-            def holder_line() -> str | None:
-                lines = log.read_text(errors="replace").splitlines()
-                return next((line for line in lines if f"held by run {holding}" in line), None)
-
-            line = wait_for("the line naming the holder", holder_line, RUN_SECONDS)
-            assert f"pool {WAREHOUSE_POOL} (1 slot(s))" in line
-            assert f"process pid {holder.pid} on {socket.gethostname()} alive" in line
-            with deployment.instance() as instance:
-                # A live holder is waited for, never failed.
-                assert instance.get_run_by_id(holding).status == dg.DagsterRunStatus.STARTED
-        finally:
-            kill_group(process)
+        yield holder, holding
     finally:
         holder.kill()
         holder.wait()
 
 
-@pytest.fixture
-def server(deployment: Deployment) -> Iterator[DagsterServer]:
+def test_a_run_waiting_for_the_warehouse_pool_names_the_live_run_holding_it(
+    deployment: Deployment, live_holder: tuple[subprocess.Popen, str]
+) -> None:
+    holder, holding = live_holder
+    process = start_materialize(deployment, "group:staging or group:marts")
+    try:
+
+        def holder_line() -> str | None:
+            lines = run_log(deployment).splitlines()
+            return next((line for line in lines if f"held by run {holding}" in line), None)
+
+        line = wait_for("the line naming the holder", holder_line, RUN_SECONDS)
+        assert f"pool {WAREHOUSE_POOL} (1 slot(s))" in line
+        assert f"process pid {holder.pid} on {socket.gethostname()} alive" in line
+        with deployment.instance() as instance:
+            # A live holder is waited for, never failed.
+            assert instance.get_run_by_id(holding).status == dg.DagsterRunStatus.STARTED
+    finally:
+        kill_group(process)
+
+
+def test_a_run_waiting_for_a_pool_stops_on_sigterm_and_leaves_the_queue(
+    deployment: Deployment, live_holder: tuple[subprocess.Popen, str]
+) -> None:
+    _holder, holding = live_holder
+    process = start_materialize(deployment, "group:staging or group:marts")
+    try:
+        with deployment.instance() as instance:
+            waiting = wait_for(
+                "the run waiting for the pool", lambda: pending_runs(instance, WAREHOUSE_POOL), RUN_SECONDS
+            )
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=STOP_SECONDS)
+            [stopped] = waiting
+            assert instance.get_run_by_id(stopped).status == dg.DagsterRunStatus.CANCELED
+            [canceled] = instance.get_records_for_run(
+                stopped, of_type=dg.DagsterEventType.RUN_CANCELED
+            ).records
+            assert canceled.event_log_entry.message.startswith(
+                f"run {stopped} (__ASSET_JOB) canceled: signal 15"
+            )
+            assert pending_runs(instance, WAREHOUSE_POOL) == set()
+            assert slot_holders(instance) == {holding}  # the live holder keeps its slot
+    finally:
+        kill_group(process)
+
+
+def test_a_run_waiting_for_a_pool_whose_holder_dies_goes_on_by_itself(
+    deployment: Deployment, live_holder: tuple[subprocess.Popen, str]
+) -> None:
+    holder, holding = live_holder
+    process = start_materialize(deployment, "*")
+    try:
+        with deployment.instance() as instance:
+            wait_for(
+                "the run waiting for the pool", lambda: pending_runs(instance, WAREHOUSE_POOL), RUN_SECONDS
+            )
+            holder.kill()  # no daemon runs here: the waiting run itself must notice
+            assert process.wait(timeout=RUN_SECONDS) == 0, run_log(deployment)[-3000:]
+            dead = instance.get_run_by_id(holding)
+            assert dead.status == dg.DagsterRunStatus.FAILURE and dead.tags.get(DEAD_WORKER_TAG)
+            assert slot_holders(instance) == set()
+    finally:
+        kill_group(process)
+    assert [alert["run_id"] for alert in deployment.alerts] == [holding]
+
+
+@contextmanager
+def serving(deployment: Deployment) -> Iterator[DagsterServer]:
     served = DagsterServer(
         PROJECT, deployment.home, deployment.environment, deployment.folder / "dagster-dev.log"
     )
@@ -221,6 +296,22 @@ def server(deployment: Deployment) -> Iterator[DagsterServer]:
         yield served
     finally:
         served.stop()
+
+
+@pytest.fixture
+def server(deployment: Deployment) -> Iterator[DagsterServer]:
+    with serving(deployment) as served:
+        yield served
+
+
+@pytest.fixture
+def wide_server(deployment: Deployment) -> Iterator[DagsterServer]:
+    """The daemon of an instance whose queue launches three runs at once, as one whose operator
+    raised `max_concurrent_runs` has."""
+    config = deployment.home / "dagster.yaml"
+    config.write_text(config.read_text().replace("max_concurrent_runs: 1", "max_concurrent_runs: 3"))
+    with serving(deployment) as served:
+        yield served
 
 
 def test_the_daemon_fails_a_killed_cli_run_and_launches_the_queued_one(
@@ -257,3 +348,40 @@ def test_the_daemon_fails_a_killed_cli_run_and_launches_the_queued_one(
             kill_group(process)
     # One alert for the dead run: the failure sensor leaves it to the sweep that failed it.
     assert [alert["run_id"] for alert in deployment.alerts] == [killed]
+
+
+def finished(instance: dg.DagsterInstance, run_ids: list[str]) -> list[dg.RunRecord] | None:
+    """The runs' records once every one of them has finished."""
+    records = instance.get_run_records(dg.RunsFilter(run_ids=run_ids))
+    return records if all(record.dagster_run.is_finished for record in records) else None
+
+
+def test_three_runs_the_daemon_launches_at_once_append_each_row_version_once(
+    deployment: Deployment, wide_server: DagsterServer
+) -> None:
+    client = DagsterGraphQLClient("127.0.0.1", port_number=wide_server.port)
+    lake = Lake(deployment.folder, sqlite_source(deployment.folder))
+    with wide_server.instance() as instance:
+        for batch in range(2):  # a first load, then an incremental batch, each raced
+            if batch:
+                advanced = wide_server.command(["lakehouse", "demo", "advance"])
+                assert advanced.returncode == 0, advanced.stderr
+            submitted = [client.submit_job_execution("ingest") for _ in range(3)]
+            records = wait_for("the three runs", partial(finished, instance, submitted), 2 * RUN_SECONDS)
+            assert {record.dagster_run.status for record in records} == {dg.DagsterRunStatus.SUCCESS}
+            # They did run at once: each started before any of them ended.
+            assert max(record.start_time for record in records) < min(record.end_time for record in records)
+            assert_bronze_holds_each_version_once(lake)
+    # One more run finds nothing new, and its blocking reconciliation checks pass.
+    again = wide_server.command(
+        [
+            "dagster",
+            "asset",
+            "materialize",
+            "-m",
+            "lakehouse.definitions",
+            "--select",
+            "group:bronze or group:silver",
+        ]
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
