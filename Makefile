@@ -20,11 +20,12 @@ SCALE ?= 0.1
 HOST ?= 127.0.0.1
 PORT ?= 3000
 
-.PHONY: help install instance run test lint dev bench bench-curve clean
+.PHONY: help install instance run test test-fast lint dev bench bench-curve clean
 
 help:
 	@echo "make run    install, build the demo source if absent, advance it one batch, materialise everything, print a summary"
 	@echo "make test   install and run the whole test suite (what .ci/run calls)"
+	@echo "make test-fast  the tests of every module's logic on small data, for the edit loop (no slow ones)"
 	@echo "make dev    the Dagster UI and daemon on http://$(HOST):$(PORT)"
 	@echo "make bench  [SCALE=1] [REPEAT=3] the pipeline against the floor and a dbt alternative"
 	@echo "make bench-curve  time and memory at scales 0.1, 1 and 3 (one repetition each)"
@@ -73,6 +74,9 @@ run: install
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/pytest
+
+test-fast: install
+	$(BIN)/pytest -m "not slow"
 
 lint: install
 	$(BIN)/ruff check .

@@ -6,11 +6,14 @@ disk, Dagster materialising in-process.
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import CodeType
 
 import dagster as dg
 import polars as pl
@@ -45,15 +48,18 @@ os.environ.setdefault("LAKEHOUSE_LANDING_SETTLE_SECONDS", "0")
 WITHOUT_DBT = dg.AssetSelection.all() - dg.AssetSelection.groups("staging", "marts")
 
 
+def shop_contracts() -> list[Contract]:
+    """The demo shop's contracts, as the project ships them."""
+    return load_contracts(Path(DEFAULTS["LAKEHOUSE_CONTRACTS"]))
+
+
 @dataclass
 class Lake:
     """A demo source with its lakehouse, and the helpers tests use to drive them."""
 
     folder: Path
     source: SourceDatabase
-    contracts: list[Contract] = field(
-        default_factory=lambda: load_contracts(Path(DEFAULTS["LAKEHOUSE_CONTRACTS"]))
-    )
+    contracts: list[Contract] = field(default_factory=shop_contracts)
     clock: datetime = CLOCK
     # One instance across materialisations, as a deployment has: checks compare with earlier runs.
     instance: dg.DagsterInstance = field(default_factory=dg.DagsterInstance.ephemeral)
@@ -131,6 +137,10 @@ class Lake:
         return manifest
 
 
+# Makes a fresh demo lake in the folder it is given (the `demo_lake` fixture).
+DemoLake = Callable[[Path], Lake]
+
+
 def assert_gold_equals_a_rebuild_in_one_piece(lake: Lake) -> None:
     """Every gold table holds what a build of it from silver in one piece gives."""
     for table in attached_tables(lake.contracts):
@@ -176,19 +186,33 @@ def dbt_manifest() -> None:
         )
 
 
+@pytest.fixture(scope="session")
+def demo_lake(tmp_path_factory: pytest.TempPathFactory) -> DemoLake:
+    """Makes a fresh demo lake in a folder: a copy of one demo source (SQLite) built per test run,
+    since every default `init` gives the same rows and files, with an empty lakehouse."""
+    original = tmp_path_factory.mktemp("demo_source")
+    Lake(original, sqlite_source(original)).init()
+
+    def make(folder: Path) -> Lake:
+        for part in ("source", "landing"):
+            shutil.copytree(original / part, folder / part)
+        return Lake(folder, sqlite_source(folder))
+
+    return make
+
+
 @pytest.fixture
-def lake(tmp_path: Path) -> Lake:
+def lake(tmp_path: Path, demo_lake: DemoLake) -> Lake:
     """A fresh demo source (SQLite) at scale 0.01 with an empty lakehouse."""
-    built = Lake(tmp_path, sqlite_source(tmp_path))
-    built.init()
-    return built
+    return demo_lake(tmp_path)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def any_lake(request: pytest.FixtureRequest, tmp_path: Path) -> Lake:
     """The same demo source in SQLite and in PostgreSQL."""
-    source = sqlite_source(tmp_path) if request.param == "sqlite" else postgres_source()
-    built = Lake(tmp_path, source)
+    if request.param == "sqlite":
+        return request.getfixturevalue("lake")
+    built = Lake(tmp_path, postgres_source())
     built.init()
     return built
 
@@ -239,6 +263,35 @@ def run_command(args: list[str] | str, folder: Path, **env: str) -> subprocess.C
         [str(Path(sys.executable).parent / args[0]), *args[1:]],
         cwd=PROJECT, env=command_environment(folder, **env), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
+
+
+# The fixtures of demo lakes (every fixture that builds one goes through `demo_lake`) and of
+# local deployments (a test module's `deployment`).
+SLOW_FIXTURES = {"demo_lake", "any_lake", "deployment"}
+# What starts a project command or a deployment in other processes.
+SLOW_CALLS = {"run_command", "local_deployment", "DagsterServer"}
+
+
+def _names(code: CodeType) -> set[str]:
+    """The global and attribute names a function's code uses, its comprehensions' included."""
+    inner = (_names(const) for const in code.co_consts if isinstance(const, CodeType))
+    return set(code.co_names).union(*inner)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `slow` the tests `make test-fast` leaves out: those on a demo lake (through any
+    fixture), those whose own body calls one of `SLOW_CALLS`, those parametrized on PostgreSQL
+    and the browser tests. Any other slow test (dbt, PostgreSQL, a command started through a
+    helper, a wait) carries the mark itself; a run on a few rows of a small test domain
+    (tests/library.py) is fast."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        function = getattr(item, "function", None)
+        calls = _names(function.__code__) if function is not None else set()
+        callspec = getattr(item, "callspec", None)
+        on_postgresql = callspec is not None and "postgresql" in callspec.params.values()
+        if SLOW_FIXTURES & fixtures or SLOW_CALLS & calls or on_postgresql or item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
-from conftest import Lake, sqlite_source
+from conftest import DemoLake, Lake
 from polars.testing import assert_frame_equal
 
 from lakehouse import delta, ledger
@@ -170,13 +170,12 @@ def test_new_source_column_is_added_to_bronze_and_named(lake: Lake) -> None:
 
 
 def test_a_first_load_in_chunks_equals_one_in_one_piece(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, demo_lake: DemoLake, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each chunk is typed by the driver on its own; bronze still gets the same rows and types,
     also for a column the source added later, empty in the first chunks."""
-    whole, chunked = (Lake(tmp_path / name, sqlite_source(tmp_path / name)) for name in ("whole", "chunked"))
+    whole, chunked = (demo_lake(tmp_path / name) for name in ("whole", "chunked"))
     for lake in (whole, chunked):
-        lake.init()
         lake.advance(batches=lake.manifest.schema_drift.from_batch)
     bronze = dg.AssetSelection.groups("bronze")
     whole.materialize(bronze)

@@ -196,6 +196,7 @@ def test_the_decoder_refuses_bytes_that_are_not_a_message() -> None:
 # Against PostgreSQL.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch_changes", [cdc.BATCH_CHANGES, 1])
 def test_a_snapshot_then_every_insert_update_and_delete_in_commit_order(
     library: Library, batch_changes: int
@@ -239,6 +240,7 @@ def test_a_snapshot_then_every_insert_update_and_delete_in_commit_order(
     assert again.rows_appended == 0 and library.bronze().height == 9
 
 
+@pytest.mark.slow
 def test_a_kill_between_the_delta_commit_and_the_slot_advance_loses_and_repeats_nothing(
     library: Library,
 ) -> None:
@@ -287,6 +289,7 @@ def test_a_kill_between_the_delta_commit_and_the_slot_advance_loses_and_repeats_
     assert live(library) == [1, 2, 6]
 
 
+@pytest.mark.slow
 def test_two_captures_at_once_append_each_change_once(library: Library) -> None:
     library.capture()
     for loan in range(10, 40):
@@ -313,6 +316,7 @@ def test_two_captures_at_once_append_each_change_once(library: Library) -> None:
     assert bronze.height == 33 and bronze.get_column("loan_id").n_unique() == 33
 
 
+@pytest.mark.slow
 def test_a_transaction_touching_two_tables_reaches_both_bronze_tables(library: Library) -> None:
     library.execute("INSERT INTO {schema}.members VALUES (1, 'Ada', now()), (2, 'Bo', now())")
     library.capture("members")
@@ -332,6 +336,7 @@ def test_a_transaction_touching_two_tables_reaches_both_bronze_tables(library: L
     assert live(library, "members") == [2, 3]
 
 
+@pytest.mark.slow
 def test_a_truncate_is_a_tombstone_for_every_live_key(library: Library) -> None:
     library.capture()
     library.execute("INSERT INTO {schema}.loans (loan_id, member_id, status) VALUES (4, 2, 'open')")
@@ -352,6 +357,7 @@ def test_a_truncate_is_a_tombstone_for_every_live_key(library: Library) -> None:
     assert result.deleted == 4 and live(library) == [7]
 
 
+@pytest.mark.slow
 def test_a_publication_dropped_by_someone_else_is_made_again_from_a_snapshot(library: Library) -> None:
     library.capture()
     name = cdc.capture_name(library.contract("loans"), library.uri("loans"))
@@ -364,6 +370,7 @@ def test_a_publication_dropped_by_someone_else_is_made_again_from_a_snapshot(lib
     assert library.capture().deleted == 1 and live(library) == [3]
 
 
+@pytest.mark.slow
 def test_a_column_added_at_the_source_between_two_changes_of_one_batch_reaches_bronze(
     library: Library,
 ) -> None:
@@ -382,6 +389,7 @@ def test_a_column_added_at_the_source_between_two_changes_of_one_batch_reaches_b
     ]
 
 
+@pytest.mark.slow
 def test_a_large_value_an_update_did_not_send_is_taken_from_the_previous_version(library: Library) -> None:
     # Random text too large to stay in the row: PostgreSQL keeps it aside (TOAST), and an
     # update that does not change it does not send it.
@@ -409,6 +417,7 @@ def test_a_large_value_an_update_did_not_send_is_taken_from_the_previous_version
     assert rows.get_column("note").to_list() == [note] * 4
 
 
+@pytest.mark.slow
 def test_a_slot_dropped_by_someone_else_is_made_again_from_a_snapshot_with_a_warning(
     library: Library,
 ) -> None:
@@ -438,6 +447,7 @@ def test_a_slot_dropped_by_someone_else_is_made_again_from_a_snapshot_with_a_war
     assert library.capture().updated == 1
 
 
+@pytest.mark.slow
 def test_a_table_without_primary_key_is_refused_before_anything_is_created(library: Library) -> None:
     library.execute("CREATE TABLE {schema}.visits (member_id bigint, updated_at timestamptz)")
     text = CONTRACTS["members"].replace(".members,", ".visits,").replace("  name: {{type: string}}\n", "")
@@ -460,6 +470,7 @@ def test_a_table_without_primary_key_is_refused_before_anything_is_created(libra
     library.execute("UPDATE {schema}.visits SET member_id = 2")  # the source's own writes still work
 
 
+@pytest.mark.slow
 def test_a_role_without_replication_rights_is_told_so(library: Library) -> None:
     role = f"reader_{uuid.uuid4().hex[:8]}"
     library.execute(f"CREATE ROLE {role} NOSUPERUSER NOREPLICATION", f"GRANT {role} TO current_user")
@@ -511,6 +522,7 @@ def replica_server(tmp_path: Path) -> Iterator[SourceDatabase]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_wal_level_below_logical_names_the_setting_and_the_restart(
     replica_server: SourceDatabase, tmp_path: Path
 ) -> None:
@@ -522,6 +534,7 @@ def test_wal_level_below_logical_names_the_setting_and_the_restart(
     assert "restart the server" in str(raised.value)
 
 
+@pytest.mark.slow
 def test_the_asset_reports_the_capture_and_the_slot_lag_check_alerts(
     library: Library, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -600,6 +613,7 @@ def test_release_drops_the_lakehouse_slot_and_publication_and_nothing_else(libra
         library.execute(f"DROP PUBLICATION {theirs}")
 
 
+@pytest.mark.slow
 def test_silver_holds_what_the_source_holds_through_inserts_updates_deletes_and_a_truncate(
     library: Library,
 ) -> None:
@@ -646,6 +660,7 @@ class CapturedLake(Lake):
         return {**super().resources, "alerts": AlertSink(log_path=str(self.folder / "alerts.jsonl"))}
 
 
+@pytest.mark.slow
 def test_the_demo_shop_on_postgresql_captures_orders_and_items_deletes_included(tmp_path: Path) -> None:
     lake = CapturedLake(tmp_path, postgres_source())
     captured = ("orders", "order_items")

@@ -1,13 +1,16 @@
 """The demo source: deterministic, realistic in shape, and defective exactly as documented."""
 
 import hashlib
+import re
 import sqlite3
 from contextlib import closing
 from pathlib import Path
 
 import polars as pl
+import pytest
 from conftest import CLOCK, POSTGRES_URL, Lake, error_line, postgres_source, run_command, sqlite_source
 
+from lakehouse.demo import simulation, store
 from lakehouse.demo.simulation import DEFAULT_DEFECT_RATES
 from lakehouse.source import SourceDatabase
 
@@ -176,6 +179,39 @@ def test_demo_never_changes_a_sqlite_file_it_did_not_create(tmp_path: Path) -> N
             assert f"sqlite:///{file}" in line and reason in line
         assert digest(file) == before
         assert not (folder / "landing").exists()
+
+
+def test_the_demo_refuses_a_source_it_did_not_create_and_keeps_a_users_table_beside_its_own(
+    tmp_path: Path,
+) -> None:
+    """What the commands above rest on, in one process: the guard and the rebuild of `store`."""
+    foreign = sqlite_source(tmp_path / "library")
+    foreign.sqlite_path.parent.mkdir(parents=True)
+    with closing(sqlite3.connect(foreign.sqlite_path)) as library:
+        for statement in LIBRARY:
+            library.execute(statement.format(ts="TEXT"))
+        library.commit()
+    notes = sqlite_source(tmp_path / "notes")
+    notes.sqlite_path.parent.mkdir(parents=True)
+    notes.sqlite_path.write_text("not a database\n")
+    for source, reason in ((foreign, "did not create (books, customers, loans)"),
+                           (notes, "is not a SQLite database")):  # fmt: skip
+        before = digest(source.sqlite_path)
+        for change in (simulation.init, simulation.advance):
+            with pytest.raises(store.NotADemoError, match=re.escape(reason)):
+                change(source, tmp_path / "landing")
+        assert digest(source.sqlite_path) == before
+    with pytest.raises(store.NotADemoError, match="no demo source in sqlite:///"):
+        simulation.advance(sqlite_source(tmp_path / "nothing"), tmp_path / "landing")
+
+    shop = sqlite_source(tmp_path / "shop")
+    simulation.init(shop, tmp_path / "shop" / "landing", scale=0.001)
+    with closing(sqlite3.connect(shop.sqlite_path)) as database:
+        database.execute("CREATE TABLE notes (note TEXT)")  # the user's, beside the demo's
+        database.execute("INSERT INTO notes VALUES ('keep me')")
+        database.commit()
+    simulation.init(shop, tmp_path / "shop" / "landing", scale=0.001, seed=3)
+    assert store.read(shop, "SELECT note FROM notes").get_column("note").to_list() == ["keep me"]
 
 
 def test_demo_builds_in_an_empty_file_and_rebuilds_only_its_own_tables(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
-from conftest import Lake, sqlite_source
+from conftest import DemoLake, Lake
 from deltalake import DeltaTable
 
 from lakehouse.maintenance import (
@@ -91,12 +91,10 @@ class Maintained:
 
 
 @pytest.fixture(scope="module")
-def maintained(tmp_path_factory: pytest.TempPathFactory) -> Maintained:
+def maintained(tmp_path_factory: pytest.TempPathFactory, demo_lake: DemoLake) -> Maintained:
     """A lakehouse after three incremental runs (small files), the default maintenance, then two
     more runs. Every test only reads it."""
-    folder = tmp_path_factory.mktemp("maintained")
-    lake = Lake(folder, sqlite_source(folder))
-    lake.init()
+    lake = demo_lake(tmp_path_factory.mktemp("maintained"))
     for _ in range(2):
         lake.materialize(INGEST)
         lake.advance()

@@ -15,7 +15,7 @@ import duckdb
 import polars as pl
 import pytest
 import yaml
-from conftest import Lake
+from conftest import DemoLake, Lake
 from dagster_dbt import DbtCliResource
 from deltalake import DeltaTable
 
@@ -48,18 +48,31 @@ def warehouse_types(lake: Lake, name: str) -> dict[str, str]:
         return {column: dtype for column, dtype, *_ in connection.sql(f"describe main.{name}").fetchall()}
 
 
-@pytest.fixture
-def built(lake: Lake) -> tuple[Lake, dg.ExecuteInProcessResult]:
+def build(lake: Lake) -> tuple[Lake, dg.ExecuteInProcessResult]:
     """The demo after two batches of changes, materialised from bronze through the marts."""
     lake.materialize()
     lake.advance(batches=2)
     return lake, lake.materialize("*")
 
 
+@pytest.fixture(scope="module")
+def built_once(
+    tmp_path_factory: pytest.TempPathFactory, demo_lake: DemoLake
+) -> tuple[Lake, dg.ExecuteInProcessResult]:
+    """`build` once for the tests that only read it."""
+    return build(demo_lake(tmp_path_factory.mktemp("marts")))
+
+
+@pytest.fixture
+def built(lake: Lake) -> tuple[Lake, dg.ExecuteInProcessResult]:
+    """`build` of its own, for a test that changes it."""
+    return build(lake)
+
+
 def test_every_materialisation_reports_rows_duration_and_bytes(
-    built: tuple[Lake, dg.ExecuteInProcessResult],
+    built_once: tuple[Lake, dg.ExecuteInProcessResult],
 ) -> None:
-    _, result = built
+    _, result = built_once
     materialised = result.get_asset_materialization_events()
     assert {event.asset_key for event in materialised} == defs.resolve_asset_graph().get_all_asset_keys()
     for event in materialised:
@@ -73,8 +86,8 @@ def test_every_materialisation_reports_rows_duration_and_bytes(
             assert not stored or metadata["delta_version"].value >= 0, name
 
 
-def test_marts_agree_with_gold(built: tuple[Lake, dg.ExecuteInProcessResult]) -> None:
-    lake, _ = built
+def test_marts_agree_with_gold(built_once: tuple[Lake, dg.ExecuteInProcessResult]) -> None:
+    lake, _ = built_once
     revenue = lake.table("gold", "daily_revenue")
     orders = lake.table("gold", "fct_orders")
     sales = warehouse_table(lake, "mart_sales_daily")
@@ -108,9 +121,9 @@ def test_marts_agree_with_gold(built: tuple[Lake, dg.ExecuteInProcessResult]) ->
 
 
 def test_dbt_tests_are_asset_checks_models_report_rows_and_schema_and_columns_are_documented(
-    built: tuple[Lake, dg.ExecuteInProcessResult],
+    built_once: tuple[Lake, dg.ExecuteInProcessResult],
 ) -> None:
-    lake, result = built
+    lake, result = built_once
     checks = {
         (e.asset_key.path[-1], e.check_name): e.passed
         for e in result.get_asset_check_evaluations()
@@ -150,11 +163,11 @@ def test_dbt_tests_are_asset_checks_models_report_rows_and_schema_and_columns_ar
 
 
 def test_the_marts_unit_tests_pass_in_each_build_and_are_no_asset_checks(
-    built: tuple[Lake, dg.ExecuteInProcessResult],
+    built_once: tuple[Lake, dg.ExecuteInProcessResult],
 ) -> None:
     """The first build of the marts runs their unit tests before it builds them; dagster-dbt
     reports data tests as asset checks and leaves unit tests to dbt, whose failure fails the step."""
-    _, result = built
+    _, result = built_once
     manifest = json.loads(dbt_project.manifest_path.read_text())
     unit_tests = {unique_id: test["model"] for unique_id, test in manifest["unit_tests"].items()}
     assert set(unit_tests.values()) == set(MARTS)
@@ -181,6 +194,7 @@ def test_one_lineage_graph_from_bronze_to_marts() -> None:
     }
 
 
+@pytest.mark.slow
 def test_dbt_has_its_own_environment_with_the_lakehouses_duckdb() -> None:
     """dbt-core stays out of the definitions' environment (dagster-dbt would import it on every
     load); dbt's DuckDB is the one that reads the warehouse back, and its dbt wrote the manifest."""

@@ -198,6 +198,7 @@ def test_scaffold_errors_are_one_line_with_exit_2(
     assert not (tmp_path / "contracts").exists()
 
 
+@pytest.mark.slow
 def test_scaffold_names_an_unknown_postgres_table(capsys: pytest.CaptureFixture) -> None:
     assert main(["contract", "scaffold", "nowhere.shelves", "--source", postgres_source().url]) == 2
     assert "table 'nowhere.shelves' does not exist" in capsys.readouterr().err
@@ -271,6 +272,7 @@ def _assert_run(result: dg.ExecuteInProcessResult, orphans: int) -> None:
     assert failed == ([("silver/loans", "references")] if orphans else []), failed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "realistic", [True, False], ids=["reserved-names-naive-timestamps", "plain-names-offsets"]
 )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from conftest import TEST_SALT, Lake, run_command, sqlite_source
+from conftest import TEST_SALT, DemoLake, Lake, run_command
 from library import Library
 
 from lakehouse.definitions import defs
@@ -100,11 +100,9 @@ def materialize_alone(lake: Lake, key: str) -> dg.ExecuteInProcessResult:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Lake:
+def built(tmp_path_factory: pytest.TempPathFactory, demo_lake: DemoLake) -> Lake:
     """A demo lake after one full run of every asset."""
-    folder = tmp_path_factory.mktemp("selection")
-    lake = Lake(folder, sqlite_source(folder))
-    lake.init()
+    lake = demo_lake(tmp_path_factory.mktemp("selection"))
     result = dg.materialize(
         [*defs.assets, *defs.asset_checks], resources=lake.resources, instance=lake.instance
     )

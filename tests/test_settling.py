@@ -124,6 +124,7 @@ def network(tmp_path: Path) -> Network:
     return Network(tmp_path)
 
 
+@pytest.mark.slow
 def test_a_file_being_appended_to_is_ingested_whole_once_it_has_settled(
     network: Network, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 import pytest
-from conftest import TEST_SALT, Lake, sqlite_source
+from conftest import TEST_SALT, DemoLake, Lake
 
 from lakehouse import delta
 from lakehouse.bronze import tombstones
@@ -55,12 +55,9 @@ def stable(frame: pl.DataFrame, key: str | list[str]) -> pl.DataFrame:
     return frame.drop(VOLATILE, strict=False).sort(key)
 
 
-def demo_lakes(tmp_path: Path, *names: str) -> list[Lake]:
+def demo_lakes(tmp_path: Path, demo_lake: DemoLake, *names: str) -> list[Lake]:
     """Lakes over demo sources built alike, one per name."""
-    lakes = [Lake(tmp_path / name, sqlite_source(tmp_path / name)) for name in names]
-    for lake in lakes:
-        lake.init()
-    return lakes
+    return [demo_lake(tmp_path / name) for name in names]
 
 
 def assert_same_tables(
@@ -257,9 +254,9 @@ def test_no_raw_pii_leaves_bronze(lake: Lake) -> None:
 
 
 def test_a_crash_before_the_silver_commit_then_a_rerun_equals_an_uninterrupted_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, demo_lake: DemoLake, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    steady, crashed = demo_lakes(tmp_path, "steady", "crashed")
+    steady, crashed = demo_lakes(tmp_path, demo_lake, "steady", "crashed")
     for lake in (steady, crashed):
         lake.materialize()
         lake.advance(batches=2)
@@ -288,9 +285,9 @@ def test_a_crash_before_the_silver_commit_then_a_rerun_equals_an_uninterrupted_r
 
 
 def test_a_first_load_in_slices_crashed_between_two_equals_one_in_one_piece(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, demo_lake: DemoLake, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    whole, sliced = demo_lakes(tmp_path, "whole", "sliced")
+    whole, sliced = demo_lakes(tmp_path, demo_lake, "whole", "sliced")
     whole.materialize()
     monkeypatch.setattr(silver_load, "SLICE_ROWS", 300)  # several slices of the test-size tables
     original, slices = silver_load._newest_per_key, []

@@ -258,6 +258,7 @@ def test_a_missing_table_fails_at_once_naming_the_contract_and_the_table(library
     assert not is_transient(raised.value.__cause__)
 
 
+@pytest.mark.slow
 def test_refused_credentials_fail_at_once_and_a_refused_connection_is_retried() -> None:
     source = postgres_source()
     stranger = source.model_copy(

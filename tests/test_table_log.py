@@ -150,6 +150,7 @@ def test_repair_refuses_a_torn_commit_silver_has_consumed(tmp_path: Path) -> Non
 # --- the pipeline on the library ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_next_run_redoes_exactly_the_set_aside_commit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:

@@ -280,6 +280,7 @@ def test_sqlite_epoch_milliseconds_as_the_watermark(tmp_path: Path) -> None:
     network.assert_each_version_once()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("watermark", ["taken_at", "logged_at"])
 def test_postgresql_timestamp_columns_naive_in_the_contract_zone(tmp_path: Path, watermark: str) -> None:
     source = postgres_source()
