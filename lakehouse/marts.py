@@ -30,7 +30,7 @@ from packaging.version import Version
 
 from lakehouse import delta
 from lakehouse.delta import LakehouseStorage
-from lakehouse.warehouse import Warehouse, expose_gold
+from lakehouse.warehouse import Warehouse, expose_gold, set_aside_torn_creation
 
 DBT_PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt"
 # dbt's own environment, made by `make install` (dbt/pyproject.toml says why).
@@ -189,6 +189,11 @@ def unit_tested(context: dg.AssetExecutionContext, builds: Mapping[dg.AssetKey, 
 def dbt_models(
     context: dg.AssetExecutionContext, dbt: DbtCli, lakehouse: LakehouseStorage, warehouse: Warehouse
 ) -> Iterator[Any]:
+    aside = set_aside_torn_creation(warehouse.location)
+    if aside is not None:
+        context.log.warning(
+            f"the warehouse file was left empty by a killed run: moved to {aside}; dbt builds anew"
+        )
     tables = gold_tables(context, lakehouse)
     inputs = built_from(tables)
     builds = last_builds(context)

@@ -22,6 +22,9 @@ from lakehouse.sql import quoted
 GOLD_SCHEMA = "gold"
 # How long to wait for the file while other processes read it (dbt's own wait is about as long).
 LOCK_WAIT_SECONDS = 30.0
+# A DuckDB file starts with a checksum, then its magic bytes; a new database is its three header
+# blocks of 4 KiB.
+DUCKDB_MAGIC, DUCKDB_MAGIC_AT, NEW_DATABASE_BYTES = b"DUCK", 8, 3 * 4096
 
 
 class Warehouse(dg.ConfigurableResource):
@@ -32,6 +35,39 @@ class Warehouse(dg.ConfigurableResource):
     @property
     def location(self) -> Path:
         return Path(self.path).resolve()
+
+
+class WarehouseFileError(RuntimeError):
+    """The warehouse path holds a file that is not a DuckDB database."""
+
+
+def set_aside_torn_creation(location: Path) -> Path | None:
+    """Move a warehouse file a killed process left empty aside (renamed, never deleted), so that
+    dbt builds a new one; where it went, or None when there was none.
+
+    DuckDB creates the file, then writes its three header blocks: a process killed in between
+    leaves a file of no bytes, zero bytes, or fewer blocks, which DuckDB refuses to open ever
+    after. A file with other content that is not a DuckDB database is refused, naming it: it
+    may be someone's."""
+    if not location.is_file():
+        return None
+    size = location.stat().st_size
+    with location.open("rb") as file:
+        head = file.read(NEW_DATABASE_BYTES)
+    if head[DUCKDB_MAGIC_AT : DUCKDB_MAGIC_AT + len(DUCKDB_MAGIC)] == DUCKDB_MAGIC:
+        if size >= NEW_DATABASE_BYTES:
+            return None  # whole headers: a database, whatever state its data is in
+    elif head.strip(b"\0") or size > NEW_DATABASE_BYTES:
+        raise WarehouseFileError(
+            f"LAKEHOUSE_WAREHOUSE: {location} is not a DuckDB database; move it away or set "
+            "LAKEHOUSE_WAREHOUSE to another path"
+        )
+    aside = location.with_name(f"{location.name}.torn-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+    location.rename(aside)
+    wal = location.with_name(f"{location.name}.wal")
+    if wal.exists():
+        wal.rename(aside.with_name(f"{aside.name}.wal"))
+    return aside
 
 
 def expose_gold(location: Path, tables: Mapping[str, DeltaTable]) -> None:

@@ -8,6 +8,7 @@ Bounded in time (SOAK_SECONDS of batches, then the queue drains); set SOAK_SECON
 
 import contextlib
 import json
+import math
 import os
 import random
 import signal
@@ -39,7 +40,8 @@ pytestmark = pytest.mark.e2e
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "150"))
 ADVANCE_SECONDS = 30  # a demo batch (source changes, deletes, event files) this often
 POLL_SECONDS = 2
-KILL_CHANCE = 0.5  # of each run the daemon starts; killed a random 2-20 s after it started
+KILL_CHANCE = 0.5  # of each run the daemon starts, killed this long after it was seen running:
+KILL_AFTER_SECONDS = (1, 10)
 SWITCHES = (
     ("schedule", "ingest_hourly"),
     ("schedule", "transform_daily"),
@@ -106,22 +108,23 @@ class Soak:
             done = self.command("dagster", kind, verb, name, "-w", "workspace.yaml")
             assert done.returncode == 0, done.stdout + done.stderr[-3000:]
 
-    def kill_some(self, instance: dg.DagsterInstance, cli_pid: int | None) -> None:
-        """Decide once for each new run of the daemon whether and when to kill it; kill when due."""
+    def kill_some(self, instance: dg.DagsterInstance, cli_pid: int | None, late: bool) -> None:
+        """Decide once for each new run of the daemon whether and when to kill it; kill when due.
+        Late in the soak with no kill yet, the first running one is killed at once."""
+        now, force = time.monotonic(), late and not self.killed
         for run in instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
             worker = worker_of(run)
-            if worker is None or worker.pid == cli_pid or run.run_id in self.spared:
+            if worker is None or worker.pid == cli_pid or run.run_id in self.killed:
                 continue
-            if run.run_id not in self.doomed:
-                # At least one kill, whatever the dice say.
-                if self.killed or self.doomed or self.rng.random() < KILL_CHANCE:
-                    self.doomed[run.run_id] = time.monotonic() + self.rng.uniform(2, 20)
+            if run.run_id not in self.doomed and run.run_id not in self.spared:
+                if self.rng.random() < KILL_CHANCE:
+                    self.doomed[run.run_id] = now + self.rng.uniform(*KILL_AFTER_SECONDS)
                 else:
                     self.spared.add(run.run_id)
-                continue
-            if time.monotonic() >= self.doomed[run.run_id] and run.run_id not in self.killed:
+            if force or now >= self.doomed.get(run.run_id, math.inf):
                 kill_tree(worker.pid)
                 self.killed.append(run.run_id)
+                force = False
 
 
 @pytest.fixture
@@ -162,7 +165,9 @@ def test_the_daemon_left_alone_with_kills_and_a_racing_cli_run_loses_and_duplica
         daemon_running = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
         if cli is None and time.monotonic() - started > SOAK_SECONDS / 3 and daemon_running:
             cli = start_cli_run(soak)  # races the run the daemon has going
-        soak.kill_some(instance, cli.pid if cli else None)
+        soak.kill_some(
+            instance, cli.pid if cli else None, late=time.monotonic() - started > SOAK_SECONDS * 2 / 3
+        )
         time.sleep(POLL_SECONDS)
     soak.switch("stop")
     assert cli is not None and cli.wait(timeout=RUN_SECONDS) == 0, (soak.folder / "cli-run.log").read_text()[
