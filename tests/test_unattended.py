@@ -238,49 +238,47 @@ def test_a_run_waiting_for_the_warehouse_pool_names_the_live_run_holding_it(
         kill_group(process)
 
 
+@contextmanager
+def waiting_for_the_pool(
+    deployment: Deployment, selection: str
+) -> Iterator[tuple[subprocess.Popen, dg.DagsterInstance, str]]:
+    """`dagster asset materialize` of `selection`, once its run waits for the warehouse pool: the
+    process, the instance and the run's id."""
+    process = start_materialize(deployment, selection)
+    try:
+        with deployment.instance() as instance:
+            [waiting] = wait_for(
+                "the run waiting for the pool", lambda: pending_runs(instance, WAREHOUSE_POOL), RUN_SECONDS
+            )
+            yield process, instance, waiting
+    finally:
+        kill_group(process)
+
+
 def test_a_run_waiting_for_a_pool_stops_on_sigterm_and_leaves_the_queue(
     deployment: Deployment, live_holder: tuple[subprocess.Popen, str]
 ) -> None:
     _holder, holding = live_holder
-    process = start_materialize(deployment, "group:staging or group:marts")
-    try:
-        with deployment.instance() as instance:
-            waiting = wait_for(
-                "the run waiting for the pool", lambda: pending_runs(instance, WAREHOUSE_POOL), RUN_SECONDS
-            )
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=STOP_SECONDS)
-            [stopped] = waiting
-            assert instance.get_run_by_id(stopped).status == dg.DagsterRunStatus.CANCELED
-            [canceled] = instance.get_records_for_run(
-                stopped, of_type=dg.DagsterEventType.RUN_CANCELED
-            ).records
-            assert canceled.event_log_entry.message.startswith(
-                f"run {stopped} (__ASSET_JOB) canceled: signal 15"
-            )
-            assert pending_runs(instance, WAREHOUSE_POOL) == set()
-            assert slot_holders(instance) == {holding}  # the live holder keeps its slot
-    finally:
-        kill_group(process)
+    with waiting_for_the_pool(deployment, "group:staging or group:marts") as (process, instance, stopped):
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=STOP_SECONDS)
+        assert instance.get_run_by_id(stopped).status == dg.DagsterRunStatus.CANCELED
+        [canceled] = instance.get_records_for_run(stopped, of_type=dg.DagsterEventType.RUN_CANCELED).records
+        assert canceled.event_log_entry.message.startswith(f"run {stopped} (__ASSET_JOB) canceled: signal 15")
+        assert pending_runs(instance, WAREHOUSE_POOL) == set()
+        assert slot_holders(instance) == {holding}  # the live holder keeps its slot
 
 
 def test_a_run_waiting_for_a_pool_whose_holder_dies_goes_on_by_itself(
     deployment: Deployment, live_holder: tuple[subprocess.Popen, str]
 ) -> None:
     holder, holding = live_holder
-    process = start_materialize(deployment, "*")
-    try:
-        with deployment.instance() as instance:
-            wait_for(
-                "the run waiting for the pool", lambda: pending_runs(instance, WAREHOUSE_POOL), RUN_SECONDS
-            )
-            holder.kill()  # no daemon runs here: the waiting run itself must notice
-            assert process.wait(timeout=RUN_SECONDS) == 0, run_log(deployment)[-3000:]
-            dead = instance.get_run_by_id(holding)
-            assert dead.status == dg.DagsterRunStatus.FAILURE and dead.tags.get(DEAD_WORKER_TAG)
-            assert slot_holders(instance) == set()
-    finally:
-        kill_group(process)
+    with waiting_for_the_pool(deployment, "*") as (process, instance, _waiting):
+        holder.kill()  # no daemon runs here: the waiting run itself must notice
+        assert process.wait(timeout=RUN_SECONDS) == 0, run_log(deployment)[-3000:]
+        dead = instance.get_run_by_id(holding)
+        assert dead.status == dg.DagsterRunStatus.FAILURE and dead.tags.get(DEAD_WORKER_TAG)
+        assert slot_holders(instance) == set()
     assert [alert["run_id"] for alert in deployment.alerts] == [holding]
 
 
