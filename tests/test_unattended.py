@@ -4,6 +4,7 @@ slots are freed and it is alerted, by the next CLI run or by the daemon, with no
 import itertools
 import json
 import os
+import shlex
 import signal
 import socket
 import sqlite3
@@ -33,6 +34,7 @@ from lakehouse.marts import WAREHOUSE_POOL
 from lakehouse.run_health import DEAD_WORKER_TAG, HOST_TAG, PID_TAG, describe_pool_holders, fail_dead_runs
 
 DBT_STEP = "dbt_models"
+INGEST_AGAIN = "dagster asset materialize -m lakehouse.definitions --select 'group:bronze or group:silver'"
 # Bounds, not expectations: a run at this scale takes well under a minute on an idle machine.
 RUN_SECONDS = 240
 # A supervisor's SIGTERM (systemd, Kubernetes) must end a run well before its SIGKILL follows.
@@ -374,15 +376,5 @@ def test_three_runs_the_daemon_launches_at_once_append_each_row_version_once(
             assert any(start < end for (_, end), (start, _) in itertools.pairwise(spans)), spans
             assert_bronze_holds_each_version_once(lake)
     # One more run finds nothing new, and its blocking reconciliation checks pass.
-    again = wide_server.command(
-        [
-            "dagster",
-            "asset",
-            "materialize",
-            "-m",
-            "lakehouse.definitions",
-            "--select",
-            "group:bronze or group:silver",
-        ]
-    )
+    again = wide_server.command(shlex.split(INGEST_AGAIN))
     assert again.returncode == 0, again.stderr[-3000:]
