@@ -8,15 +8,16 @@ the share of each load sent to quarantine, and the WAL a change-captured table's
 import dagster as dg
 
 from asset_checks.check import per_asset
-from asset_checks.freshness import Clock, freshness_checks
+from asset_checks.freshness import freshness_checks
 from asset_checks.quarantine import quarantine_checks
 from asset_checks.reconciliation import reconciliation_checks
 from asset_checks.revenue import revenue_checks
 from asset_checks.row_checks import contract_checks, gold_checks
 from asset_checks.slot_lag import slot_lag_checks
 from asset_checks.volume import volume_checks
-from lakehouse.contract import Contract
 from lakehouse.gold.assets import attached_tables
+from lakehouse.resources import Clock
+from lakehouse.sources.contract import Contract
 
 __all__ = ["Clock", "all_checks"]
 

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import dagster as dg
 
-from lakehouse import delta
-from lakehouse.delta import LakehouseStorage
+from lakehouse.orchestration import metadata
+from lakehouse.resources import LakehouseStorage
 from lakehouse.settings import setting
+from lakehouse.storage import delta
 
 Evaluate = Callable[[dg.AssetCheckExecutionContext], dg.AssetCheckResult]
 CHECKED_AGAINST = "checked_against"
@@ -152,7 +153,7 @@ def _asset_step(asset: dg.AssetKey, checks: list[Check]) -> dg.AssetChecksDefini
                 check_name=check.name,
                 passed=result.passed,
                 severity=result.severity,
-                metadata={**result.metadata, **delta.elapsed(started)},
+                metadata={**result.metadata, **metadata.elapsed(started)},
                 description=result.description,
             )
 

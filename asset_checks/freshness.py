@@ -7,32 +7,19 @@ the data itself is an asset check: WARN past the contract's `warn_after`, ERROR 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import dagster as dg
 import polars as pl
 
 from asset_checks.check import Check
-from lakehouse import delta
 from lakehouse.bronze.database import read_watermark
-from lakehouse.contract import Contract, Freshness
-from lakehouse.delta import LakehouseStorage
+from lakehouse.resources import LakehouseStorage
 from lakehouse.silver.validate import typed
+from lakehouse.sources.contract import Contract, Freshness
+from lakehouse.storage import delta
 
 HOUR = timedelta(hours=1)
-
-
-class Clock(dg.ConfigurableResource):
-    """The time data age is measured against: the wall clock, unless `now` pins it (ISO-8601),
-    as tests do and as a user does to re-evaluate checks as of a past moment."""
-
-    now: str | None = None
-
-    def current(self) -> datetime:
-        if not self.now:
-            return datetime.now(UTC)
-        moment = datetime.fromisoformat(self.now)
-        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def newest(uri: str, contract: Contract, layer: str) -> datetime | None:

@@ -16,11 +16,11 @@ from typing import Any
 import polars as pl
 
 from asset_checks.freshness import HOUR, age_status
-from lakehouse import delta
 from lakehouse.bronze import tombstones
 from lakehouse.bronze.columns import OP
-from lakehouse.contract import Contract
-from lakehouse.delta import LakehouseStorage
+from lakehouse.resources import LakehouseStorage
+from lakehouse.sources.contract import Contract
+from lakehouse.storage import delta
 
 PASS, FAIL = "pass", "fail"
 # Rates are compared after rounding, so 99.9 % completeness is not failed by float noise.

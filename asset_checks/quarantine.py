@@ -17,9 +17,7 @@ import polars as pl
 from asset_checks.check import Check
 from asset_checks.row_checks import scan_columns
 from asset_checks.sample import sample
-from lakehouse import delta, ledger
-from lakehouse.contract import Contract
-from lakehouse.delta import LakehouseStorage
+from lakehouse.resources import LakehouseStorage
 from lakehouse.silver.load import (
     BRONZE_VERSION,
     BRONZE_VERSION_BEFORE,
@@ -27,6 +25,8 @@ from lakehouse.silver.load import (
     read_bronze_changes,
 )
 from lakehouse.silver.validate import ERROR_COLUMN, ERROR_SEPARATOR
+from lakehouse.sources.contract import Contract
+from lakehouse.storage import delta, ledger
 
 NAMED_REASONS = 5
 # Silver's last load is among its newest commits: only orphan resolution and maintenance

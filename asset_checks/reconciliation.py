@@ -6,17 +6,16 @@ import polars as pl
 from asset_checks.check import Check
 from asset_checks.row_checks import read_columns, scan_columns
 from asset_checks.sample import sample
-from lakehouse import delta, ledger
 from lakehouse.bronze import tombstones
-from lakehouse.bronze.assets import LISTED_FILES, LandingZone
+from lakehouse.bronze.assets import LISTED_FILES
 from lakehouse.bronze.columns import EXTRACTED_AT, LSN, OP
 from lakehouse.bronze.database import read_watermark, source_chunks, source_range
 from lakehouse.bronze.deletes import find_deletes
-from lakehouse.contract import Contract
-from lakehouse.delta import LakehouseStorage
+from lakehouse.resources import LakehouseStorage, LandingZone, SourceDatabase
 from lakehouse.silver.load import bronze_identity
 from lakehouse.silver.validate import typed
-from lakehouse.source import SourceDatabase
+from lakehouse.sources.contract import Contract
+from lakehouse.storage import delta, ledger
 
 
 def _duplicates(rows: pl.LazyFrame, identity: list[str]) -> pl.LazyFrame:

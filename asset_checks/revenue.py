@@ -15,8 +15,8 @@ import polars as pl
 from asset_checks.check import Check
 from asset_checks.row_checks import scan_columns
 from asset_checks.sample import sample
-from lakehouse.delta import LakehouseStorage
 from lakehouse.gold.tables import GoldTable
+from lakehouse.resources import LakehouseStorage
 
 MONEY = pl.Decimal(38, 2)
 CANCELLED = pl.col("status") == "cancelled"

@@ -20,13 +20,13 @@ import polars as pl
 
 from asset_checks import rules
 from asset_checks.check import Check
-from lakehouse import delta
 from lakehouse.bronze import tombstones
 from lakehouse.bronze.columns import OP
-from lakehouse.contract import Contract
-from lakehouse.delta import LakehouseStorage
 from lakehouse.gold.tables import GoldTable
+from lakehouse.resources import LakehouseStorage
 from lakehouse.silver.validate import typed
+from lakehouse.sources.contract import Contract
+from lakehouse.storage import delta
 
 Reader = Callable[[dg.AssetCheckExecutionContext, LakehouseStorage, list[str]], tuple[pl.LazyFrame, dict]]
 SchemaFor = Callable[[LakehouseStorage], pa.DataFrameSchema]

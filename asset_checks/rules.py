@@ -14,8 +14,8 @@ import pandera.polars as pa
 import polars as pl
 
 from asset_checks.sample import SAMPLE_ROWS, sample
-from lakehouse.contract import Column
-from lakehouse.slices import key_ranges
+from lakehouse.sources.contract import Column
+from lakehouse.storage.slices import key_ranges
 
 FAILURE_CASES = {"column": pl.String, "check": pl.String, "failure_case": pl.String}
 # Row rules validate this many rows at a time, so a check's memory follows the slice, not the table.

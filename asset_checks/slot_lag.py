@@ -11,12 +11,10 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from asset_checks.check import Check
-from lakehouse.alerts import AlertSink
 from lakehouse.bronze.cdc import capture_name, slot_lag
-from lakehouse.contract import Contract
-from lakehouse.delta import LakehouseStorage
+from lakehouse.resources import AlertSink, LakehouseStorage, SourceDatabase
 from lakehouse.settings import SettingsError, setting
-from lakehouse.source import SourceDatabase
+from lakehouse.sources.contract import Contract
 
 
 def max_slot_lag_bytes() -> int:

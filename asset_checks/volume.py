@@ -4,7 +4,7 @@ previous materialisation (a source that emptied, a load that doubled a table).""
 import dagster as dg
 
 from asset_checks.check import Check
-from lakehouse.contract import Contract, Volume
+from lakehouse.sources.contract import Contract, Volume
 
 ROW_COUNT = "dagster/row_count"
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import polars as pl
 
-from lakehouse import delta
-from lakehouse.contract import load_contracts
+from lakehouse.resources import SourceDatabase
 from lakehouse.settings import setting
-from lakehouse.source import SourceDatabase
+from lakehouse.sources.contract import load_contracts
+from lakehouse.storage import delta
 
 
 def copy_in(target: Path) -> int:

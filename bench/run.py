@@ -34,11 +34,11 @@ import dagster as dg
 
 from bench.measure import Measured, measure
 from bench.step_times import step_times
-from lakehouse import delta
 from lakehouse.definitions import defs
-from lakehouse.delta import LakehouseStorage
 from lakehouse.demo.simulation import Manifest
-from lakehouse.marts import DBT_EXECUTABLE, dbt_models
+from lakehouse.marts.assets import DBT_EXECUTABLE, dbt_models
+from lakehouse.resources import LakehouseStorage
+from lakehouse.storage import delta
 
 BENCH = Path(__file__).resolve().parent
 PROJECT = BENCH.parent

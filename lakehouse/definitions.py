@@ -4,23 +4,27 @@ from pathlib import Path
 
 import dagster as dg
 
-from asset_checks import Clock, all_checks
-from lakehouse.alerts import AlertSink
-from lakehouse.bronze.assets import LandingZone, bronze_assets
-from lakehouse.contract import load_contracts
-from lakehouse.delta import LakehouseStorage
+from asset_checks import all_checks
+from lakehouse.bronze.assets import bronze_assets
 from lakehouse.gold.assets import gold_assets
-from lakehouse.jobs import ingest_job, schedules, transform_job
-from lakehouse.maintenance import maintenance_job
-from lakehouse.marts import DBT_EXECUTABLE, DbtCli, attached_models, dbt_project
-from lakehouse.owners import with_owners
-from lakehouse.run_health import sweeping_in_process_executor
-from lakehouse.sensors import sensors
+from lakehouse.marts.assets import DBT_EXECUTABLE, DbtCli, attached_models, dbt_project
+from lakehouse.orchestration.jobs import ingest_job, schedules, transform_job
+from lakehouse.orchestration.maintenance import maintenance_job
+from lakehouse.orchestration.owners import with_owners
+from lakehouse.orchestration.run_health import sweeping_in_process_executor
+from lakehouse.orchestration.sensors import sensors
+from lakehouse.resources import (
+    AlertSink,
+    Clock,
+    LakehouseStorage,
+    LandingZone,
+    PiiHasher,
+    SourceDatabase,
+    Warehouse,
+)
 from lakehouse.settings import check_deployment, resource_value, setting
 from lakehouse.silver.assets import silver_assets
-from lakehouse.silver.pii import PiiHasher
-from lakehouse.source import SourceDatabase
-from lakehouse.warehouse import Warehouse
+from lakehouse.sources.contract import load_contracts
 
 check_deployment()
 contracts = load_contracts(Path(setting("LAKEHOUSE_CONTRACTS")))
@@ -48,6 +52,6 @@ defs = dg.Definitions(
     },
     # Steps are short and mostly I/O: running them in one process avoids re-importing the
     # definitions for every step, which would outweigh most steps (docs/architecture.md).
-    # Before the first step it fails the runs whose process died (lakehouse/run_health.py).
+    # Before the first step it fails the runs whose process died (lakehouse/orchestration/run_health.py).
     executor=sweeping_in_process_executor,
 )

@@ -20,21 +20,18 @@ import polars as pl
 import pytest
 from dagster_server import DagsterServer
 
-from asset_checks import Clock, all_checks
+from asset_checks import all_checks
 from lakehouse.bronze import tombstones
-from lakehouse.bronze.assets import LandingZone, bronze_assets
+from lakehouse.bronze.assets import bronze_assets
 from lakehouse.bronze.columns import DELETE, OP
-from lakehouse.contract import Contract, load_contracts
-from lakehouse.delta import LakehouseStorage
 from lakehouse.demo import simulation, store
 from lakehouse.gold.assets import attached_tables, gold_assets
 from lakehouse.gold.build import silver_reader
-from lakehouse.marts import DBT_EXECUTABLE, DbtCli, dbt_models, dbt_project
+from lakehouse.marts.assets import DBT_EXECUTABLE, DbtCli, dbt_models, dbt_project
+from lakehouse.resources import Clock, LakehouseStorage, LandingZone, PiiHasher, SourceDatabase, Warehouse
 from lakehouse.settings import DEFAULTS
 from lakehouse.silver.assets import silver_assets
-from lakehouse.silver.pii import PiiHasher
-from lakehouse.source import SourceDatabase
-from lakehouse.warehouse import Warehouse
+from lakehouse.sources.contract import Contract, load_contracts
 
 PROJECT = Path(__file__).resolve().parent.parent
 CLOCK = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)

@@ -9,13 +9,12 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from asset_checks import Clock, all_checks
-from lakehouse.bronze.assets import LandingZone, bronze_assets
-from lakehouse.contract import Contract, load_contracts
-from lakehouse.delta import LakehouseStorage
+from asset_checks import all_checks
+from lakehouse.bronze.assets import bronze_assets
+from lakehouse.resources import Clock, LakehouseStorage, LandingZone, PiiHasher, SourceDatabase
 from lakehouse.silver.assets import silver_assets
-from lakehouse.silver.pii import PiiHasher
-from lakehouse.source import SourceDatabase, timestamp_text
+from lakehouse.sources.contract import Contract, load_contracts
+from lakehouse.sources.timestamps import timestamp_text
 
 CLOCK = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 MEMBERS = """\

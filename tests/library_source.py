@@ -21,13 +21,11 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
-from asset_checks import Clock, all_checks
-from lakehouse.bronze.assets import LandingZone, bronze_assets
-from lakehouse.contract import Contract
-from lakehouse.delta import LakehouseStorage
+from asset_checks import all_checks
+from lakehouse.bronze.assets import bronze_assets
+from lakehouse.resources import Clock, LakehouseStorage, LandingZone, PiiHasher, SourceDatabase
 from lakehouse.silver.assets import silver_assets
-from lakehouse.silver.pii import PiiHasher
-from lakehouse.source import SourceDatabase
+from lakehouse.sources.contract import Contract
 
 START = datetime(2013, 6, 30, 18, 0, tzinfo=UTC)
 TABLES = ("members", "books", "loans")

@@ -13,11 +13,10 @@ import dagster as dg
 import pytest
 from conftest import Lake
 
-from lakehouse.alerts import AlertSink
-from lakehouse.bronze.assets import LandingZone
 from lakehouse.definitions import defs
-from lakehouse.jobs import schedules
-from lakehouse.sensors import alert_on_run_failure, landing_sensor
+from lakehouse.orchestration.jobs import schedules
+from lakehouse.orchestration.sensors import alert_on_run_failure, landing_sensor
+from lakehouse.resources import AlertSink, LandingZone
 from lakehouse.settings import SettingsError
 
 TICK_FORMAT = "%Y-%m-%dT%H:%M%z"

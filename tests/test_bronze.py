@@ -15,10 +15,10 @@ import pytest
 from conftest import DemoLake, Lake
 from polars.testing import assert_frame_equal
 
-from lakehouse import delta, ledger
 from lakehouse.bronze import database, tombstones
-from lakehouse.source import SourceDatabase
-from lakehouse.source_errors import SourceUnavailableError
+from lakehouse.resources import SourceDatabase
+from lakehouse.sources.errors import SourceUnavailableError
+from lakehouse.storage import delta, ledger
 
 DATABASE_TABLES = {"customers": "customer_id", "products": "product_id", "orders": "order_id",
                    "order_items": "order_item_id"}  # fmt: skip

@@ -27,17 +27,14 @@ import pytest
 import yaml
 from conftest import PROJECT, Lake, error_line, postgres_source, run_command
 
-from asset_checks import Clock, all_checks
-from lakehouse import delta, ledger
-from lakehouse.alerts import AlertSink
+from asset_checks import all_checks
 from lakehouse.bronze import cdc, pgoutput, tombstones
 from lakehouse.bronze.assets import bronze_assets
 from lakehouse.bronze.columns import DELETE, INSERT, LSN, OP, UPDATE
-from lakehouse.contract import Contract
-from lakehouse.delta import LakehouseStorage
+from lakehouse.resources import AlertSink, Clock, LakehouseStorage, PiiHasher, SourceDatabase
 from lakehouse.silver.assets import silver_assets
-from lakehouse.silver.pii import PiiHasher
-from lakehouse.source import SourceDatabase
+from lakehouse.sources.contract import Contract
+from lakehouse.storage import delta, ledger
 
 CONTRACTS = {
     "loans": """\
@@ -257,8 +254,8 @@ def test_a_kill_between_the_delta_commit_and_the_slot_advance_loses_and_repeats_
         import os, signal, sys
         from pathlib import Path
         from lakehouse.bronze import cdc
-        from lakehouse.contract import load_contract
-        from lakehouse.source import SourceDatabase
+        from lakehouse.sources.contract import load_contract
+        from lakehouse.resources import SourceDatabase
 
         cdc._advance = lambda *_: os.kill(os.getpid(), signal.SIGKILL)
         contract = load_contract(Path(sys.argv[1]))

@@ -6,8 +6,8 @@ import polars as pl
 import pytest
 from conftest import Lake, error_line, run_command
 
+from lakehouse.cli.summary import check_results
 from lakehouse.settings import DEFAULTS
-from lakehouse.summary import check_results
 
 
 def test_workspace_definitions_validate(lake: Lake) -> None:

@@ -8,8 +8,8 @@ import polars as pl
 import pytest
 from conftest import Lake, run_command
 
-from lakehouse.contract import ContractError, load_contract, load_contracts
 from lakehouse.settings import DEFAULTS
+from lakehouse.sources.contract import ContractError, load_contract, load_contracts
 
 SHIPPED = Path(DEFAULTS["LAKEHOUSE_CONTRACTS"])
 

@@ -16,12 +16,12 @@ from library import Library
 
 from asset_checks.quality_report import quality_report
 from asset_checks.row_checks import read_columns
-from lakehouse import delta, ledger
 from lakehouse.bronze import deletes
 from lakehouse.bronze.columns import DELETE, OP
-from lakehouse.contract import Contract
-from lakehouse.maintenance import maintain_table
-from lakehouse.source import SourceDatabase
+from lakehouse.orchestration.maintenance import maintain_table
+from lakehouse.resources import SourceDatabase
+from lakehouse.sources.contract import Contract
+from lakehouse.storage import delta, ledger
 
 # A library lake written before tombstones existed (members with SCD2 history, loans; member 4
 # changed once): bronze has no `_op`, history no `_deleted`, and no ledger names deletes.

@@ -12,7 +12,7 @@ from conftest import CLOCK, POSTGRES_URL, Lake, error_line, postgres_source, run
 
 from lakehouse.demo import simulation, store
 from lakehouse.demo.simulation import DEFAULT_DEFECT_RATES
-from lakehouse.source import SourceDatabase
+from lakehouse.resources import SourceDatabase
 
 TABLES = ("customers", "products", "orders", "order_items")
 STATUS_ORDER = {"pending": 0, "confirmed": 1, "shipped": 2, "delivered": 3, "cancelled": 3}

@@ -28,13 +28,13 @@ from conftest import PROJECT, command_environment, local_deployment
 from dagster_server import DagsterServer, wait_for
 from playwright.sync_api import Locator, Page, expect, sync_playwright
 
-from lakehouse import delta
 from lakehouse.definitions import defs
-from lakehouse.delta import LakehouseStorage
 from lakehouse.demo.events import write_event_file
 from lakehouse.demo.simulation import EVENTS_FOLDER
 from lakehouse.gold.build import silver_reader
 from lakehouse.gold.tables import GOLD_TABLES
+from lakehouse.resources import LakehouseStorage
+from lakehouse.storage import delta
 
 pytestmark = pytest.mark.e2e
 

@@ -15,11 +15,11 @@ from conftest import (
     sqlite_source,
 )
 
-from lakehouse import delta
 from lakehouse.demo import store
 from lakehouse.gold import build
 from lakehouse.gold.build import silver_reader
 from lakehouse.gold.tables import GOLD_TABLES
+from lakehouse.storage import delta
 
 EVENT_TABLES = {table.name: table for table in GOLD_TABLES if table.upstream == {"events": "timestamp"}}
 

@@ -7,10 +7,10 @@ import dagster as dg
 import polars as pl
 from conftest import Lake
 
-from lakehouse import delta
 from lakehouse.bronze.landing import parse_file
-from lakehouse.contract import Contract
 from lakehouse.demo.events import EVENT_TYPES
+from lakehouse.sources.contract import Contract
+from lakehouse.storage import delta
 
 EVENT_ASSETS = dg.AssetSelection.assets(["bronze", "events"], ["quarantine", "events_malformed"])
 

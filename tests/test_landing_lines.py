@@ -12,14 +12,12 @@ import polars as pl
 import yaml
 from conftest import TEST_SALT
 
-from asset_checks import Clock, all_checks
-from lakehouse.bronze.assets import LandingZone, bronze_assets
+from asset_checks import all_checks
+from lakehouse.bronze.assets import bronze_assets
 from lakehouse.bronze.landing import BYTE_ORDER_MARK, parse_file
-from lakehouse.contract import Contract, load_contracts
-from lakehouse.delta import LakehouseStorage
+from lakehouse.resources import Clock, LakehouseStorage, LandingZone, PiiHasher, SourceDatabase
 from lakehouse.silver.assets import silver_assets
-from lakehouse.silver.pii import PiiHasher
-from lakehouse.source import SourceDatabase
+from lakehouse.sources.contract import Contract, load_contracts
 
 READINGS = {
     "name": "readings",

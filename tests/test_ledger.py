@@ -12,8 +12,8 @@ import polars as pl
 import pytest
 from conftest import PROJECT, Lake, assert_bronze_holds_each_version_once, command_environment
 
-from lakehouse import delta, ledger
-from lakehouse.ledger import Claim, LedgerMoved
+from lakehouse.storage import delta, ledger
+from lakehouse.storage.ledger import Claim, LedgerMoved
 
 READINGS = pl.DataFrame({"sensor": ["a", "b"], "celsius": [21.5, 19.0]})
 WATERMARK = ledger.bronze_watermark("readings")
@@ -73,7 +73,7 @@ def test_a_table_created_by_another_writer_during_the_write_is_not_appended_to(t
 
 
 def test_a_merge_against_a_moved_ledger_fails_and_changes_nothing(tmp_path: Path) -> None:
-    from lakehouse.merge import merge
+    from lakehouse.storage.merge import merge
 
     uri = str(tmp_path / "readings")
     position = ledger.silver_position("readings")

@@ -10,7 +10,7 @@ import pytest
 from conftest import DemoLake, Lake
 from deltalake import DeltaTable
 
-from lakehouse.maintenance import (
+from lakehouse.orchestration.maintenance import (
     MEGABYTE,
     Z_ORDER_KEY,
     maintain_table,

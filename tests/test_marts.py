@@ -21,7 +21,7 @@ from deltalake import DeltaTable
 
 from lakehouse.definitions import defs
 from lakehouse.gold.tables import GOLD_TABLES
-from lakehouse.marts import DBT_EXECUTABLE, DbtCli, dbt_models, dbt_project
+from lakehouse.marts.assets import DBT_EXECUTABLE, DbtCli, dbt_models, dbt_project
 
 MARTS = (
     "mart_sales_daily",
@@ -211,7 +211,7 @@ def test_dbt_has_its_own_environment_with_the_lakehouses_duckdb() -> None:
 
 
 def test_the_private_dagster_dbt_members_dbtcli_overrides_are_still_there() -> None:
-    """`DbtCli` (lakehouse/marts.py) overrides two private members of dagster-dbt's
+    """`DbtCli` (lakehouse/marts/assets.py) overrides two private members of dagster-dbt's
     `DbtCliResource`, for want of a public way to skip what they do before every dbt invocation.
     A dagster-dbt that renames, reshapes or stops calling either would bring that cost back
     without a word: this test is that word."""
@@ -219,25 +219,25 @@ def test_the_private_dagster_dbt_members_dbtcli_overrides_are_still_there() -> N
     version = inspect.getattr_static(DbtCliResource, "_cli_version", None)
     assert isinstance(version, cached_property), (
         f"{upstream}._cli_version is gone or no longer a cached_property: "
-        "DbtCli._cli_version in lakehouse/marts.py no longer replaces it"
+        "DbtCli._cli_version in lakehouse/marts/assets.py no longer replaces it"
     )
     adapter = inspect.getattr_static(DbtCliResource, "_initialize_dbt_core_adapter", None)
     assert inspect.isfunction(adapter), (
         f"{upstream}._initialize_dbt_core_adapter is gone: "
-        "DbtCli._initialize_dbt_core_adapter in lakehouse/marts.py no longer replaces it"
+        "DbtCli._initialize_dbt_core_adapter in lakehouse/marts/assets.py no longer replaces it"
     )
     assert (
         inspect.signature(adapter).parameters.keys()
         == inspect.signature(DbtCli._initialize_dbt_core_adapter).parameters.keys()
     ), (
         f"{upstream}._initialize_dbt_core_adapter{inspect.signature(adapter)} changed its signature: "
-        "update DbtCli._initialize_dbt_core_adapter in lakehouse/marts.py"
+        "update DbtCli._initialize_dbt_core_adapter in lakehouse/marts/assets.py"
     )
     invocation = inspect.getsource(DbtCliResource.cli)
     for used in ("self._cli_version", "self._initialize_dbt_core_adapter("):
         assert used in invocation, (
             f"{upstream}.cli no longer uses {used.removesuffix('(')}: check what it does before a dbt "
-            "invocation now, and what DbtCli in lakehouse/marts.py must override instead"
+            "invocation now, and what DbtCli in lakehouse/marts/assets.py must override instead"
         )
 
 

@@ -14,12 +14,11 @@ import pytest
 from conftest import POSTGRES_URL, TEST_SALT, postgres_source, run_command
 from library_source import ORPHAN_MEMBERS, PLAIN_NAMES, TABLES, LibrarySource, Naming, materialize
 
-from lakehouse import delta
-from lakehouse.cli import main
-from lakehouse.contract import Contract, ContractError, load_contract, load_contracts
-from lakehouse.delta import LakehouseStorage
-from lakehouse.scaffold import TableSchema, declared_type, watermark_column
-from lakehouse.source import SourceDatabase
+from lakehouse.cli.main import main
+from lakehouse.resources import LakehouseStorage, SourceDatabase
+from lakehouse.sources.contract import Contract, ContractError, load_contract, load_contracts
+from lakehouse.sources.scaffold import TableSchema, declared_type, watermark_column
+from lakehouse.storage import delta
 
 SCHEMA = "library"
 

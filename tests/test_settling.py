@@ -16,15 +16,15 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from asset_checks import Clock, all_checks
-from lakehouse import delta, ledger
-from lakehouse.bronze.assets import LandingZone, bronze_assets
+from asset_checks import all_checks
+from lakehouse.bronze.assets import bronze_assets
 from lakehouse.bronze.columns import PARTITION_COLUMN, with_audit_columns
 from lakehouse.bronze.landing import settle_seconds
-from lakehouse.contract import Contract
-from lakehouse.delta import LakehouseStorage
-from lakehouse.sensors import landing_sensor
+from lakehouse.orchestration.sensors import landing_sensor
+from lakehouse.resources import Clock, LakehouseStorage, LandingZone
 from lakehouse.settings import SettingsError
+from lakehouse.sources.contract import Contract
+from lakehouse.storage import delta, ledger
 
 READINGS = Contract.model_validate(
     {

@@ -11,15 +11,15 @@ import polars as pl
 import pytest
 from conftest import TEST_SALT, DemoLake, Lake
 
-from lakehouse import delta
 from lakehouse.bronze import tombstones
 from lakehouse.bronze.columns import DELETE, OP
-from lakehouse.contract import Contract
 from lakehouse.demo import store
 from lakehouse.demo.events import EVENT_TYPES
+from lakehouse.resources import PiiHasher
 from lakehouse.silver import load as silver_load
 from lakehouse.silver.history import DELETED, VALID_TO
-from lakehouse.silver.pii import PiiHasher
+from lakehouse.sources.contract import Contract
+from lakehouse.storage import delta
 
 KEYS = {
     "customers": "customer_id",

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import polars as pl
 
-from lakehouse import delta
-from lakehouse.slices import key_ranges
+from lakehouse.storage import delta
+from lakehouse.storage.slices import key_ranges
 
 
 def test_key_ranges_hold_every_row_once_and_each_key_in_one_slice(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ from conftest import (
 from dagster_server import DagsterServer, wait_for
 
 from asset_checks import all_checks
-from lakehouse.run_health import worker_of
+from lakehouse.orchestration.run_health import worker_of
 
 pytestmark = pytest.mark.e2e
 

@@ -22,13 +22,11 @@ from asset_checks.check import per_asset
 from asset_checks.reconciliation import reconciliation_checks
 from asset_checks.row_checks import contract_checks
 from lakehouse.bronze.assets import bronze_assets
-from lakehouse.contract import Contract, load_contracts
-from lakehouse.delta import LakehouseStorage
+from lakehouse.resources import LakehouseStorage, PiiHasher, SourceDatabase
 from lakehouse.silver.assets import silver_assets
-from lakehouse.silver.pii import PiiHasher
-from lakehouse.source import SourceDatabase
-from lakehouse.source_errors import SourceError, SourceUnavailableError, is_transient
-from lakehouse.sql import qualified, quoted
+from lakehouse.sources.contract import Contract, load_contracts
+from lakehouse.sources.errors import SourceError, SourceUnavailableError, is_transient
+from lakehouse.storage.sql import qualified, quoted
 
 T0 = "2026-11-02 10:00:00.000000+00:00"
 T1 = "2026-11-02 11:00:00.000000+00:00"

@@ -15,10 +15,10 @@ from conftest import TEST_SALT, error_line, run_command
 from library_source import TABLES, materialize
 from test_own_source import _assert_lake, _assert_run, _versions, library, scaffold_contracts
 
-from lakehouse import delta, ledger, table_log
-from lakehouse.cli import main
-from lakehouse.delta import LakehouseStorage
-from lakehouse.table_log import CorruptLog, RepairRefused
+from lakehouse.cli.main import main
+from lakehouse.resources import LakehouseStorage
+from lakehouse.storage import delta, ledger, table_log
+from lakehouse.storage.table_log import CorruptLog, RepairRefused
 
 WATERMARK = ledger.bronze_watermark("readings")
 

@@ -11,12 +11,12 @@ import yaml
 
 from asset_checks.freshness import age_status
 from asset_checks.quality_report import quality_report, to_json, to_markdown
-from lakehouse import delta, ledger
-from lakehouse.contract import Contract
-from lakehouse.delta import LakehouseStorage
-from lakehouse.maintenance import maintain_table
-from lakehouse.summary import table_rows
-from lakehouse.time_travel import RestoreError, history, restore
+from lakehouse.cli.summary import table_rows
+from lakehouse.orchestration.maintenance import maintain_table
+from lakehouse.resources import LakehouseStorage
+from lakehouse.sources.contract import Contract
+from lakehouse.storage import delta, ledger
+from lakehouse.storage.time_travel import RestoreError, history, restore
 
 NOW = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 TIME = pl.Datetime("us", "UTC")

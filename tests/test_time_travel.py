@@ -4,9 +4,9 @@ import dagster as dg
 import polars as pl
 from conftest import TEST_SALT, Lake, run_command
 
-from lakehouse import delta, ledger
-from lakehouse.jobs import INGEST
-from lakehouse.silver.load import LOADED_AT
+from lakehouse.orchestration.jobs import INGEST
+from lakehouse.storage import delta, ledger
+from lakehouse.storage.ledger import LOADED_AT
 
 
 def table_command(lake: Lake, *args: str):

@@ -14,17 +14,15 @@ import pytest
 import yaml
 from conftest import postgres_source
 
-from lakehouse import delta
 from lakehouse.bronze.columns import BronzeSchemaError, pin_types
 from lakehouse.bronze.database import extract_table
 from lakehouse.bronze.watermark import WatermarkRange
-from lakehouse.contract import Contract, ContractError, load_contract
-from lakehouse.delta import LakehouseStorage
+from lakehouse.resources import LakehouseStorage, PiiHasher, SourceDatabase
 from lakehouse.silver.load import load_silver
-from lakehouse.silver.pii import PiiHasher
 from lakehouse.silver.validate import split_valid
-from lakehouse.source import SourceDatabase
-from lakehouse.timestamps import UTC_TIMESTAMP, TimestampForm, to_utc
+from lakehouse.sources.contract import Contract, ContractError, load_contract
+from lakehouse.sources.timestamps import UTC_TIMESTAMP, TimestampForm, to_utc
+from lakehouse.storage import delta
 
 
 def utc(*parts: int) -> datetime:

@@ -13,9 +13,6 @@ import yaml
 from library import MEMBERS
 
 from asset_checks.revenue import revenue_checks
-from lakehouse import delta
-from lakehouse.contract import Contract
-from lakehouse.delta import LakehouseStorage
 from lakehouse.gold.backfill import Backfill
 from lakehouse.gold.build import backfill, build_gold, silver_reader
 from lakehouse.gold.tables import (
@@ -28,14 +25,17 @@ from lakehouse.gold.tables import (
     funnel_daily,
     period_bounds,
 )
+from lakehouse.resources import LakehouseStorage
 from lakehouse.silver.history import (
     IS_CURRENT,
-    LOADED_AT,
     VALID_FROM,
     VALID_TO,
     close_deleted,
     record_changes,
 )
+from lakehouse.sources.contract import Contract
+from lakehouse.storage import delta
+from lakehouse.storage.ledger import LOADED_AT
 
 DAY = datetime(2026, 11, 2, tzinfo=UTC)
 

@@ -29,9 +29,15 @@ from conftest import (
 from dagster_graphql import DagsterGraphQLClient
 from dagster_server import DagsterServer, wait_for
 
-from lakehouse.alerts import AlertSink
-from lakehouse.marts import WAREHOUSE_POOL
-from lakehouse.run_health import DEAD_WORKER_TAG, HOST_TAG, PID_TAG, describe_pool_holders, fail_dead_runs
+from lakehouse.marts.assets import WAREHOUSE_POOL
+from lakehouse.orchestration.run_health import (
+    DEAD_WORKER_TAG,
+    HOST_TAG,
+    PID_TAG,
+    describe_pool_holders,
+    fail_dead_runs,
+)
+from lakehouse.resources import AlertSink
 
 DBT_STEP = "dbt_models"
 INGEST_AGAIN = "dagster asset materialize -m lakehouse.definitions --select 'group:bronze or group:silver'"

@@ -6,7 +6,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from lakehouse.warehouse import WarehouseFileError, set_aside_torn_creation
+from lakehouse.marts.warehouse import WarehouseFileError, set_aside_torn_creation
 
 
 def new_database_head(tmp_path: Path) -> bytes:

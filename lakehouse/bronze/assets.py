@@ -1,36 +1,24 @@
 """Bronze assets, one per dataset contract: raw, append-only Delta copies of the sources."""
 
 import time
-from pathlib import Path
 
 import dagster as dg
 
-from lakehouse import delta
 from lakehouse.bronze.cdc import capture, lsn_text
 from lakehouse.bronze.database import extract_table
 from lakehouse.bronze.landing import ingest_files
-from lakehouse.contract import Contract
-from lakehouse.delta import LakehouseStorage
-from lakehouse.source import SourceDatabase
+from lakehouse.orchestration import metadata
+from lakehouse.resources import LakehouseStorage, LandingZone, SourceDatabase
+from lakehouse.sources.contract import Contract
 
 LISTED_FILES = 20
 # Landing files meet flaky mounts: retry the step, backing off with jitter. Database steps have
 # no step retries: the source retries each query that failed for a passing reason (see
-# lakehouse/source_errors.py), and a second layer would multiply those retries and repeat
+# lakehouse/sources/errors.py), and a second layer would multiply those retries and repeat
 # failures that can never succeed.
 LANDING_RETRIES = dg.RetryPolicy(
     max_retries=3, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
 )
-
-
-class LandingZone(dg.ConfigurableResource):
-    """The folder where event files arrive."""
-
-    path: str
-
-    @property
-    def folder(self) -> Path:
-        return Path(self.path)
 
 
 def _database_asset(contract: Contract) -> dg.AssetsDefinition:
@@ -68,8 +56,8 @@ def _database_asset(contract: Contract) -> dg.AssetsDefinition:
             )
         return dg.MaterializeResult(
             metadata={
-                **delta.table_metadata(result.table),
-                **delta.elapsed(started),
+                **metadata.table_metadata(result.table),
+                **metadata.elapsed(started),
                 "rows_read": result.rows_read,
                 "rows_appended": result.rows_appended,
                 "rows_deleted": result.rows_deleted,
@@ -103,8 +91,8 @@ def _capture_result(
     )
     return dg.MaterializeResult(
         metadata={
-            **delta.table_metadata(result.table),
-            **delta.elapsed(started),
+            **metadata.table_metadata(result.table),
+            **metadata.elapsed(started),
             "rows_read": result.snapshot_rows + result.inserted + result.updated + result.deleted,
             "rows_appended": result.rows_appended,
             "snapshot_rows": result.snapshot_rows,
@@ -166,8 +154,8 @@ def _landing_asset(contract: Contract) -> dg.AssetsDefinition:
             yield dg.MaterializeResult(
                 asset_key=["bronze", contract.name],
                 metadata={
-                    **delta.table_metadata(result.table),
-                    **delta.elapsed(started),
+                    **metadata.table_metadata(result.table),
+                    **metadata.elapsed(started),
                     "files_ingested": len(result.files),
                     "files_waiting": result.files_waiting,
                     "files_settling": len(result.files_settling),
@@ -190,8 +178,8 @@ def _landing_asset(contract: Contract) -> dg.AssetsDefinition:
             yield dg.MaterializeResult(
                 asset_key=["quarantine", quarantine_name],
                 metadata={
-                    **delta.table_metadata(result.quarantine),
-                    **delta.elapsed(started),
+                    **metadata.table_metadata(result.quarantine),
+                    **metadata.elapsed(started),
                     "rows_quarantined": result.lines_quarantined,
                 },
             )

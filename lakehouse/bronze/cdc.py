@@ -35,7 +35,6 @@ from datetime import UTC, datetime
 import polars as pl
 import pyarrow as pa
 
-from lakehouse import delta, ledger
 from lakehouse.bronze import pgoutput, tombstones
 from lakehouse.bronze.columns import (
     DELETE,
@@ -49,10 +48,11 @@ from lakehouse.bronze.columns import (
 )
 from lakehouse.bronze.database import check_source_columns, source_chunks
 from lakehouse.bronze.watermark import WatermarkRange
-from lakehouse.contract import Contract
-from lakehouse.source import SourceDatabase
-from lakehouse.source_errors import SourceError
-from lakehouse.sql import qualified, quoted
+from lakehouse.resources import SourceDatabase
+from lakehouse.sources.contract import Contract
+from lakehouse.sources.errors import SourceError
+from lakehouse.storage import delta, ledger
+from lakehouse.storage.sql import qualified, quoted
 
 # Changes a batch holds: it ends with the transaction that reaches this many, so memory follows
 # the batch (and the largest transaction), not the backlog.

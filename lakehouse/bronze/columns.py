@@ -8,8 +8,8 @@ import polars as pl
 import polars.selectors as cs
 import pyarrow as pa
 
-from lakehouse.contract import Contract
-from lakehouse.timestamps import in_zone
+from lakehouse.sources.contract import Contract
+from lakehouse.sources.timestamps import in_zone
 
 PARTITION_COLUMN = "_ingest_date"
 EXTRACTED_AT, SOURCE, RUN_ID = "_extracted_at", "_source", "_run_id"

@@ -23,14 +23,15 @@ from datetime import UTC, datetime
 import polars as pl
 import pyarrow as pa
 
-from lakehouse import delta, ledger
 from lakehouse.bronze import deletes, tombstones
 from lakehouse.bronze.columns import OP, PARTITION_COLUMN, UPSERT, pin_types, with_audit_columns
 from lakehouse.bronze.watermark import WatermarkRange
-from lakehouse.contract import Contract, DeleteCadence
-from lakehouse.source import SourceDatabase, reading
-from lakehouse.sql import qualified, quoted
-from lakehouse.timestamps import instant
+from lakehouse.resources import SourceDatabase
+from lakehouse.sources.contract import Contract, DeleteCadence
+from lakehouse.sources.errors import reading
+from lakehouse.sources.timestamps import instant
+from lakehouse.storage import delta, ledger
+from lakehouse.storage.sql import qualified, quoted
 
 CHUNK_ROWS = 1_000_000  # source rows an extraction holds at a time
 

@@ -19,10 +19,11 @@ from datetime import datetime
 
 import polars as pl
 
-from lakehouse import ledger
-from lakehouse.contract import Contract, DeleteCadence
-from lakehouse.source import SourceDatabase, reading
-from lakehouse.sql import qualified, quoted
+from lakehouse.resources import SourceDatabase
+from lakehouse.sources.contract import Contract, DeleteCadence
+from lakehouse.sources.errors import reading
+from lakehouse.storage import ledger
+from lakehouse.storage.sql import qualified, quoted
 
 RANGE_WIDTH = 1 << 16  # key values per range, at least
 MAX_RANGES = 1024

@@ -13,7 +13,7 @@ not changed for the settle time (`LAKEHOUSE_LANDING_SETTLE_SECONDS`), and a file
 while it is read is left for a later run. Producers that write a file and then rename it into
 the folder never show a partial file at all (docs/operations.md).
 
-The ledger of ingested files holds each file's size and checksum (lakehouse/ledger.py),
+The ledger of ingested files holds each file's size and checksum (lakehouse/storage/ledger.py),
 committed together with the file's rows. Quarantined lines are written first with a MERGE on
 (file, line), so a crash between the two commits cannot duplicate them when the files are read
 again. A run overtaken by another that committed some of the same files first starts again
@@ -32,7 +32,6 @@ from pathlib import Path
 import orjson
 import polars as pl
 
-from lakehouse import delta, ledger
 from lakehouse.bronze.columns import (
     EXTRA_KEYS,
     LINE_NUMBER,
@@ -42,9 +41,10 @@ from lakehouse.bronze.columns import (
     pin_types,
     with_audit_columns,
 )
-from lakehouse.contract import Contract, LandingSource
-from lakehouse.merge import merge
 from lakehouse.settings import seconds
+from lakehouse.sources.contract import Contract, LandingSource
+from lakehouse.storage import delta, ledger
+from lakehouse.storage.merge import merge
 
 MAX_FILES_PER_RUN = 500
 # A run waits for files that arrived just before it when they settle within this long, so it

@@ -17,7 +17,7 @@ from typing import TypeVar
 import polars as pl
 
 from lakehouse.bronze.columns import DELETE, EXTRACTED_AT, LSN, OP, with_audit_columns
-from lakehouse.contract import Contract
+from lakehouse.sources.contract import Contract
 
 Rows = TypeVar("Rows", pl.DataFrame, pl.LazyFrame)
 DELETED_AT = "_deleted_at"

@@ -2,7 +2,7 @@
 
 A range is read in two steps: a condition on the raw column that its index serves, which may
 admit a few rows more, then the exact test on the instants the values name (see
-`lakehouse.timestamps`), after reading.
+`lakehouse.sources.timestamps`), after reading.
 
 - Database timestamps compare exactly in SQL with a bound of their own kind: a wall-clock
   time in the contract's zone for `TIMESTAMP WITHOUT TIME ZONE` (the session's zone plays no
@@ -29,8 +29,7 @@ from zoneinfo import ZoneInfo
 
 import polars as pl
 
-from lakehouse.source import timestamp_text
-from lakehouse.timestamps import EPOCH_UNITS, TimestampForm, to_utc
+from lakehouse.sources.timestamps import EPOCH_UNITS, TimestampForm, timestamp_text, to_utc
 
 # Any form's wall-clock date lies within this of its instant (offsets span -12 h to +14 h).
 MARGIN = timedelta(days=1)

@@ -33,7 +33,7 @@ from lakehouse.demo.shop import (
     progressed_orders,
     repriced_products,
 )
-from lakehouse.source import SourceDatabase
+from lakehouse.resources import SourceDatabase
 
 MANIFEST_NAME = "demo_manifest.json"
 EVENTS_FOLDER = "events"

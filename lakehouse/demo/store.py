@@ -14,7 +14,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import polars as pl
 import polars.selectors as cs
 
-from lakehouse.source import SQLITE_TIMESTAMP_FORMAT, SourceDatabase
+from lakehouse.resources import SourceDatabase
+from lakehouse.sources.timestamps import SQLITE_TIMESTAMP_FORMAT
 
 TABLES = ("order_items", "orders", "products", "customers")  # drop order: children first
 # The marker: its one row names the demo (the id its landing manifest carries too).

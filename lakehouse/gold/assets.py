@@ -4,13 +4,13 @@ import time
 
 import dagster as dg
 
-from lakehouse import delta
-from lakehouse.contract import Contract
-from lakehouse.delta import LakehouseStorage
 from lakehouse.gold.backfill import Backfill
 from lakehouse.gold.build import backfill, build_gold
 from lakehouse.gold.tables import GOLD_TABLES, GoldTable
+from lakehouse.orchestration import metadata
+from lakehouse.resources import LakehouseStorage
 from lakehouse.silver.assets import silver_assets
+from lakehouse.sources.contract import Contract
 
 LISTED_PERIODS = 20
 
@@ -47,8 +47,8 @@ def _gold_asset(table: GoldTable) -> dg.AssetsDefinition:
         context.log.info(f"gold/{table.name}: {built.rows_written} rows written for periods: {rebuilt}")
         return dg.MaterializeResult(
             metadata={
-                **delta.table_metadata(built.table),
-                **delta.elapsed(started),
+                **metadata.table_metadata(built.table),
+                **metadata.elapsed(started),
                 "rows_written": built.rows_written,
                 "periods_rewritten": rebuilt,
                 "periods_rewritten_count": -1 if built.rebuilt is None else len(built.rebuilt),

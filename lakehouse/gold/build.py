@@ -27,11 +27,11 @@ from typing import Any
 
 import polars as pl
 
-from lakehouse import delta, ledger
-from lakehouse.delta import LakehouseStorage
 from lakehouse.gold.tables import DAY, MONTH, GoldTable, Reader, period_bounds
-from lakehouse.silver.load import DELETED_DAYS, LOADED_AT
-from lakehouse.sql import quoted
+from lakehouse.resources import LakehouseStorage
+from lakehouse.storage import delta, ledger
+from lakehouse.storage.ledger import DELETED_DAYS, LOADED_AT
+from lakehouse.storage.sql import quoted
 
 PART_ROWS = 2_000_000  # input rows a build of periods holds at a time
 

@@ -5,18 +5,18 @@ from typing import Any
 
 import dagster as dg
 
-from lakehouse import delta
-from lakehouse.contract import Contract
-from lakehouse.delta import LakehouseStorage
-from lakehouse.merge import MergeCounts
+from lakehouse.orchestration import metadata
+from lakehouse.resources import LakehouseStorage, PiiHasher
 from lakehouse.silver.load import load_silver
-from lakehouse.silver.pii import PiiHasher
+from lakehouse.sources.contract import Contract
+from lakehouse.storage import delta
+from lakehouse.storage.merge import MergeCounts
 
 KINDS = {"deltalake", "polars"}
 
 
 def _table_metadata(lakehouse: LakehouseStorage, layer: str, name: str) -> dict[str, Any]:
-    return delta.table_metadata(delta.open_table(lakehouse.table_uri(layer, name)))
+    return metadata.table_metadata(delta.open_table(lakehouse.table_uri(layer, name)))
 
 
 def _merge_metadata(counts: MergeCounts | None) -> dict[str, int]:
@@ -92,7 +92,7 @@ def _silver_asset(contract: Contract) -> dg.AssetsDefinition:
                 asset_key=["silver", name],
                 metadata={
                     **_table_metadata(lakehouse, "silver", name),
-                    **delta.elapsed(started),
+                    **metadata.elapsed(started),
                     "rows_read": load.rows_read,
                     **_merge_metadata(load.silver),
                     "duplicates_collapsed": load.duplicates_collapsed,
@@ -111,7 +111,7 @@ def _silver_asset(contract: Contract) -> dg.AssetsDefinition:
                 asset_key=["quarantine", name],
                 metadata={
                     **_table_metadata(lakehouse, "quarantine", name),
-                    **delta.elapsed(started),
+                    **metadata.elapsed(started),
                     "rows_quarantined": load.rows_quarantined,
                 },
             )
@@ -120,7 +120,7 @@ def _silver_asset(contract: Contract) -> dg.AssetsDefinition:
                 asset_key=["silver", f"{name}_history"],
                 metadata={
                     **_table_metadata(lakehouse, "silver", f"{name}_history"),
-                    **delta.elapsed(started),
+                    **metadata.elapsed(started),
                     **_merge_metadata(load.history),
                     "versions_closed_by_deletes": load.history_closed,
                 },

@@ -6,15 +6,15 @@ from datetime import datetime
 
 import polars as pl
 
-from lakehouse import delta
 from lakehouse.bronze.tombstones import DELETED_AT
-from lakehouse.contract import Contract
-from lakehouse.merge import MergeCounts, merge
-from lakehouse.sql import quoted
+from lakehouse.sources.contract import Contract
+from lakehouse.storage import delta
+from lakehouse.storage.ledger import LOADED_AT
+from lakehouse.storage.merge import MergeCounts, merge
+from lakehouse.storage.sql import quoted
 
 VALID_FROM, VALID_TO, IS_CURRENT = "valid_from", "valid_to", "is_current"
 DELETED = "_deleted"  # true on the version a delete in the source closed
-LOADED_AT = "_loaded_at"  # when the row was last written, for downstream change detection
 
 
 def tracked_columns(contract: Contract) -> list[str]:

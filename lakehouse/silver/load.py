@@ -22,29 +22,25 @@ from datetime import UTC, datetime
 
 import polars as pl
 
-from lakehouse import delta, ledger
 from lakehouse.bronze import tombstones
 from lakehouse.bronze.columns import LSN, OP, PARTITION_COLUMN
-from lakehouse.contract import Contract
-from lakehouse.delta import LakehouseStorage
-from lakehouse.merge import MergeCounts, merge
+from lakehouse.resources import LakehouseStorage, PiiHasher
 from lakehouse.silver import history
-from lakehouse.silver.pii import PiiHasher
 from lakehouse.silver.repeats import split_repeats
 from lakehouse.silver.validate import split_valid
-from lakehouse.slices import key_ranges
-from lakehouse.sql import quoted
+from lakehouse.sources.contract import Contract
+from lakehouse.storage import delta, ledger
+from lakehouse.storage.ledger import DELETED_DAYS, LOADED_AT
+from lakehouse.storage.merge import MergeCounts, merge
+from lakehouse.storage.slices import key_ranges
+from lakehouse.storage.sql import quoted
 
 CHANGE_FEED_COLUMNS = ("_change_type", "_commit_version", "_commit_timestamp")
 ORPHAN_COLUMN = "_orphan"
-LOADED_AT = "_loaded_at"
 ROW = "_row"
 # Silver's commits name the bronze versions their load consumed: those after the one before,
 # up to the one after (the position silver's ledger records).
 BRONZE_VERSION, BRONZE_VERSION_BEFORE = "lakehouse.bronze_version", "lakehouse.bronze_version_before"
-# A commit that deletes rows names, per date or timestamp column, the days the deleted rows held:
-# what a gold table built by period must rebuild (lakehouse/gold/build.py).
-DELETED_DAYS = "lakehouse.deleted_days"
 DELETE_FLAG = "_delete"
 SLICE_ROWS = 1_000_000  # bronze rows a first load holds at a time
 

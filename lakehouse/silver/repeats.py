@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from lakehouse import delta
 from lakehouse.bronze.columns import AUDIT_COLUMNS, LINE_NUMBER, SOURCE_FILE
 from lakehouse.silver.validate import ERROR_COLUMN
+from lakehouse.storage import delta
 
 FIRST = "_first"
 # Append-only datasets come from landing files: a row is its file and line.

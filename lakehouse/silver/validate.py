@@ -10,8 +10,8 @@ from typing import TypeVar
 
 import polars as pl
 
-from lakehouse.contract import Column, Contract
-from lakehouse.timestamps import UTC_TIMESTAMP, TimestampForm, to_utc
+from lakehouse.sources.contract import Column, Contract
+from lakehouse.sources.timestamps import UTC_TIMESTAMP, TimestampForm, to_utc
 
 ERROR_COLUMN = "_error"
 ERROR_SEPARATOR = "; "  # between the rules a row breaks

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
-import dagster as dg
 import polars as pl
 import pyarrow as pa
 import tenacity
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
-from pyarrow import fs
 
-from lakehouse import table_log
-from lakehouse.ledger import Claim, LedgerMoved
+from lakehouse.storage import table_log
+from lakehouse.storage.ledger import Claim, LedgerMoved
 
 T = TypeVar("T")
 COMMIT_ATTEMPTS = 5
@@ -26,35 +22,6 @@ COMMIT_BACKOFF = tenacity.wait_random_exponential(multiplier=0.4, max=5)
 BATCH_ROWS = 250_000
 # Bronze is read incrementally by silver through the change data feed.
 CHANGE_DATA_FEED = {"delta.enableChangeDataFeed": "true"}
-
-
-class LakehouseStorage(dg.ConfigurableResource):
-    """The Delta root: a local folder or an object-store URI (s3://, gs://, az://)."""
-
-    root: str
-
-    @property
-    def location(self) -> str:
-        """The root as an absolute path or URI."""
-        return self.root.rstrip("/") if "://" in self.root else str(Path(self.root).resolve())
-
-    def table_uri(self, layer: str, name: str) -> str:
-        return f"{self.location}/{layer}/{name}"
-
-    def tables(self) -> list[tuple[str, str]]:
-        """(layer, name) of every Delta table under the root: each `<layer>/<name>` with a `_delta_log`."""
-        filesystem, root = fs.FileSystem.from_uri(self.location)
-
-        def folders(path: str) -> list[str]:
-            found = filesystem.get_file_info(fs.FileSelector(path, allow_not_found=True))
-            return sorted(info.base_name for info in found if info.type == fs.FileType.Directory)
-
-        return [
-            (layer, name)
-            for layer in folders(root)
-            for name in folders(f"{root}/{layer}")
-            if filesystem.get_file_info(f"{root}/{layer}/{name}/_delta_log").type == fs.FileType.Directory
-        ]
 
 
 def load_table(uri: str, version: int | None = None) -> DeltaTable:
@@ -100,31 +67,8 @@ def footprint(table: DeltaTable) -> tuple[int, int]:
     return len(sizes), int(sizes.sum())
 
 
-def elapsed(started: float) -> dict[str, dg.MetadataValue]:
-    """The step's duration as metadata, so the UI plots it per materialisation."""
-    return {"duration_seconds": dg.MetadataValue.float(round(time.monotonic() - started, 3))}
-
-
 def arrow_schema(table: DeltaTable) -> pa.Schema:
     return pa.schema(table.schema().to_arrow())
-
-
-def table_metadata(table: DeltaTable | None) -> dict[str, Any]:
-    """What every materialisation reports about its table (None: not created yet, no rows)."""
-    if table is None:
-        return {"dagster/row_count": 0, "delta_files": 0, "delta_bytes": 0}
-    schema = arrow_schema(table)
-    files, size = footprint(table)
-    return {
-        "dagster/row_count": row_count(table),
-        "delta_files": files,
-        "delta_bytes": size,
-        "delta_version": table.version(),
-        "dagster/uri": table.table_uri,
-        "dagster/column_schema": dg.TableSchema(
-            columns=[dg.TableColumn(field.name, str(field.type)) for field in schema]
-        ),
-    }
 
 
 def to_arrow(frame: pl.DataFrame) -> pa.Table:
@@ -213,7 +157,7 @@ def write(
     """Write `frame` in one commit that also carries `metadata` and ledger `transactions`.
 
     The transactions land in the same atomic commit as the rows they describe (see
-    lakehouse/ledger.py). With a `claim`, the commit fails with `LedgerMoved` when another
+    lakehouse/storage/ledger.py). With a `claim`, the commit fails with `LedgerMoved` when another
     writer committed the same entries since the claim's version. New columns are merged into
     the schema; `configuration` applies when the write creates the table. An overwrite with a
     `predicate` replaces only the rows matching it.

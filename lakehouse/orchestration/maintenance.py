@@ -17,10 +17,10 @@ import dagster as dg
 from deltalake import CommitProperties, DeltaTable
 from deltalake.exceptions import CommitFailedError
 
-from lakehouse import delta, ledger
-from lakehouse.contract import Contract
-from lakehouse.delta import LakehouseStorage
+from lakehouse.resources import LakehouseStorage
 from lakehouse.silver.load import live_versions
+from lakehouse.sources.contract import Contract
+from lakehouse.storage import delta, ledger
 
 JOB_NAME = "maintenance"
 MIN_RETENTION_HOURS = 24

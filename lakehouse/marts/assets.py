@@ -28,11 +28,11 @@ from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_as
 from deltalake import DeltaTable
 from packaging.version import Version
 
-from lakehouse import delta
-from lakehouse.delta import LakehouseStorage
-from lakehouse.warehouse import Warehouse, expose_gold, set_aside_torn_creation
+from lakehouse.marts.warehouse import expose_gold, set_aside_torn_creation
+from lakehouse.resources import LakehouseStorage, Warehouse
+from lakehouse.storage import delta
 
-DBT_PROJECT_DIR = Path(__file__).resolve().parent.parent / "dbt"
+DBT_PROJECT_DIR = Path(__file__).resolve().parents[2] / "dbt"
 # dbt's own environment, made by `make install` (dbt/pyproject.toml says why).
 DBT_EXECUTABLE = str(DBT_PROJECT_DIR / ".venv" / "bin" / "dbt")
 WAREHOUSE_POOL = "duckdb_warehouse"

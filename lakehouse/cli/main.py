@@ -10,16 +10,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lakehouse import table_log
-from lakehouse.contract import ContractError
+from lakehouse.cli.text_table import print_table
 from lakehouse.demo.store import NotADemoError, shown_url
+from lakehouse.resources import SourceDatabase
 from lakehouse.settings import SettingsError, setting
-from lakehouse.source import SourceDatabase
-from lakehouse.source_errors import SourceError, SourceUnavailableError
-from lakehouse.text_table import print_table
+from lakehouse.sources.contract import ContractError
+from lakehouse.sources.errors import SourceError, SourceUnavailableError
+from lakehouse.storage import table_log
 
 if TYPE_CHECKING:
-    from lakehouse.delta import LakehouseStorage
+    from lakehouse.resources import LakehouseStorage
 
 EXIT_CODES = """exit codes:
   0  done
@@ -186,8 +186,8 @@ def _table_name(text: str) -> tuple[str, str]:
 
 
 def _table_command(args: argparse.Namespace) -> int:
-    from lakehouse import delta, time_travel
-    from lakehouse.delta import LakehouseStorage
+    from lakehouse.resources import LakehouseStorage
+    from lakehouse.storage import delta, time_travel
 
     lakehouse = LakehouseStorage(root=setting("LAKEHOUSE_ROOT"))
     layer, name = args.table
@@ -212,7 +212,7 @@ def _table_command(args: argparse.Namespace) -> int:
 
 
 def _table_log_command(action: str, lakehouse: LakehouseStorage, layer: str, name: str) -> int:
-    from lakehouse import time_travel
+    from lakehouse.storage import time_travel
 
     uri = lakehouse.table_uri(layer, name)
     report = table_log.check(uri)
@@ -246,8 +246,8 @@ def _table_log_command(action: str, lakehouse: LakehouseStorage, layer: str, nam
 
 def _quality_report(args: argparse.Namespace) -> int:
     from asset_checks.quality_report import quality_report, to_json, to_markdown
-    from lakehouse.contract import load_contracts
-    from lakehouse.delta import LakehouseStorage
+    from lakehouse.resources import LakehouseStorage
+    from lakehouse.sources.contract import load_contracts
 
     contracts = load_contracts(Path(setting("LAKEHOUSE_CONTRACTS")))
     lakehouse = LakehouseStorage(root=setting("LAKEHOUSE_ROOT"))
@@ -261,7 +261,7 @@ def _quality_report(args: argparse.Namespace) -> int:
 
 
 def _contract_scaffold(args: argparse.Namespace) -> int:
-    from lakehouse.scaffold import scaffold, write_contract
+    from lakehouse.sources.scaffold import scaffold, write_contract
 
     # One attempt: a schema read is interactive, and a wrong URL should say so at once.
     source = SourceDatabase(url=args.source or setting("LAKEHOUSE_SOURCE_URL"), max_attempts=1)
@@ -287,8 +287,8 @@ def _contract_scaffold(args: argparse.Namespace) -> int:
 
 def _source_release(args: argparse.Namespace) -> int:
     from lakehouse.bronze.cdc import release
-    from lakehouse.contract import load_contracts
-    from lakehouse.delta import LakehouseStorage
+    from lakehouse.resources import LakehouseStorage
+    from lakehouse.sources.contract import load_contracts
 
     contracts = {contract.name: contract for contract in load_contracts(Path(setting("LAKEHOUSE_CONTRACTS")))}
     if args.contract not in contracts:
@@ -357,7 +357,7 @@ def _run(args: argparse.Namespace) -> int:
         return _quality_report(args)
     if args.command == "table":
         return _table_command(args)
-    from lakehouse.summary import print_summary
+    from lakehouse.cli.summary import print_summary
 
     return print_summary()
 

@@ -4,7 +4,7 @@ torn last commit aside.
 delta-rs reports a log it cannot read as "Kernel error: Json error: ...", naming neither the
 table nor the file. A commit file is torn when the process (or disk) writing it stopped
 half-way; the commit never completed, so setting the file aside reads the table at the
-version before it. The ledger entries of that commit (lakehouse/ledger.py) go with it, so
+version before it. The ledger entries of that commit (lakehouse/storage/ledger.py) go with it, so
 the next run redoes exactly its work. Anything else (a broken commit that later ones build
 on, a missing commit, a broken checkpoint) is refused: the versions after it are real.
 """

@@ -29,7 +29,8 @@ from typing import Any
 
 import dagster as dg
 
-from lakehouse.alerts import AlertSink, run_failure_alert
+from lakehouse.orchestration.alerts import run_failure_alert
+from lakehouse.resources import AlertSink
 from lakehouse.settings import setting
 
 HOST_TAG = "lakehouse/host"

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from lakehouse import delta
-from lakehouse.ledger import Claim
-from lakehouse.sql import quoted
+from lakehouse.storage import delta
+from lakehouse.storage.ledger import Claim
+from lakehouse.storage.sql import quoted
 
 
 @dataclass(frozen=True)

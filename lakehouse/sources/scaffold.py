@@ -14,8 +14,9 @@ from pathlib import Path
 import adbc_driver_manager
 import yaml
 
-from lakehouse.contract import IDENTIFIER
-from lakehouse.source import SourceDatabase, SourceUnavailableError
+from lakehouse.resources import SourceDatabase
+from lakehouse.sources.contract import IDENTIFIER
+from lakehouse.sources.errors import SourceUnavailableError
 
 # Column names a watermark usually has, most likely first; only names like these are proposed,
 # since a creation time does not move when a row is updated.

@@ -8,7 +8,12 @@ refused credentials fail the same way every time, so they fail at once.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import adbc_driver_manager
+
+if TYPE_CHECKING:
+    from lakehouse.sources.contract import Contract
 
 # PostgreSQL SQLSTATEs (prefixes) of passing conditions: 08 connection exception, 53
 # insufficient resources (too many connections), 57P admin or crash shutdown and "cannot connect
@@ -59,3 +64,8 @@ def summary(error: BaseException) -> str:
     the query or points at it."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[0] if lines else type(error).__name__
+
+
+def reading(contract: Contract, what: str = "extracting") -> str:
+    """What a source query of the contract does, for its errors: the contract and the table."""
+    return f"bronze/{contract.name}: {what} source table {contract.source.table}"

@@ -9,10 +9,10 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 
-from lakehouse import delta
-from lakehouse.delta import LakehouseStorage
+from lakehouse.cli.text_table import print_table
+from lakehouse.resources import LakehouseStorage
 from lakehouse.settings import setting
-from lakehouse.text_table import print_table
+from lakehouse.storage import delta
 
 LAYERS = ("bronze", "silver", "gold", "quarantine")
 
@@ -44,7 +44,7 @@ def check_results(contracts_folder: Path) -> dict[str, str]:
     which did not run (planned in the latest run, whose step failed before them), from the
     Dagster instance in DAGSTER_HOME (none without one: nothing was recorded)."""
     from asset_checks import all_checks
-    from lakehouse.contract import load_contracts
+    from lakehouse.sources.contract import load_contracts
 
     if not os.environ.get("DAGSTER_HOME"):
         return {}

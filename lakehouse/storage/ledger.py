@@ -119,6 +119,13 @@ def silver_position(dataset: str) -> str:
     return f"lakehouse.silver.{dataset}.bronze_version"
 
 
+# What a gold table reads of silver beside its entries: the column telling when each silver row
+# was last written, and the commit metadata naming, per date or timestamp column, the days the
+# rows a commit deleted held (what a table built by period must rebuild).
+LOADED_AT = "_loaded_at"
+DELETED_DAYS = "lakehouse.deleted_days"
+
+
 def gold_position(table: str, upstream: str) -> str:
     return f"lakehouse.gold.{table}.{upstream}.loaded_at"
 

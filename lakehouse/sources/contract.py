@@ -16,7 +16,7 @@ import polars as pl
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lakehouse.timestamps import UTC_TIMESTAMP, TimestampForm
+from lakehouse.sources.timestamps import UTC_TIMESTAMP, TimestampForm
 
 IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
 # A source table, optionally in a schema (`table` or `schema.table`); names only, never SQL.

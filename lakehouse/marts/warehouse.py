@@ -11,13 +11,12 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-import dagster as dg
 import duckdb
 import polars as pl
 import pyarrow as pa
 from deltalake import DeltaTable
 
-from lakehouse.sql import quoted
+from lakehouse.storage.sql import quoted
 
 GOLD_SCHEMA = "gold"
 # How long to wait for the file while other processes read it (dbt's own wait is about as long).
@@ -25,16 +24,6 @@ LOCK_WAIT_SECONDS = 30.0
 # A DuckDB file starts with a checksum, then its magic bytes; a new database is its three header
 # blocks of 4 KiB.
 DUCKDB_MAGIC, DUCKDB_MAGIC_AT, NEW_DATABASE_BYTES = b"DUCK", 8, 3 * 4096
-
-
-class Warehouse(dg.ConfigurableResource):
-    """The DuckDB file dbt builds the marts in."""
-
-    path: str
-
-    @property
-    def location(self) -> Path:
-        return Path(self.path).resolve()
 
 
 class WarehouseFileError(RuntimeError):

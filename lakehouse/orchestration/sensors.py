@@ -11,13 +11,14 @@ from hashlib import sha256
 
 import dagster as dg
 
-from lakehouse import delta, run_health
-from lakehouse.alerts import AlertSink, run_failure_alert
-from lakehouse.bronze.assets import LISTED_FILES, LandingZone
+from lakehouse.bronze.assets import LISTED_FILES
 from lakehouse.bronze.landing import pending_files, settle_seconds, split_settled
-from lakehouse.contract import Contract
-from lakehouse.delta import LakehouseStorage
+from lakehouse.orchestration import run_health
+from lakehouse.orchestration.alerts import run_failure_alert
+from lakehouse.resources import AlertSink, LakehouseStorage, LandingZone
 from lakehouse.settings import setting
+from lakehouse.sources.contract import Contract
+from lakehouse.storage import delta
 
 
 def waiting_files(

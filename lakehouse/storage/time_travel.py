@@ -15,8 +15,8 @@ from typing import Any
 
 from deltalake import CommitProperties, Transaction
 
-from lakehouse import delta, ledger
-from lakehouse.delta import LakehouseStorage
+from lakehouse.resources import LakehouseStorage
+from lakehouse.storage import delta, ledger
 
 # delta-rs names the row counts of each operation differently.
 ROWS_ADDED = ("num_added_rows", "num_target_rows_inserted")

@@ -15,7 +15,7 @@ on its own. Turn them on in the UI (Automation) or with `dagster schedule start`
 
 import dagster as dg
 
-from lakehouse.maintenance import JOB_NAME as MAINTENANCE
+from lakehouse.orchestration.maintenance import JOB_NAME as MAINTENANCE
 from lakehouse.settings import SettingsError, setting
 
 INGEST = dg.AssetSelection.groups("bronze", "silver")

@@ -14,10 +14,22 @@ when clocks go forward), reads as null: silver quarantines it as unparseable.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal
 
 import polars as pl
+
+# SQLite has no timestamp type: the demo writes ISO-8601 text in UTC in this one fixed-width
+# form (a polars format; Python's `isoformat(sep=" ", timespec="microseconds")` of a UTC
+# datetime is the same), whose text order is time order: watermark ranges compare values in
+# it as text, through the column's index (see `lakehouse.bronze.watermark`).
+SQLITE_TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S%.6f%:z"
+
+
+def timestamp_text(value: datetime) -> str:
+    """A moment in the text form SQLite sources store (see SQLITE_TIMESTAMP_FORMAT)."""
+    return value.astimezone(UTC).isoformat(sep=" ", timespec="microseconds")
+
 
 UTC_TIMESTAMP = pl.Datetime("us", "UTC")
 WITH_OFFSET = "%Y-%m-%d %H:%M:%S%.f%#z"  # %#z: Z, +HH:MM, +HHMM or +HH

@@ -1,0 +1,1 @@
+"""Orchestration: jobs, schedules, sensors, maintenance, owners, alerts and run health."""

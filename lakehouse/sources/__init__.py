@@ -1,0 +1,1 @@
+"""Sources: dataset contracts, the source database connection and its errors."""
