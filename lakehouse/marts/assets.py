@@ -101,7 +101,8 @@ def keep_parse_state(run_target: Path) -> None:
     """
     state = run_target / PARSE_STATE
     if state.exists():
-        staged = dbt_project.project_dir / "target" / f"{PARSE_STATE}.new"
+        # Named for this process: builds of other deployments may stage theirs at the same time.
+        staged = dbt_project.project_dir / "target" / f"{PARSE_STATE}.{os.getpid()}.new"
         shutil.copyfile(state, staged)
         staged.replace(staged.with_name(PARSE_STATE))
 
