@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from asset_checks.check import Check
-from lakehouse.bronze.cdc import capture_name, slot_lag
+from lakehouse.bronze.cdc_slot import capture_name, slot_lag
 from lakehouse.resources import AlertSink, LakehouseStorage, SourceDatabase
 from lakehouse.settings import SettingsError, setting
 from lakehouse.sources.contract import Contract

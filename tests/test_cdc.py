@@ -28,7 +28,7 @@ import yaml
 from conftest import PROJECT, Lake, error_line, postgres_source, run_command
 
 from asset_checks import all_checks
-from lakehouse.bronze import cdc, pgoutput, tombstones
+from lakehouse.bronze import cdc, cdc_slot, cdc_writer, pgoutput, tombstones
 from lakehouse.bronze.assets import bronze_assets
 from lakehouse.bronze.columns import DELETE, INSERT, LSN, OP, UPDATE
 from lakehouse.resources import AlertSink, Clock, LakehouseStorage, PiiHasher, SourceDatabase
@@ -92,7 +92,7 @@ class Library:
     def uri(self, name: str) -> str:
         return LakehouseStorage(root=str(self.folder / "lakehouse")).table_uri("bronze", name)
 
-    def capture(self, name: str = "loans", **options) -> cdc.Capture:
+    def capture(self, name: str = "loans", **options) -> cdc_writer.Capture:
         return cdc.capture(self.contract(name), self.source, self.uri(name), "test-run", **options)
 
     def bronze(self, name: str = "loans") -> pl.DataFrame:
@@ -102,7 +102,7 @@ class Library:
         found = self.source.read(
             "SELECT (confirmed_flush_lsn - '0/0')::bigint AS confirmed FROM pg_replication_slots "
             "WHERE slot_name = $1",
-            [cdc.capture_name(self.contract(name), self.uri(name))],
+            [cdc_slot.capture_name(self.contract(name), self.uri(name))],
         )
         return None if found.is_empty() else found.row(0, named=True)
 
@@ -124,7 +124,7 @@ def library(tmp_path: Path) -> Iterator[Library]:
     built.execute("CREATE SCHEMA {schema}", *TABLES)
     yield built
     for name in CONTRACTS:
-        cdc.release(built.contract(name), source, built.uri(name))
+        cdc_slot.release(built.contract(name), source, built.uri(name))
     built.execute("DROP SCHEMA {schema} CASCADE")
 
 
@@ -253,11 +253,11 @@ def test_a_kill_between_the_delta_commit_and_the_slot_advance_loses_and_repeats_
         """
         import os, signal, sys
         from pathlib import Path
-        from lakehouse.bronze import cdc
+        from lakehouse.bronze import cdc, cdc_slot
         from lakehouse.sources.contract import load_contract
         from lakehouse.resources import SourceDatabase
 
-        cdc._advance = lambda *_: os.kill(os.getpid(), signal.SIGKILL)
+        cdc_slot.advance = lambda *_: os.kill(os.getpid(), signal.SIGKILL)
         contract = load_contract(Path(sys.argv[1]))
         cdc.capture(contract, SourceDatabase(url=sys.argv[2]), sys.argv[3], "killed-run")
         """
@@ -357,7 +357,7 @@ def test_a_truncate_is_a_tombstone_for_every_live_key(library: Library) -> None:
 @pytest.mark.slow
 def test_a_publication_dropped_by_someone_else_is_made_again_from_a_snapshot(library: Library) -> None:
     library.capture()
-    name = cdc.capture_name(library.contract("loans"), library.uri("loans"))
+    name = cdc_slot.capture_name(library.contract("loans"), library.uri("loans"))
     library.execute(f"DROP PUBLICATION {name}", "DELETE FROM {schema}.loans WHERE loan_id = 1")
     result = library.capture()
 
@@ -419,7 +419,7 @@ def test_a_slot_dropped_by_someone_else_is_made_again_from_a_snapshot_with_a_war
     library: Library,
 ) -> None:
     library.capture()
-    name = cdc.capture_name(library.contract("loans"), library.uri("loans"))
+    name = cdc_slot.capture_name(library.contract("loans"), library.uri("loans"))
     library.source.read("SELECT 1 AS dropped FROM pg_drop_replication_slot($1)", [name])
     # What happens while there is no slot is seen by no stream.
     library.execute(
@@ -450,7 +450,7 @@ def test_a_table_without_primary_key_is_refused_before_anything_is_created(libra
     text = CONTRACTS["members"].replace(".members,", ".visits,").replace("  name: {{type: string}}\n", "")
     contract = library.contract("members", text)
 
-    with pytest.raises(cdc.CaptureError) as raised:
+    with pytest.raises(cdc_slot.CaptureError) as raised:
         cdc.capture(contract, library.source, library.uri("members"), "test-run")
     assert str(raised.value) == (
         f"bronze/members: source table {library.schema}.visits has no primary key or replica identity, "
@@ -460,7 +460,7 @@ def test_a_table_without_primary_key_is_refused_before_anything_is_created(libra
     assert (
         library.source.read(
             "SELECT count(*) AS n FROM pg_publication WHERE pubname = $1",
-            [cdc.capture_name(contract, library.uri("members"))],
+            [cdc_slot.capture_name(contract, library.uri("members"))],
         ).item()
         == 0
     )
@@ -477,7 +477,7 @@ def test_a_role_without_replication_rights_is_told_so(library: Library) -> None:
         reader = library.source.model_copy(
             update={"url": f"{library.source.url}{separator}options=-c%20role%3D{role}"}
         )
-        with pytest.raises(cdc.CaptureError, match=f"role {role} on .* may not use replication slots"):
+        with pytest.raises(cdc_slot.CaptureError, match=f"role {role} on .* may not use replication slots"):
             cdc.capture(library.contract("loans"), reader, library.uri("loans"), "test-run")
     finally:
         library.execute(f"DROP ROLE {role}")
@@ -486,7 +486,7 @@ def test_a_role_without_replication_rights_is_told_so(library: Library) -> None:
 def test_a_sqlite_source_is_refused_in_one_line(tmp_path: Path) -> None:
     contract = Contract.model_validate(yaml.safe_load(CONTRACTS["loans"].format(schema="main")))
     source = SourceDatabase(url=f"sqlite:///{tmp_path / 'library.db'}")
-    with pytest.raises(cdc.CaptureError, match=r"^bronze/loans: capture: cdc needs a PostgreSQL source"):
+    with pytest.raises(cdc_slot.CaptureError, match=r"^bronze/loans: capture: cdc needs a PostgreSQL source"):
         cdc.capture(contract, source, str(tmp_path / "bronze"), "test-run")
 
 
@@ -524,7 +524,7 @@ def test_wal_level_below_logical_names_the_setting_and_the_restart(
     replica_server: SourceDatabase, tmp_path: Path
 ) -> None:
     contract = Contract.model_validate(yaml.safe_load(CONTRACTS["loans"].format(schema="public")))
-    with pytest.raises(cdc.CaptureError) as raised:
+    with pytest.raises(cdc_slot.CaptureError) as raised:
         cdc.capture(contract, replica_server, str(tmp_path / "bronze"), "test-run")
     assert str(raised.value).startswith("bronze/loans: postgresql:")
     assert "has wal_level = replica; change capture needs wal_level = logical" in str(raised.value)
@@ -591,7 +591,7 @@ def test_release_drops_the_lakehouse_slot_and_publication_and_nothing_else(libra
     try:
         done = run_command(["lakehouse", "source", "release", "loans"], library.folder, **env)
         assert done.returncode == 0, done.stderr
-        name = cdc.capture_name(library.contract("loans"), library.uri("loans"))
+        name = cdc_slot.capture_name(library.contract("loans"), library.uri("loans"))
         assert done.stdout.splitlines() == [
             f"loans: dropped replication slot {name} on {library.source.label}",
             f"loans: dropped publication {name} on {library.source.label}",
@@ -690,4 +690,4 @@ def test_the_demo_shop_on_postgresql_captures_orders_and_items_deletes_included(
         assert tombstones.height == deleted["orders"]
     finally:
         for name in captured:
-            cdc.release(lake.contract(name), lake.source, lake.uri("bronze", name))
+            cdc_slot.release(lake.contract(name), lake.source, lake.uri("bronze", name))

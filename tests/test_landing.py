@@ -7,7 +7,7 @@ import dagster as dg
 import polars as pl
 from conftest import Lake
 
-from lakehouse.bronze.landing import parse_file
+from lakehouse.bronze.landing_lines import parse_file
 from lakehouse.demo.events import EVENT_TYPES
 from lakehouse.sources.contract import Contract
 from lakehouse.storage import delta

@@ -14,7 +14,7 @@ from conftest import TEST_SALT
 
 from asset_checks import all_checks
 from lakehouse.bronze.assets import bronze_assets
-from lakehouse.bronze.landing import BYTE_ORDER_MARK, parse_file
+from lakehouse.bronze.landing_lines import BYTE_ORDER_MARK, parse_file
 from lakehouse.resources import Clock, LakehouseStorage, LandingZone, PiiHasher, SourceDatabase
 from lakehouse.silver.assets import silver_assets
 from lakehouse.sources.contract import Contract, load_contracts

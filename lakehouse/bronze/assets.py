@@ -4,7 +4,8 @@ import time
 
 import dagster as dg
 
-from lakehouse.bronze.cdc import capture, lsn_text
+from lakehouse.bronze.cdc import capture
+from lakehouse.bronze.cdc_slot import lsn_text
 from lakehouse.bronze.database import extract_table
 from lakehouse.bronze.landing import ingest_files
 from lakehouse.orchestration import metadata

@@ -1,12 +1,7 @@
 """Exactly-once ingestion of landing files (JSON lines) into bronze, with a quarantine.
 
-Every line of every file ends up in one of two tables: a line holding a JSON object in
-bronze (each contract field as text, nested values as JSON text, so nothing is lost or
-coerced; other keys as one JSON object in `_extra_keys`, or the line quarantined, as the
-contract's `extra_keys` says), any other line in the quarantine table with its file, line
-number, raw text and the reason. So are objects bronze cannot store: a key naming one of the
-lakehouse's own columns, or two keys differing only in case. Bronze's columns are thus the
-contract's whatever the lines hold, and one odd line never fails the batch.
+Every line of every file ends up in one of two tables, bronze or the quarantine
+(`lakehouse.bronze.landing_lines` says which).
 
 Only complete files are read: a file is complete once its size and modification time have
 not changed for the settle time (`LAKEHOUSE_LANDING_SETTLE_SECONDS`), and a file that changes
@@ -24,25 +19,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import orjson
 import polars as pl
 
-from lakehouse.bronze.columns import (
-    EXTRA_KEYS,
-    LINE_NUMBER,
-    OWN_COLUMNS,
-    PARTITION_COLUMN,
-    SOURCE_FILE,
-    pin_types,
-    with_audit_columns,
-)
+from lakehouse.bronze.columns import LINE_NUMBER, PARTITION_COLUMN, SOURCE_FILE, pin_types, with_audit_columns
+from lakehouse.bronze.landing_lines import parse_file, rows_frame
 from lakehouse.settings import seconds
-from lakehouse.sources.contract import Contract, LandingSource
+from lakehouse.sources.contract import Contract
 from lakehouse.storage import delta, ledger
 from lakehouse.storage.merge import merge
 
@@ -138,126 +124,6 @@ def complete_files(files: list[Path], settle: float) -> tuple[list[Seen], list[P
     return complete, [found.path for found in young if found.path not in done]
 
 
-# `json.dumps(value, separators=...)` builds an encoder per call: one for all is the same text.
-_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
-_LONG_DIGITS = 19
-_DIGITS_AS_ZERO = bytes(ord("0") if byte in b"0123456789" else ord(" ") for byte in range(256))
-
-
-def _as_text(value: object) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    if type(value) is int:  # not bool: JSON writes true and false
-        return str(value)
-    return _COMPACT_JSON.encode(value)
-
-
-def _orjson_first(text: str) -> object:
-    """orjson's value where it accepts the line (strict JSON); otherwise `json.loads`, whose
-    verdict and message count (and which also reads NaN)."""
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return json.loads(text)
-
-
-def _long_digit_run(data: bytes) -> bool:
-    """Whether `data` holds 19 digits in a row, as an integer beyond 64 bits does."""
-    return data.translate(_DIGITS_AS_ZERO).find(b"0" * _LONG_DIGITS) != -1
-
-
-def _json_parser(data: bytes) -> Callable[[str], object]:
-    """A parser giving the values `json.loads` gives, through the faster orjson where that is
-    safe: orjson parses strict JSON to the same values except integers beyond 64 bits, which it
-    makes floats, so a file with such a number is read by `json.loads` alone."""
-    return json.loads if _long_digit_run(data) else _orjson_first
-
-
-# The UTF-8 byte-order mark some editors and exporters put at the start of a file.
-BYTE_ORDER_MARK = b"\xef\xbb\xbf"
-_OWN_FOLDED = {name.casefold() for name in OWN_COLUMNS}
-LISTED_KEYS = 5
-
-
-def parse_file(path: Path, contract: Contract) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
-    """Split a file into rows (the contract's fields as text, other keys per its `extra_keys`
-    rule) and rejected lines with reasons."""
-    rows: list[dict[str, object]] = []
-    rejected: list[dict[str, object]] = []
-    name, data = path.name, path.read_bytes()
-    data = data.removeprefix(BYTE_ORDER_MARK)
-    parse = _json_parser(data)
-    known = frozenset(contract.columns)
-    raw_lines = data.split(b"\n")
-    if raw_lines and raw_lines[-1] == b"":
-        raw_lines.pop()  # the newline that ends the last line
-    for number, raw in enumerate(raw_lines, start=1):
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as error:
-            rejected.append(_rejected(path, number, raw.decode("utf-8", "replace"), f"not UTF-8: {error}"))
-            continue
-        try:
-            value = parse(text)
-        except json.JSONDecodeError as error:
-            reason = "empty line" if not text.strip() else f"not JSON: {error.msg} at column {error.colno}"
-            rejected.append(_rejected(path, number, text, reason))
-            continue
-        if not isinstance(value, dict):
-            rejected.append(
-                _rejected(path, number, text, f"not a JSON object: a JSON {type(value).__name__}")
-            )
-            continue
-        if value.keys() <= known:  # the usual line: every key a contract column
-            row = {key: _as_text(field) for key, field in value.items()}
-        else:
-            row, reason = _row_with_extra_keys(value, contract)
-            if row is None:
-                rejected.append(_rejected(path, number, text, reason))
-                continue
-        row[SOURCE_FILE], row[LINE_NUMBER] = name, number
-        rows.append(row)
-    return rows, rejected
-
-
-def _row_with_extra_keys(
-    value: dict[str, object], contract: Contract
-) -> tuple[dict[str, object] | None, str]:
-    """The row of an object holding keys the contract does not name, or None and the reason
-    the line cannot be stored: a key bronze writes itself, two keys Delta would take for one
-    column (they differ only in case), or extra keys the contract quarantines."""
-    seen: dict[str, str] = {}
-    for key in value:
-        folded = key.casefold()
-        if folded in _OWN_FOLDED:
-            return None, f"key '{key}' is a column the lakehouse writes itself"
-        if folded in seen:
-            return None, f"keys '{seen[folded]}' and '{key}' differ only in case"
-        seen[folded] = key
-    extra = {key: field for key, field in value.items() if key not in contract.columns}
-    assert isinstance(contract.source, LandingSource)
-    if contract.source.extra_keys == "quarantine":
-        listed = ", ".join(f"'{key}'" for key in list(extra)[:LISTED_KEYS])
-        more = f" and {len(extra) - LISTED_KEYS} more" if len(extra) > LISTED_KEYS else ""
-        return None, f"keys not in the contract (extra_keys: quarantine): {listed}{more}"
-    row: dict[str, object] = {key: _as_text(field) for key, field in value.items() if key in contract.columns}
-    row[EXTRA_KEYS] = _COMPACT_JSON.encode(extra)
-    return row, ""
-
-
-def _rejected(path: Path, number: int, text: str, reason: str) -> dict[str, object]:
-    return {SOURCE_FILE: path.name, LINE_NUMBER: number, "_raw_line": text, "_error": reason}
-
-
-def _rows_frame(rows: list[dict[str, object]], contract: Contract) -> pl.DataFrame:
-    """The rows in bronze's columns for the contract, the same for every batch."""
-    assert isinstance(contract.source, LandingSource)
-    schema: dict[str, pl.DataType] = dict.fromkeys(contract.columns, pl.String)
-    if contract.source.extra_keys == "keep_json":
-        schema[EXTRA_KEYS] = pl.String
-    return pl.DataFrame(rows, schema={**schema, SOURCE_FILE: pl.String, LINE_NUMBER: pl.Int64})
-
-
 def _quarantine(uri: str, rejected: pl.DataFrame) -> delta.DeltaTable | None:
     if rejected.is_empty():
         return delta.open_table(uri)
@@ -306,7 +172,7 @@ def _ingest_once(
         if look(seen.path) != seen:  # written to while read: not complete after all
             settling.append(seen.path)
             continue
-        frames.append(_rows_frame(file_rows, contract))
+        frames.append(rows_frame(file_rows, contract))
         rejected.extend(file_rejected)
         names.append(seen.path.name)
         entries |= ledger.landing_file_entries(contract.name, seen.path.name, seen.size, checksum)

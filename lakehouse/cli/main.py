@@ -286,7 +286,7 @@ def _contract_scaffold(args: argparse.Namespace) -> int:
 
 
 def _source_release(args: argparse.Namespace) -> int:
-    from lakehouse.bronze.cdc import release
+    from lakehouse.bronze.cdc_slot import release
     from lakehouse.resources import LakehouseStorage
     from lakehouse.sources.contract import load_contracts
 
