@@ -15,7 +15,7 @@ import polars as pl
 
 from lakehouse.resources import SourceDatabase
 from lakehouse.settings import setting
-from lakehouse.sources.contract import load_contracts
+from lakehouse.sources.contract_files import load_contracts
 from lakehouse.storage import delta
 
 

@@ -35,7 +35,7 @@ import dagster as dg
 from bench.measure import Measured, measure
 from bench.step_times import step_times
 from lakehouse.definitions import defs
-from lakehouse.demo.simulation import Manifest
+from lakehouse.demo.manifest import Manifest
 from lakehouse.marts.assets import DBT_EXECUTABLE, dbt_models
 from lakehouse.resources import LakehouseStorage
 from lakehouse.storage import delta

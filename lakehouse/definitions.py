@@ -24,7 +24,7 @@ from lakehouse.resources import (
 )
 from lakehouse.settings import check_deployment, resource_value, setting
 from lakehouse.silver.assets import silver_assets
-from lakehouse.sources.contract import load_contracts
+from lakehouse.sources.contract_files import load_contracts
 
 check_deployment()
 contracts = load_contracts(Path(setting("LAKEHOUSE_CONTRACTS")))

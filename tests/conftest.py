@@ -24,14 +24,16 @@ from asset_checks import all_checks
 from lakehouse.bronze import tombstones
 from lakehouse.bronze.assets import bronze_assets
 from lakehouse.bronze.columns import DELETE, OP
-from lakehouse.demo import simulation, store
+from lakehouse.demo import initial, simulation, store
+from lakehouse.demo.manifest import Manifest
 from lakehouse.gold.assets import attached_tables, gold_assets
 from lakehouse.gold.build import silver_reader
 from lakehouse.marts.assets import DBT_EXECUTABLE, DbtCli, dbt_models, dbt_project
 from lakehouse.resources import Clock, LakehouseStorage, LandingZone, PiiHasher, SourceDatabase, Warehouse
 from lakehouse.settings import DEFAULTS
 from lakehouse.silver.assets import silver_assets
-from lakehouse.sources.contract import Contract, load_contracts
+from lakehouse.sources.contract import Contract
+from lakehouse.sources.contract_files import load_contracts
 
 PROJECT = Path(__file__).resolve().parent.parent
 CLOCK = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
@@ -75,10 +77,10 @@ class Lake:
     def uri(self, layer: str, name: str) -> str:
         return self.storage.table_uri(layer, name)
 
-    def init(self, **options) -> simulation.Manifest:
-        return simulation.init(self.source, self.landing, scale=SCALE, seed=7, now=self.clock, **options)
+    def init(self, **options) -> Manifest:
+        return initial.init(self.source, self.landing, scale=SCALE, seed=7, now=self.clock, **options)
 
-    def advance(self, batches: int = 1) -> simulation.Manifest:
+    def advance(self, batches: int = 1) -> Manifest:
         self.clock += timedelta(hours=batches)
         return simulation.advance(self.source, self.landing, batches, now=self.clock)
 
@@ -128,8 +130,8 @@ class Lake:
         return store.read(self.source, f"SELECT * FROM {table}")
 
     @property
-    def manifest(self) -> simulation.Manifest:
-        manifest = simulation.Manifest.load(self.landing)
+    def manifest(self) -> Manifest:
+        manifest = Manifest.load(self.landing)
         assert manifest is not None
         return manifest
 

@@ -13,7 +13,8 @@ from asset_checks import all_checks
 from lakehouse.bronze.assets import bronze_assets
 from lakehouse.resources import Clock, LakehouseStorage, LandingZone, PiiHasher, SourceDatabase
 from lakehouse.silver.assets import silver_assets
-from lakehouse.sources.contract import Contract, load_contracts
+from lakehouse.sources.contract import Contract
+from lakehouse.sources.contract_files import load_contracts
 from lakehouse.sources.timestamps import timestamp_text
 
 CLOCK = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)

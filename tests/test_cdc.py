@@ -254,7 +254,7 @@ def test_a_kill_between_the_delta_commit_and_the_slot_advance_loses_and_repeats_
         import os, signal, sys
         from pathlib import Path
         from lakehouse.bronze import cdc, cdc_slot
-        from lakehouse.sources.contract import load_contract
+        from lakehouse.sources.contract_files import load_contract
         from lakehouse.resources import SourceDatabase
 
         cdc_slot.advance = lambda *_: os.kill(os.getpid(), signal.SIGKILL)

@@ -15,7 +15,7 @@ from library import Library
 from asset_checks import rules
 from asset_checks.quarantine import load_started_from
 from lakehouse.bronze import database
-from lakehouse.demo.simulation import DEFAULT_DEFECT_RATES
+from lakehouse.demo.initial import DEFAULT_DEFECT_RATES
 from lakehouse.gold.tables import GOLD_TABLES
 from lakehouse.silver.load import BRONZE_VERSION, BRONZE_VERSION_BEFORE
 from lakehouse.sources.contract import Contract

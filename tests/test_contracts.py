@@ -9,7 +9,7 @@ import pytest
 from conftest import Lake, run_command
 
 from lakehouse.settings import DEFAULTS
-from lakehouse.sources.contract import ContractError, load_contract, load_contracts
+from lakehouse.sources.contract_files import ContractError, load_contract, load_contracts
 
 SHIPPED = Path(DEFAULTS["LAKEHOUSE_CONTRACTS"])
 

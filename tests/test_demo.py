@@ -10,8 +10,8 @@ import polars as pl
 import pytest
 from conftest import CLOCK, POSTGRES_URL, Lake, error_line, postgres_source, run_command, sqlite_source
 
-from lakehouse.demo import simulation, store
-from lakehouse.demo.simulation import DEFAULT_DEFECT_RATES
+from lakehouse.demo import initial, simulation, store
+from lakehouse.demo.initial import DEFAULT_DEFECT_RATES
 from lakehouse.resources import SourceDatabase
 
 TABLES = ("customers", "products", "orders", "order_items")
@@ -197,7 +197,7 @@ def test_the_demo_refuses_a_source_it_did_not_create_and_keeps_a_users_table_bes
     for source, reason in ((foreign, "did not create (books, customers, loans)"),
                            (notes, "is not a SQLite database")):  # fmt: skip
         before = digest(source.sqlite_path)
-        for change in (simulation.init, simulation.advance):
+        for change in (initial.init, simulation.advance):
             with pytest.raises(store.NotADemoError, match=re.escape(reason)):
                 change(source, tmp_path / "landing")
         assert digest(source.sqlite_path) == before
@@ -205,12 +205,12 @@ def test_the_demo_refuses_a_source_it_did_not_create_and_keeps_a_users_table_bes
         simulation.advance(sqlite_source(tmp_path / "nothing"), tmp_path / "landing")
 
     shop = sqlite_source(tmp_path / "shop")
-    simulation.init(shop, tmp_path / "shop" / "landing", scale=0.001)
+    initial.init(shop, tmp_path / "shop" / "landing", scale=0.001)
     with closing(sqlite3.connect(shop.sqlite_path)) as database:
         database.execute("CREATE TABLE notes (note TEXT)")  # the user's, beside the demo's
         database.execute("INSERT INTO notes VALUES ('keep me')")
         database.commit()
-    simulation.init(shop, tmp_path / "shop" / "landing", scale=0.001, seed=3)
+    initial.init(shop, tmp_path / "shop" / "landing", scale=0.001, seed=3)
     assert store.read(shop, "SELECT note FROM notes").get_column("note").to_list() == ["keep me"]
 
 

@@ -29,8 +29,7 @@ from dagster_server import DagsterServer, wait_for
 from playwright.sync_api import Locator, Page, expect, sync_playwright
 
 from lakehouse.definitions import defs
-from lakehouse.demo.events import write_event_file
-from lakehouse.demo.simulation import EVENTS_FOLDER
+from lakehouse.demo.events import EVENTS_FOLDER, write_event_file
 from lakehouse.gold.build import silver_reader
 from lakehouse.gold.tables import GOLD_TABLES
 from lakehouse.resources import LakehouseStorage

@@ -17,7 +17,8 @@ from lakehouse.bronze.assets import bronze_assets
 from lakehouse.bronze.landing_lines import BYTE_ORDER_MARK, parse_file
 from lakehouse.resources import Clock, LakehouseStorage, LandingZone, PiiHasher, SourceDatabase
 from lakehouse.silver.assets import silver_assets
-from lakehouse.sources.contract import Contract, load_contracts
+from lakehouse.sources.contract import Contract
+from lakehouse.sources.contract_files import load_contracts
 
 READINGS = {
     "name": "readings",

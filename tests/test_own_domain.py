@@ -15,7 +15,7 @@ from lakehouse.gold.assets import attached_tables, gold_assets
 from lakehouse.marts.assets import attached_models
 from lakehouse.settings import DEFAULTS
 from lakehouse.silver.assets import silver_assets
-from lakehouse.sources.contract import load_contracts
+from lakehouse.sources.contract_files import load_contracts
 
 # What a deployment loads from the environment: its assets, the assets its checks are on, its
 # jobs and schedules (validated as a code location would be).

@@ -16,8 +16,10 @@ from library_source import ORPHAN_MEMBERS, PLAIN_NAMES, TABLES, LibrarySource, N
 
 from lakehouse.cli.main import main
 from lakehouse.resources import LakehouseStorage, SourceDatabase
-from lakehouse.sources.contract import Contract, ContractError, load_contract, load_contracts
-from lakehouse.sources.scaffold import TableSchema, declared_type, watermark_column
+from lakehouse.sources.contract import Contract
+from lakehouse.sources.contract_files import ContractError, load_contract, load_contracts
+from lakehouse.sources.scaffold import watermark_column
+from lakehouse.sources.table_schema import TableSchema, declared_type
 from lakehouse.storage import delta
 
 SCHEMA = "library"

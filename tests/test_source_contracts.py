@@ -24,7 +24,8 @@ from asset_checks.row_checks import contract_checks
 from lakehouse.bronze.assets import bronze_assets
 from lakehouse.resources import LakehouseStorage, PiiHasher, SourceDatabase
 from lakehouse.silver.assets import silver_assets
-from lakehouse.sources.contract import Contract, load_contracts
+from lakehouse.sources.contract import Contract
+from lakehouse.sources.contract_files import load_contracts
 from lakehouse.sources.errors import SourceError, SourceUnavailableError, is_transient
 from lakehouse.storage.sql import qualified, quoted
 

@@ -20,7 +20,8 @@ from lakehouse.bronze.watermark import WatermarkRange
 from lakehouse.resources import LakehouseStorage, PiiHasher, SourceDatabase
 from lakehouse.silver.load import load_silver
 from lakehouse.silver.validate import split_valid
-from lakehouse.sources.contract import Contract, ContractError, load_contract
+from lakehouse.sources.contract import Contract
+from lakehouse.sources.contract_files import ContractError, load_contract
 from lakehouse.sources.timestamps import UTC_TIMESTAMP, TimestampForm, to_utc
 from lakehouse.storage import delta
 

@@ -44,7 +44,7 @@ def check_results(contracts_folder: Path) -> dict[str, str]:
     which did not run (planned in the latest run, whose step failed before them), from the
     Dagster instance in DAGSTER_HOME (none without one: nothing was recorded)."""
     from asset_checks import all_checks
-    from lakehouse.sources.contract import load_contracts
+    from lakehouse.sources.contract_files import load_contracts
 
     if not os.environ.get("DAGSTER_HOME"):
         return {}

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from lakehouse.demo.clock import from_micros, seasonal_times, to_micros
+from lakehouse.demo.manifest import Manifest
+from lakehouse.demo.orders import Catalogue
 
 EVENT_TYPES = ("page_view", "click", "purchase")
 EVENT_TYPE_SHARES = (0.7, 0.25, 0.05)
@@ -25,6 +27,7 @@ EVENT_DEFECTS = (
 MALFORMED = ("truncated", "<html><body>502 Bad Gateway</body></html>", "[1, 2, 3]")
 BAD_TIMESTAMPS = ("2026-13-45T25:61:00Z", "yesterday", "", "1700000000")
 HOUR_US = 3_600_000_000
+EVENTS_FOLDER = "events"
 
 
 def _timestamp_text(micros: int) -> str:
@@ -113,3 +116,35 @@ def write_event_file(folder: Path, name: str, lines: list[str]) -> Path:
     partial.write_text("".join(f"{line}\n" for line in lines))
     partial.rename(target)
     return target
+
+
+def write_event_files(
+    rng: np.random.Generator,
+    landing: Path,
+    manifest: Manifest,
+    catalogue: Catalogue,
+    windows: list[tuple[datetime, datetime]],
+    per_file: int,
+    batch: int,
+) -> tuple[dict[str, int], dict[str, int]]:
+    earlier: list[str] = []
+    files, defects = {}, dict.fromkeys(EVENT_DEFECTS, 0)
+    for number, (start, end) in enumerate(windows):
+        lines, counts = event_lines(
+            rng,
+            per_file,
+            start,
+            end,
+            catalogue.customer_ids,
+            catalogue.customer_weights,
+            catalogue.product_ids,
+            manifest.defect_rates,
+            earlier,
+        )
+        # Names sort by arrival: the window's end, then batch and file number for uniqueness.
+        name = f"events_{end:%Y%m%dT%H%M%S}_{batch:05d}_{number:02d}.jsonl"
+        write_event_file(landing / EVENTS_FOLDER, name, lines)
+        files[name] = len(lines)
+        for key, count in counts.items():
+            defects[key] += count
+    return files, defects

@@ -1,16 +1,11 @@
-"""`demo init` and `demo advance`: build the shop's source and move its clock forward.
+"""`demo advance`: simulate more shop activity, batch by batch, up to the demo clock's new time.
 
-The manifest (`<landing>/demo_manifest.json`) records the seed, the clock, the defect rates
-and how many of each defect every batch planted, so tests can compare the lakehouse with it.
-It describes the demo; the marker inside the database (see `store`) is what lets the demo
-change a database, and both carry the same demo id so neither is advanced without the other.
+Each batch adds customers and orders, changes addresses, prices and order statuses, deletes
+abandoned orders and closed accounts, writes event files and records itself in the manifest.
 """
 
 from __future__ import annotations
 
-import json
-import uuid
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,214 +13,18 @@ import numpy as np
 import polars as pl
 
 from lakehouse.demo import store
-from lakehouse.demo.events import EVENT_DEFECTS, event_lines, write_event_file
-from lakehouse.demo.shop import (
-    CUSTOMER_HISTORY,
-    HISTORY,
-    OPEN_STATUSES,
-    Catalogue,
-    OrderDefectRates,
-    Volumes,
-    changed_customers,
-    new_customers,
-    new_orders,
-    new_products,
-    progressed_orders,
-    repriced_products,
-)
+from lakehouse.demo.customers import changed_customers, new_customers
+from lakehouse.demo.events import write_event_files
+from lakehouse.demo.manifest import Manifest, current
+from lakehouse.demo.orders import OPEN_STATUSES, Catalogue, new_orders, order_defect_rates, progressed_orders
+from lakehouse.demo.products import repriced_products
+from lakehouse.demo.volumes import Volumes
 from lakehouse.resources import SourceDatabase
 
-MANIFEST_NAME = "demo_manifest.json"
-EVENTS_FOLDER = "events"
-DEFAULT_DEFECT_RATES = {
-    "malformed_line": 0.002,
-    "missing_event_id": 0.002,
-    "unknown_event_type": 0.002,
-    "bad_timestamp": 0.002,
-    "duplicate_event": 0.005,
-    "late_event": 0.01,
-    "negative_amount": 0.002,
-    "unknown_status": 0.002,
-    "orphan_order_item": 0.002,
-}
 # A batch covers the time since the previous one, so the demo clock follows the wall clock
 # (and stays out of the future) however often `make run` is called.
 MIN_BATCH = timedelta(minutes=1)
-INITIAL_HOURS = 24  # a new source holds the last day of events (a file an hour) and changes
 EVENT_FILES_PER_BATCH = 2
-
-
-@dataclass
-class SchemaDrift:
-    """From `from_batch` on, `table` has a new nullable text column `column`."""
-
-    table: str = "orders"
-    column: str = "coupon_code"
-    from_batch: int = 2
-    applied: bool = False
-
-
-@dataclass
-class Manifest:
-    seed: int
-    scale: float
-    anchor: str
-    defect_rates: dict[str, float]
-    schema_drift: SchemaDrift
-    batches: int = 0
-    defects: dict[str, int] = field(default_factory=dict)
-    event_files: dict[str, int] = field(default_factory=dict)
-    log: list[dict] = field(default_factory=list)
-    demo_id: str = ""
-
-    @property
-    def anchor_time(self) -> datetime:
-        return datetime.fromisoformat(self.anchor)
-
-    def record(self, batch: dict) -> None:
-        self.log.append(batch)
-        for name, count in batch["defects"].items():
-            self.defects[name] = self.defects.get(name, 0) + count
-        self.event_files.update(batch["event_files"])
-
-    def save(self, landing: Path) -> None:
-        landing.mkdir(parents=True, exist_ok=True)
-        (landing / MANIFEST_NAME).write_text(json.dumps(asdict(self), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, landing: Path) -> Manifest | None:
-        path = landing / MANIFEST_NAME
-        if not path.exists():
-            return None
-        raw = json.loads(path.read_text())
-        return cls(**{**raw, "schema_drift": SchemaDrift(**raw["schema_drift"])})
-
-
-def _order_defects(rates: dict[str, float]) -> OrderDefectRates:
-    return OrderDefectRates(rates["negative_amount"], rates["unknown_status"], rates["orphan_order_item"])
-
-
-def _event_files(
-    rng: np.random.Generator,
-    landing: Path,
-    manifest: Manifest,
-    catalogue: Catalogue,
-    windows: list[tuple[datetime, datetime]],
-    per_file: int,
-    batch: int,
-) -> tuple[dict[str, int], dict[str, int]]:
-    earlier: list[str] = []
-    files, defects = {}, dict.fromkeys(EVENT_DEFECTS, 0)
-    for number, (start, end) in enumerate(windows):
-        lines, counts = event_lines(
-            rng,
-            per_file,
-            start,
-            end,
-            catalogue.customer_ids,
-            catalogue.customer_weights,
-            catalogue.product_ids,
-            manifest.defect_rates,
-            earlier,
-        )
-        # Names sort by arrival: the window's end, then batch and file number for uniqueness.
-        name = f"events_{end:%Y%m%dT%H%M%S}_{batch:05d}_{number:02d}.jsonl"
-        write_event_file(landing / EVENTS_FOLDER, name, lines)
-        files[name] = len(lines)
-        for key, count in counts.items():
-            defects[key] += count
-    return files, defects
-
-
-def init(
-    source: SourceDatabase,
-    landing: Path,
-    scale: float = 0.1,
-    seed: int = 42,
-    now: datetime | None = None,
-    defect_rates: dict[str, float] | None = None,
-    drift_batch: int = 2,
-) -> Manifest:
-    """Create the shop database and the last day of event files from scratch, in a database that
-    is absent, empty or an earlier demo's (anything else raises `store.NotADemoError`)."""
-    anchor = (now or datetime.now(UTC)).astimezone(UTC)
-    rates = {**DEFAULT_DEFECT_RATES, **(defect_rates or {})}
-    manifest = Manifest(
-        seed, scale, anchor.isoformat(), rates, SchemaDrift(from_batch=drift_batch), demo_id=uuid.uuid4().hex
-    )
-    volumes = Volumes.for_scale(scale)
-    rng = np.random.default_rng([seed, 0])
-
-    store.create_schema(source, manifest.demo_id)
-    # Only the event files an earlier demo wrote: anything else in the landing folder is not ours.
-    earlier = Manifest.load(landing)
-    for name in earlier.event_files if earlier else ():
-        (landing / EVENTS_FOLDER / name).unlink(missing_ok=True)
-    history_start = anchor - HISTORY
-    customers = new_customers(rng, 1, volumes.customers, anchor - CUSTOMER_HISTORY, history_start)
-    products = new_products(rng, 1, volumes.products, anchor - CUSTOMER_HISTORY, history_start)
-    catalogue = Catalogue.build(customers, products, seed)
-    orders, items, order_defects = new_orders(
-        rng,
-        catalogue,
-        1,
-        1,
-        volumes.orders,
-        history_start,
-        anchor,
-        seed,
-        _order_defects(rates),
-        coupon_codes=False,
-    )
-    # The last day's customer and price changes at the hourly batch rate, like the events: a new
-    # source is as fresh as one that has been running, so freshness checks pass on it.
-    last_day = (anchor - timedelta(hours=INITIAL_HOURS), anchor)
-    changed = changed_customers(rng, customers, volumes.customer_changes_per_batch * INITIAL_HOURS, *last_day)
-    repriced = repriced_products(rng, products, volumes.price_changes_per_batch * INITIAL_HOURS, *last_day)
-    for table, frame in (
-        ("customers", customers.update(changed, on="customer_id")),
-        ("products", products.update(repriced, on="product_id")),
-        ("orders", orders),
-        ("order_items", items),
-    ):
-        store.insert(source, table, frame)
-
-    hours = [
-        (anchor - timedelta(hours=h + 1), anchor - timedelta(hours=h)) for h in reversed(range(INITIAL_HOURS))
-    ]
-    files, event_defects = _event_files(rng, landing, manifest, catalogue, hours, volumes.events_per_file, 0)
-    manifest.record(
-        {
-            "batch": 0,
-            "window": [history_start.isoformat(), anchor.isoformat()],
-            "rows": {
-                "customers": {"inserted": customers.height},
-                "products": {"inserted": products.height},
-                "orders": {"inserted": orders.height},
-                "order_items": {"inserted": items.height},
-            },
-            "defects": {**order_defects, **event_defects},
-            "event_files": files,
-        }
-    )
-    manifest.save(landing)
-    return manifest
-
-
-def current(source: SourceDatabase, landing: Path) -> Manifest:
-    """The manifest of the demo in `source`; `store.NotADemoError` when there is no such demo."""
-    known = store.demo_id(source)
-    if known is None:
-        raise store.NotADemoError(
-            f"no demo source in {store.shown_url(source)}: run `lakehouse demo init` first"
-        )
-    manifest = Manifest.load(landing)
-    if manifest is None or manifest.demo_id != known:
-        raise store.NotADemoError(
-            f"{landing / MANIFEST_NAME} does not describe the demo in {store.shown_url(source)}: "
-            "`lakehouse demo init --force` rebuilds both"
-        )
-    return manifest
 
 
 def advance(source: SourceDatabase, landing: Path, batches: int = 1, now: datetime | None = None) -> Manifest:
@@ -309,7 +108,7 @@ def _advance_one(
         start,
         end,
         manifest.seed,
-        _order_defects(manifest.defect_rates),
+        order_defect_rates(manifest.defect_rates),
         coupon_codes=drift.applied and drift.table == "orders",
     )
 
@@ -337,7 +136,7 @@ def _advance_one(
         )
         for k in range(EVENT_FILES_PER_BATCH)
     ]
-    files, event_defects = _event_files(
+    files, event_defects = write_event_files(
         rng,
         landing,
         manifest,

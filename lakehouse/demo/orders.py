@@ -1,4 +1,4 @@
-"""The shop's tables as polars frames: customers, products, orders and their items.
+"""The shop's orders and their items as polars frames, and each order's life cycle.
 
 Everything is a function of the seed, so the same seed gives the same shop in SQLite and
 PostgreSQL. Popularity and order life cycles come from hashes of the ids, which keeps
@@ -8,130 +8,16 @@ them stable from one batch to the next without storing any generator state.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import numpy as np
 import polars as pl
 
 from lakehouse.demo.clock import as_datetimes, seasonal_times, to_micros
 
-CATEGORIES = {  # category: (share of catalogue, median price)
-    "electronics": (0.12, 180.0),
-    "home": (0.16, 45.0),
-    "garden": (0.08, 35.0),
-    "fashion": (0.20, 40.0),
-    "sports": (0.10, 60.0),
-    "toys": (0.09, 25.0),
-    "books": (0.12, 15.0),
-    "beauty": (0.07, 20.0),
-    "grocery": (0.06, 8.0),
-}
-FIRST_NAMES = [
-    "Anna",
-    "Ben",
-    "Clara",
-    "David",
-    "Elif",
-    "Farid",
-    "Greta",
-    "Hugo",
-    "Ines",
-    "Jonas",
-    "Kemal",
-    "Lena",
-    "Mia",
-    "Noah",
-    "Olga",
-    "Paul",
-    "Rosa",
-    "Sami",
-    "Tara",
-    "Umut",
-    "Vera",
-    "Wim",
-    "Yara",
-]
-LAST_NAMES = [
-    "Schmidt",
-    "Meyer",
-    "Novak",
-    "Rossi",
-    "Garcia",
-    "Dubois",
-    "Jansen",
-    "Kowalski",
-    "Silva",
-    "Nielsen",
-    "Horvat",
-    "Popescu",
-    "Murphy",
-    "Costa",
-    "Weber",
-    "Berg",
-    "Lind",
-    "Moreau",
-]
-CITIES = {  # city: country
-    "Berlin": "DE",
-    "Hamburg": "DE",
-    "Munich": "DE",
-    "Vienna": "AT",
-    "Zurich": "CH",
-    "Amsterdam": "NL",
-    "Paris": "FR",
-    "Lyon": "FR",
-    "Madrid": "ES",
-    "Milan": "IT",
-    "Warsaw": "PL",
-}
-STREETS = ["Main Street", "Station Road", "Park Lane", "Mill Way", "Church Street", "High Street"]
-ADJECTIVES = ["Classic", "Smart", "Compact", "Deluxe", "Eco", "Pro", "Mini", "Urban", "Vintage"]
 OPEN_STATUSES = ("pending", "confirmed", "shipped")
 MINUTE_US = 60_000_000
 HOUR_US = 60 * MINUTE_US
-
-
-@dataclass(frozen=True)
-class Volumes:
-    """Row counts for a scale: scale 1 is about 100k customers and 1M orders."""
-
-    customers: int
-    products: int
-    orders: int
-    events_per_file: int
-
-    @classmethod
-    def for_scale(cls, scale: float) -> Volumes:
-        return cls(
-            customers=max(50, round(100_000 * scale)),
-            products=max(20, round(10_000 * scale)),
-            orders=max(200, round(1_000_000 * scale)),
-            events_per_file=max(100, round(20_000 * scale)),
-        )
-
-    @property
-    def orders_per_batch(self) -> int:
-        return max(10, self.orders // 100)
-
-    @property
-    def new_customers_per_batch(self) -> int:
-        return max(2, self.customers // 500)
-
-    @property
-    def customer_changes_per_batch(self) -> int:
-        return max(2, self.customers // 200)
-
-    @property
-    def price_changes_per_batch(self) -> int:
-        return max(1, self.products // 100)
-
-    @property
-    def abandoned_orders_per_batch(self) -> int:
-        return max(2, self.orders_per_batch // 200)
-
-    @property
-    def closed_accounts_per_batch(self) -> int:
-        return max(1, self.new_customers_per_batch // 4)
 
 
 def hashed_uniform(ids: np.ndarray, salt: int) -> np.ndarray:
@@ -151,64 +37,6 @@ def popularity(ids: np.ndarray, seed: int, salt: int, alpha: float) -> np.ndarra
     u = hashed_uniform(ids, seed * 100 + salt)
     weights = np.minimum((1.0 - u) ** (-1.0 / alpha), 1_000.0)
     return weights / weights.sum()
-
-
-def new_customers(
-    rng: np.random.Generator, first_id: int, n: int, start: datetime, end: datetime
-) -> pl.DataFrame:
-    ids = np.arange(first_id, first_id + n, dtype=np.int64)
-    first = np.array(FIRST_NAMES)[rng.integers(0, len(FIRST_NAMES), n)]
-    last = np.array(LAST_NAMES)[rng.integers(0, len(LAST_NAMES), n)]
-    city_names = list(CITIES)
-    cities = np.array(city_names)[rng.integers(0, len(city_names), n)]
-    created = as_datetimes(seasonal_times(rng, start, end, n))
-    has_phone = rng.random(n) < 0.7
-    frame = pl.DataFrame(
-        {
-            "customer_id": ids,
-            "first_name": first,
-            "last_name": last,
-            "email": [f"{f}.{la}.{i}@example.com".lower() for f, la, i in zip(first, last, ids, strict=True)],
-            "phone": [
-                f"+49 30 {n:07d}" if p else None
-                for n, p in zip(rng.integers(0, 10**7, n), has_phone, strict=True)
-            ],
-            "street_address": _addresses(rng, n),
-            "city": cities,
-            "country": [CITIES[c] for c in cities],
-        }
-    )
-    return frame.with_columns(created_at=created, updated_at=created)
-
-
-def _addresses(rng: np.random.Generator, n: int) -> list[str]:
-    numbers = rng.integers(1, 200, n)
-    streets = np.array(STREETS)[rng.integers(0, len(STREETS), n)]
-    return [f"{num} {street}" for num, street in zip(numbers, streets, strict=True)]
-
-
-def new_products(
-    rng: np.random.Generator, first_id: int, n: int, start: datetime, end: datetime
-) -> pl.DataFrame:
-    ids = np.arange(first_id, first_id + n, dtype=np.int64)
-    names = list(CATEGORIES)
-    shares = np.array([share for share, _ in CATEGORIES.values()])
-    category = rng.choice(len(names), size=n, p=shares / shares.sum())
-    medians = np.array([median for _, median in CATEGORIES.values()])[category]
-    price = np.round(np.floor(medians * rng.lognormal(0.0, 0.6, n)) + 0.99, 2)
-    created = as_datetimes(seasonal_times(rng, start, end, n))
-    return pl.DataFrame(
-        {
-            "product_id": ids,
-            "sku": [f"SKU-{i:07d}" for i in ids],
-            "name": [
-                f"{ADJECTIVES[a]} {names[c].title()} Item {i}"
-                for a, c, i in zip(rng.integers(0, len(ADJECTIVES), n), category, ids, strict=True)
-            ],
-            "category": np.array(names)[category],
-            "price": price,
-        }
-    ).with_columns(created_at=created, updated_at=created)
 
 
 def order_status_at(
@@ -269,6 +97,10 @@ class OrderDefectRates:
     negative_amount: float
     unknown_status: float
     orphan_order_item: float
+
+
+def order_defect_rates(rates: dict[str, float]) -> OrderDefectRates:
+    return OrderDefectRates(rates["negative_amount"], rates["unknown_status"], rates["orphan_order_item"])
 
 
 def new_orders(
@@ -364,45 +196,3 @@ def progressed_orders(open_orders: pl.DataFrame, at: datetime, seed: int) -> pl.
         },
         schema={"order_id": pl.Int64, "status": pl.String, "updated_at": pl.Datetime("us", "UTC")},
     )
-
-
-def changed_customers(
-    rng: np.random.Generator, customers: pl.DataFrame, n: int, start: datetime, end: datetime
-) -> pl.DataFrame:
-    """Customers who moved house or changed their e-mail address in (start, end]."""
-    picked = customers.sample(n=min(n, customers.height), seed=int(rng.integers(2**31))).sort("customer_id")
-    n = picked.height
-    moved = rng.random(n) < 0.5
-    city_names = list(CITIES)
-    new_city = np.array(city_names)[rng.integers(0, len(city_names), n)]
-    stamp = rng.integers(100, 999, n)
-    return picked.with_columns(
-        email=pl.when(pl.Series(~moved))
-        .then(pl.col("email").str.replace("@", pl.Series([f".{s}@" for s in stamp])))
-        .otherwise(pl.col("email")),
-        street_address=pl.when(pl.Series(moved))
-        .then(pl.Series(_addresses(rng, n)))
-        .otherwise(pl.col("street_address")),
-        city=pl.when(pl.Series(moved)).then(pl.Series(new_city)).otherwise(pl.col("city")),
-        country=pl.when(pl.Series(moved))
-        .then(pl.Series([CITIES[c] for c in new_city]))
-        .otherwise(pl.col("country")),
-        updated_at=as_datetimes(np.sort(seasonal_times(rng, start, end, n))),
-    )
-
-
-def repriced_products(
-    rng: np.random.Generator, products: pl.DataFrame, n: int, start: datetime, end: datetime
-) -> pl.DataFrame:
-    """Products whose list price changed in (start, end]: product_id, price, updated_at."""
-    picked = products.sample(n=min(n, products.height), seed=int(rng.integers(2**31))).sort("product_id")
-    factor = rng.uniform(0.85, 1.15, picked.height)
-    return picked.select(
-        "product_id",
-        price=(pl.col("price") * pl.Series(factor)).floor() + 0.99,
-        updated_at=as_datetimes(seasonal_times(rng, start, end, picked.height)),
-    )
-
-
-HISTORY = timedelta(days=90)
-CUSTOMER_HISTORY = timedelta(days=730)
