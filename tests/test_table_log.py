@@ -180,7 +180,9 @@ def test_the_next_run_redoes_exactly_the_set_aside_commit(
     assert raised is not None and raised.cls_name == "CorruptLog" and raised.cause is None
     text = raised.message.strip()
     assert "\n" not in text and "DeltaError" not in text
-    assert text.startswith("lakehouse.storage.table_log.CorruptLog: bronze/loans: the Delta log cannot be read")
+    assert text.startswith(
+        "lakehouse.storage.table_log.CorruptLog: bronze/loans: the Delta log cannot be read"
+    )
     assert f"{loans}/_delta_log/00000000000000000001.json" in text
 
     assert _lakehouse(["check", "bronze/loans"], tmp_path / "lakehouse", monkeypatch) == 1
