@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import CodeType
+from urllib.parse import urlsplit
 
 import dagster as dg
 import polars as pl
+import psycopg2
 import pytest
 from dagster_server import DagsterServer
 
@@ -39,7 +41,32 @@ PROJECT = Path(__file__).resolve().parent.parent
 CLOCK = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 SCALE = 0.01
 TEST_SALT = "test-salt"
-POSTGRES_URL = os.environ.get("LAKEHOUSE_TEST_POSTGRES_URL")
+
+
+def worker_database(url: str | None) -> str | None:
+    """The test PostgreSQL database of this pytest-xdist worker: `<database>_<worker>` on the same
+    server, created on first use, so that workers never share the demo's tables; the database
+    itself when pytest runs in one process."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not url or not worker:
+        return url
+    parts = urlsplit(url)
+    name = f"{parts.path.lstrip('/')}_{worker}"
+    admin = psycopg2.connect(url)
+    admin.autocommit = True
+    try:
+        cursor = admin.cursor()
+        cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name])
+        if cursor.fetchone() is None:
+            cursor.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        admin.close()
+    return f"{parts.scheme}://{parts.netloc}/{name}" + (f"?{parts.query}" if parts.query else "")
+
+
+POSTGRES_URL = worker_database(os.environ.get("LAKEHOUSE_TEST_POSTGRES_URL"))
+if POSTGRES_URL:
+    os.environ["LAKEHOUSE_TEST_POSTGRES_URL"] = POSTGRES_URL  # what the commands tests start see
 # The demo renames its landing files in whole: tests not about files still being written
 # (tests/test_settling.py) take them at once, here and in the commands they start.
 os.environ.setdefault("LAKEHOUSE_LANDING_SETTLE_SECONDS", "0")
