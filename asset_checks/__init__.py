@@ -7,12 +7,13 @@ the share of each load sent to quarantine, and the WAL a change-captured table's
 
 import dagster as dg
 
+from asset_checks.bronze_reconciliation import bronze_reconciliation_checks
 from asset_checks.check import per_asset
 from asset_checks.freshness import freshness_checks
 from asset_checks.quarantine import quarantine_checks
-from asset_checks.reconciliation import reconciliation_checks
 from asset_checks.revenue import revenue_checks
 from asset_checks.row_checks import contract_checks, gold_checks
+from asset_checks.silver_reconciliation import silver_reconciliation_checks
 from asset_checks.slot_lag import slot_lag_checks
 from asset_checks.volume import volume_checks
 from lakehouse.gold.assets import attached_tables
@@ -33,7 +34,8 @@ def all_checks(contracts: list[Contract]) -> list[dg.AssetChecksDefinition]:
             contract_checks(contract),
             freshness_checks(contract),
             volume_checks(contract),
-            reconciliation_checks(contract),
+            bronze_reconciliation_checks(contract),
+            silver_reconciliation_checks(contract),
             quarantine_checks(contract),
             slot_lag_checks(contract),
         )

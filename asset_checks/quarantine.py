@@ -18,12 +18,8 @@ from asset_checks.check import Check
 from asset_checks.row_checks import scan_columns
 from asset_checks.sample import sample
 from lakehouse.resources import LakehouseStorage
-from lakehouse.silver.load import (
-    BRONZE_VERSION,
-    BRONZE_VERSION_BEFORE,
-    bronze_identity,
-    read_bronze_changes,
-)
+from lakehouse.silver.changes import bronze_identity, read_bronze_changes
+from lakehouse.silver.load import BRONZE_VERSION, BRONZE_VERSION_BEFORE
 from lakehouse.silver.validate import ERROR_COLUMN, ERROR_SEPARATOR
 from lakehouse.sources.contract import Contract
 from lakehouse.storage import delta, ledger

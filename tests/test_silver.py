@@ -16,6 +16,7 @@ from lakehouse.bronze.columns import DELETE, OP
 from lakehouse.demo import store
 from lakehouse.demo.events import EVENT_TYPES
 from lakehouse.resources import PiiHasher
+from lakehouse.silver import changes as bronze_changes
 from lakehouse.silver import load as silver_load
 from lakehouse.silver.history import DELETED, VALID_TO
 from lakehouse.sources.contract import Contract
@@ -289,7 +290,7 @@ def test_a_first_load_in_slices_crashed_between_two_equals_one_in_one_piece(
 ) -> None:
     whole, sliced = demo_lakes(tmp_path, demo_lake, "whole", "sliced")
     whole.materialize()
-    monkeypatch.setattr(silver_load, "SLICE_ROWS", 300)  # several slices of the test-size tables
+    monkeypatch.setattr(bronze_changes, "SLICE_ROWS", 300)  # several slices of the test-size tables
     original, slices = silver_load._newest_per_key, []
 
     def crash_at_second_slice(frame: pl.DataFrame, contract: Contract) -> pl.DataFrame:

@@ -18,9 +18,10 @@ import polars as pl
 import pytest
 from conftest import postgres_source
 
+from asset_checks.bronze_reconciliation import bronze_reconciliation_checks
 from asset_checks.check import per_asset
-from asset_checks.reconciliation import reconciliation_checks
 from asset_checks.row_checks import contract_checks
+from asset_checks.silver_reconciliation import silver_reconciliation_checks
 from lakehouse.bronze.assets import bronze_assets
 from lakehouse.resources import LakehouseStorage, PiiHasher, SourceDatabase
 from lakehouse.silver.assets import silver_assets
@@ -137,7 +138,11 @@ class Library:
         checks = [
             check
             for contract in contracts
-            for check in (*contract_checks(contract), *reconciliation_checks(contract))
+            for check in (
+                *contract_checks(contract),
+                *bronze_reconciliation_checks(contract),
+                *silver_reconciliation_checks(contract),
+            )
         ]
         return dg.materialize(
             [*bronze_assets(contracts), *silver_assets(contracts), *per_asset(checks)],

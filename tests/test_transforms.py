@@ -15,8 +15,8 @@ from library import MEMBERS
 from asset_checks.revenue import revenue_checks
 from lakehouse.gold.backfill import Backfill
 from lakehouse.gold.build import backfill, build_gold, silver_reader
-from lakehouse.gold.tables import (
-    GOLD_TABLES,
+from lakehouse.gold.tables import GOLD_TABLES
+from lakehouse.gold.transforms import (
     UNKNOWN_CATEGORY,
     daily_revenue,
     event_windows_5m,

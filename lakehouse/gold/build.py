@@ -27,7 +27,8 @@ from typing import Any
 
 import polars as pl
 
-from lakehouse.gold.tables import DAY, MONTH, GoldTable, Reader, period_bounds
+from lakehouse.gold.tables import GoldTable
+from lakehouse.gold.transforms import DAY, MONTH, Reader, period_bounds
 from lakehouse.resources import LakehouseStorage
 from lakehouse.storage import delta, ledger
 from lakehouse.storage.ledger import DELETED_DAYS, LOADED_AT

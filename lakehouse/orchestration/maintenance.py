@@ -18,7 +18,7 @@ from deltalake import CommitProperties, DeltaTable
 from deltalake.exceptions import CommitFailedError
 
 from lakehouse.resources import LakehouseStorage
-from lakehouse.silver.load import live_versions
+from lakehouse.silver.changes import live_versions
 from lakehouse.sources.contract import Contract
 from lakehouse.storage import delta, ledger
 

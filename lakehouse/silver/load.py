@@ -1,17 +1,17 @@
 """Loading one dataset from bronze into silver, incrementally and restart-safe.
 
-A run reads the bronze rows committed since the bronze version silver last consumed (through
-bronze's change data feed), types and validates them, quarantines the invalid ones, and
+A run reads the bronze rows committed since the bronze version silver last consumed
+(lakehouse/silver/changes.py), types and validates them, quarantines the invalid ones, and
 MERGEs the newest version of each valid key into silver. The bronze version consumed is an
 app transaction in silver's own commit, so a crash anywhere before it makes the next run
 read the same rows again; quarantine and history are written first, by MERGEs keyed on the
 bronze row, so reading them again duplicates nothing. An append-only dataset keeps each key's
 first arrival; a later row with the key and other content is quarantined with the reason
-(lakehouse/silver/repeats.py).
+(lakehouse/silver/repeats.py). Rows whose parents silver lacks are loaded flagged as orphans
+(lakehouse/silver/orphans.py).
 
-The first load reads bronze whole, in slices of about `SLICE_ROWS` rows split by ranges of the
-key (every version of a key in the same slice), so its memory follows the slice and not the
-table; only the last slice's commit moves silver's position.
+The first load reads bronze whole, in slices; only the last slice's commit moves silver's
+position.
 """
 
 from __future__ import annotations
@@ -26,23 +26,21 @@ from lakehouse.bronze import tombstones
 from lakehouse.bronze.columns import LSN, OP, PARTITION_COLUMN
 from lakehouse.resources import LakehouseStorage, PiiHasher
 from lakehouse.silver import history
+from lakehouse.silver.changes import bronze_identity, bronze_slices, read_bronze_changes
+from lakehouse.silver.orphans import flag_orphans, parent_keys, resolve_orphans
 from lakehouse.silver.repeats import split_repeats
 from lakehouse.silver.validate import split_valid
 from lakehouse.sources.contract import Contract
 from lakehouse.storage import delta, ledger
 from lakehouse.storage.ledger import DELETED_DAYS, LOADED_AT
 from lakehouse.storage.merge import MergeCounts, merge
-from lakehouse.storage.slices import key_ranges
 from lakehouse.storage.sql import quoted
 
-CHANGE_FEED_COLUMNS = ("_change_type", "_commit_version", "_commit_timestamp")
-ORPHAN_COLUMN = "_orphan"
 ROW = "_row"
 # Silver's commits name the bronze versions their load consumed: those after the one before,
 # up to the one after (the position silver's ledger records).
 BRONZE_VERSION, BRONZE_VERSION_BEFORE = "lakehouse.bronze_version", "lakehouse.bronze_version_before"
 DELETE_FLAG = "_delete"
-SLICE_ROWS = 1_000_000  # bronze rows a first load holds at a time
 
 
 @dataclass(frozen=True)
@@ -69,52 +67,6 @@ def partition_column(contract: Contract) -> str | None:
     )
 
 
-def bronze_identity(contract: Contract) -> list[str]:
-    """The columns that tell one bronze row from every other."""
-    if contract.is_cdc:
-        return [*contract.primary_key, LSN]
-    if contract.is_database:
-        assert contract.watermark is not None
-        return [*contract.primary_key, contract.watermark.column]
-    return ["_source_file", "_line_number"]
-
-
-def read_bronze_changes(uri: str, since: int, until: int | None = None) -> tuple[pl.DataFrame, int]:
-    """Bronze rows committed after version `since` up to `until` (default: the latest), and
-    the version read."""
-    table = delta.load_table(uri)
-    version = table.version() if until is None else until
-    empty = pl.DataFrame(schema=pl.Schema(delta.arrow_schema(table)))
-    feeds = [
-        pl.DataFrame(table.load_cdf(starting_version=first, ending_version=last).read_all())
-        for first, last in live_versions(table, since, version)
-    ]
-    if not feeds:
-        return empty, version
-    changes = pl.concat(feeds, how="diagonal_relaxed")
-    return changes.filter(pl.col("_change_type") == "insert").drop(CHANGE_FEED_COLUMNS), version
-
-
-def live_versions(table: delta.DeltaTable, since: int, version: int) -> list[tuple[int, int]]:
-    """The ranges of versions after `since` up to `version` that no RESTORE has rolled back.
-
-    A restore to N takes back the commits after N (the rows a bad load appended) with one
-    commit of its own: reading neither is what makes the rows as if never loaded.
-    """
-    undone: set[int] = set()
-    # The log's newest commits first, whatever version the range ends at.
-    for commit in table.history(limit=max(table.version() - since, 0)):
-        if commit["operation"] == "RESTORE" and since < commit["version"] <= version:
-            undone.update(range(int(commit["operationParameters"]["version"]) + 1, commit["version"] + 1))
-    ranges: list[tuple[int, int]] = []
-    for number in (v for v in range(since + 1, version + 1) if v not in undone):
-        if ranges and ranges[-1][1] == number - 1:
-            ranges[-1] = (ranges[-1][0], number)
-        else:
-            ranges.append((number, number))
-    return ranges
-
-
 def _with_partition(frame: pl.DataFrame, contract: Contract) -> pl.DataFrame:
     column = partition_column(contract)
     if column is None:
@@ -122,72 +74,6 @@ def _with_partition(frame: pl.DataFrame, contract: Contract) -> pl.DataFrame:
     assert contract.partitioning is not None
     pattern = "%Y-%m" if contract.partitioning.granularity == "month" else "%Y-%m-%d"
     return frame.with_columns(pl.col(contract.partitioning.column).dt.strftime(pattern).alias(column))
-
-
-def _parent_keys(contract: Contract, lakehouse: LakehouseStorage) -> dict[str, tuple[str, pl.Series]]:
-    """For each column that references a parent, the parent silver table and its keys now.
-
-    Read once per load, not per slice (a tenth of a second each): a run loads the parents
-    first, and a parent that arrives while the load runs is found by the next load's
-    `resolve_orphans`, as one that arrives later would be."""
-    parents = {}
-    for name, spec in contract.columns.items():
-        if not spec.references:
-            continue
-        table, column = spec.references.split(".")
-        parent_uri = lakehouse.table_uri("silver", table)
-        parents[name] = (
-            table,
-            pl.scan_delta(parent_uri).select(column).collect().get_column(column)
-            if delta.open_table(parent_uri)
-            else pl.Series(column, [], dtype=spec.dtype),
-        )
-    return parents
-
-
-def _flag_orphans(frame: pl.DataFrame, parents: dict[str, tuple[str, pl.Series]]) -> pl.DataFrame:
-    """Name, per row, each reference to a parent silver does not hold yet (null: none)."""
-    if not parents:
-        return frame
-    missing = [
-        pl.when(~pl.col(name).is_in(known.implode())).then(pl.lit(f"{name} not in {table}"))
-        for name, (table, known) in parents.items()
-    ]
-    reasons = pl.concat_str(missing, separator="; ", ignore_nulls=True)
-    return frame.with_columns(pl.when(reasons != "").then(reasons).alias(ORPHAN_COLUMN))
-
-
-def resolve_orphans(
-    uri: str,
-    contract: Contract,
-    lakehouse: LakehouseStorage,
-    parents: dict[str, tuple[str, pl.Series]] | None = None,
-) -> int:
-    """Clear the orphan flag of rows whose parents have arrived since; returns rows still orphaned.
-    `parents`: their keys, when the caller has read them already."""
-    table = delta.open_table(uri)
-    if table is None or ORPHAN_COLUMN not in delta.arrow_schema(table).names:
-        return 0
-    flagged = pl.scan_delta(uri).filter(pl.col(ORPHAN_COLUMN).is_not_null()).collect()
-    if flagged.is_empty():
-        return 0
-    rechecked = _flag_orphans(
-        flagged.drop(ORPHAN_COLUMN), parents if parents is not None else _parent_keys(contract, lakehouse)
-    )
-    # A new _loaded_at tells downstream tables these rows changed.
-    resolved = rechecked.filter(pl.col(ORPHAN_COLUMN).is_null()).with_columns(
-        pl.lit(datetime.now(UTC), dtype=pl.Datetime("us", "UTC")).alias(LOADED_AT)
-    )
-    if not resolved.is_empty():
-        table.merge(
-            delta.to_arrow(resolved.select(*contract.primary_key, ORPHAN_COLUMN, LOADED_AT)),
-            predicate=" AND ".join(f"t.{quoted(key)} = s.{quoted(key)}" for key in contract.primary_key),
-            source_alias="s",
-            target_alias="t",
-        ).when_matched_update(
-            updates={name: f"s.{quoted(name)}" for name in (ORPHAN_COLUMN, LOADED_AT)}
-        ).execute()
-    return flagged.height - resolved.height
 
 
 def _newest_per_key(frame: pl.DataFrame, contract: Contract) -> pl.DataFrame:
@@ -294,7 +180,7 @@ def _load_slice(
     valid = _with_partition(valid, contract).with_columns(
         pl.lit(loaded_at, dtype=pl.Datetime("us", "UTC")).alias(LOADED_AT)
     )
-    valid = _flag_orphans(valid.drop(PARTITION_COLUMN), parents)
+    valid = flag_orphans(valid.drop(PARTITION_COLUMN), parents)
     changed, closed = None, 0
     if contract.history == "scd2":
         history_uri = lakehouse.table_uri("silver", f"{contract.name}_history")
@@ -353,14 +239,6 @@ def _load_slice(
     )
 
 
-def _whole_table(table: delta.DeltaTable, contract: Contract) -> list[pl.LazyFrame]:
-    """Bronze in slices of about SLICE_ROWS rows, by ranges of the first key column, so that
-    every version of a key is in the same slice: a first load holds one slice at a time. Bronze
-    files hold a first extraction in key order, so each slice's scan skips the others' rows
-    and the load reads bronze about once, not once per slice."""
-    return key_ranges(pl.scan_delta(table), contract.primary_key[0], SLICE_ROWS)
-
-
 def _summed(counts: list[MergeCounts | None]) -> MergeCounts | None:
     present = [each for each in counts if each is not None]
     if not present:
@@ -403,7 +281,7 @@ def _load_once(
             # The source table is empty: bronze has written nothing yet, and silver has nothing.
             return SilverLoad(None, None, 0, 0, 0, 0, 0, None, None)
         version = bronze.version()
-        slices = _whole_table(bronze, contract)
+        slices = bronze_slices(bronze, contract)
     else:
         changes, version = read_bronze_changes(bronze_uri, since)
         if changes.is_empty():
@@ -413,7 +291,7 @@ def _load_once(
             )
         slices = [changes.lazy()]
     loaded_at = now or datetime.now(UTC)
-    parents = _parent_keys(contract, lakehouse)
+    parents = parent_keys(contract, lakehouse)
     metadata = {
         "lakehouse.run_id": run_id,
         BRONZE_VERSION: str(version),
