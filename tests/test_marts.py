@@ -20,7 +20,6 @@ from dagster_dbt import DbtCliResource
 from deltalake import DeltaTable
 
 from lakehouse.definitions import defs
-from lakehouse.gold.tables import GOLD_TABLES
 from lakehouse.marts.assets import DBT_EXECUTABLE, DbtCli, dbt_models, dbt_project
 
 MARTS = (
@@ -178,20 +177,6 @@ def test_the_marts_unit_tests_pass_in_each_build_and_are_no_asset_checks(
     )
     names = {unique_id.split(".")[-1] for unique_id in unit_tests}
     assert not names & {spec.name for spec in dbt_models.check_specs}
-
-
-def test_one_lineage_graph_from_bronze_to_marts() -> None:
-    gold = {dg.AssetKey(["gold", table.name]) for table in GOLD_TABLES}
-    staging_inputs = set()
-    for key in dbt_models.keys:
-        staging_inputs |= set(dbt_models.asset_deps[key])
-    assert gold - {dg.AssetKey(["gold", "event_windows_5m"])} <= staging_inputs
-    assert {key.path[0] for key in dbt_models.keys} == {"staging", "marts"}
-    # Revenue is defined once, in gold: the daily sales read it rather than the order lines.
-    assert dbt_models.asset_deps[dg.AssetKey(["marts", "mart_sales_daily"])] == {
-        dg.AssetKey(["staging", "stg_orders"]),
-        dg.AssetKey(["staging", "stg_daily_revenue"]),
-    }
 
 
 @pytest.mark.slow
