@@ -71,9 +71,10 @@ run: install
 	  if [ $$status -ne 0 ]; then echo "materialisation failed (exit $$status): see the log above"; fi; \
 	  exit $$status
 
+# As many pytest workers as cores; the tests sharing a module's built lake or server stay on one.
 test: install
 	$(BIN)/ruff check .
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto --dist loadgroup
 
 test-fast: install
 	$(BIN)/pytest -m "not slow"

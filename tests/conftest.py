@@ -318,6 +318,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         on_postgresql = callspec is not None and "postgresql" in callspec.params.values()
         if SLOW_FIXTURES & fixtures or SLOW_CALLS & calls or on_postgresql or item.get_closest_marker("e2e"):
             item.add_marker(pytest.mark.slow)
+    # Under pytest-xdist the longest tests start first, so that none of them is left running
+    # alone at the end while the other workers are idle: the servers and daemons, then the rest
+    # of the slow ones.
+    items.sort(
+        key=lambda item: 0 if item.get_closest_marker("e2e") else 1 if item.get_closest_marker("slow") else 2
+    )
 
 
 @pytest.hookimpl(wrapper=True)

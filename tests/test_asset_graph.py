@@ -4,8 +4,8 @@ every asset's group, kinds, owners, tags and inputs, and every check with whethe
 One snapshot instead of a test per property, so that any change to the graph shows as a diff
 in review: that each layer has its owner, that gold feeds the dbt staging views, that revenue
 is defined once (`marts/mart_sales_daily` reads `staging/stg_daily_revenue`, not the order
-lines), which checks block their downstream. After an intended change, write the snapshot again and read its diff:
-`UPDATE_ASSET_GRAPH=1 pytest tests/test_asset_graph.py`.
+lines), which checks block their downstream. After an intended change, write the snapshot
+again and read its diff: `UPDATE_ASSET_GRAPH=1 pytest tests/test_asset_graph.py`.
 """
 
 import os

@@ -35,7 +35,8 @@ from lakehouse.gold.tables import GOLD_TABLES
 from lakehouse.resources import LakehouseStorage
 from lakehouse.storage import delta
 
-pytestmark = pytest.mark.e2e
+# One deployment serves the module's tests: under pytest-xdist one worker runs them all.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("test_e2e")]
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package: `.ci/run` installs it when missing
 CHROMIUM_ARGS = [

@@ -157,12 +157,11 @@ def _finish(runs: list[subprocess.Popen]) -> list[tuple[int, str]]:
     return results
 
 
-@pytest.mark.parametrize("runs", [2, 3])
-def test_runs_started_together_append_each_row_version_once(lake: Lake, runs: int) -> None:
-    for _ in range(2):  # a first load, then an incremental batch, each raced
+def test_runs_started_together_append_each_row_version_once(lake: Lake) -> None:
+    for _ in range(2):  # a first load, then an incremental batch, each raced by three runs
         if _:
             lake.advance()
-        for code, output in _finish(_start_runs(lake, runs)):
+        for code, output in _finish(_start_runs(lake, 3)):
             assert code == 0, output[-3000:]
         assert_bronze_holds_each_version_once(lake)
     # One more run finds nothing new, and its blocking reconciliation checks pass.

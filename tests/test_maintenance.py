@@ -18,6 +18,9 @@ from lakehouse.orchestration.maintenance import (
     versions_silver_needs,
 )
 
+# Its tests share a module's built lake: under pytest-xdist one worker runs them all.
+pytestmark = pytest.mark.xdist_group("test_maintenance")
+
 Z_ORDERED = {
     ("bronze", "orders"): "customer_id",
     ("silver", "orders"): "customer_id",

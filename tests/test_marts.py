@@ -22,6 +22,9 @@ from deltalake import DeltaTable
 from lakehouse.definitions import defs
 from lakehouse.marts.assets import DBT_EXECUTABLE, DbtCli, dbt_models, dbt_project
 
+# Its tests share a module's built lake: under pytest-xdist one worker runs them all.
+pytestmark = pytest.mark.xdist_group("test_marts")
+
 MARTS = (
     "mart_sales_daily",
     "mart_customer_ltv",

@@ -15,6 +15,9 @@ from library import Library
 
 from lakehouse.definitions import defs
 
+# Its tests share a module's built lake: under pytest-xdist one worker runs them all.
+pytestmark = pytest.mark.xdist_group("test_selection")
+
 ALL_KEYS = sorted(key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys())
 # One key of each kind of step, through the real command line (the loop below covers the rest).
 ONE_OF_EACH_KIND = [
