@@ -233,6 +233,28 @@ def lake(tmp_path: Path, demo_lake: DemoLake) -> Lake:
     return demo_lake(tmp_path)
 
 
+@pytest.fixture(scope="session")
+def loaded_demo_lake(tmp_path_factory: pytest.TempPathFactory, demo_lake: DemoLake) -> DemoLake:
+    """Makes a demo lake in a folder after its first run of every asset but the dbt models: a
+    copy of one loaded per test run, since every first run of the default demo gives the same
+    tables. Its instance holds no run: tests that read the first run's events load their own."""
+    original = demo_lake(tmp_path_factory.mktemp("loaded_demo"))
+    original.materialize()
+
+    def make(folder: Path) -> Lake:
+        for part in ("source", "landing", "lakehouse"):
+            shutil.copytree(original.folder / part, folder / part)
+        return Lake(folder, sqlite_source(folder))
+
+    return make
+
+
+@pytest.fixture
+def loaded_lake(tmp_path: Path, loaded_demo_lake: DemoLake) -> Lake:
+    """A demo lake after its first run of every asset but the dbt models."""
+    return loaded_demo_lake(tmp_path)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def any_lake(request: pytest.FixtureRequest, tmp_path: Path) -> Lake:
     """The same demo source in SQLite and in PostgreSQL."""

@@ -67,20 +67,21 @@ def test_incremental_extraction_keeps_every_row_version(
     assert len(seen["orders"]) == inserted_orders + updated_orders
 
 
-def test_rerun_without_source_change_appends_nothing(lake: Lake) -> None:
-    lake.materialize()
-    before = {table: delta.open_table(lake.uri("bronze", table)).version() for table in DATABASE_TABLES}
-    events_before = delta.open_table(lake.uri("bronze", "events")).version()
+def test_rerun_without_source_change_appends_nothing(loaded_lake: Lake) -> None:
+    before = {
+        table: delta.open_table(loaded_lake.uri("bronze", table)).version() for table in DATABASE_TABLES
+    }
+    events_before = delta.open_table(loaded_lake.uri("bronze", "events")).version()
 
-    result = lake.materialize()
+    result = loaded_lake.materialize()
 
     for table in DATABASE_TABLES:
-        table_now = delta.open_table(lake.uri("bronze", table))
+        table_now = delta.open_table(loaded_lake.uri("bronze", table))
         assert table_now.version() == before[table], f"bronze/{table} got a commit with nothing new"
         metadata = result.asset_materializations_for_node(f"bronze__{table}")[0].metadata
         assert metadata["rows_appended"].value == 0
         assert metadata["watermark_before"].value == metadata["watermark_after"].value
-    assert delta.open_table(lake.uri("bronze", "events")).version() == events_before
+    assert delta.open_table(loaded_lake.uri("bronze", "events")).version() == events_before
 
 
 def test_a_row_without_a_watermark_is_counted_and_named_until_it_gets_one(lake: Lake) -> None:
@@ -115,23 +116,22 @@ def test_a_row_without_a_watermark_is_counted_and_named_until_it_gets_one(lake: 
     assert lake.table("bronze", "orders").get_column("order_id").to_list().count(waiting) == 1
 
 
-def test_crash_before_commit_loses_and_duplicates_nothing(lake: Lake, monkeypatch) -> None:
-    lake.materialize()
-    lake.advance()
-    expected = snapshot(lake)
+def test_crash_before_commit_loses_and_duplicates_nothing(loaded_lake: Lake, monkeypatch) -> None:
+    loaded_lake.advance()
+    expected = snapshot(loaded_lake)
     for table, key in DATABASE_TABLES.items():
-        expected[table] |= versions(lake.table("bronze", table), key)
+        expected[table] |= versions(loaded_lake.table("bronze", table), key)
 
     def crash(*args, **kwargs):
         raise OSError("disk went away after the source was read")
 
     monkeypatch.setattr(delta, "write_deltalake", crash)
-    failed = lake.materialize(raise_on_error=False)
+    failed = loaded_lake.materialize(raise_on_error=False)
     assert not failed.success
     monkeypatch.undo()
 
-    assert lake.materialize().success
-    assert_bronze_holds(lake, expected)
+    assert loaded_lake.materialize().success
+    assert_bronze_holds(loaded_lake, expected)
 
 
 def test_materialization_reports_rows_watermark_version_and_schema(lake: Lake) -> None:
@@ -153,18 +153,17 @@ def test_materialization_reports_rows_watermark_version_and_schema(lake: Lake) -
     assert history["lakehouse.watermark"] and history["lakehouse.run_id"]
 
 
-def test_new_source_column_is_added_to_bronze_and_named(lake: Lake) -> None:
-    lake.materialize()
-    drift = lake.manifest.schema_drift
-    lake.advance(batches=drift.from_batch)
+def test_new_source_column_is_added_to_bronze_and_named(loaded_lake: Lake) -> None:
+    drift = loaded_lake.manifest.schema_drift
+    loaded_lake.advance(batches=drift.from_batch)
 
-    result = lake.materialize()
+    result = loaded_lake.materialize()
 
     metadata = result.asset_materializations_for_node(f"bronze__{drift.table}")[0].metadata
     assert metadata["added_columns"].value == drift.column
-    bronze = lake.table("bronze", drift.table)
+    bronze = loaded_lake.table("bronze", drift.table)
     assert bronze.schema[drift.column] == pl.String
-    source_codes = lake.source_rows(drift.table).get_column(drift.column).drop_nulls()
+    source_codes = loaded_lake.source_rows(drift.table).get_column(drift.column).drop_nulls()
     assert source_codes.len() > 0
     assert set(source_codes) == set(bronze.get_column(drift.column).drop_nulls())
 

@@ -188,9 +188,8 @@ def test_bronze_checks_warn_with_exactly_the_defects_the_demo_planted(
         assert accounted["missing"] == 0
 
 
-def test_failing_silver_checks_show_exactly_the_planted_rows(lake: Lake) -> None:
-    lake.materialize()
-    orders = lake.table("silver", "orders")
+def test_failing_silver_checks_show_exactly_the_planted_rows(loaded_lake: Lake) -> None:
+    orders = loaded_lake.table("silver", "orders")
     duplicate = orders.filter(pl.col("order_id") == orders.get_column("order_id")[5])
     nulled = orders.slice(7, 1).with_columns(
         customer_id=pl.lit(None, dtype=pl.Int64), order_id=pl.lit(10**9, dtype=pl.Int64)
@@ -199,9 +198,9 @@ def test_failing_silver_checks_show_exactly_the_planted_rows(lake: Lake) -> None
     stranger = orders.slice(11, 1).with_columns(
         customer_id=pl.lit(10**8, dtype=pl.Int64), order_id=pl.lit(10**9 + 2, dtype=pl.Int64)
     )
-    plant(lake, pl.concat([duplicate, nulled, lost, stranger]))
+    plant(loaded_lake, pl.concat([duplicate, nulled, lost, stranger]))
 
-    result = lake.materialize(checks_of(ORDERS), raise_on_error=False)
+    result = loaded_lake.materialize(checks_of(ORDERS), raise_on_error=False)
 
     checks = evaluations(result, "silver", "orders")
     assert {name: check.passed for name, check in checks.items() if name != "volume"} == {
@@ -226,28 +225,27 @@ def test_failing_silver_checks_show_exactly_the_planted_rows(lake: Lake) -> None
 
 
 def test_bronze_reconciliation_and_gold_key_checks_name_the_planted_rows(
-    lake: Lake, monkeypatch: pytest.MonkeyPatch
+    loaded_lake: Lake, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    lake.materialize()
     # The source is compared in chunks of 1,000 orders: a row lost in the third, a duplicate of
     # the last row of the first, and one of a row the source does not hold, after the last.
     monkeypatch.setattr(database, "CHUNK_ROWS", 1_000)
-    bronze = lake.table("bronze", "orders").sort("order_id")
+    bronze = loaded_lake.table("bronze", "orders").sort("order_id")
     lost_id = bronze.get_column("order_id")[2_500]
-    delta.open_table(lake.uri("bronze", "orders")).delete(f"order_id = {lost_id}")
+    delta.open_table(loaded_lake.uri("bronze", "orders")).delete(f"order_id = {lost_id}")
     stranger = bronze.slice(0, 1).with_columns(order_id=pl.lit(10**9, pl.Int64))
-    delta.write(lake.uri("bronze", "orders"), pl.concat([bronze.slice(999, 1), stranger, stranger]))
-    events = lake.table("bronze", "events")
+    delta.write(loaded_lake.uri("bronze", "orders"), pl.concat([bronze.slice(999, 1), stranger, stranger]))
+    events = loaded_lake.table("bronze", "events")
     file, line = events.get_column("_source_file")[3], events.get_column("_line_number")[3]
-    delta.open_table(lake.uri("bronze", "events")).delete(
+    delta.open_table(loaded_lake.uri("bronze", "events")).delete(
         f"_source_file = '{file}' AND _line_number = {line}"
     )
-    facts = lake.table("gold", "fct_orders")
+    facts = loaded_lake.table("gold", "fct_orders")
     copied = facts.slice(20, 1)
     nameless = facts.slice(30, 1).with_columns(order_id=pl.lit(None, pl.Int64))
-    delta.write(lake.uri("gold", "fct_orders"), pl.concat([copied, nameless]))
+    delta.write(loaded_lake.uri("gold", "fct_orders"), pl.concat([copied, nameless]))
 
-    result = lake.materialize(
+    result = loaded_lake.materialize(
         checks_of(
             dg.AssetKey(["bronze", "orders"]),
             dg.AssetKey(["bronze", "events"]),
@@ -331,15 +329,14 @@ def test_a_check_that_passed_on_the_same_tables_is_reported_again_and_a_change_i
     assert values(caught, "failing_rows") == 1
 
 
-def test_freshness_warns_then_errors_as_the_clock_moves(lake: Lake) -> None:
-    lake.materialize()
-    newest = lake.table("silver", "orders").get_column("updated_at").max()
+def test_freshness_warns_then_errors_as_the_clock_moves(loaded_lake: Lake) -> None:
+    newest = loaded_lake.table("silver", "orders").get_column("updated_at").max()
     freshness = dg.AssetSelection.checks(dg.AssetCheckKey(ORDERS, "freshness"))
 
     seen = []
     for hours in (0.5, 2, 25):  # the contract: WARN after 1 h, ERROR after 1 day
-        lake.clock = newest + timedelta(hours=hours)
-        check = evaluations(lake.materialize(freshness), "silver", "orders")["freshness"]
+        loaded_lake.clock = newest + timedelta(hours=hours)
+        check = evaluations(loaded_lake.materialize(freshness), "silver", "orders")["freshness"]
         seen.append((check.passed, check.severity, values(check, "age_hours")))
 
     assert seen == [
@@ -350,7 +347,7 @@ def test_freshness_warns_then_errors_as_the_clock_moves(lake: Lake) -> None:
 
 
 def test_a_row_count_outside_the_contract_band_warns(lake: Lake) -> None:
-    lake.materialize()
+    lake.materialize()  # the count the check compares with, in the instance
     delta.open_table(lake.uri("silver", "orders")).delete("order_id % 2 = 0")  # a bad manual fix
 
     result = lake.materialize(
@@ -362,14 +359,13 @@ def test_a_row_count_outside_the_contract_band_warns(lake: Lake) -> None:
     assert -0.51 < values(volume, "change") < -0.49
 
 
-def test_reconciliation_names_wrong_gold_periods_and_lost_silver_rows(lake: Lake) -> None:
-    lake.materialize()
-    revenue = lake.table("gold", "daily_revenue")
+def test_reconciliation_names_wrong_gold_periods_and_lost_silver_rows(loaded_lake: Lake) -> None:
+    revenue = loaded_lake.table("gold", "daily_revenue")
     day = revenue.get_column("order_date")[0]
-    delta.open_table(lake.uri("gold", "daily_revenue")).update(
+    delta.open_table(loaded_lake.uri("gold", "daily_revenue")).update(
         predicate=f"order_date = '{day}'", updates={"gross_revenue": "gross_revenue + 1"}
     )
-    gold = lake.materialize(checks_of(dg.AssetKey(["gold", "daily_revenue"])), raise_on_error=False)
+    gold = loaded_lake.materialize(checks_of(dg.AssetKey(["gold", "daily_revenue"])), raise_on_error=False)
 
     daily = evaluations(gold, "gold", "daily_revenue")["revenue_matches_silver"]
     assert not daily.passed and sample_column(daily, "order_date") == [str(day)]
@@ -377,9 +373,11 @@ def test_reconciliation_names_wrong_gold_periods_and_lost_silver_rows(lake: Lake
     difference = values(daily, "gold_gross_revenue") - values(daily, "silver_gross_revenue")
     assert difference == pytest.approx(changed_rows)
 
-    lost_id = lake.table("silver", "orders").get_column("order_id")[0]
-    delta.open_table(lake.uri("silver", "orders")).delete(f"order_id = {lost_id}")
-    lost = lake.materialize(checks_of(ORDERS, dg.AssetKey(["gold", "fct_orders"])), raise_on_error=False)
+    lost_id = loaded_lake.table("silver", "orders").get_column("order_id")[0]
+    delta.open_table(loaded_lake.uri("silver", "orders")).delete(f"order_id = {lost_id}")
+    lost = loaded_lake.materialize(
+        checks_of(ORDERS, dg.AssetKey(["gold", "fct_orders"])), raise_on_error=False
+    )
 
     accounted = evaluations(lost, "silver", "orders")["bronze_rows_accounted"]
     assert not accounted.passed and values(accounted, "rows_missing") == 1
@@ -395,23 +393,22 @@ def report(lake: Lake, *args: str) -> tuple[int, str]:
     return done.returncode, done.stdout + done.stderr
 
 
-def test_quality_report_passes_clean_tables_and_fails_each_broken_sla(lake: Lake) -> None:
-    lake.materialize()
-    code, text = report(lake, "--format", "json")
+def test_quality_report_passes_clean_tables_and_fails_each_broken_sla(loaded_lake: Lake) -> None:
+    code, text = report(loaded_lake, "--format", "json")
     assert code == 0, text
     clean = json.loads(text)
     assert clean["status"] == "pass"
     orders = next(t for t in clean["tables"] if t["table"] == "silver/orders")
-    assert orders["row_count"]["value"] == lake.table("silver", "orders").height
+    assert orders["row_count"]["value"] == loaded_lake.table("silver", "orders").height
     assert orders["duplicates"] == {
         "key": ["order_id"], "count": 0, "rate": 0.0, "limit_rate": 0.0001, "status": "pass"
     }  # fmt: skip
-    assert {c["column"] for c in orders["columns"]} == set(lake.contract("orders").columns)
+    assert {c["column"] for c in orders["columns"]} == set(loaded_lake.contract("orders").columns)
 
     # Two duplicate keys in ~10,000 rows are above the orders SLA's 0.01 %.
-    silver = lake.table("silver", "orders")
-    plant(lake, silver.slice(0, 2))
-    code, text = report(lake, "--table", "orders")
+    silver = loaded_lake.table("silver", "orders")
+    plant(loaded_lake, silver.slice(0, 2))
+    code, text = report(loaded_lake, "--table", "orders")
     assert code == 1
     assert f"| silver/orders | fail | {silver.height + 2:,} |" in text
     assert f"2 ({2 / (silver.height + 2):.4%} / 0.0100%, fail)" in text
@@ -420,9 +417,9 @@ def test_quality_report_passes_clean_tables_and_fails_each_broken_sla(lake: Lake
     nulls = silver.slice(100, 20).with_columns(
         order_id=pl.int_range(10**9, 10**9 + 20), currency=pl.lit(None, pl.String)
     )
-    plant(lake, nulls)
-    lake.clock += timedelta(hours=2)
-    code, text = report(lake, "--table", "orders", "--format", "json")
+    plant(loaded_lake, nulls)
+    loaded_lake.clock += timedelta(hours=2)
+    code, text = report(loaded_lake, "--table", "orders", "--format", "json")
     orders = json.loads(text)["tables"][0]
     columns = {c["column"]: c for c in orders["columns"]}
     assert code == 1 and columns["currency"]["status"] == "fail" and columns["status"]["status"] == "pass"

@@ -43,13 +43,12 @@ def test_incremental_gold_equals_a_full_rebuild(lake: Lake, monkeypatch: pytest.
     assert_gold_equals_a_rebuild_in_one_piece(lake)
 
 
-def test_gold_revenue_and_order_counts_equal_silver(lake: Lake) -> None:
-    lake.materialize()
-    lake.advance(batches=2)
-    lake.materialize()
-    orders = lake.table("silver", "orders")
-    items = lake.table("silver", "order_items")
-    fct_orders = lake.table("gold", "fct_orders")
+def test_gold_revenue_and_order_counts_equal_silver(loaded_lake: Lake) -> None:
+    loaded_lake.advance(batches=2)
+    loaded_lake.materialize()
+    orders = loaded_lake.table("silver", "orders")
+    items = loaded_lake.table("silver", "order_items")
+    fct_orders = loaded_lake.table("gold", "fct_orders")
 
     assert fct_orders.height == orders.height
     assert fct_orders.get_column("total_amount").sum() == orders.get_column("total_amount").sum()
@@ -57,7 +56,7 @@ def test_gold_revenue_and_order_counts_equal_silver(lake: Lake) -> None:
     expected_revenue = (
         items.join(paid, on="order_id").select((pl.col("unit_price") * pl.col("quantity")).sum()).item()
     )
-    revenue = lake.table("gold", "daily_revenue")
+    revenue = loaded_lake.table("gold", "daily_revenue")
     assert revenue.get_column("gross_revenue").sum() == expected_revenue
     cancelled = orders.filter(pl.col("status") == "cancelled").select("order_id")
     expected_cancelled = items.join(cancelled, on="order_id").select(
@@ -65,48 +64,48 @@ def test_gold_revenue_and_order_counts_equal_silver(lake: Lake) -> None:
     )
     assert revenue.get_column("cancelled_revenue").sum() == expected_cancelled.item()
 
-    lines = lake.table("gold", "fct_order_items")
+    lines = loaded_lake.table("gold", "fct_order_items")
     assert lines.height == items.height, "order lines are never joined away"
     assert lines.filter(~pl.col("has_order")).height == items.join(orders, on="order_id", how="anti").height
 
 
-def test_facts_join_the_customer_version_valid_at_order_time(lake: Lake) -> None:
-    lake.materialize()
-    moved_at = lake.clock + timedelta(hours=1)
-    store.update(lake.source, "customers", "customer_id", pl.DataFrame({
+def test_facts_join_the_customer_version_valid_at_order_time(loaded_lake: Lake) -> None:
+    moved_at = loaded_lake.clock + timedelta(hours=1)
+    store.update(loaded_lake.source, "customers", "customer_id", pl.DataFrame({
         "customer_id": [1], "city": ["Vienna"], "country": ["AT"], "updated_at": [moved_at],
     }))  # fmt: skip
     late_order = moved_at + timedelta(minutes=30)
-    store.insert(lake.source, "orders", pl.DataFrame({
+    store.insert(loaded_lake.source, "orders", pl.DataFrame({
         "order_id": [10**9], "customer_id": [1], "status": ["pending"], "total_amount": [19.99],
         "currency": ["EUR"], "created_at": [late_order], "updated_at": [late_order],
     }))  # fmt: skip
-    lake.clock = late_order
-    lake.materialize()
+    loaded_lake.clock = late_order
+    loaded_lake.materialize()
 
-    versions = lake.table("gold", "dim_customers").filter(pl.col("customer_id") == 1).sort("version")
+    versions = loaded_lake.table("gold", "dim_customers").filter(pl.col("customer_id") == 1).sort("version")
     assert versions.get_column("city").to_list()[-1] == "Vienna"
-    facts = lake.table("gold", "fct_orders").filter(pl.col("customer_id") == 1)
+    facts = loaded_lake.table("gold", "fct_orders").filter(pl.col("customer_id") == 1)
     before = facts.filter(pl.col("created_at") < moved_at).get_column("customer_key").unique().to_list()
     after = facts.filter(pl.col("order_id") == 10**9).get_column("customer_key").to_list()
     assert before == ["1:1"] and after == [f"1:{versions.height}"]
 
 
-def test_a_late_event_lands_in_its_own_window_and_is_counted_late(lake: Lake) -> None:
-    lake.materialize()
-    moment = lake.clock - timedelta(hours=3, minutes=2)
+def test_a_late_event_lands_in_its_own_window_and_is_counted_late(loaded_lake: Lake) -> None:
+    moment = loaded_lake.clock - timedelta(hours=3, minutes=2)
     event = {"event_id": "late-0001", "user_id": 7, "event_type": "purchase",
              "timestamp": moment.isoformat().replace("+00:00", "Z"), "properties": {}}  # fmt: skip
-    (lake.landing / "events" / "events_20991231T000000_99999_00.jsonl").write_text(json.dumps(event) + "\n")
+    (loaded_lake.landing / "events" / "events_20991231T000000_99999_00.jsonl").write_text(
+        json.dumps(event) + "\n"
+    )
     window = pl.datetime(moment.year, moment.month, moment.day, moment.hour, 55, time_zone="UTC")
 
     def purchases() -> dict:
-        windows = lake.table("gold", "event_windows_5m")
+        windows = loaded_lake.table("gold", "event_windows_5m")
         row = windows.filter((pl.col("window_start") == window) & (pl.col("event_type") == "purchase"))
         return row.row(0, named=True) if row.height else {"event_count": 0, "late_events": 0}
 
     before = purchases()
-    lake.materialize()
+    loaded_lake.materialize()
     after = purchases()
 
     assert after["event_count"] == before["event_count"] + 1
@@ -152,50 +151,50 @@ DAY_RANGE_CONFIG = json.dumps({"ops": {f"gold__{name}": {"config": RANGE} for na
     ],
 )
 def test_a_backfill_rebuilds_its_days_and_no_other(
-    lake: Lake, command: str, tables: list[str], backfilled: list[str]
+    loaded_lake: Lake, command: str, tables: list[str], backfilled: list[str]
 ) -> None:
-    lake.materialize()
-    days = sorted(str(day) for day in lake.table("gold", "funnel_daily").get_column("event_date"))
+    days = sorted(str(day) for day in loaded_lake.table("gold", "funnel_daily").get_column("event_date"))
     for name in tables:
-        table = lake.table("gold", name).with_columns(pl.lit(-1).alias(WRONG[name]))
-        delta.write(lake.uri("gold", name), table, mode="overwrite")
+        table = loaded_lake.table("gold", name).with_columns(pl.lit(-1).alias(WRONG[name]))
+        delta.write(loaded_lake.uri("gold", name), table, mode="overwrite")
 
-    backfill = run_command(command, lake.folder, LAKEHOUSE_PII_SALT=TEST_SALT)
+    backfill = run_command(command, loaded_lake.folder, LAKEHOUSE_PII_SALT=TEST_SALT)
 
     assert backfill.returncode == 0, backfill.stderr[-2000:]
     for name in tables:
-        rebuilt = lake.table("gold", name)
+        rebuilt = loaded_lake.table("gold", name)
         days_in = pl.col("event_date").cast(pl.String).is_in(backfilled)
         outside = rebuilt.filter(~days_in)
         assert outside.height > 0 and outside.get_column(WRONG[name]).to_list() == [-1] * outside.height
         inside = rebuilt.filter(days_in)
-        expected = EVENT_TABLES[name].build(silver_reader(lake.storage), backfilled).select(inside.columns)
+        expected = (
+            EVENT_TABLES[name].build(silver_reader(loaded_lake.storage), backfilled).select(inside.columns)
+        )
         assert inside.height > 0 and inside.sort(inside.columns).equals(expected.sort(inside.columns))
-    assert sorted({str(day) for day in lake.table("gold", "funnel_daily")["event_date"]}) == days
+    assert sorted({str(day) for day in loaded_lake.table("gold", "funnel_daily")["event_date"]}) == days
 
 
-def test_what_changed_outside_a_backfill_is_rebuilt_by_the_next_run(lake: Lake) -> None:
-    lake.materialize()
-    oldest = str(lake.table("gold", "funnel_daily").get_column("event_date").min())
-    lake.advance()  # new events, of today
+def test_what_changed_outside_a_backfill_is_rebuilt_by_the_next_run(loaded_lake: Lake) -> None:
+    oldest = str(loaded_lake.table("gold", "funnel_daily").get_column("event_date").min())
+    loaded_lake.advance()  # new events, of today
     config = {"first_day": oldest}
-    backfilled = lake.materialize(
+    backfilled = loaded_lake.materialize(
         run_config={"ops": {f"gold__{name}": {"config": config} for name in EVENT_TABLES}}
     )
     for name in EVENT_TABLES:
         metadata = backfilled.asset_materializations_for_node(f"gold__{name}")[0].metadata
         assert metadata["periods_rewritten"].value == oldest
-    new_day = str(lake.clock.date())
-    stored = lake.table("gold", "funnel_daily").filter(pl.col("event_date").cast(pl.String) == new_day)
-    expected = EVENT_TABLES["funnel_daily"].build(silver_reader(lake.storage), [new_day])
+    new_day = str(loaded_lake.clock.date())
+    stored = loaded_lake.table("gold", "funnel_daily").filter(pl.col("event_date").cast(pl.String) == new_day)
+    expected = EVENT_TABLES["funnel_daily"].build(silver_reader(loaded_lake.storage), [new_day])
     assert not stored.equals(expected.select(stored.columns)), "the new events are not in gold yet"
 
-    following = lake.materialize()
+    following = loaded_lake.materialize()
 
     for name in EVENT_TABLES:
         metadata = following.asset_materializations_for_node(f"gold__{name}")[0].metadata
         assert new_day in metadata["periods_rewritten"].value
-    assert_gold_equals_a_rebuild_in_one_piece(lake)
+    assert_gold_equals_a_rebuild_in_one_piece(loaded_lake)
 
 
 def test_a_backfill_range_that_names_no_days_fails_and_says_so(lake: Lake) -> None:

@@ -277,16 +277,17 @@ print(reads, locked)
 """
 
 
-def test_dbt_builds_while_another_process_reads_the_warehouse(lake: Lake) -> None:
-    lake.materialize()
-    lake.materialize("*")  # the warehouse file exists from here on
-    stop = lake.folder / "stop-reading"
+def test_dbt_builds_while_another_process_reads_the_warehouse(loaded_lake: Lake) -> None:
+    loaded_lake.materialize("*")  # the warehouse file exists from here on
+    stop = loaded_lake.folder / "stop-reading"
     reader = subprocess.Popen(
-        [sys.executable, "-c", READER, str(lake.warehouse), str(stop)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", READER, str(loaded_lake.warehouse), str(stop)],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
-        lake.advance()
-        result = lake.materialize("*")
+        loaded_lake.advance()
+        result = loaded_lake.materialize("*")
     finally:  # a failed build must not leave the reader running
         stop.touch()
         output, _ = reader.communicate(timeout=30)
@@ -296,13 +297,12 @@ def test_dbt_builds_while_another_process_reads_the_warehouse(lake: Lake) -> Non
     assert reader.returncode == 0 and reads > 0
 
 
-def test_staging_models_alone_build_on_a_new_warehouse(lake: Lake) -> None:
+def test_staging_models_alone_build_on_a_new_warehouse(loaded_lake: Lake) -> None:
     """What the UI's "Materialize selected" runs on the staging models: staging only.
     The marts' `relationships` tests on these models wait for their mart to be selected."""
-    lake.materialize()
     staging = dg.AssetSelection.assets(["staging", "stg_products"], ["staging", "stg_customers"])
 
-    result = lake.materialize(staging, raise_on_error=False)
+    result = loaded_lake.materialize(staging, raise_on_error=False)
 
     assert result.success, "a test of a mart that does not exist yet ran with its staging parent"
     checked = {evaluation.asset_key.path[0] for evaluation in result.get_asset_check_evaluations()}

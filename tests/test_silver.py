@@ -117,55 +117,56 @@ def test_silver_is_the_latest_valid_version_and_every_bronze_row_is_accounted_fo
     assert lake.table("quarantine", "orders").get_column("order_id").n_unique() == rejected
 
 
-def test_rerun_without_new_bronze_rows_changes_nothing(lake: Lake) -> None:
-    lake.materialize()
-    lake.advance()
-    lake.materialize()
+def test_rerun_without_new_bronze_rows_changes_nothing(loaded_lake: Lake) -> None:
+    loaded_lake.advance()
+    loaded_lake.materialize()
     tables = [("silver", n) for n in (*KEYS, "events", "customers_history")] + [("quarantine", "orders")]
-    before = {t: (delta.open_table(lake.uri(*t)).version(), lake.table(*t)) for t in tables}
+    before = {t: (delta.open_table(loaded_lake.uri(*t)).version(), loaded_lake.table(*t)) for t in tables}
 
-    result = lake.materialize()
+    result = loaded_lake.materialize()
 
     for table, (version, contents) in before.items():
-        assert delta.open_table(lake.uri(*table)).version() == version, f"{table} got a new commit"
-        assert lake.table(*table).equals(contents)
+        assert delta.open_table(loaded_lake.uri(*table)).version() == version, f"{table} got a new commit"
+        assert loaded_lake.table(*table).equals(contents)
     assert silver_metadata(result, "orders")["rows_read"] == 0
 
 
-def test_an_older_version_arriving_late_does_not_regress_the_row(lake: Lake) -> None:
-    lake.materialize()
-    current = lake.table("silver", "orders").filter(pl.col("status") == "delivered").row(0, named=True)
+def test_an_older_version_arriving_late_does_not_regress_the_row(loaded_lake: Lake) -> None:
+    current = loaded_lake.table("silver", "orders").filter(pl.col("status") == "delivered").row(0, named=True)
     stale = (
-        lake.table("bronze", "orders")
+        loaded_lake.table("bronze", "orders")
         .filter(pl.col("order_id") == current["order_id"])
         .with_columns(
             status=pl.lit("pending"),
             updated_at=pl.lit((current["updated_at"] - timedelta(days=2)).isoformat(sep=" ")),
         )
     )
-    delta.write(lake.uri("bronze", "orders"), stale, partition_by=["_ingest_date"])
+    delta.write(loaded_lake.uri("bronze", "orders"), stale, partition_by=["_ingest_date"])
 
-    result = lake.materialize("group:silver")
+    result = loaded_lake.materialize("group:silver")
 
-    row = lake.table("silver", "orders").filter(pl.col("order_id") == current["order_id"]).row(0, named=True)
+    row = (
+        loaded_lake.table("silver", "orders")
+        .filter(pl.col("order_id") == current["order_id"])
+        .row(0, named=True)
+    )
     assert (row["status"], row["updated_at"]) == ("delivered", current["updated_at"])
     metadata = silver_metadata(result, "orders")
     assert (metadata["rows_read"], metadata["rows_unchanged"], metadata["rows_updated"]) == (1, 1, 0)
 
 
-def test_a_duplicate_event_in_a_later_file_is_not_inserted_twice(lake: Lake) -> None:
-    lake.materialize()
-    first_file = sorted((lake.landing / "events").glob("*.jsonl"))[0]
+def test_a_duplicate_event_in_a_later_file_is_not_inserted_twice(loaded_lake: Lake) -> None:
+    first_file = sorted((loaded_lake.landing / "events").glob("*.jsonl"))[0]
     line = first_file.read_text().splitlines()[0]
     event = json.loads(line)
     # The same event again, and another event under its id (the id reused by the producer).
     reused = {**event, "event_type": next(kind for kind in EVENT_TYPES if kind != event["event_type"])}
-    later = lake.landing / "events" / "events_20991231T000000_99999_00.jsonl"
+    later = loaded_lake.landing / "events" / "events_20991231T000000_99999_00.jsonl"
     later.write_text(f"{line}\n{json.dumps(reused)}\n")
-    events_before = lake.table("silver", "events").height
+    events_before = loaded_lake.table("silver", "events").height
 
     # Half of this two-line load goes to quarantine: above the contract's rate, so it fails.
-    result = lake.materialize(raise_on_error=False)
+    result = loaded_lake.materialize(raise_on_error=False)
     (rate,) = (
         e
         for e in result.get_asset_check_evaluations()
@@ -173,7 +174,7 @@ def test_a_duplicate_event_in_a_later_file_is_not_inserted_twice(lake: Lake) -> 
     )
     assert not rate.passed and "event_id repeats with different content" in rate.description
 
-    silver = lake.table("silver", "events")
+    silver = loaded_lake.table("silver", "events")
     assert silver.height == events_before
     assert silver.filter(pl.col("event_id") == event["event_id"]).get_column("event_type").to_list() == [
         event["event_type"]
@@ -187,7 +188,7 @@ def test_a_duplicate_event_in_a_later_file_is_not_inserted_twice(lake: Lake) -> 
         "rows_inserted",
     )
     assert tuple(metadata[name] for name in counts) == (2, 1, 1, 1, 0)
-    quarantined = lake.table("quarantine", "events").filter(pl.col("_source_file") == later.name)
+    quarantined = loaded_lake.table("quarantine", "events").filter(pl.col("_source_file") == later.name)
     assert quarantined.select("_line_number", "_error").rows() == [
         (2, f"event_id repeats with different content (first in {first_file.name}:1)")
     ]
@@ -205,24 +206,25 @@ def change_customer(lake: Lake, customer_id: int, **values: str) -> None:
     )
 
 
-def test_a_customer_changed_twice_has_three_history_rows(lake: Lake) -> None:
-    lake.materialize()
-    change_customer(lake, 1, email="first.change@example.com")
-    lake.materialize()
-    change_customer(lake, 1, street_address="1 New Street", city="Vienna", country="AT")
-    lake.materialize()
-    lake.materialize()  # replaying nothing new must not touch history
+def test_a_customer_changed_twice_has_three_history_rows(loaded_lake: Lake) -> None:
+    change_customer(loaded_lake, 1, email="first.change@example.com")
+    loaded_lake.materialize()
+    change_customer(loaded_lake, 1, street_address="1 New Street", city="Vienna", country="AT")
+    loaded_lake.materialize()
+    loaded_lake.materialize()  # replaying nothing new must not touch history
 
-    rows = lake.table("silver", "customers_history").filter(pl.col("customer_id") == 1).sort("valid_from")
+    rows = (
+        loaded_lake.table("silver", "customers_history").filter(pl.col("customer_id") == 1).sort("valid_from")
+    )
     assert rows.height == 3
     assert rows.get_column("is_current").to_list() == [False, False, True]
     assert rows.get_column("valid_to").to_list()[:2] == rows.get_column("valid_from").to_list()[1:]
     assert rows.get_column("valid_to")[2] is None
     assert rows.get_column("city")[2] == "Vienna"
     assert rows.get_column("email")[1] == PiiHasher(salt=TEST_SALT).hash_value("first.change@example.com")
-    current = lake.table("silver", "customers_history").filter(pl.col("is_current"))
+    current = loaded_lake.table("silver", "customers_history").filter(pl.col("is_current"))
     assert current.get_column("customer_id").is_unique().all()
-    assert current.height == lake.table("silver", "customers").height
+    assert current.height == loaded_lake.table("silver", "customers").height
 
 
 def test_no_raw_pii_leaves_bronze(lake: Lake) -> None:
@@ -317,40 +319,39 @@ def test_a_first_load_in_slices_crashed_between_two_equals_one_in_one_piece(
     assert_same_tables(sliced, whole, tables, "loaded in slices differs from the load in one piece")
 
 
-def test_orphan_items_are_kept_flagged_and_released_when_the_product_arrives(lake: Lake) -> None:
-    lake.materialize()
-    items = lake.table("silver", "order_items")
+def test_orphan_items_are_kept_flagged_and_released_when_the_product_arrives(loaded_lake: Lake) -> None:
+    items = loaded_lake.table("silver", "order_items")
     orphans = items.filter(pl.col("_orphan") == "product_id not in products")
-    assert orphans.height == lake.manifest.defects["orphan_order_item"] > 0
+    assert orphans.height == loaded_lake.manifest.defects["orphan_order_item"] > 0
     missing_product = orphans.get_column("product_id")[0]
 
-    lake.clock += timedelta(hours=1)
+    loaded_lake.clock += timedelta(hours=1)
     store.insert(
-        lake.source,
+        loaded_lake.source,
         "products",
         pl.DataFrame({
             "product_id": [missing_product], "sku": ["SKU-LATE"], "name": ["Late Catalogue Entry"],
-            "category": ["books"], "price": [9.99], "created_at": [lake.clock], "updated_at": [lake.clock],
+            "category": ["books"], "price": [9.99],
+            "created_at": [loaded_lake.clock], "updated_at": [loaded_lake.clock],
         }),
     )  # fmt: skip
-    lake.materialize()
+    loaded_lake.materialize()
 
-    released = lake.table("silver", "order_items").filter(pl.col("product_id") == missing_product)
+    released = loaded_lake.table("silver", "order_items").filter(pl.col("product_id") == missing_product)
     assert released.height == orphans.filter(pl.col("product_id") == missing_product).height
     assert released.get_column("_orphan").null_count() == released.height
-    assert lake.table("silver", "order_items").height == items.height
+    assert loaded_lake.table("silver", "order_items").height == items.height
 
 
-def test_an_uncastable_value_sends_its_row_to_quarantine_with_the_reason(lake: Lake) -> None:
-    lake.materialize()
-    later = (lake.clock + timedelta(minutes=5)).isoformat(sep=" ", timespec="microseconds")
-    with sqlite3.connect(lake.source.sqlite_path) as connection:
+def test_an_uncastable_value_sends_its_row_to_quarantine_with_the_reason(loaded_lake: Lake) -> None:
+    later = (loaded_lake.clock + timedelta(minutes=5)).isoformat(sep=" ", timespec="microseconds")
+    with sqlite3.connect(loaded_lake.source.sqlite_path) as connection:
         connection.execute(
             "UPDATE orders SET created_at = '31/12/2026', updated_at = ? WHERE order_id = 1", (later,)
         )
 
     # The load's one row went to quarantine: above the contract's quarantine rate, so it fails.
-    result = lake.materialize(raise_on_error=False)
+    result = loaded_lake.materialize(raise_on_error=False)
     (rate,) = (
         e
         for e in result.get_asset_check_evaluations()
@@ -358,21 +359,22 @@ def test_an_uncastable_value_sends_its_row_to_quarantine_with_the_reason(lake: L
     )
     assert not rate.passed and rate.description.endswith("commonest reasons: created_at unparseable (1)")
 
-    quarantined = lake.table("quarantine", "orders").filter(pl.col("order_id") == 1)
+    quarantined = loaded_lake.table("quarantine", "orders").filter(pl.col("order_id") == 1)
     assert quarantined.get_column("_error").to_list() == ["created_at unparseable"]
     assert quarantined.get_column("created_at").to_list() == ["31/12/2026"]
-    silver = lake.table("silver", "orders").filter(pl.col("order_id") == 1)
-    assert silver.height == 1 and silver.get_column("updated_at")[0] < lake.clock + timedelta(minutes=5)
+    silver = loaded_lake.table("silver", "orders").filter(pl.col("order_id") == 1)
+    assert silver.height == 1 and silver.get_column("updated_at")[0] < loaded_lake.clock + timedelta(
+        minutes=5
+    )
 
 
-def test_a_new_source_column_appears_in_silver(lake: Lake) -> None:
-    lake.materialize()
-    drift = lake.manifest.schema_drift
-    lake.advance(batches=drift.from_batch)
-    lake.materialize()
+def test_a_new_source_column_appears_in_silver(loaded_lake: Lake) -> None:
+    drift = loaded_lake.manifest.schema_drift
+    loaded_lake.advance(batches=drift.from_batch)
+    loaded_lake.materialize()
 
-    silver = lake.table("silver", drift.table)
-    source = lake.source_rows(drift.table).filter(VALID[drift.table])
+    silver = loaded_lake.table("silver", drift.table)
+    source = loaded_lake.source_rows(drift.table).filter(VALID[drift.table])
     joined = source.join(silver, on=KEYS[drift.table], suffix="_silver")
     assert joined.get_column(drift.column).drop_nulls().len() > 0
     assert joined.get_column(drift.column).equals(
@@ -380,14 +382,13 @@ def test_a_new_source_column_appears_in_silver(lake: Lake) -> None:
     )
 
 
-def test_an_incremental_merge_touches_only_the_batch_partitions(lake: Lake) -> None:
-    lake.materialize()
-    lake.advance()
-    lake.materialize()
+def test_an_incremental_merge_touches_only_the_batch_partitions(loaded_lake: Lake) -> None:
+    loaded_lake.advance()
+    loaded_lake.materialize()
 
-    table = delta.open_table(lake.uri("silver", "orders"))
+    table = delta.open_table(loaded_lake.uri("silver", "orders"))
     merge = next(commit for commit in table.history() if commit["operation"] == "MERGE")
-    bronze = lake.table("bronze", "orders")
+    bronze = loaded_lake.table("bronze", "orders")
     batch = bronze.filter(pl.col("_extracted_at") == pl.col("_extracted_at").max())
     # The batch's versions, and the orders its tombstones delete, in the months they were made.
     deleted = batch.filter(pl.col(OP) == DELETE).get_column("order_id")
