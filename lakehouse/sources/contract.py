@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from lakehouse.sources.timestamps import UTC_TIMESTAMP, TimestampForm
 
@@ -43,6 +43,13 @@ def parse_duration(text: str) -> timedelta:
     if not match:
         raise ValueError(f"'{text}' is not a duration like 30m, 2h or 7d")
     return timedelta(**{DURATION_UNITS[match.group(2)]: int(match.group(1))})
+
+
+# A duration a contract writes as text ('30m', '2h', '7d').
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(lambda value: value if isinstance(value, timedelta) else parse_duration(str(value))),
+]
 
 
 class _Strict(BaseModel):
@@ -106,37 +113,22 @@ class LandingSource(_Strict):
 
 class Watermark(_Strict):
     column: Identifier
-    lookback: timedelta = timedelta(0)
-
-    @field_validator("lookback", mode="before")
-    @classmethod
-    def _duration(cls, value: object) -> timedelta:
-        return value if isinstance(value, timedelta) else parse_duration(str(value))
+    lookback: Duration = timedelta(0)
 
 
 class DeleteCadence(_Strict):
     """How often a watermark source's keys are compared with the lakehouse's to find deletes."""
 
-    every: timedelta
+    every: Duration
 
     def __str__(self) -> str:
         return f"every {self.every}"
 
-    @field_validator("every", mode="before")
-    @classmethod
-    def _duration(cls, value: object) -> timedelta:
-        return value if isinstance(value, timedelta) else parse_duration(str(value))
-
 
 class Freshness(_Strict):
     column: Identifier
-    warn_after: timedelta
-    error_after: timedelta
-
-    @field_validator("warn_after", "error_after", mode="before")
-    @classmethod
-    def _duration(cls, value: object) -> timedelta:
-        return value if isinstance(value, timedelta) else parse_duration(str(value))
+    warn_after: Duration
+    error_after: Duration
 
     @model_validator(mode="after")
     def _ordered(self) -> Freshness:
