@@ -34,7 +34,11 @@ DEFAULTS = {
     "LAKEHOUSE_ALERTS": "./data/alerts.jsonl",
     "LAKEHOUSE_LANDING_POLL_SECONDS": "30",
     "LAKEHOUSE_LANDING_SETTLE_SECONDS": "10",
+    "LAKEHOUSE_LANDING_RETRY_SECONDS": "5",
     "LAKEHOUSE_REUSE_CHECK_PASSES": "true",
+    # How often running runs and the daemon look for runs whose process is gone: a dead run holds
+    # the queue and its pool slots until then.
+    "LAKEHOUSE_DEAD_RUN_SWEEP_SECONDS": "30",
     # Cron expressions in UTC. Maintenance at half past, clear of the hourly ingest and the daily
     # transform, whose commits would race it.
     "LAKEHOUSE_INGEST_SCHEDULE": "0 * * * *",

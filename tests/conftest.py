@@ -70,6 +70,10 @@ if POSTGRES_URL:
 # The demo renames its landing files in whole: tests not about files still being written
 # (tests/test_settling.py) take them at once, here and in the commands they start.
 os.environ.setdefault("LAKEHOUSE_LANDING_SETTLE_SECONDS", "0")
+# A failed landing step is retried after 5, 10 and 20 s by default; tests of failures need no wait.
+os.environ.setdefault("LAKEHOUSE_LANDING_RETRY_SECONDS", "0")
+# Tests of killed runs wait for the dead-run sweep (every 30 s by default) to fail them.
+os.environ.setdefault("LAKEHOUSE_DEAD_RUN_SWEEP_SECONDS", "5")
 # dbt costs seconds per build: tests that are not about the marts leave them out.
 WITHOUT_DBT = dg.AssetSelection.all() - dg.AssetSelection.groups("staging", "marts")
 

@@ -274,33 +274,34 @@ def test_bronze_reconciliation_and_gold_key_checks_name_the_planted_rows(
     ]
 
 
-def test_a_blocking_failure_stops_gold_and_dbt_until_the_data_is_fixed(lake: Lake) -> None:
-    env = {"LAKEHOUSE_WAREHOUSE": str(lake.warehouse), "LAKEHOUSE_PII_SALT": TEST_SALT}
+def test_a_blocking_failure_stops_gold_and_dbt_until_the_data_is_fixed(loaded_lake: Lake) -> None:
+    env = {"LAKEHOUSE_WAREHOUSE": str(loaded_lake.warehouse), "LAKEHOUSE_PII_SALT": TEST_SALT}
     materialize = ["dagster", "asset", "materialize", "-m", "lakehouse.definitions", "--select", "*"]
-    lake.materialize()
-    orders = lake.table("silver", "orders")
+    orders = loaded_lake.table("silver", "orders")
     duplicate_id = orders.get_column("order_id")[3]
     plant(
-        lake,
+        loaded_lake,
         orders.filter(pl.col("order_id") == duplicate_id).with_columns(
             _loaded_at=pl.lit(None, UTC_TIMESTAMP)
         ),
     )
-    fct_before = delta.open_table(lake.uri("gold", "fct_orders")).version()
+    fct_before = delta.open_table(loaded_lake.uri("gold", "fct_orders")).version()
 
-    blocked = run_command(materialize, lake.folder, **env)
+    blocked = run_command(materialize, loaded_lake.folder, **env)
 
     assert blocked.returncode != 0
     output = blocked.stdout + blocked.stderr
     assert "Asset check 'unique' on 'silver/orders' did not pass" in output
-    assert delta.open_table(lake.uri("gold", "fct_orders")).version() == fct_before
-    assert not lake.warehouse.exists()  # dbt did not build
+    assert delta.open_table(loaded_lake.uri("gold", "fct_orders")).version() == fct_before
+    assert not loaded_lake.warehouse.exists()  # dbt did not build
 
-    delta.open_table(lake.uri("silver", "orders")).delete(f"order_id = {duplicate_id} AND _loaded_at IS NULL")
-    fixed = run_command(materialize, lake.folder, **env)
+    delta.open_table(loaded_lake.uri("silver", "orders")).delete(
+        f"order_id = {duplicate_id} AND _loaded_at IS NULL"
+    )
+    fixed = run_command(materialize, loaded_lake.folder, **env)
 
     assert fixed.returncode == 0, fixed.stderr[-3000:]
-    assert lake.warehouse.exists()
+    assert loaded_lake.warehouse.exists()
 
 
 def test_a_check_that_passed_on_the_same_tables_is_reported_again_and_a_change_is_caught(

@@ -51,24 +51,23 @@ def warehouse_types(lake: Lake, name: str) -> dict[str, str]:
 
 
 def build(lake: Lake) -> tuple[Lake, dg.ExecuteInProcessResult]:
-    """The demo after two batches of changes, materialised from bronze through the marts."""
-    lake.materialize()
+    """The loaded demo lake after two batches of changes, materialised from bronze through the marts."""
     lake.advance(batches=2)
     return lake, lake.materialize("*")
 
 
 @pytest.fixture(scope="module")
 def built_once(
-    tmp_path_factory: pytest.TempPathFactory, demo_lake: DemoLake
+    tmp_path_factory: pytest.TempPathFactory, loaded_demo_lake: DemoLake
 ) -> tuple[Lake, dg.ExecuteInProcessResult]:
     """`build` once for the tests that only read it."""
-    return build(demo_lake(tmp_path_factory.mktemp("marts")))
+    return build(loaded_demo_lake(tmp_path_factory.mktemp("marts")))
 
 
 @pytest.fixture
-def built(lake: Lake) -> tuple[Lake, dg.ExecuteInProcessResult]:
+def built(loaded_lake: Lake) -> tuple[Lake, dg.ExecuteInProcessResult]:
     """`build` of its own, for a test that changes it."""
-    return build(lake)
+    return build(loaded_lake)
 
 
 def test_every_materialisation_reports_rows_duration_and_bytes(

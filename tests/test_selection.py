@@ -103,9 +103,9 @@ def materialize_alone(lake: Lake, key: str) -> dg.ExecuteInProcessResult:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory, demo_lake: DemoLake) -> Lake:
-    """A demo lake after one full run of every asset."""
-    lake = demo_lake(tmp_path_factory.mktemp("selection"))
+def built(tmp_path_factory: pytest.TempPathFactory, loaded_demo_lake: DemoLake) -> Lake:
+    """A loaded demo lake after one more run, of every asset."""
+    lake = loaded_demo_lake(tmp_path_factory.mktemp("selection"))
     result = dg.materialize(
         [*defs.assets, *defs.asset_checks], resources=lake.resources, instance=lake.instance
     )

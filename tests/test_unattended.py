@@ -10,7 +10,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -159,19 +159,33 @@ def kill_group(process: subprocess.Popen) -> None:
 
 
 @pytest.fixture
-def killed_in_dbt(deployment: Deployment) -> Iterator[str]:
+def killed_in_dbt(deployment: Deployment) -> str:
     """`dagster asset materialize --select '*'`, its process group killed while dbt runs: the run id."""
     process = start_materialize(deployment, "*")
+
+    def still_running(check: Callable[[], object]) -> Callable[[], object]:
+        """`check`, failing at once with what the run printed if it ended before its dbt step."""
+
+        def checked() -> object:
+            assert process.poll() is None, f"the run ended first:\n{run_log(deployment)[-3000:]}"
+            return check()
+
+        return checked
+
     try:
         with deployment.instance() as instance:
-            run = wait_for("the run", lambda: only_run(instance), RUN_SECONDS, every=0.5)
+            run = wait_for("the run", still_running(lambda: only_run(instance)), RUN_SECONDS, every=0.5)
             wait_for(
-                "the dbt step", lambda: started_step(instance, run.run_id, DBT_STEP), RUN_SECONDS, every=0.2
+                "the dbt step",
+                still_running(lambda: started_step(instance, run.run_id, DBT_STEP)),
+                RUN_SECONDS,
+                every=0.2,
             )
-        kill_group(process)
-        yield run.run_id
+    except TimeoutError as error:
+        raise TimeoutError(f"{error}; the run printed:\n{run_log(deployment)[-3000:]}") from None
     finally:
         kill_group(process)
+    return run.run_id
 
 
 def test_a_run_killed_in_dbt_is_failed_freed_and_alerted_by_the_next_cli_run(

@@ -10,16 +10,23 @@ from lakehouse.bronze.database import extract_table
 from lakehouse.bronze.landing import ingest_files
 from lakehouse.orchestration import metadata
 from lakehouse.resources import LakehouseStorage, LandingZone, SourceDatabase
+from lakehouse.settings import seconds
 from lakehouse.sources.contract import Contract
 
 LISTED_FILES = 20
-# Landing files meet flaky mounts: retry the step, backing off with jitter. Database steps have
-# no step retries: the source retries each query that failed for a passing reason (see
-# lakehouse/sources/errors.py), and a second layer would multiply those retries and repeat
-# failures that can never succeed.
-LANDING_RETRIES = dg.RetryPolicy(
-    max_retries=3, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
-)
+
+
+def landing_retries() -> dg.RetryPolicy:
+    """Landing files meet flaky mounts: the step is retried, backing off with jitter. Database
+    steps have no step retries: the source retries each query that failed for a passing reason
+    (see lakehouse/sources/errors.py), and a second layer would multiply those retries and
+    repeat failures that can never succeed."""
+    return dg.RetryPolicy(
+        max_retries=3,
+        delay=seconds("LAKEHOUSE_LANDING_RETRY_SECONDS"),
+        backoff=dg.Backoff.EXPONENTIAL,
+        jitter=dg.Jitter.PLUS_MINUS,
+    )
 
 
 def _database_asset(contract: Contract) -> dg.AssetsDefinition:
@@ -117,7 +124,7 @@ def _landing_asset(contract: Contract) -> dg.AssetsDefinition:
     @dg.multi_asset(
         name=f"bronze_{contract.name}",
         group_name="bronze",
-        retry_policy=LANDING_RETRIES,
+        retry_policy=landing_retries(),
         can_subset=True,
         specs=[
             dg.AssetSpec(

@@ -10,13 +10,13 @@ in a run that succeeded, from the same gold table versions with the same dbt pro
 still in the warehouse. Each model's `built_from` metadata records what it was built from.
 The marts' unit tests run in the build only while the dbt project is new to the selected
 models: their rows are fixed in the project, so a project that built them once, its unit tests
-passing, gives the same verdict on any data.
+passing, gives the same verdict on any data. Each warehouse keeps dbt's parse state of its
+own builds (`target.py`), so a build parses only what changed in the project.
 """
 
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -28,6 +28,7 @@ from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_as
 from deltalake import DeltaTable
 from packaging.version import Version
 
+from lakehouse.marts import target
 from lakehouse.marts.warehouse import expose_gold, set_aside_torn_creation
 from lakehouse.resources import LakehouseStorage, Warehouse
 from lakehouse.storage import delta
@@ -37,9 +38,7 @@ DBT_PROJECT_DIR = Path(__file__).resolve().parents[2] / "dbt"
 DBT_EXECUTABLE = str(DBT_PROJECT_DIR / ".venv" / "bin" / "dbt")
 WAREHOUSE_POOL = "duckdb_warehouse"
 DBT_INDIRECT_SELECTION = "DBT_INDIRECT_SELECTION"
-KEPT_RUN_FOLDERS = 5
 BUILT_FROM = "built_from"
-PARSE_STATE = "partial_parse.msgpack"
 
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
 
@@ -80,31 +79,6 @@ class LakehouseTranslator(DagsterDbtTranslator):
 
     def get_automation_condition(self, dbt_resource_props: Mapping[str, Any]) -> dg.AutomationCondition:
         return dg.AutomationCondition.eager()
-
-
-def prune_run_folders(target: Path, keep: int = KEPT_RUN_FOLDERS) -> None:
-    """dagster-dbt writes a target folder per invocation; keep only the newest few."""
-    folders = sorted(
-        (p for p in target.iterdir() if p.is_dir() and "-" in p.name), key=lambda p: p.stat().st_mtime
-    )
-    for folder in folders[:-keep]:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def keep_parse_state(run_target: Path) -> None:
-    """Make this build's parse state the one the next build starts from.
-
-    dagster-dbt hands each build a copy of the project's `partial_parse.msgpack`, written by
-    `make`'s `dbt parse`. dbt discards it when the profile differs (the warehouse path of this
-    deployment) and parses the whole project again at every build. dbt still checks
-    the state it is given and parses again what changed.
-    """
-    state = run_target / PARSE_STATE
-    if state.exists():
-        # Named for this process: builds of other deployments may stage theirs at the same time.
-        staged = dbt_project.project_dir / "target" / f"{PARSE_STATE}.{os.getpid()}.new"
-        shutil.copyfile(state, staged)
-        staged.replace(staged.with_name(PARSE_STATE))
 
 
 def _relation_metadata(connection: duckdb.DuckDBPyConnection, name: str) -> dict[str, Any]:
@@ -220,9 +194,11 @@ def dbt_models(
             "unit tests not run: the selected models were built by this dbt project, its unit tests passing"
         )
         build += ["--exclude-resource-type", "unit_test"]
-    invocation = dbt.cli(build, context=context)
+    targets = Path(dbt_project.project_dir, os.environ.get("DBT_TARGET_PATH", "target"))
+    run = target.run_folder(targets, context.op_def.name, context.run_id, warehouse.location)
+    invocation = dbt.cli(build, context=context, target_path=run)
     events = list(invocation.stream())
-    keep_parse_state(invocation.target_path)
+    target.keep_parse_state(targets, run, warehouse.location)
     # Row counts and schemas through one short-lived read-only connection once dbt has
     # exited (dagster-dbt's fetch_row_counts keeps a read-write connection open in this
     # process, which locks every other reader and the next dbt run out of the file).
@@ -241,7 +217,7 @@ def dbt_models(
                     }
                 )
             yield event
-    prune_run_folders(dbt_project.project_dir / "target")
+    target.prune(targets)
 
 
 def attached_models(defined: Collection[dg.AssetKey]) -> list[dg.AssetsDefinition]:

@@ -8,9 +8,9 @@ monitoring cannot see such runs: the default run launcher has no worker health c
 
 So each run records where it runs (host and process id, as run tags) when it starts, and the
 runs whose process is gone are failed by every run, before its first step and every
-SWEEP_SECONDS while it executes (the CLI case, and a run waiting for a slot whose holder died),
-and by the `fail_dead_runs` sensor in the daemon (the queue case). A run on another host is never
-judged from here: its process cannot be seen.
+`LAKEHOUSE_DEAD_RUN_SWEEP_SECONDS` while it executes (the CLI case, and a run waiting for a
+slot whose holder died), and by the `fail_dead_runs` sensor in the daemon (the queue case). A
+run on another host is never judged from here: its process cannot be seen.
 
 A run interrupted while it waits (for a pool slot, for a retry) would not take the interrupt
 until the wait is over, which may be never: it is canceled after STOP_GRACE_SECONDS instead.
@@ -31,7 +31,7 @@ import dagster as dg
 
 from lakehouse.orchestration.alerts import run_failure_alert
 from lakehouse.resources import AlertSink
-from lakehouse.settings import setting
+from lakehouse.settings import seconds, setting
 
 HOST_TAG = "lakehouse/host"
 PID_TAG = "lakehouse/pid"
@@ -40,9 +40,6 @@ DEAD_WORKER_TAG = "lakehouse/dead_worker"
 IN_PROGRESS = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 # A process that started later than its run by more than this is another process with a reused id.
 PID_REUSE_SLACK_SECONDS = 2.0
-# How often running runs and the daemon's sensor look for dead runs: a dead run holds the queue
-# and its pool slots until then.
-SWEEP_SECONDS = 30
 # After SIGTERM or SIGINT a run ends on its own within this, unless it is waiting (for a pool
 # slot, for a retry), where Dagster only takes an interrupt when the wait is over: then it is
 # marked canceled and its process exits. Supervisors send SIGKILL 30 s after SIGTERM or later.
@@ -181,13 +178,18 @@ def describe_pool_holders(instance: dg.DagsterInstance, pools: set[str]) -> Iter
             )
 
 
+def sweep_seconds() -> float:
+    """How often running runs and the daemon's sensor look for dead runs."""
+    return seconds("LAKEHOUSE_DEAD_RUN_SWEEP_SECONDS")
+
+
 def alert_sink() -> AlertSink:
     """The alerts log and webhook the definitions' `alerts` resource names."""
     return AlertSink(log_path=setting("LAKEHOUSE_ALERTS"), webhook=setting("LAKEHOUSE_ALERT_WEBHOOK"))
 
 
 class Watch:
-    """What a run does beside its steps: fail dead runs every SWEEP_SECONDS, and end the run if
+    """What a run does beside its steps: fail dead runs every `sweep_seconds()`, and end the run if
     it has not ended STOP_GRACE_SECONDS after an interrupt."""
 
     def __init__(self, instance: dg.DagsterInstance, run: dg.DagsterRun, log: Any) -> None:
@@ -229,7 +231,7 @@ class Watch:
 
     def _watch(self) -> None:
         while not self._ended.is_set():
-            if self._wake.wait(SWEEP_SECONDS):
+            if self._wake.wait(sweep_seconds()):
                 if self.interrupted is not None and not self._ended.wait(STOP_GRACE_SECONDS):
                     self._stop_now()
                 return

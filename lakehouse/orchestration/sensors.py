@@ -7,6 +7,7 @@ hears of, or a dead run that holds the queue, is the one thing a deployment must
 """
 
 import json
+import math
 from hashlib import sha256
 
 import dagster as dg
@@ -104,20 +105,25 @@ def alert_on_run_failure(context: dg.RunFailureSensorContext, alerts: AlertSink)
         context.log.error(f"alert for run {run.run_id} was not delivered everywhere: see the log above")
 
 
-@dg.sensor(
-    name="fail_dead_runs",
-    minimum_interval_seconds=run_health.SWEEP_SECONDS,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Fails the runs whose process is gone, frees their pool slots and alerts them.",
-)
-def fail_dead_runs(context: dg.SensorEvaluationContext, alerts: AlertSink) -> dg.SkipReason:
-    # The daemon's own run monitoring cannot check the default launcher's run workers.
-    failed = run_health.fail_dead_runs(context.instance, alerts, context.log)
-    return dg.SkipReason(
-        f"failed {len(failed)} dead run(s): {', '.join(failed)}" if failed else "no dead runs"
+def dead_run_sensor() -> dg.SensorDefinition:
+    """The daemon's sweep: the queued runs' case, where no running run sweeps."""
+
+    @dg.sensor(
+        name="fail_dead_runs",
+        minimum_interval_seconds=math.ceil(run_health.sweep_seconds()),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Fails the runs whose process is gone, frees their pool slots and alerts them.",
     )
+    def fail_dead_runs(context: dg.SensorEvaluationContext, alerts: AlertSink) -> dg.SkipReason:
+        # The daemon's own run monitoring cannot check the default launcher's run workers.
+        failed = run_health.fail_dead_runs(context.instance, alerts, context.log)
+        return dg.SkipReason(
+            f"failed {len(failed)} dead run(s): {', '.join(failed)}" if failed else "no dead runs"
+        )
+
+    return fail_dead_runs
 
 
 def sensors(contracts: list[Contract]) -> list[dg.SensorDefinition]:
     landing = [landing_sensor(contract) for contract in contracts if not contract.is_database]
-    return [*landing, alert_on_run_failure, fail_dead_runs]
+    return [*landing, alert_on_run_failure, dead_run_sensor()]
