@@ -76,6 +76,8 @@ os.environ.setdefault("LAKEHOUSE_LANDING_RETRY_SECONDS", "0")
 os.environ.setdefault("LAKEHOUSE_DEAD_RUN_SWEEP_SECONDS", "5")
 # dbt costs seconds per build: tests that are not about the marts leave them out.
 WITHOUT_DBT = dg.AssetSelection.all() - dg.AssetSelection.groups("staging", "marts")
+# Tests of the generic layers leave the shop's gold tables out too.
+THROUGH_SILVER = dg.AssetSelection.groups("bronze", "silver")
 
 
 def shop_contracts() -> list[Contract]:

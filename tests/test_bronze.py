@@ -22,6 +22,7 @@ from lakehouse.storage import delta, ledger
 
 DATABASE_TABLES = {"customers": "customer_id", "products": "product_id", "orders": "order_id",
                    "order_items": "order_item_id"}  # fmt: skip
+BRONZE = dg.AssetSelection.groups("bronze")  # with its checks: what these tests are about
 
 
 def versions(frame: pl.DataFrame, key: str) -> set[tuple]:
@@ -50,14 +51,14 @@ def test_incremental_extraction_keeps_every_row_version(
     read in several chunks."""
     monkeypatch.setattr(database, "CHUNK_ROWS", 2_000)  # every table but products in several
     seen = snapshot(any_lake)
-    any_lake.materialize()
+    any_lake.materialize(BRONZE)
     assert_bronze_holds(any_lake, seen)
 
     for _ in range(2):
         any_lake.advance()
         for table, rows in snapshot(any_lake).items():
             seen[table] |= rows
-        result = any_lake.materialize()
+        result = any_lake.materialize(BRONZE)
         assert result.success
     assert_bronze_holds(any_lake, seen)
 
@@ -126,11 +127,11 @@ def test_crash_before_commit_loses_and_duplicates_nothing(loaded_lake: Lake, mon
         raise OSError("disk went away after the source was read")
 
     monkeypatch.setattr(delta, "write_deltalake", crash)
-    failed = loaded_lake.materialize(raise_on_error=False)
+    failed = loaded_lake.materialize(BRONZE, raise_on_error=False)
     assert not failed.success
     monkeypatch.undo()
 
-    assert loaded_lake.materialize().success
+    assert loaded_lake.materialize(BRONZE).success
     assert_bronze_holds(loaded_lake, expected)
 
 
@@ -176,10 +177,9 @@ def test_a_first_load_in_chunks_equals_one_in_one_piece(
     whole, chunked = (demo_lake(tmp_path / name) for name in ("whole", "chunked"))
     for lake in (whole, chunked):
         lake.advance(batches=lake.manifest.schema_drift.from_batch)
-    bronze = dg.AssetSelection.groups("bronze")
-    whole.materialize(bronze)
+    whole.materialize(BRONZE)
     monkeypatch.setattr(database, "CHUNK_ROWS", 700)
-    chunked.materialize(bronze)
+    chunked.materialize(BRONZE)
 
     drift = whole.manifest.schema_drift
     first_chunk = chunked.table("bronze", drift.table).sort("updated_at").head(700)

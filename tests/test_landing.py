@@ -5,7 +5,7 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
-from conftest import Lake
+from conftest import THROUGH_SILVER, Lake
 
 from lakehouse.bronze.landing_lines import parse_file
 from lakehouse.demo.events import EVENT_TYPES
@@ -21,7 +21,7 @@ def landing_lines(lake: Lake) -> int:
 
 def test_every_line_is_in_bronze_or_quarantine_as_the_manifest_says(lake: Lake) -> None:
     lake.advance(batches=2)
-    result = lake.materialize()
+    result = lake.materialize(THROUGH_SILVER)
     manifest = lake.manifest
     bronze = lake.table("bronze", "events")
     quarantine = lake.table("quarantine", "events_malformed")
@@ -79,7 +79,7 @@ def test_each_file_is_ingested_once(loaded_lake: Lake) -> None:
     versions = (delta.open_table(loaded_lake.uri("bronze", "events")).version(),
                 delta.open_table(loaded_lake.uri("quarantine", "events_malformed")).version())  # fmt: skip
 
-    again = loaded_lake.materialize()
+    again = loaded_lake.materialize(THROUGH_SILVER)
 
     bronze_metadata = again.asset_materializations_for_node("bronze_events")[0].metadata
     assert bronze_metadata["files_ingested"].value == 0
@@ -88,7 +88,7 @@ def test_each_file_is_ingested_once(loaded_lake: Lake) -> None:
     assert (bronze.version(), quarantine.version()) == versions
 
     loaded_lake.advance()
-    loaded_lake.materialize()
+    loaded_lake.materialize(THROUGH_SILVER)
     assert loaded_lake.table("bronze", "events").height + loaded_lake.table(
         "quarantine", "events_malformed"
     ).height == (landing_lines(loaded_lake))
@@ -117,7 +117,7 @@ def test_lines_that_are_not_json_objects_are_quarantined_with_reasons(lake: Lake
     odd = lake.landing / "events" / "events_20991231T000000_99999_00.jsonl"
     odd.write_bytes(b'{"event_id": "a", "event_type": "click"}\n\n[1, 2]\n{"broken": \n\xff\xfe\n"text"\n')
 
-    lake.materialize()
+    lake.materialize(THROUGH_SILVER)
 
     rows = (
         lake.table("quarantine", "events_malformed")

@@ -9,7 +9,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 import pytest
-from conftest import TEST_SALT, DemoLake, Lake
+from conftest import TEST_SALT, THROUGH_SILVER, DemoLake, Lake
 
 from lakehouse.bronze import tombstones
 from lakehouse.bronze.columns import DELETE, OP
@@ -72,10 +72,10 @@ def assert_same_tables(
 
 
 def test_silver_is_the_latest_valid_version_and_every_bronze_row_is_accounted_for(lake: Lake) -> None:
-    runs = [lake.materialize()]
+    runs = [lake.materialize(THROUGH_SILVER)]
     for _ in range(3):
         lake.advance()
-        runs.append(lake.materialize())
+        runs.append(lake.materialize(THROUGH_SILVER))
     hasher = PiiHasher(salt=TEST_SALT)
 
     for name in (*KEYS, "events"):
@@ -119,11 +119,11 @@ def test_silver_is_the_latest_valid_version_and_every_bronze_row_is_accounted_fo
 
 def test_rerun_without_new_bronze_rows_changes_nothing(loaded_lake: Lake) -> None:
     loaded_lake.advance()
-    loaded_lake.materialize()
+    loaded_lake.materialize(THROUGH_SILVER)
     tables = [("silver", n) for n in (*KEYS, "events", "customers_history")] + [("quarantine", "orders")]
     before = {t: (delta.open_table(loaded_lake.uri(*t)).version(), loaded_lake.table(*t)) for t in tables}
 
-    result = loaded_lake.materialize()
+    result = loaded_lake.materialize(THROUGH_SILVER)
 
     for table, (version, contents) in before.items():
         assert delta.open_table(loaded_lake.uri(*table)).version() == version, f"{table} got a new commit"
@@ -166,7 +166,7 @@ def test_a_duplicate_event_in_a_later_file_is_not_inserted_twice(loaded_lake: La
     events_before = loaded_lake.table("silver", "events").height
 
     # Half of this two-line load goes to quarantine: above the contract's rate, so it fails.
-    result = loaded_lake.materialize(raise_on_error=False)
+    result = loaded_lake.materialize(THROUGH_SILVER, raise_on_error=False)
     (rate,) = (
         e
         for e in result.get_asset_check_evaluations()
@@ -208,10 +208,10 @@ def change_customer(lake: Lake, customer_id: int, **values: str) -> None:
 
 def test_a_customer_changed_twice_has_three_history_rows(loaded_lake: Lake) -> None:
     change_customer(loaded_lake, 1, email="first.change@example.com")
-    loaded_lake.materialize()
+    loaded_lake.materialize(THROUGH_SILVER)
     change_customer(loaded_lake, 1, street_address="1 New Street", city="Vienna", country="AT")
-    loaded_lake.materialize()
-    loaded_lake.materialize()  # replaying nothing new must not touch history
+    loaded_lake.materialize(THROUGH_SILVER)
+    loaded_lake.materialize(THROUGH_SILVER)  # replaying nothing new must not touch history
 
     rows = (
         loaded_lake.table("silver", "customers_history").filter(pl.col("customer_id") == 1).sort("valid_from")
@@ -261,9 +261,9 @@ def test_a_crash_before_the_silver_commit_then_a_rerun_equals_an_uninterrupted_r
 ) -> None:
     steady, crashed = demo_lakes(tmp_path, demo_lake, "steady", "crashed")
     for lake in (steady, crashed):
-        lake.materialize()
+        lake.materialize(THROUGH_SILVER)
         lake.advance(batches=2)
-    steady.materialize()
+    steady.materialize(THROUGH_SILVER)
 
     original = silver_load.merge
 
@@ -273,9 +273,9 @@ def test_a_crash_before_the_silver_commit_then_a_rerun_equals_an_uninterrupted_r
         return original(uri, *args, **kwargs)
 
     monkeypatch.setattr(silver_load, "merge", crash_at_silver_commit)
-    assert not crashed.materialize(raise_on_error=False).success
+    assert not crashed.materialize(THROUGH_SILVER, raise_on_error=False).success
     monkeypatch.undo()
-    crashed.materialize()
+    crashed.materialize(THROUGH_SILVER)
 
     tables = [
         ("silver", "orders", "order_id"),
@@ -291,8 +291,8 @@ def test_a_first_load_in_slices_crashed_between_two_equals_one_in_one_piece(
     tmp_path: Path, demo_lake: DemoLake, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     whole, sliced = demo_lakes(tmp_path, demo_lake, "whole", "sliced")
-    whole.materialize()
-    monkeypatch.setattr(bronze_changes, "SLICE_ROWS", 300)  # several slices of the test-size tables
+    whole.materialize(THROUGH_SILVER)
+    monkeypatch.setattr(bronze_changes, "SLICE_ROWS", 900)  # several slices of each larger test-size table
     original, slices = silver_load._newest_per_key, []
 
     def crash_at_second_slice(frame: pl.DataFrame, contract: Contract) -> pl.DataFrame:
@@ -303,10 +303,10 @@ def test_a_first_load_in_slices_crashed_between_two_equals_one_in_one_piece(
         return original(frame, contract)
 
     monkeypatch.setattr(silver_load, "_newest_per_key", crash_at_second_slice)
-    assert not sliced.materialize(raise_on_error=False).success
+    assert not sliced.materialize(THROUGH_SILVER, raise_on_error=False).success
     monkeypatch.setattr(silver_load, "_newest_per_key", original)
     assert 0 < sliced.table("silver", "order_items").height < whole.table("silver", "order_items").height
-    sliced.materialize()
+    sliced.materialize(THROUGH_SILVER)
 
     tables = [
         ("silver", "orders", "order_id"),
@@ -335,7 +335,7 @@ def test_orphan_items_are_kept_flagged_and_released_when_the_product_arrives(loa
             "created_at": [loaded_lake.clock], "updated_at": [loaded_lake.clock],
         }),
     )  # fmt: skip
-    loaded_lake.materialize()
+    loaded_lake.materialize(THROUGH_SILVER)
 
     released = loaded_lake.table("silver", "order_items").filter(pl.col("product_id") == missing_product)
     assert released.height == orphans.filter(pl.col("product_id") == missing_product).height
@@ -351,7 +351,7 @@ def test_an_uncastable_value_sends_its_row_to_quarantine_with_the_reason(loaded_
         )
 
     # The load's one row went to quarantine: above the contract's quarantine rate, so it fails.
-    result = loaded_lake.materialize(raise_on_error=False)
+    result = loaded_lake.materialize(THROUGH_SILVER, raise_on_error=False)
     (rate,) = (
         e
         for e in result.get_asset_check_evaluations()
@@ -371,7 +371,7 @@ def test_an_uncastable_value_sends_its_row_to_quarantine_with_the_reason(loaded_
 def test_a_new_source_column_appears_in_silver(loaded_lake: Lake) -> None:
     drift = loaded_lake.manifest.schema_drift
     loaded_lake.advance(batches=drift.from_batch)
-    loaded_lake.materialize()
+    loaded_lake.materialize(THROUGH_SILVER)
 
     silver = loaded_lake.table("silver", drift.table)
     source = loaded_lake.source_rows(drift.table).filter(VALID[drift.table])
@@ -384,7 +384,7 @@ def test_a_new_source_column_appears_in_silver(loaded_lake: Lake) -> None:
 
 def test_an_incremental_merge_touches_only_the_batch_partitions(loaded_lake: Lake) -> None:
     loaded_lake.advance()
-    loaded_lake.materialize()
+    loaded_lake.materialize(THROUGH_SILVER)
 
     table = delta.open_table(loaded_lake.uri("silver", "orders"))
     merge = next(commit for commit in table.history() if commit["operation"] == "MERGE")
