@@ -296,6 +296,9 @@ def local_deployment(folder: Path, **env: str) -> dict[str, str]:
         cwd=PROJECT, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert made.returncode == 0, made.stdout + made.stderr
+    # Its storage, made now: a test opening the instance while a process it started opens it
+    # for the first time would have both create the same SQLite files at once.
+    dg.DagsterInstance.from_config(str(home)).dispose()
     settings = {
         "DAGSTER_HOME": str(home),
         "LAKEHOUSE_DEPLOYMENT": "local",
