@@ -39,6 +39,9 @@ def test_only_the_newest_run_folders_and_parse_states_are_kept(tmp_path: Path) -
         for made in (runs[-1], target.parse_state_of(targets, warehouse)):
             os.utime(made, (1000 + order, 1000 + order))  # the file system's clock may be coarse
     (targets / "manifest.json").write_text("{}")
+    left = targets / target.PARSE_STATES / "0123456789abcdef.msgpack.4242.new"  # by a killed build
+    left.write_bytes(b"state")
+    os.utime(left, (500, 500))
 
     target.prune(targets)
 

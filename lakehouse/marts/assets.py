@@ -195,7 +195,7 @@ def dbt_models(
         )
         build += ["--exclude-resource-type", "unit_test"]
     targets = Path(dbt_project.project_dir, os.environ.get("DBT_TARGET_PATH", "target"))
-    run = target.run_folder(targets, context.op_def.name, context.run_id, warehouse.location)
+    run = target.run_folder(targets, context.op_def.name, context.run.run_id, warehouse.location)
     invocation = dbt.cli(build, context=context, target_path=run)
     events = list(invocation.stream())
     target.keep_parse_state(targets, run, warehouse.location)

@@ -53,7 +53,8 @@ def keep_parse_state(target: Path, run: Path, warehouse: Path) -> None:
 def prune(target: Path) -> None:
     """Keep only the newest run folders and parse states."""
     runs = [path for path in target.iterdir() if path.is_dir() and "-" in path.name]
-    states = list((target / PARSE_STATES).glob("*.msgpack")) if (target / PARSE_STATES).is_dir() else []
+    # With the copies a killed build left staged: the newest are some build's own, still in use.
+    states = list((target / PARSE_STATES).glob("*.msgpack*")) if (target / PARSE_STATES).is_dir() else []
     for paths, kept in ((runs, KEPT_RUN_FOLDERS), (states, KEPT_PARSE_STATES)):
         for path in sorted(paths, key=_modified)[:-kept]:
             if path.is_dir():
