@@ -179,8 +179,9 @@ def describe_pool_holders(instance: dg.DagsterInstance, pools: set[str]) -> Iter
 
 
 def sweep_seconds() -> float:
-    """How often running runs and the daemon's sensor look for dead runs."""
-    return seconds("LAKEHOUSE_DEAD_RUN_SWEEP_SECONDS")
+    """How often running runs and the daemon's sensor look for dead runs; at least once a
+    second, since a run's watch thread waits this long between sweeps (0 would spin)."""
+    return max(seconds("LAKEHOUSE_DEAD_RUN_SWEEP_SECONDS"), 1.0)
 
 
 def alert_sink() -> AlertSink:
