@@ -4,6 +4,7 @@ Everything is real: SQLite files (or the PostgreSQL that `.ci/run` starts), Delt
 disk, Dagster materialising in-process.
 """
 
+import json
 import os
 import shlex
 import shutil
@@ -259,6 +260,39 @@ def loaded_demo_lake(tmp_path_factory: pytest.TempPathFactory, demo_lake: DemoLa
 def loaded_lake(tmp_path: Path, loaded_demo_lake: DemoLake) -> Lake:
     """A demo lake after its first run of every asset but the dbt models."""
     return loaded_demo_lake(tmp_path)
+
+
+@dataclass(frozen=True)
+class BuiltDemo:
+    """A demo lake as a user has it after `make run` and two batches more: its first run of
+    every asset but dbt, then a run of every asset, the dbt models included."""
+
+    original: Lake
+    result: dg.ExecuteInProcessResult  # of the run with dbt
+    dbt_outcomes: dict[str, str]  # its dbt build's status of each node, by unique id
+
+    def copy(self, folder: Path) -> Lake:
+        """The lake and its warehouse in `folder`, with an instance of its own (no run in it)."""
+        for part in ("source", "landing", "lakehouse"):
+            shutil.copytree(self.original.folder / part, folder / part)
+        shutil.copy2(self.original.warehouse, folder / self.original.warehouse.name)
+        return Lake(folder, sqlite_source(folder), clock=self.original.clock)
+
+
+def dbt_outcomes(run_id: str) -> dict[str, str]:
+    """The status of each node the dbt build of run `run_id` ran, by unique id (read at once:
+    the run folders of older builds are pruned)."""
+    (results,) = (dbt_project.project_dir / "target").glob(f"dbt_models-{run_id[:7]}-*/run_results.json")
+    return {outcome["unique_id"]: outcome["status"] for outcome in json.loads(results.read_text())["results"]}
+
+
+@pytest.fixture(scope="session")
+def built_demo(tmp_path_factory: pytest.TempPathFactory, loaded_demo_lake: DemoLake) -> BuiltDemo:
+    """One built demo lake per test run (a dbt build costs seconds), for tests to copy."""
+    original = loaded_demo_lake(tmp_path_factory.mktemp("built_demo"))
+    original.advance(batches=2)
+    result = original.materialize("*")
+    return BuiltDemo(original, result, dbt_outcomes(result.run_id))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

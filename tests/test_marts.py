@@ -15,15 +15,12 @@ import duckdb
 import polars as pl
 import pytest
 import yaml
-from conftest import DemoLake, Lake
+from conftest import BuiltDemo, Lake, dbt_outcomes
 from dagster_dbt import DbtCliResource
 from deltalake import DeltaTable
 
 from lakehouse.definitions import defs
 from lakehouse.marts.assets import DBT_EXECUTABLE, DbtCli, dbt_models, dbt_project
-
-# Its tests share a module's built lake: under pytest-xdist one worker runs them all.
-pytestmark = pytest.mark.xdist_group("test_marts")
 
 MARTS = (
     "mart_sales_daily",
@@ -39,41 +36,13 @@ def warehouse_table(lake: Lake, name: str) -> pl.DataFrame:
         return connection.sql(f"select * from main.{name}").pl()
 
 
-def dbt_outcomes(run_id: str) -> dict[str, str]:
-    """The status of each dbt node the run's dbt build ran, by unique id."""
-    (results,) = (dbt_project.project_dir / "target").glob(f"dbt_models-{run_id[:7]}-*/run_results.json")
-    return {outcome["unique_id"]: outcome["status"] for outcome in json.loads(results.read_text())["results"]}
-
-
 def warehouse_types(lake: Lake, name: str) -> dict[str, str]:
     with duckdb.connect(str(lake.warehouse), read_only=True) as connection:
         return {column: dtype for column, dtype, *_ in connection.sql(f"describe main.{name}").fetchall()}
 
 
-def build(lake: Lake) -> tuple[Lake, dg.ExecuteInProcessResult]:
-    """The loaded demo lake after two batches of changes, materialised from bronze through the marts."""
-    lake.advance(batches=2)
-    return lake, lake.materialize("*")
-
-
-@pytest.fixture(scope="module")
-def built_once(
-    tmp_path_factory: pytest.TempPathFactory, loaded_demo_lake: DemoLake
-) -> tuple[Lake, dg.ExecuteInProcessResult]:
-    """`build` once for the tests that only read it."""
-    return build(loaded_demo_lake(tmp_path_factory.mktemp("marts")))
-
-
-@pytest.fixture
-def built(loaded_lake: Lake) -> tuple[Lake, dg.ExecuteInProcessResult]:
-    """`build` of its own, for a test that changes it."""
-    return build(loaded_lake)
-
-
-def test_every_materialisation_reports_rows_duration_and_bytes(
-    built_once: tuple[Lake, dg.ExecuteInProcessResult],
-) -> None:
-    _, result = built_once
+def test_every_materialisation_reports_rows_duration_and_bytes(built_demo: BuiltDemo) -> None:
+    result = built_demo.result
     materialised = result.get_asset_materialization_events()
     assert {event.asset_key for event in materialised} == defs.resolve_asset_graph().get_all_asset_keys()
     for event in materialised:
@@ -87,8 +56,8 @@ def test_every_materialisation_reports_rows_duration_and_bytes(
             assert not stored or metadata["delta_version"].value >= 0, name
 
 
-def test_marts_agree_with_gold(built_once: tuple[Lake, dg.ExecuteInProcessResult]) -> None:
-    lake, _ = built_once
+def test_marts_agree_with_gold(built_demo: BuiltDemo) -> None:
+    lake = built_demo.original
     revenue = lake.table("gold", "daily_revenue")
     orders = lake.table("gold", "fct_orders")
     sales = warehouse_table(lake, "mart_sales_daily")
@@ -122,9 +91,9 @@ def test_marts_agree_with_gold(built_once: tuple[Lake, dg.ExecuteInProcessResult
 
 
 def test_dbt_tests_are_asset_checks_models_report_rows_and_schema_and_columns_are_documented(
-    built_once: tuple[Lake, dg.ExecuteInProcessResult],
+    built_demo: BuiltDemo,
 ) -> None:
-    lake, result = built_once
+    lake, result = built_demo.original, built_demo.result
     checks = {
         (e.asset_key.path[-1], e.check_name): e.passed
         for e in result.get_asset_check_evaluations()
@@ -163,17 +132,14 @@ def test_dbt_tests_are_asset_checks_models_report_rows_and_schema_and_columns_ar
         assert columns == warehouse_table(lake, name).columns
 
 
-def test_the_marts_unit_tests_pass_in_each_build_and_are_no_asset_checks(
-    built_once: tuple[Lake, dg.ExecuteInProcessResult],
-) -> None:
+def test_the_marts_unit_tests_pass_in_each_build_and_are_no_asset_checks(built_demo: BuiltDemo) -> None:
     """The first build of the marts runs their unit tests before it builds them; dagster-dbt
     reports data tests as asset checks and leaves unit tests to dbt, whose failure fails the step."""
-    _, result = built_once
     manifest = json.loads(dbt_project.manifest_path.read_text())
     unit_tests = {unique_id: test["model"] for unique_id, test in manifest["unit_tests"].items()}
     assert set(unit_tests.values()) == set(MARTS)
 
-    outcomes = dbt_outcomes(result.run_id)
+    outcomes = built_demo.dbt_outcomes
     assert {unique_id: outcomes.get(unique_id) for unique_id in unit_tests} == dict.fromkeys(
         unit_tests, "pass"
     )
@@ -228,10 +194,8 @@ def test_the_private_dagster_dbt_members_dbtcli_overrides_are_still_there() -> N
         )
 
 
-def test_the_incremental_model_takes_late_updates_and_deletes(
-    built: tuple[Lake, dg.ExecuteInProcessResult],
-) -> None:
-    lake, _ = built
+def test_the_incremental_model_takes_late_updates_and_deletes(tmp_path: Path, built_demo: BuiltDemo) -> None:
+    lake = built_demo.copy(tmp_path)
     old = (
         warehouse_table(lake, "mart_order_status")
         .filter(pl.col("status") == "delivered")
@@ -308,10 +272,12 @@ def test_staging_models_alone_build_on_a_new_warehouse(loaded_lake: Lake) -> Non
     assert checked == {"staging"}
 
 
-def test_dbt_is_not_run_again_until_what_it_reads_changes(
-    built: tuple[Lake, dg.ExecuteInProcessResult],
-) -> None:
-    lake, first = built
+def test_dbt_is_not_run_again_until_what_it_reads_changes(loaded_lake: Lake) -> None:
+    # A build of its own: what dbt skips follows the runs in the lake's instance and the parse
+    # state of its warehouse, which a copied lake has neither of.
+    lake = loaded_lake
+    lake.advance(batches=2)
+    first = lake.materialize("*")
     (recorded,) = {
         event.metadata["built_from"].value for event in first.asset_materializations_for_node("dbt_models")
     }
