@@ -98,6 +98,9 @@ def _without_extension_types(table: pa.Table) -> pa.Table:
     return pa.table(columns, names=table.column_names)
 
 
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
 class SourceDatabase(dg.ConfigurableResource):
     """The shop's operational database; `url` is `sqlite:///path` or `postgresql://...`."""
 
@@ -160,7 +163,14 @@ class SourceDatabase(dg.ConfigurableResource):
                 raise FileNotFoundError(
                     f"source database {self.sqlite_path} does not exist; run `lakehouse demo init`"
                 )
-            return driver.connect(str(self.sqlite_path))
+            connection = driver.connect(str(self.sqlite_path))
+            # Another process's read or write holds the file's lock for a moment (the demo's
+            # writer while a run reads, a run while `lakehouse demo advance` commits): wait for
+            # it, as SQLite's own clients do, instead of failing at once with "database is locked".
+            with connection.cursor() as cursor:
+                cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+                cursor.fetchall()
+            return connection
         import adbc_driver_postgresql.dbapi as driver
 
         return driver.connect(self.url)

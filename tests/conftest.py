@@ -10,7 +10,8 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -96,6 +97,7 @@ class Lake:
     clock: datetime = CLOCK
     # One instance across materialisations, as a deployment has: checks compare with earlier runs.
     instance: dg.DagsterInstance = field(default_factory=dg.DagsterInstance.ephemeral)
+    root: str | None = None  # the Delta root: `lakehouse/` in the folder unless given (an s3:// URI)
 
     @property
     def landing(self) -> Path:
@@ -103,7 +105,7 @@ class Lake:
 
     @property
     def storage(self) -> LakehouseStorage:
-        return LakehouseStorage(root=str(self.folder / "lakehouse"))
+        return LakehouseStorage(root=self.root or str(self.folder / "lakehouse"))
 
     def contract(self, name: str) -> Contract:
         return next(contract for contract in self.contracts if contract.name == name)
@@ -208,6 +210,22 @@ def postgres_source() -> SourceDatabase:
             pytest.fail("LAKEHOUSE_TEST_POSTGRES_URL is not set: .ci/run starts PostgreSQL and sets it")
         pytest.skip("no PostgreSQL: set LAKEHOUSE_TEST_POSTGRES_URL (.ci/run does)")
     return SourceDatabase(url=POSTGRES_URL, backoff_seconds=0.05)
+
+
+@pytest.fixture
+def instance_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database for a Dagster instance (a shared deployment's), dropped
+    afterwards."""
+    url = urlsplit(postgres_source().url)
+    name = f"dagster_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(postgres_source().url)
+    admin.autocommit = True
+    admin.cursor().execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"postgresql+psycopg2://{url.netloc}/{name}" + (f"?{url.query}" if url.query else "")
+    finally:
+        admin.cursor().execute(f"DROP DATABASE {name} WITH (FORCE)")
+        admin.close()
 
 
 @pytest.fixture(scope="session", autouse=True)

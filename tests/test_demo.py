@@ -3,12 +3,23 @@
 import hashlib
 import re
 import sqlite3
+import subprocess
+import sys
 from contextlib import closing
 from pathlib import Path
 
 import polars as pl
 import pytest
-from conftest import CLOCK, POSTGRES_URL, Lake, error_line, postgres_source, run_command, sqlite_source
+from conftest import (
+    CLOCK,
+    POSTGRES_URL,
+    DemoLake,
+    Lake,
+    error_line,
+    postgres_source,
+    run_command,
+    sqlite_source,
+)
 
 from lakehouse.demo import initial, simulation, store
 from lakehouse.demo.initial import DEFAULT_DEFECT_RATES
@@ -140,6 +151,37 @@ def test_cli_builds_and_advances_the_source(tmp_path: Path) -> None:
     assert "demo batch 2 at 2026-11-01T14:00:00+00:00" in moved.stdout
     wrong = run_command(["lakehouse", "demo", "init", "--force", "--defect", "typo=0.1"], tmp_path)
     assert wrong.returncode == 2 and "use NAME=RATE with NAME one of" in wrong.stderr
+
+
+# Another process reading the source in a transaction (SQLite's own client): until it ends,
+# others can read but no writer can commit.
+HOLD_THE_SOURCE = """
+import sqlite3, sys, time
+connection = sqlite3.connect(sys.argv[1], isolation_level=None)
+connection.execute("BEGIN")
+connection.execute("SELECT count(*) FROM orders").fetchall()
+print("holding", flush=True)
+time.sleep(float(sys.argv[2]))
+connection.execute("COMMIT")
+"""
+
+
+def test_demo_advance_waits_for_another_process_holding_the_source(
+    tmp_path: Path, demo_lake: DemoLake
+) -> None:
+    """What happens when `lakehouse demo advance` runs while a run reads the source: it waits
+    for the lock instead of failing with "database is locked"."""
+    lake = demo_lake(tmp_path)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THE_SOURCE, str(lake.source.sqlite_path), "4"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+    advanced = run_command(["lakehouse", "demo", "advance"], tmp_path)
+    assert holder.wait(timeout=30) == 0
+    assert advanced.returncode == 0, advanced.stderr
+    assert "demo batch 1" in advanced.stdout
 
 
 # A library's database, the kind of source a user points the lakehouse at: the demo must never

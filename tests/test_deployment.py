@@ -1,15 +1,11 @@
 """The deployment switch: the instance the Makefile writes, and what a shared deployment demands."""
 
 import subprocess
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import dagster as dg
-import psycopg2
 import pytest
-from conftest import PROJECT, Lake, postgres_source, run_command
+from conftest import PROJECT, Lake, run_command
 
 from lakehouse.settings import SHARED_REQUIRED
 
@@ -94,21 +90,6 @@ def test_a_shared_deployment_refuses_local_defaults(tmp_path: Path) -> None:
         "LAKEHOUSE_DEPLOYMENT=shared needs LAKEHOUSE_WAREHOUSE, LAKEHOUSE_INSTANCE_DB, "
         "LAKEHOUSE_ALERT_WEBHOOK, LAKEHOUSE_PII_SALT set" in validated.stdout + validated.stderr
     )
-
-
-@pytest.fixture
-def instance_database() -> Iterator[str]:
-    """A new, empty PostgreSQL database for a Dagster instance, dropped afterwards."""
-    url = urlsplit(postgres_source().url)
-    name = f"dagster_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(postgres_source().url)
-    admin.autocommit = True
-    admin.cursor().execute(f"CREATE DATABASE {name}")
-    try:
-        yield f"postgresql+psycopg2://{url.netloc}/{name}" + (f"?{url.query}" if url.query else "")
-    finally:
-        admin.cursor().execute(f"DROP DATABASE {name} WITH (FORCE)")
-        admin.close()
 
 
 def test_a_shared_deployment_keeps_its_runs_in_postgresql(

@@ -1,0 +1,174 @@
+"""The lakehouse on an object store: the demo pipeline with an `s3://` root on an S3-compatible
+server on loopback (moto), run from the command line in a local deployment and in a shared one
+whose instance is in PostgreSQL. The lake must hold what the local-disk tests assert: each row
+version once, the ledgers at the newest input, gold equal to a rebuild, and nothing written by a
+run with nothing new."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import (
+    PROJECT,
+    SCALE,
+    TEST_SALT,
+    Lake,
+    assert_bronze_holds_each_version_once,
+    assert_gold_equals_a_rebuild_in_one_piece,
+    local_deployment,
+    run_command,
+    sqlite_source,
+)
+from dagster_server import wait_for
+
+from lakehouse.bronze import tombstones
+from lakehouse.storage import delta, ledger
+
+pytestmark = [pytest.mark.scaleout, pytest.mark.slow]
+
+BUCKET = "lakehouse"
+MATERIALIZE_ALL = ["dagster", "asset", "materialize", "-m", "lakehouse.definitions", "--select", "*"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def answers(endpoint: str) -> bool:
+    try:
+        with urllib.request.urlopen(endpoint, timeout=1):
+            return True
+    except (urllib.error.URLError, ConnectionError):
+        return False
+
+
+@pytest.fixture(scope="module")
+def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """An S3-compatible server on a free loopback port with one bucket, stopped by its pid
+    afterwards; the variables delta-rs, polars and pyarrow read to reach it are set here and in
+    the commands the tests start."""
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    with (tmp_path_factory.mktemp("object_store") / "moto.log").open("wb") as log:
+        server = subprocess.Popen(
+            [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_for("the S3 server", lambda: answers(endpoint), 60, every=0.2)
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/{BUCKET}", method="PUT")).close()
+        environment = {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ALLOW_HTTP": "true",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_REGION": "us-east-1",
+        }
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in environment.items():
+                patch.setenv(name, value)
+            yield environment
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+def shared_deployment(folder: Path, instance_database: str, **env: str) -> dict[str, str]:
+    """A shared deployment's instance (`make instance`, PostgreSQL) and a demo source at SCALE
+    in `folder`; returns its settings, as `local_deployment` does."""
+    home = folder / "dagster_home"
+    made = subprocess.run(
+        ["make", "-s", "instance", f"DAGSTER_HOME={home}", "LAKEHOUSE_DEPLOYMENT=shared"],
+        cwd=PROJECT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stdout + made.stderr
+    settings = {
+        "DAGSTER_HOME": str(home),
+        "LAKEHOUSE_DEPLOYMENT": "shared",
+        "LAKEHOUSE_INSTANCE_DB": instance_database,
+        "LAKEHOUSE_WAREHOUSE": str(folder / "warehouse.duckdb"),
+        "LAKEHOUSE_ALERTS": str(folder / "alerts.jsonl"),
+        "LAKEHOUSE_ALERT_WEBHOOK": "http://127.0.0.1:9/alerts",
+        "LAKEHOUSE_PII_SALT": TEST_SALT,
+        **env,
+    }
+    built = run_command(["lakehouse", "demo", "init", "--scale", str(SCALE)], folder, **settings)
+    assert built.returncode == 0, built.stderr
+    return settings
+
+
+def table_versions(lake: Lake) -> dict[str, int]:
+    """The version of every Delta table under the lake's root, listed from the object store."""
+    found = lake.storage.tables()
+    return {f"{layer}/{name}": delta.load_table(lake.uri(layer, name)).version() for layer, name in found}
+
+
+def rows(lake: Lake, layer: str, name: str) -> int:
+    """Rows of a table, none before its first commit (a quarantine nothing was sent to)."""
+    table = delta.open_table(lake.uri(layer, name))
+    return 0 if table is None else delta.row_count(table)
+
+
+def ledgers(lake: Lake) -> dict[str, int | None]:
+    """Bronze's watermark of each database table, after asserting that every landing file is in
+    bronze's ledger and silver's position is bronze's newest version."""
+    watermarks = {}
+    for contract in lake.contracts:
+        bronze = delta.load_table(lake.uri("bronze", contract.name))
+        if contract.is_database:
+            watermarks[contract.name] = ledger.read(bronze, ledger.bronze_watermark(contract.name))
+        else:
+            for file in sorted(lake.landing.glob("*.jsonl")):
+                assert ledger.ingested_file(bronze, contract.name, file.name) is not None, file.name
+        silver = delta.load_table(lake.uri("silver", contract.name))
+        assert ledger.read(silver, ledger.silver_position(contract.name)) == bronze.version(), contract.name
+    return watermarks
+
+
+@pytest.mark.parametrize("deployment", ["local", "shared"])
+def test_the_demo_pipeline_runs_on_an_object_store_root(
+    tmp_path: Path, object_store: dict[str, str], deployment: str, request: pytest.FixtureRequest
+) -> None:
+    root = {"LAKEHOUSE_ROOT": f"s3://{BUCKET}/{deployment}-{tmp_path.name}"}
+    if deployment == "local":
+        settings = local_deployment(tmp_path, LAKEHOUSE_PII_SALT=TEST_SALT, **root)
+    else:
+        settings = shared_deployment(tmp_path, request.getfixturevalue("instance_database"), **root)
+    lake = Lake(tmp_path, sqlite_source(tmp_path), root=root["LAKEHOUSE_ROOT"])
+
+    def materialize_all() -> None:
+        done = run_command(MATERIALIZE_ALL, tmp_path, **settings)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "Traceback" not in done.stdout + done.stderr
+
+    watermarks: list[dict[str, int | None]] = []
+    for batch in range(2):  # the first load, then a batch of changes, deletes and new files
+        if batch:
+            advanced = run_command(["lakehouse", "demo", "advance"], tmp_path, **settings)
+            assert advanced.returncode == 0, advanced.stderr[-2000:]
+        materialize_all()
+        assert_bronze_holds_each_version_once(lake)
+        assert_gold_equals_a_rebuild_in_one_piece(lake)
+        watermarks.append(ledgers(lake))
+        for contract in lake.contracts:
+            live = tombstones.live_keys(lake.table("bronze", contract.name), contract).height
+            silver, quarantined = (rows(lake, layer, contract.name) for layer in ("silver", "quarantine"))
+            assert silver + quarantined >= live > 0 and silver > 0, contract.name
+    first, second = watermarks
+    assert None not in first.values() and all(second[name] >= first[name] for name in first)
+    assert second["orders"] > first["orders"]
+    assert Path(settings["LAKEHOUSE_WAREHOUSE"]).exists()
+
+    written = table_versions(lake)
+    assert {"bronze/orders", "silver/orders", "gold/fct_orders", "quarantine/orders"} <= set(written)
+    materialize_all()
+    assert table_versions(lake) == written, "a run with nothing new committed to a table"
