@@ -93,7 +93,7 @@ def _changed_since_ingestion(ingested: ledger.IngestedFile, data: bytes) -> str 
     the ledger predates sizes and checksums (its lines are still counted)."""
     if ingested.size is not None and ingested.size != len(data):
         return f"changed after ingestion: {len(data):,} bytes now, {ingested.size:,} when ingested"
-    if ingested.checksum is not None and ingested.checksum != ledger.landing_checksum(data):
+    if ingested.checksum is not None and ingested.checksum != ledger.checksum(data):
         return f"changed after ingestion: same {len(data):,} bytes, different content (checksum)"
     return None
 

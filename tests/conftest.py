@@ -19,6 +19,7 @@ from types import CodeType
 from urllib.parse import urlsplit
 
 import dagster as dg
+import duckdb
 import polars as pl
 import psycopg2
 import pytest
@@ -182,6 +183,21 @@ def assert_gold_equals_a_rebuild_in_one_piece(lake: Lake) -> None:
         stored = lake.table("gold", table.name)
         rebuilt = table.build(silver_reader(lake.storage), None).select(stored.columns)
         assert stored.sort(stored.columns).equals(rebuilt.sort(rebuilt.columns)), f"gold/{table.name} drifted"
+
+
+def assert_marts_in_the_lake_equal_the_warehouse(lake: Lake, warehouse: Path) -> list[str]:
+    """Each mart the warehouse holds is in the lake as `marts/<model>` with the same rows;
+    returns their names."""
+    with duckdb.connect(str(warehouse), read_only=True) as connection:
+        names = [name for (name,) in connection.sql("select table_name from duckdb_tables()").fetchall()]
+        marts = sorted(name for name in names if name.startswith("mart_"))
+        for name in marts:
+            # DuckDB names the zone of its instants as its session does ("Etc/UTC"); Delta's are UTC.
+            built = connection.sql(f"select * from main.{name}").pl()
+            built = built.with_columns(pl.col(pl.Datetime).dt.convert_time_zone("UTC"))
+            copied = lake.table("marts", name)
+            assert copied.sort(copied.columns).equals(built.sort(built.columns)), f"marts/{name}"
+    return marts
 
 
 def assert_bronze_holds_each_version_once(lake: Lake) -> None:

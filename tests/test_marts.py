@@ -3,6 +3,7 @@
 import importlib.util
 import inspect
 import json
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -15,12 +16,13 @@ import duckdb
 import polars as pl
 import pytest
 import yaml
-from conftest import BuiltDemo, Lake, dbt_outcomes
+from conftest import BuiltDemo, Lake, assert_marts_in_the_lake_equal_the_warehouse, dbt_outcomes
 from dagster_dbt import DbtCliResource
 from deltalake import DeltaTable
 
 from lakehouse.definitions import defs
 from lakehouse.marts.assets import DBT_EXECUTABLE, DbtCli, dbt_models, dbt_project
+from lakehouse.storage import delta
 
 MARTS = (
     "mart_sales_daily",
@@ -50,7 +52,7 @@ def test_every_materialisation_reports_rows_duration_and_bytes(built_demo: Built
         name = event.asset_key.to_user_string()
         assert metadata["dagster/row_count"].value >= 0, name
         assert metadata["duration_seconds"].value >= 0, name
-        if event.asset_key.path[0] not in ("staging", "marts"):  # Delta tables; dbt's live in DuckDB
+        if event.asset_key.path[0] != "staging":  # Delta tables, the marts' copies too; views live in DuckDB
             stored = metadata["delta_bytes"].value > 0 and metadata["delta_files"].value > 0
             assert stored == (metadata["dagster/row_count"].value > 0), name
             assert not stored or metadata["delta_version"].value >= 0, name
@@ -88,6 +90,18 @@ def test_marts_agree_with_gold(built_demo: BuiltDemo) -> None:
     assert funnel.get_column("purchasers").to_list() == (
         lake.table("gold", "funnel_daily").sort("event_date").get_column("purchasers").to_list()
     )
+
+
+def test_each_mart_is_in_the_lake_as_a_delta_table_equal_to_the_warehouses(built_demo: BuiltDemo) -> None:
+    lake, result = built_demo.original, built_demo.result
+    assert assert_marts_in_the_lake_equal_the_warehouse(lake, lake.warehouse) == sorted(MARTS)
+    for name in MARTS:
+        (event,) = (
+            m for m in result.asset_materializations_for_node("dbt_models") if m.asset_key.path[-1] == name
+        )
+        table = delta.load_table(lake.uri("marts", name))
+        assert event.metadata["dagster/uri"].value == table.table_uri
+        assert event.metadata["delta_version"].value == table.version()
 
 
 def test_dbt_tests_are_asset_checks_models_report_rows_and_schema_and_columns_are_documented(
@@ -307,3 +321,11 @@ def test_dbt_is_not_run_again_until_what_it_reads_changes(loaded_lake: Lake) -> 
     ran = dbt_outcomes(rebuilt.run_id)
     assert not [unique_id for unique_id in ran if unique_id.startswith("unit_test.")]
     assert ran["model.lakehouse.mart_sales_daily"] == "success"
+
+    # A lake from before the marts were copied into it: the next run builds and copies them.
+    shutil.rmtree(Path(lake.storage.root) / "marts")
+    upgraded = lake.materialize("*")
+    assert {event.asset_key for event in upgraded.asset_materializations_for_node("dbt_models")} == set(
+        dbt_models.keys
+    )
+    assert len(assert_marts_in_the_lake_equal_the_warehouse(lake, lake.warehouse)) == len(MARTS)

@@ -22,6 +22,7 @@ from conftest import (
     Lake,
     assert_bronze_holds_each_version_once,
     assert_gold_equals_a_rebuild_in_one_piece,
+    assert_marts_in_the_lake_equal_the_warehouse,
     local_deployment,
     run_command,
     sqlite_source,
@@ -163,12 +164,60 @@ def test_the_demo_pipeline_runs_on_an_object_store_root(
             live = tombstones.live_keys(lake.table("bronze", contract.name), contract).height
             silver, quarantined = (rows(lake, layer, contract.name) for layer in ("silver", "quarantine"))
             assert silver + quarantined >= live > 0 and silver > 0, contract.name
+        warehouse = Path(settings["LAKEHOUSE_WAREHOUSE"])
+        assert len(assert_marts_in_the_lake_equal_the_warehouse(lake, warehouse)) == 5
     first, second = watermarks
     assert None not in first.values() and all(second[name] >= first[name] for name in first)
     assert second["orders"] > first["orders"]
-    assert Path(settings["LAKEHOUSE_WAREHOUSE"]).exists()
 
     written = table_versions(lake)
-    assert {"bronze/orders", "silver/orders", "gold/fct_orders", "quarantine/orders"} <= set(written)
+    assert {"bronze/orders", "silver/orders", "gold/fct_orders", "marts/mart_sales_daily"} <= set(written)
     materialize_all()
     assert table_versions(lake) == written, "a run with nothing new committed to a table"
+
+
+INGEST = [*MATERIALIZE_ALL[:-1], "group:bronze or group:silver"]
+
+
+def test_the_table_commands_and_maintenance_work_on_an_object_store_root(
+    tmp_path: Path, object_store: dict[str, str]
+) -> None:
+    root = f"s3://{BUCKET}/commands-{tmp_path.name}"
+    settings = local_deployment(tmp_path, LAKEHOUSE_PII_SALT=TEST_SALT, LAKEHOUSE_ROOT=root)
+    lake = Lake(tmp_path, sqlite_source(tmp_path), root=root)
+
+    def command(*args: str) -> subprocess.CompletedProcess:
+        done = run_command(list(args), tmp_path, **settings)
+        assert "Traceback" not in done.stdout + done.stderr, done.stderr[-3000:]
+        return done
+
+    assert command(*INGEST).returncode == 0
+    loaded = delta.load_table(lake.uri("silver", "orders"))
+    first_version, first_rows = loaded.version(), delta.row_count(loaded)
+    assert command("lakehouse", "demo", "advance").returncode == 0
+    assert command(*INGEST).returncode == 0
+    merged = delta.load_table(lake.uri("silver", "orders"))
+    assert merged.version() > first_version and delta.row_count(merged) > first_rows
+
+    summary = command("lakehouse", "summary")
+    assert summary.returncode == 0 and f"Lakehouse at {root}" in summary.stdout
+    assert "silver/orders" in summary.stdout and "bronze/events" in summary.stdout
+    history = command("lakehouse", "table", "history", "silver/orders")
+    assert history.returncode == 0 and "MERGE" in history.stdout
+    assert command("lakehouse", "table", "check", "silver/orders").returncode == 0
+    report = command("lakehouse", "quality", "report")
+    assert report.returncode in (0, 1) and "silver/orders" in report.stdout
+
+    # Back to the first load, then the next run merges what bronze holds beyond it once more.
+    restored = command("lakehouse", "table", "restore", "silver/orders", "--version", str(first_version))
+    assert restored.returncode == 0, restored.stderr
+    assert delta.row_count(delta.load_table(lake.uri("silver", "orders"))) == first_rows
+    assert command(*INGEST).returncode == 0
+    again = lake.table("silver", "orders")
+    assert again.height == delta.row_count(merged) and again.get_column("order_id").is_unique().all()
+
+    before = {name: lake.table("bronze", name).height for name in ("orders", "events")}
+    maintained = command("dagster", "job", "execute", "-m", "lakehouse.definitions", "-j", "maintenance")
+    assert maintained.returncode == 0, maintained.stderr[-3000:]
+    assert {name: lake.table("bronze", name).height for name in before} == before
+    assert delta.footprint(delta.load_table(lake.uri("bronze", "orders")))[0] == 1  # compacted

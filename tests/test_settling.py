@@ -164,7 +164,7 @@ def test_a_file_being_appended_to_is_ingested_whole_once_it_has_settled(
     assert sorted(lines.get_column("_line_number")) == list(range(1, written + 1))
     recorded = ledger.ingested_file(network.ledger(), "readings", growing.name)
     data = growing.read_bytes()
-    assert recorded == ledger.IngestedFile(len(data), ledger.landing_checksum(data))
+    assert recorded == ledger.IngestedFile(len(data), ledger.checksum(data))
 
     again = network.materialize()
     assert bronze_metadata(again)["files_ingested"] == 0
@@ -235,7 +235,7 @@ def test_a_lake_whose_ledger_has_no_sizes_is_read_and_advanced_and_names_a_short
     assert ledger.ingested_file(table, "readings", old.name) == ledger.IngestedFile(None, None)
     new = network.file("meters_new.jsonl").read_bytes()
     assert ledger.ingested_file(table, "readings", "meters_new.jsonl") == ledger.IngestedFile(
-        len(new), ledger.landing_checksum(new)
+        len(new), ledger.checksum(new)
     )
     evaluation = lines_check(result)
     assert not evaluation.passed

@@ -167,7 +167,7 @@ def _ingest_once(
     names: list[str] = []
     entries: dict[str, int] = {}
     for seen in waiting[:MAX_FILES_PER_RUN]:
-        checksum = ledger.landing_checksum(seen.path.read_bytes())
+        checksum = ledger.checksum(seen.path.read_bytes())
         file_rows, file_rejected = parse_file(seen.path, contract)
         if look(seen.path) != seen:  # written to while read: not complete after all
             settling.append(seen.path)

@@ -14,7 +14,7 @@ from lakehouse.resources import LakehouseStorage
 from lakehouse.settings import setting
 from lakehouse.storage import delta
 
-LAYERS = ("bronze", "silver", "gold", "quarantine")
+LAYERS = ("bronze", "silver", "gold", "marts", "quarantine")
 
 
 def _rows_added(commit: dict) -> int:
@@ -93,16 +93,13 @@ def warehouse_rows(path: Path) -> list[tuple[str, int]]:
 
 
 def print_summary() -> int:
-    root = Path(setting("LAKEHOUSE_ROOT"))
-    if "://" in str(setting("LAKEHOUSE_ROOT")):
-        print(f"summary lists local tables only; {setting('LAKEHOUSE_ROOT')} is remote")
-        return 0
-    rows = table_rows(LakehouseStorage(root=setting("LAKEHOUSE_ROOT")))
+    lakehouse = LakehouseStorage(root=setting("LAKEHOUSE_ROOT"))
+    rows = table_rows(lakehouse)
     if not rows:
-        print(f"no Delta tables under {root.resolve()}")
+        print(f"no Delta tables under {lakehouse.location}")
         return 1
     checks = check_results(Path(setting("LAKEHOUSE_CONTRACTS")))
-    print(f"\nLakehouse at {root.resolve()}\n")
+    print(f"\nLakehouse at {lakehouse.location}\n")
     print_table(
         ("table", "rows", "version", "last added", "last commit (UTC)", "checks"),
         [

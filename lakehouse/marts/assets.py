@@ -28,8 +28,9 @@ from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_as
 from deltalake import DeltaTable
 from packaging.version import Version
 
-from lakehouse.marts import target
+from lakehouse.marts import publish, target
 from lakehouse.marts.warehouse import expose_gold, set_aside_torn_creation
+from lakehouse.orchestration.metadata import table_metadata
 from lakehouse.resources import LakehouseStorage, Warehouse
 from lakehouse.storage import delta
 
@@ -91,6 +92,14 @@ def _relation_metadata(connection: duckdb.DuckDBPyConnection, name: str) -> dict
     }
 
 
+def _lake_metadata(
+    lakehouse: LakehouseStorage, connection: duckdb.DuckDBPyConnection, name: str, inputs: str
+) -> dict[str, Any]:
+    """A mart's Delta copy in the lake (`publish.py`): where it is, its version and size."""
+    copied = table_metadata(publish.publish(lakehouse, connection, name, inputs))
+    return {key: copied[key] for key in ("dagster/uri", "delta_version", "delta_files", "delta_bytes")}
+
+
 def gold_tables(
     context: dg.AssetExecutionContext, lakehouse: LakehouseStorage
 ) -> dict[dg.AssetKey, DeltaTable | None]:
@@ -141,12 +150,22 @@ def last_builds(context: dg.AssetExecutionContext) -> dict[dg.AssetKey, str]:
 
 
 def up_to_date(
-    context: dg.AssetExecutionContext, warehouse: Warehouse, builds: Mapping[dg.AssetKey, str], inputs: str
+    context: dg.AssetExecutionContext,
+    warehouse: Warehouse,
+    lakehouse: LakehouseStorage,
+    builds: Mapping[dg.AssetKey, str],
+    inputs: str,
 ) -> bool:
-    """Every selected model was last built from `inputs` in a run that succeeded and is still in
-    the warehouse: a dbt build would make the same tables and run the same tests on them."""
+    """Every selected model was last built from `inputs` in a run that succeeded, is still in
+    the warehouse and, for a mart, in the lake: a dbt build would make the same tables and run
+    the same tests on them."""
     relations = _relations(warehouse)
-    return all(builds.get(key) == inputs and key.path[-1] in relations for key in context.selected_asset_keys)
+    return all(
+        builds.get(key) == inputs
+        and key.path[-1] in relations
+        and (key.path[0] != publish.LAYER or publish.is_published(lakehouse, key.path[-1], inputs))
+        for key in context.selected_asset_keys
+    )
 
 
 def unit_tested(context: dg.AssetExecutionContext, builds: Mapping[dg.AssetKey, str]) -> bool:
@@ -172,7 +191,7 @@ def dbt_models(
     tables = gold_tables(context, lakehouse)
     inputs = built_from(tables)
     builds = last_builds(context)
-    if up_to_date(context, warehouse, builds, inputs):
+    if up_to_date(context, warehouse, lakehouse, builds, inputs):
         context.log.info(f"dbt not run: every selected model was built from {inputs} and is in the warehouse")
         return
     warehouse.location.parent.mkdir(parents=True, exist_ok=True)
@@ -201,17 +220,20 @@ def dbt_models(
     target.keep_parse_state(targets, run, warehouse.location)
     # Row counts and schemas through one short-lived read-only connection once dbt has
     # exited (dagster-dbt's fetch_row_counts keeps a read-write connection open in this
-    # process, which locks every other reader and the next dbt run out of the file).
+    # process, which locks every other reader and the next dbt run out of the file). The marts
+    # are copied into the lake before any is reported built.
     with duckdb.connect(str(warehouse.location), read_only=True) as connection:
         for event in events:
             if isinstance(event, dg.Output):
-                name = context.asset_key_for_output(event.output_name).path[-1]
+                layer, name = context.asset_key_for_output(event.output_name).path
+                copied = _lake_metadata(lakehouse, connection, name, inputs) if layer == publish.LAYER else {}
                 # The same duration key as the Delta assets, so every asset plots it alike.
                 duration = event.metadata.get("Execution Duration")
                 event = event.with_metadata(
                     {
                         **event.metadata,
                         **_relation_metadata(connection, name),
+                        **copied,
                         BUILT_FROM: inputs,
                         **({"duration_seconds": duration} if duration is not None else {}),
                     }

@@ -8,7 +8,7 @@ survive log checkpoints. The entries, one home for their names:
 - `bronze_lsn`: for a change-captured table, the end LSN (PostgreSQL's log position, as an
   integer) of the last source transaction bronze holds, or of the snapshot it started from;
 - `landing_file`: a landing file bronze has ingested (1), with `landing_file_size` (bytes) and
-  `landing_file_checksum` (63 bits of the file's BLAKE2b digest) beside it; a lake written
+  `landing_file_checksum` (the file's `checksum`) beside it; a lake written
   before those two existed has only the first, and its files are still ingested;
 - `bronze_deletes_checked`: when bronze last compared the source's keys with its own to find
   deletes (microseconds since the epoch), for a contract that looks for them on a cadence;
@@ -16,6 +16,9 @@ survive log checkpoints. The entries, one home for their names:
 - `gold_position`: the newest silver `_loaded_at` (microseconds) a gold table has consumed;
 - `gold_deletes_position`: the silver version up to which a gold table has rebuilt what
   silver's deletes touched.
+- `mart_built_from`: the `checksum` of what a mart's Delta copy was built from (the dbt
+  project's manifest and the gold versions: the model's `built_from`), so that publishing the
+  same build again writes nothing.
 
 Writers are optimistic: a `Claim` remembers the version of the table its entries were read
 at, and every commit that carries them fails with `LedgerMoved` when another writer committed
@@ -89,9 +92,9 @@ class IngestedFile:
     checksum: int | None
 
 
-def landing_checksum(data: bytes) -> int:
-    """The checksum a landing file's entry holds: 63 bits, so that it fits an entry (a signed
-    64-bit integer) and is never UNSET."""
+def checksum(data: bytes) -> int:
+    """The checksum an entry holds (of a landing file, of what a mart was built from): 63 bits,
+    so that it fits an entry (a signed 64-bit integer) and is never UNSET."""
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big") >> 1
 
 
@@ -132,6 +135,10 @@ def gold_position(table: str, upstream: str) -> str:
 
 def gold_deletes_position(table: str, upstream: str) -> str:
     return f"lakehouse.gold.{table}.{upstream}.deletes_version"
+
+
+def mart_built_from(model: str) -> str:
+    return f"lakehouse.marts.{model}.built_from"
 
 
 def read(table: DeltaTable | None, key: str) -> int | None:

@@ -1,0 +1,55 @@
+"""The marts as Delta tables under `<root>/marts/<model>`, what consumers on any machine read.
+
+The DuckDB warehouse is a file on the disk of the machine that ran dbt; the lake is where
+everything else lives (a shared folder or an object store). Each mart dbt built is copied there
+after the build, overwritten whole (a mart is small: an aggregate), in one commit that carries
+what it was built from in its ledger. The warehouse becomes a cache the next build can make
+anew.
+"""
+
+from __future__ import annotations
+
+import duckdb
+import polars as pl
+from deltalake import DeltaTable
+
+from lakehouse.resources import LakehouseStorage
+from lakehouse.storage import delta, ledger
+
+LAYER = "marts"
+
+
+def _in_utc(rows: pl.DataFrame) -> pl.DataFrame:
+    """Timestamps as Delta's UTC timestamps: a naive one would make a `timestamp_ntz` column,
+    which raises the table's protocol for every reader."""
+    converted = []
+    for name, dtype in rows.schema.items():
+        if isinstance(dtype, pl.Datetime):
+            moment = pl.col(name).dt
+            in_utc = moment.convert_time_zone("UTC") if dtype.time_zone else moment.replace_time_zone("UTC")
+            converted.append(in_utc)
+    return rows.with_columns(converted)
+
+
+def is_published(lakehouse: LakehouseStorage, model: str, built_from: str) -> bool:
+    """Whether `marts/<model>` was last written from `built_from`."""
+    table = delta.open_table(lakehouse.table_uri(LAYER, model))
+    return ledger.read(table, ledger.mart_built_from(model)) == ledger.checksum(built_from.encode())
+
+
+def publish(
+    lakehouse: LakehouseStorage, connection: duckdb.DuckDBPyConnection, model: str, built_from: str
+) -> DeltaTable:
+    """The model's table in the warehouse as the Delta table `marts/<model>`, unless that table
+    was already written from the same `built_from` (a step run again after a crash)."""
+    uri = lakehouse.table_uri(LAYER, model)
+    if is_published(lakehouse, model, built_from):
+        return delta.load_table(uri)
+    rows = pl.DataFrame(connection.sql(f'select * from main."{model}"').to_arrow_table())
+    return delta.write(
+        uri,
+        _in_utc(rows),
+        mode="overwrite",
+        metadata={"lakehouse.built_from": built_from},
+        transactions={ledger.mart_built_from(model): ledger.checksum(built_from.encode())},
+    )

@@ -1,0 +1,52 @@
+"""The marts' Delta copies in the lake: each the warehouse's table with UTC timestamps, written
+once per build it came from, overwritten whole by the next."""
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from lakehouse.marts.publish import is_published, publish
+from lakehouse.resources import LakehouseStorage
+from lakehouse.storage import delta, ledger
+
+MART = """
+create table main.mart_visits as
+select * from (values
+    (1, 'Vienna', 12.50::decimal(12, 2), timestamptz '2026-11-01 09:30+01', timestamp '2026-11-01 08:30'),
+    (2, 'Graz', 7.25::decimal(12, 2), timestamptz '2026-11-02 10:00+00', timestamp '2026-11-02 10:00')
+) as visits(visitor_id, city, spent, first_seen_at, last_seen_at)
+"""
+
+
+def test_a_mart_is_copied_once_per_build_with_utc_timestamps(tmp_path: Path) -> None:
+    lakehouse = LakehouseStorage(root=str(tmp_path / "lake"))
+    with duckdb.connect() as connection:
+        connection.execute("set TimeZone = 'Europe/Vienna'")  # the warehouse session's zone plays no part
+        connection.execute(MART)
+
+        copied = publish(lakehouse, connection, "mart_visits", "gold/visits v3")
+        again = publish(lakehouse, connection, "mart_visits", "gold/visits v3")  # the step run again
+        assert again.version() == copied.version() == 0
+        assert is_published(lakehouse, "mart_visits", "gold/visits v3")
+        assert not is_published(lakehouse, "mart_visits", "gold/visits v4")
+
+        connection.execute("delete from main.mart_visits where visitor_id = 2")
+        rebuilt = publish(lakehouse, connection, "mart_visits", "gold/visits v4")
+
+    assert rebuilt.version() == 1
+    assert ledger.read(rebuilt, ledger.mart_built_from("mart_visits")) == ledger.checksum(b"gold/visits v4")
+    rows = pl.read_delta(lakehouse.table_uri("marts", "mart_visits"))
+    assert rows.to_dicts() == [
+        {
+            "visitor_id": 1,
+            "city": "Vienna",
+            "spent": Decimal("12.50"),
+            "first_seen_at": datetime(2026, 11, 1, 8, 30, tzinfo=UTC),
+            "last_seen_at": datetime(2026, 11, 1, 8, 30, tzinfo=UTC),
+        }
+    ]
+    assert delta.arrow_schema(rebuilt).field("first_seen_at").type.tz == "UTC"
+    assert delta.load_table(lakehouse.table_uri("marts", "mart_visits")).protocol().min_reader_version == 1
