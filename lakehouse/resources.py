@@ -98,7 +98,7 @@ def _without_extension_types(table: pa.Table) -> pa.Table:
     return pa.table(columns, names=table.column_names)
 
 
-SQLITE_BUSY_TIMEOUT_MS = 30_000
+SQLITE_BUSY_TIMEOUT_MS = 5_000
 
 
 class SourceDatabase(dg.ConfigurableResource):

@@ -355,21 +355,23 @@ def command_environment(folder: Path, **env: str) -> dict[str, str]:
     return environment
 
 
-def local_deployment(folder: Path, **env: str) -> dict[str, str]:
-    """A local deployment's instance (`make instance`) and a demo source at SCALE in `folder`;
-    returns its settings (`env` added), for `command_environment`."""
+def make_deployment(folder: Path, kind: str, **env: str) -> dict[str, str]:
+    """A deployment's instance (`make instance`, `kind` local or shared) and a demo source at
+    SCALE in `folder`; returns its settings (`env` added, which for a shared one holds the
+    variables it demands), for `command_environment`."""
     home = folder / "dagster_home"
     made = subprocess.run(
-        ["make", "-s", "instance", f"DAGSTER_HOME={home}", "LAKEHOUSE_DEPLOYMENT=local"],
+        ["make", "-s", "instance", f"DAGSTER_HOME={home}", f"LAKEHOUSE_DEPLOYMENT={kind}"],
         cwd=PROJECT, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert made.returncode == 0, made.stdout + made.stderr
-    # Its storage, made now: a test opening the instance while a process it started opens it
-    # for the first time would have both create the same SQLite files at once.
-    dg.DagsterInstance.from_config(str(home)).dispose()
+    if kind == "local":
+        # Its storage, made now: a test opening the instance while a process it started opens
+        # it for the first time would have both create the same SQLite files at once.
+        dg.DagsterInstance.from_config(str(home)).dispose()
     settings = {
         "DAGSTER_HOME": str(home),
-        "LAKEHOUSE_DEPLOYMENT": "local",
+        "LAKEHOUSE_DEPLOYMENT": kind,
         "LAKEHOUSE_WAREHOUSE": str(folder / "warehouse.duckdb"),
         "LAKEHOUSE_ALERTS": str(folder / "alerts.jsonl"),
         **env,
@@ -377,6 +379,11 @@ def local_deployment(folder: Path, **env: str) -> dict[str, str]:
     built = run_command(["lakehouse", "demo", "init", "--scale", str(SCALE)], folder, **settings)
     assert built.returncode == 0, built.stderr
     return settings
+
+
+def local_deployment(folder: Path, **env: str) -> dict[str, str]:
+    """A local deployment (`make_deployment`) in `folder`: its settings."""
+    return make_deployment(folder, "local", **env)
 
 
 def run_command(args: list[str] | str, folder: Path, **env: str) -> subprocess.CompletedProcess:

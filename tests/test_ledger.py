@@ -73,6 +73,25 @@ def test_a_table_created_by_another_writer_during_the_write_is_not_appended_to(t
     assert pl.read_delta(uri).height == READINGS.height
 
 
+def test_a_merge_that_finds_its_table_created_meanwhile_merges_into_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs' first loads at once: the one whose look found no table must not append what
+    the other has created (an unclaimed table, such as a silver table's history)."""
+    from lakehouse.storage.merge import merge
+
+    uri = str(tmp_path / "readings")
+    merge(uri, READINGS, ["sensor"])  # the other writer, between this one's look and its write
+    opened = delta.open_table
+    looks = iter([None])
+    monkeypatch.setattr(delta, "open_table", lambda at: next(looks, opened(at)))
+
+    counts = merge(uri, pl.DataFrame({"sensor": ["b", "c"], "celsius": [19.0, 7.5]}), ["sensor"])
+
+    assert (counts.inserted, counts.unchanged) == (1, 1)
+    assert pl.read_delta(uri).sort("sensor").get_column("sensor").to_list() == ["a", "b", "c"]
+
+
 def test_a_merge_against_a_moved_ledger_fails_and_changes_nothing(tmp_path: Path) -> None:
     from lakehouse.storage.merge import merge
 

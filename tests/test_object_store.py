@@ -16,14 +16,13 @@ from pathlib import Path
 
 import pytest
 from conftest import (
-    PROJECT,
-    SCALE,
     TEST_SALT,
     Lake,
     assert_bronze_holds_each_version_once,
     assert_gold_equals_a_rebuild_in_one_piece,
     assert_marts_in_the_lake_equal_the_warehouse,
     local_deployment,
+    make_deployment,
     run_command,
     sqlite_source,
 )
@@ -83,30 +82,6 @@ def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
         server.wait(timeout=30)
 
 
-def shared_deployment(folder: Path, instance_database: str, **env: str) -> dict[str, str]:
-    """A shared deployment's instance (`make instance`, PostgreSQL) and a demo source at SCALE
-    in `folder`; returns its settings, as `local_deployment` does."""
-    home = folder / "dagster_home"
-    made = subprocess.run(
-        ["make", "-s", "instance", f"DAGSTER_HOME={home}", "LAKEHOUSE_DEPLOYMENT=shared"],
-        cwd=PROJECT, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert made.returncode == 0, made.stdout + made.stderr
-    settings = {
-        "DAGSTER_HOME": str(home),
-        "LAKEHOUSE_DEPLOYMENT": "shared",
-        "LAKEHOUSE_INSTANCE_DB": instance_database,
-        "LAKEHOUSE_WAREHOUSE": str(folder / "warehouse.duckdb"),
-        "LAKEHOUSE_ALERTS": str(folder / "alerts.jsonl"),
-        "LAKEHOUSE_ALERT_WEBHOOK": "http://127.0.0.1:9/alerts",
-        "LAKEHOUSE_PII_SALT": TEST_SALT,
-        **env,
-    }
-    built = run_command(["lakehouse", "demo", "init", "--scale", str(SCALE)], folder, **settings)
-    assert built.returncode == 0, built.stderr
-    return settings
-
-
 def table_versions(lake: Lake) -> dict[str, int]:
     """The version of every Delta table under the lake's root, listed from the object store."""
     found = lake.storage.tables()
@@ -143,7 +118,14 @@ def test_the_demo_pipeline_runs_on_an_object_store_root(
     if deployment == "local":
         settings = local_deployment(tmp_path, LAKEHOUSE_PII_SALT=TEST_SALT, **root)
     else:
-        settings = shared_deployment(tmp_path, request.getfixturevalue("instance_database"), **root)
+        settings = make_deployment(
+            tmp_path,
+            "shared",
+            LAKEHOUSE_INSTANCE_DB=request.getfixturevalue("instance_database"),
+            LAKEHOUSE_ALERT_WEBHOOK="http://127.0.0.1:9/alerts",
+            LAKEHOUSE_PII_SALT=TEST_SALT,
+            **root,
+        )
     lake = Lake(tmp_path, sqlite_source(tmp_path), root=root["LAKEHOUSE_ROOT"])
 
     def materialize_all() -> None:

@@ -142,6 +142,10 @@ def committing(attempt: Callable[[], T], uri: str, claim: Claim | None, attempts
         raise
 
 
+class CreatedMeanwhile(RuntimeError):
+    """A write that was to create its table found it created by another writer."""
+
+
 def write(
     uri: str,
     frame: pl.DataFrame | Iterable[pl.DataFrame],
@@ -153,6 +157,7 @@ def write(
     transactions: dict[str, int] | None = None,
     claim: Claim | None = None,
     configuration: dict[str, str | None] | None = None,
+    create: bool = False,
 ) -> DeltaTable:
     """Write `frame` in one commit that also carries `metadata` and ledger `transactions`.
 
@@ -164,16 +169,19 @@ def write(
     `frame` may be a stream of frames of one schema, never all in memory. Commit conflicts
     with concurrent writers are retried, producing the frames again, unless they come from
     an iterator, which cannot be read twice: its conflict fails the write (`LedgerMoved` with
-    a claim, so that the writer starts again from the ledger).
+    a claim, so that the writer starts again from the ledger). With `create`, the write only
+    creates the table: when another writer has, it fails with `CreatedMeanwhile`.
     """
 
     def attempt() -> DeltaTable | None:
         latest = open_table(uri)
         if claim is not None:
             claim.check(latest, transactions or {})
+        if create and latest is not None:
+            raise CreatedMeanwhile(f"{uri}: created by another writer meanwhile")
         # A claimed write that found no table creates it or fails: it must not append to a
         # table another writer created meanwhile, whose ledger it has not read.
-        creating = latest is None and claim is not None
+        creating = latest is None and (claim is not None or create)
         stream = None if isinstance(frame, pl.DataFrame) else _Stream(iter(frame))
         try:
             write_deltalake(
@@ -192,7 +200,8 @@ def write(
             if stream is not None and stream.error is not None:
                 raise stream.error from None
             if creating and open_table(uri) is not None:
-                raise LedgerMoved(f"{uri}: created by another writer meanwhile") from error
+                moved = LedgerMoved if claim is not None else CreatedMeanwhile
+                raise moved(f"{uri}: created by another writer meanwhile") from error
             raise
         return latest
 

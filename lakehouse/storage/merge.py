@@ -80,15 +80,21 @@ def merge(
         )
         return MergeCounts(0, 0, 0, moved)
     if table is None:
-        created = delta.write(
-            uri,
-            frame,
-            partition_by=[partition] if partition else None,
-            metadata=metadata,
-            transactions=transactions,
-            claim=claim,
-        )
-        return MergeCounts(frame.height, 0, 0, created)
+        try:
+            created = delta.write(
+                uri,
+                frame,
+                partition_by=[partition] if partition else None,
+                metadata=metadata,
+                transactions=transactions,
+                claim=claim,
+                create=True,
+            )
+            return MergeCounts(frame.height, 0, 0, created)
+        except delta.CreatedMeanwhile:
+            # Another writer created it since: merged into, not appended to, so that no key
+            # is held twice.
+            table = delta.load_table(uri)
     _evolve_schema(uri, stored, table)
 
     def attempt() -> tuple[delta.DeltaTable, int, dict]:
