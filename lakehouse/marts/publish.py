@@ -31,10 +31,14 @@ def _in_utc(rows: pl.DataFrame) -> pl.DataFrame:
     return rows.with_columns(converted)
 
 
+def _stamp(built_from: str) -> int:
+    return ledger.checksum(built_from.encode())
+
+
 def is_published(lakehouse: LakehouseStorage, model: str, built_from: str) -> bool:
     """Whether `marts/<model>` was last written from `built_from`."""
     table = delta.open_table(lakehouse.table_uri(LAYER, model))
-    return ledger.read(table, ledger.mart_built_from(model)) == ledger.checksum(built_from.encode())
+    return ledger.read(table, ledger.mart_built_from(model)) == _stamp(built_from)
 
 
 def publish(
@@ -42,14 +46,15 @@ def publish(
 ) -> DeltaTable:
     """The model's table in the warehouse as the Delta table `marts/<model>`, unless that table
     was already written from the same `built_from` (a step run again after a crash)."""
-    uri = lakehouse.table_uri(LAYER, model)
-    if is_published(lakehouse, model, built_from):
-        return delta.load_table(uri)
+    uri, entry, stamp = lakehouse.table_uri(LAYER, model), ledger.mart_built_from(model), _stamp(built_from)
+    published = delta.open_table(uri)
+    if published is not None and ledger.read(published, entry) == stamp:
+        return published
     rows = pl.DataFrame(connection.sql(f'select * from main."{model}"').to_arrow_table())
     return delta.write(
         uri,
         _in_utc(rows),
         mode="overwrite",
         metadata={"lakehouse.built_from": built_from},
-        transactions={ledger.mart_built_from(model): ledger.checksum(built_from.encode())},
+        transactions={entry: stamp},
     )
