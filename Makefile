@@ -19,14 +19,19 @@ UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
 SCALE ?= 0.1
 HOST ?= 127.0.0.1
 PORT ?= 3000
+# A Celery worker (LAKEHOUSE_EXECUTOR=celery): its name and how many steps it executes at once.
+export LAKEHOUSE_CELERY_BROKER ?= redis://127.0.0.1:6379/0
+WORKER_NAME ?= worker
+WORKER_CONCURRENCY ?= 2
 
-.PHONY: help install instance run test test-fast lint dev bench bench-curve clean
+.PHONY: help install instance run test test-fast lint dev worker bench bench-curve clean
 
 help:
 	@echo "make run    install, build the demo source if absent, advance it one batch, materialise everything, print a summary"
 	@echo "make test   install and run the whole test suite (what .ci/run calls)"
 	@echo "make test-fast  the tests of every module's logic on small data, for the edit loop (no slow ones)"
 	@echo "make dev    the Dagster UI and daemon on http://$(HOST):$(PORT)"
+	@echo "make worker [WORKER_NAME=..] [WORKER_CONCURRENCY=2]  a Celery worker for LAKEHOUSE_EXECUTOR=celery"
 	@echo "make bench  [SCALE=1] [REPEAT=3] the pipeline against the floor and a dbt alternative"
 	@echo "make bench-curve  time and memory at scales 0.1, 1 and 3 (one repetition each)"
 	@echo "make lint   ruff"
@@ -96,6 +101,13 @@ bench-curve: install
 
 dev: install
 	$(BIN)/dagster dev -w workspace.yaml --host $(HOST) --port $(PORT)
+
+# One Celery worker in the foreground, for runs with LAKEHOUSE_EXECUTOR=celery: start one on
+# each worker machine, with the runs' settings (docs/operations.md). dagster-celery starts
+# `celery` from the PATH.
+worker: install
+	PATH="$(BIN):$$PATH" LAKEHOUSE_EXECUTOR=celery $(BIN)/dagster-celery worker start -A dagster_celery.app \
+	  -y deploy/celery.yaml -n $(WORKER_NAME) -- --concurrency=$(WORKER_CONCURRENCY)
 
 clean:
 	rm -rf data $(DAGSTER_HOME) $(VENV) $(DBT_VENV) .tools dbt/target dbt/logs

@@ -8,10 +8,10 @@ from asset_checks import all_checks
 from lakehouse.bronze.assets import bronze_assets
 from lakehouse.gold.assets import gold_assets
 from lakehouse.marts.assets import DBT_EXECUTABLE, DbtCli, attached_models, dbt_project
+from lakehouse.orchestration.executors import run_executor
 from lakehouse.orchestration.jobs import ingest_job, schedules, transform_job
 from lakehouse.orchestration.maintenance import maintenance_job
 from lakehouse.orchestration.owners import with_owners
-from lakehouse.orchestration.run_health import sweeping_in_process_executor
 from lakehouse.orchestration.sensors import sensors
 from lakehouse.resources import (
     AlertSink,
@@ -50,8 +50,5 @@ defs = dg.Definitions(
         ),
         "dbt": DbtCli(project_dir=dbt_project, dbt_executable=DBT_EXECUTABLE),
     },
-    # Steps are short and mostly I/O: running them in one process avoids re-importing the
-    # definitions for every step, which would outweigh most steps (docs/architecture.md).
-    # Before the first step it fails the runs whose process died (lakehouse/orchestration/run_health.py).
-    executor=sweeping_in_process_executor,
+    executor=run_executor(),
 )

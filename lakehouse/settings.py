@@ -45,6 +45,9 @@ DEFAULTS = {
     "LAKEHOUSE_TRANSFORM_SCHEDULE": "0 2 * * *",
     "LAKEHOUSE_MAINTENANCE_SCHEDULE": "30 3 * * 0",
     "LAKEHOUSE_ALERT_WEBHOOK": "",
+    # Where a run's steps execute: in_process or celery (lakehouse/orchestration/executors.py).
+    "LAKEHOUSE_EXECUTOR": "in_process",
+    "LAKEHOUSE_CELERY_BROKER": "redis://127.0.0.1:6379/0",
     # Past this much WAL kept by a change-captured table's slot (1 GiB), its check fails and alerts.
     "LAKEHOUSE_CDC_MAX_SLOT_LAG_BYTES": str(2**30),
     "LAKEHOUSE_PII_SALT": "lakehouse-development-salt-do-not-use-in-production",

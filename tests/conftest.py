@@ -8,6 +8,7 @@ import json
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import uuid
@@ -39,11 +40,14 @@ from lakehouse.settings import DEFAULTS
 from lakehouse.silver.assets import silver_assets
 from lakehouse.sources.contract import Contract
 from lakehouse.sources.contract_files import load_contracts
+from lakehouse.storage import delta, ledger
 
 PROJECT = Path(__file__).resolve().parent.parent
 CLOCK = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 SCALE = 0.01
 TEST_SALT = "test-salt"
+# What `make run` and CI run: every asset, from the command line.
+MATERIALIZE_ALL = ["dagster", "asset", "materialize", "-m", "lakehouse.definitions", "--select", "*"]
 
 
 def worker_database(url: str | None) -> str | None:
@@ -214,6 +218,28 @@ def assert_bronze_holds_each_version_once(lake: Lake) -> None:
         assert deleted.is_duplicated().sum() == 0, f"bronze/{contract.name} holds a tombstone twice"
         live = tombstones.live_keys(bronze, contract)
         assert live.height == lake.source_rows(contract.source.table).height, contract.name
+
+
+def ledgers(lake: Lake) -> dict[str, int | None]:
+    """Bronze's watermark of each database table, after asserting that every landing file is in
+    bronze's ledger and silver's position is bronze's newest version."""
+    watermarks = {}
+    for contract in lake.contracts:
+        bronze = delta.load_table(lake.uri("bronze", contract.name))
+        if contract.is_database:
+            watermarks[contract.name] = ledger.read(bronze, ledger.bronze_watermark(contract.name))
+        else:
+            for file in sorted(lake.landing.glob("*.jsonl")):
+                assert ledger.ingested_file(bronze, contract.name, file.name) is not None, file.name
+        silver = delta.load_table(lake.uri("silver", contract.name))
+        assert ledger.read(silver, ledger.silver_position(contract.name)) == bronze.version(), contract.name
+    return watermarks
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def sqlite_source(folder: Path) -> SourceDatabase:

@@ -7,7 +7,8 @@ import dagster as dg
 import pytest
 from conftest import PROJECT, Lake, run_command
 
-from lakehouse.settings import SHARED_REQUIRED
+from lakehouse.orchestration.executors import run_executor
+from lakehouse.settings import SHARED_REQUIRED, SettingsError
 
 
 def make_instance(home: Path, deployment: str) -> subprocess.CompletedProcess:
@@ -77,6 +78,18 @@ def test_an_unknown_deployment_is_refused(tmp_path: Path) -> None:
     assert made.returncode == 2
     assert "LAKEHOUSE_DEPLOYMENT must be local or shared, not 'staging'" in made.stdout
     assert not (tmp_path / "dagster.yaml").exists()
+
+
+def test_the_executor_is_the_one_lakehouse_executor_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LAKEHOUSE_EXECUTOR", raising=False)
+    assert run_executor().name == "in_process"
+    monkeypatch.setenv("LAKEHOUSE_EXECUTOR", "celery")
+    assert run_executor().name == "celery"
+    monkeypatch.setenv("LAKEHOUSE_EXECUTOR", "threads")
+    with pytest.raises(
+        SettingsError, match=r"^LAKEHOUSE_EXECUTOR must be one of in_process, celery, not 'threads'$"
+    ):
+        run_executor()
 
 
 def test_a_shared_deployment_refuses_local_defaults(tmp_path: Path) -> None:

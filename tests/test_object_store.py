@@ -6,7 +6,6 @@ run with nothing new."""
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -16,11 +15,14 @@ from pathlib import Path
 
 import pytest
 from conftest import (
+    MATERIALIZE_ALL,
     TEST_SALT,
     Lake,
     assert_bronze_holds_each_version_once,
     assert_gold_equals_a_rebuild_in_one_piece,
     assert_marts_in_the_lake_equal_the_warehouse,
+    free_port,
+    ledgers,
     local_deployment,
     make_deployment,
     run_command,
@@ -29,18 +31,11 @@ from conftest import (
 from dagster_server import wait_for
 
 from lakehouse.bronze import tombstones
-from lakehouse.storage import delta, ledger
+from lakehouse.storage import delta
 
 pytestmark = [pytest.mark.scaleout, pytest.mark.slow]
 
 BUCKET = "lakehouse"
-MATERIALIZE_ALL = ["dagster", "asset", "materialize", "-m", "lakehouse.definitions", "--select", "*"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def answers(endpoint: str) -> bool:
@@ -92,22 +87,6 @@ def rows(lake: Lake, layer: str, name: str) -> int:
     """Rows of a table, none before its first commit (a quarantine nothing was sent to)."""
     table = delta.open_table(lake.uri(layer, name))
     return 0 if table is None else delta.row_count(table)
-
-
-def ledgers(lake: Lake) -> dict[str, int | None]:
-    """Bronze's watermark of each database table, after asserting that every landing file is in
-    bronze's ledger and silver's position is bronze's newest version."""
-    watermarks = {}
-    for contract in lake.contracts:
-        bronze = delta.load_table(lake.uri("bronze", contract.name))
-        if contract.is_database:
-            watermarks[contract.name] = ledger.read(bronze, ledger.bronze_watermark(contract.name))
-        else:
-            for file in sorted(lake.landing.glob("*.jsonl")):
-                assert ledger.ingested_file(bronze, contract.name, file.name) is not None, file.name
-        silver = delta.load_table(lake.uri("silver", contract.name))
-        assert ledger.read(silver, ledger.silver_position(contract.name)) == bronze.version(), contract.name
-    return watermarks
 
 
 @pytest.mark.parametrize("deployment", ["local", "shared"])

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import dagster as dg
-from conftest import run_command
+from conftest import MATERIALIZE_ALL, run_command
 from library import Library
 
 from lakehouse.gold.assets import attached_tables, gold_assets
@@ -33,7 +33,6 @@ print(json.dumps({
     "schedules": sorted(schedule.name for schedule in defs.schedules or []),
 }))
 """
-MATERIALIZE_ALL = ["dagster", "asset", "materialize", "-m", "lakehouse.definitions", "--select", "*"]
 OWN_TABLES = [
     f"{layer}/{name}" for layer in ("bronze", "quarantine", "silver") for name in ("loans", "members")
 ]

@@ -22,7 +22,7 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,9 @@ PID_REUSE_SLACK_SECONDS = 2.0
 # slot, for a retry), where Dagster only takes an interrupt when the wait is over: then it is
 # marked canceled and its process exits. Supervisors send SIGKILL 30 s after SIGTERM or later.
 STOP_GRACE_SECONDS = 20
+# Asked by a run's watch at every sweep: a message naming the run's steps whose worker is gone
+# (another process's or machine's, as with Celery), or None while every one of them is alive.
+LostSteps = Callable[[dg.DagsterInstance, str], str | None]
 STEP_ENDS = {
     dg.DagsterEventType.STEP_SUCCESS,
     dg.DagsterEventType.STEP_FAILURE,
@@ -115,7 +118,7 @@ def is_alive(worker: Worker, run_started: float | None) -> bool | None:
     )
 
 
-def _unfinished_steps(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+def unfinished_steps(instance: dg.DagsterInstance, run_id: str) -> list[str]:
     records = instance.get_records_for_run(
         run_id, of_type={dg.DagsterEventType.STEP_START, *STEP_ENDS}, limit=10_000
     ).records
@@ -141,7 +144,7 @@ def fail_dead_runs(instance: dg.DagsterInstance, alerts: AlertSink, log: Any) ->
         current = instance.get_run_by_id(run.run_id)
         if current is None or current.status not in IN_PROGRESS:
             continue
-        steps = _unfinished_steps(instance, run.run_id)
+        steps = unfinished_steps(instance, run.run_id)
         message = (
             f"run {run.run_id} ({run.job_name}) marked failed: its process ({worker.describe()}) is gone, "
             f"killed while running {', '.join(steps) or 'no step'}; its pool slots are freed"
@@ -190,11 +193,14 @@ def alert_sink() -> AlertSink:
 
 
 class Watch:
-    """What a run does beside its steps: fail dead runs every `sweep_seconds()`, and end the run if
-    it has not ended STOP_GRACE_SECONDS after an interrupt."""
+    """What a run does beside its steps: fail dead runs and look for its own lost steps every
+    `sweep_seconds()`, and end the run if it has not ended STOP_GRACE_SECONDS after an interrupt."""
 
-    def __init__(self, instance: dg.DagsterInstance, run: dg.DagsterRun, log: Any) -> None:
+    def __init__(
+        self, instance: dg.DagsterInstance, run: dg.DagsterRun, log: Any, lost_steps: LostSteps | None = None
+    ) -> None:
         self.instance, self.run, self.log = instance, run, log
+        self.lost_steps = lost_steps
         self.interrupted: int | None = None  # the signal's number
         self._passed_on: Any = None  # the handler each interrupt goes on to
         self._wake = threading.Event()  # an interrupt, or the run's end
@@ -237,9 +243,24 @@ class Watch:
                     self._stop_now()
                 return
             fail_dead_runs(self.instance, alert_sink(), self.log)
+            lost = self.lost_steps(self.instance, self.run.run_id) if self.lost_steps else None
+            if lost is not None:
+                self._fail_now(lost)
+
+    def _fail_now(self, message: str) -> None:
+        """Fail the run whose steps were lost with their worker: the step loop would wait for them
+        forever, holding the run queue and its pool slots."""
+        steps = unfinished_steps(self.instance, self.run.run_id)
+        self.instance.add_run_tags(self.run.run_id, {DEAD_WORKER_TAG: "true"})
+        self.instance.report_run_failed(self.run, message)
+        self.instance.event_log_storage.free_concurrency_slots_for_run(self.run.run_id)
+        self.log.error(message)
+        alert_sink().send(run_failure_alert(self.run, steps, message))
+        # The main thread waits inside the executor's step loop, where no exception reaches it.
+        os._exit(1)
 
     def _stop_now(self) -> None:
-        steps = _unfinished_steps(self.instance, self.run.run_id)
+        steps = unfinished_steps(self.instance, self.run.run_id)
         message = (
             f"run {self.run.run_id} ({self.run.job_name}) canceled: signal {self.interrupted} came "
             f"{STOP_GRACE_SECONDS} s ago while it waited (for a pool slot or a retry), with "
@@ -257,8 +278,9 @@ class SweepingExecutor(dg.Executor):
     every run makes before its first step, CLI runs included (no daemon watches those). While the
     run executes, a Watch goes on sweeping and makes an interrupt end it even while it waits."""
 
-    def __init__(self, inner: dg.Executor) -> None:
+    def __init__(self, inner: dg.Executor, lost_steps: LostSteps | None = None) -> None:
         self._inner = inner
+        self._lost_steps = lost_steps
 
     # The plan, its context and the retry settings are types Dagster does not export.
     @property
@@ -269,6 +291,12 @@ class SweepingExecutor(dg.Executor):
     def step_dependency_config(self) -> Any:
         return self._inner.step_dependency_config
 
+    def __getattr__(self, name: str) -> Any:
+        # What an executor's own step loop reads of the run's executor (Celery's `app_args`).
+        if name in ("_inner", "_lost_steps"):
+            raise AttributeError(name)
+        return getattr(self._inner, name)
+
     def execute(self, plan_context: Any, execution_plan: Any) -> Iterator[dg.DagsterEvent]:
         instance = plan_context.instance
         record_worker(instance, plan_context.run_id)
@@ -276,7 +304,7 @@ class SweepingExecutor(dg.Executor):
         pools = {step.pool for step in execution_plan.get_steps_to_execute_in_topo_order() if step.pool}
         for line in describe_pool_holders(instance, pools):
             plan_context.log.warning(line)
-        watch = Watch(instance, plan_context.dagster_run, plan_context.log)
+        watch = Watch(instance, plan_context.dagster_run, plan_context.log, self._lost_steps)
         watch.start()
         try:
             for event in self._inner.execute(plan_context, execution_plan):
@@ -286,9 +314,16 @@ class SweepingExecutor(dg.Executor):
             watch.end()
 
 
-@dg.executor(
-    name="in_process",
-    config_schema=dg.in_process_executor.config_schema,
-)
-def sweeping_in_process_executor(init_context: dg.InitExecutorContext) -> dg.Executor:
-    return SweepingExecutor(dg.in_process_executor.executor_creation_fn(init_context))
+def sweeping(definition: dg.ExecutorDefinition, lost_steps: LostSteps | None = None) -> dg.ExecutorDefinition:
+    """`definition`, its name and config kept, with each run's sweep and Watch around its steps;
+    `lost_steps` tells the Watch which steps died with a worker of their own."""
+
+    @dg.executor(
+        name=definition.name,
+        config_schema=definition.config_schema,
+        requirements=definition.get_requirements,
+    )
+    def sweeping_executor(init_context: dg.InitExecutorContext) -> dg.Executor:
+        return SweepingExecutor(definition.executor_creation_fn(init_context), lost_steps)
+
+    return sweeping_executor

@@ -1,0 +1,202 @@
+"""Steps across worker processes: `LAKEHOUSE_EXECUTOR=celery` with a Redis broker on loopback and
+two Celery workers (`make worker`), each one process wide. One run's independent steps must
+execute in both workers, none in the run's own process, and the lake must hold what the
+in-process runs give: each row version once, the ledgers at the newest input, gold equal to a
+rebuild and the marts in the lake equal to the warehouse's. A worker killed in the middle of a
+step fails its run instead of leaving it waiting, and the next run completes the lake."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from conftest import (
+    MATERIALIZE_ALL,
+    PROJECT,
+    TEST_SALT,
+    Lake,
+    assert_bronze_holds_each_version_once,
+    assert_gold_equals_a_rebuild_in_one_piece,
+    assert_marts_in_the_lake_equal_the_warehouse,
+    command_environment,
+    free_port,
+    ledgers,
+    local_deployment,
+    run_command,
+    sqlite_source,
+)
+from dagster_server import wait_for
+
+from lakehouse.orchestration.executors import step_workers
+from lakehouse.orchestration.run_health import PID_TAG
+
+pytestmark = [pytest.mark.scaleout, pytest.mark.slow]
+
+WORKERS = 2
+
+
+def pong(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as connection:
+            connection.sendall(b"PING\r\n")
+            return connection.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stops a server or worker and everything it started, by its process group."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[str]:
+    """A Redis server on a free loopback port, keeping nothing on disk, for one test: no task a
+    test leaves queued reaches another's workers. Its URL."""
+    server = shutil.which("redis-server")
+    if server is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed: .ci/run installs Debian's redis-server")
+        pytest.skip("no redis-server (Debian's redis-server; .ci/run installs it)")
+    port = free_port()
+    with (tmp_path / "redis.log").open("wb") as log:
+        process = subprocess.Popen(
+            [server, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_for("Redis", lambda: pong(port), 30, every=0.1)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        stop(process)
+
+
+def start_worker(folder: Path, settings: dict[str, str], name: str) -> subprocess.Popen:
+    """`make worker`, one process wide, in a process group of its own; returned once it takes tasks."""
+    environment = command_environment(folder, **settings)
+    environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment['PATH']}"
+    log = folder / f"{name}.log"
+    with log.open("wb") as output:
+        worker = subprocess.Popen(
+            ["make", "-s", "worker", f"WORKER_NAME={name}", "WORKER_CONCURRENCY=1"],
+            cwd=PROJECT, env=environment, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    wait_for(f"worker {name}", lambda: ready(log, worker), 120, every=0.5)
+    return worker
+
+
+def ready(log: Path, worker: subprocess.Popen) -> bool:
+    assert worker.poll() is None, log.read_text()[-3000:]
+    return " ready." in log.read_text()
+
+
+def step_processes(home: Path) -> tuple[int, dict[str, int]]:
+    """The newest run's own process id and, for each of its steps, the process it started in."""
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        run = instance.get_runs(limit=1)[0]
+        started = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_START)
+        return int(run.tags[PID_TAG]), {entry.step_key: entry.dagster_event.pid for entry in started}
+
+
+def celery_deployment(folder: Path, broker: str) -> dict[str, str]:
+    return local_deployment(
+        folder, LAKEHOUSE_PII_SALT=TEST_SALT, LAKEHOUSE_EXECUTOR="celery", LAKEHOUSE_CELERY_BROKER=broker
+    )
+
+
+def assert_the_lake_is_exact(lake: Lake, settings: dict[str, str]) -> dict[str, int | None]:
+    """What every run must leave, wherever its steps ran; returns bronze's watermarks."""
+    assert_bronze_holds_each_version_once(lake)
+    assert_gold_equals_a_rebuild_in_one_piece(lake)
+    watermarks = ledgers(lake)
+    warehouse = Path(settings["LAKEHOUSE_WAREHOUSE"])
+    assert len(assert_marts_in_the_lake_equal_the_warehouse(lake, warehouse)) == 5
+    return watermarks
+
+
+def test_one_runs_steps_execute_in_two_worker_processes_exactly_once(tmp_path: Path, broker: str) -> None:
+    settings = celery_deployment(tmp_path, broker)
+    lake = Lake(tmp_path, sqlite_source(tmp_path))
+    workers = [start_worker(tmp_path, settings, f"worker{number}") for number in range(WORKERS)]
+    try:
+        watermarks = []
+        for batch in range(2):  # the first load, then a batch of changes, deletes and new files
+            if batch:
+                advanced = run_command(["lakehouse", "demo", "advance"], tmp_path, **settings)
+                assert advanced.returncode == 0, advanced.stderr[-2000:]
+            done = run_command(MATERIALIZE_ALL, tmp_path, **settings)
+            assert done.returncode == 0, done.stderr[-3000:]
+            assert "Submitting celery task" in done.stderr
+
+            run_process, steps = step_processes(Path(settings["DAGSTER_HOME"]))
+            assert {"bronze__orders", "silver_orders", "gold__fct_orders", "dbt_models"} <= set(steps)
+            # Every step in a worker's process group (the worker and its pool process), both
+            # workers used, none in the run's own process.
+            groups = {step: os.getpgid(pid) for step, pid in steps.items()}
+            assert set(groups.values()) == {worker.pid for worker in workers}, groups
+            assert run_process not in steps.values()
+
+            watermarks.append(assert_the_lake_is_exact(lake, settings))
+        assert watermarks[1]["orders"] > watermarks[0]["orders"]
+    finally:
+        for worker in workers:
+            stop(worker)
+
+
+def test_a_worker_killed_in_a_step_fails_the_run_and_the_next_run_completes_it(
+    tmp_path: Path, broker: str
+) -> None:
+    settings = celery_deployment(tmp_path, broker)
+    lake = Lake(tmp_path, sqlite_source(tmp_path))
+    home = Path(settings["DAGSTER_HOME"])
+    workers = {name: start_worker(tmp_path, settings, name) for name in ("worker0", "worker1")}
+    run = None
+    try:
+        command = [str(Path(sys.executable).parent / "dagster"), *MATERIALIZE_ALL[1:]]
+        environment = command_environment(tmp_path, **settings)
+        with (tmp_path / "run.log").open("wb") as log:
+            run = subprocess.Popen(command, cwd=PROJECT, env=environment, stdout=log, stderr=log)
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+
+            def dbt_taken() -> tuple[str, str] | None:
+                runs = instance.get_runs(limit=1)
+                taken = step_workers(instance, runs[0].run_id) if runs else {}
+                return (runs[0].run_id, taken["dbt_models"]) if "dbt_models" in taken else None
+
+            # The longest step, so that the worker is killed in the middle of it.
+            run_id, holder = wait_for("a worker to take the dbt step", dbt_taken, 240, every=0.2)
+            name = holder.split("@")[0]
+            os.killpg(workers[name].pid, signal.SIGKILL)
+            workers[name].wait(timeout=30)
+            assert run.wait(timeout=120) != 0
+
+            failed = instance.get_run_by_id(run_id)
+            assert failed is not None and failed.status == dg.DagsterRunStatus.FAILURE
+            (failure,) = instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+            assert f"Celery worker {holder} stopped answering while running dbt_models" in failure.message
+        alerts = [json.loads(line) for line in Path(settings["LAKEHOUSE_ALERTS"]).read_text().splitlines()]
+        assert [alert["run_id"] for alert in alerts] == [run_id]
+
+        # The worker back; the next run finishes what the killed one left, each row once.
+        workers[name] = start_worker(tmp_path, settings, name)
+        done = run_command(MATERIALIZE_ALL, tmp_path, **settings)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert_the_lake_is_exact(lake, settings)
+    finally:
+        if run is not None and run.poll() is None:
+            run.kill()
+        for worker in workers.values():
+            if worker.poll() is None:
+                stop(worker)
