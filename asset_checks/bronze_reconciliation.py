@@ -9,6 +9,7 @@ import polars as pl
 
 from asset_checks.check import Check
 from asset_checks.sample import sample
+from lakehouse.bronze import landing as landing_files
 from lakehouse.bronze import tombstones
 from lakehouse.bronze.assets import LISTED_FILES
 from lakehouse.bronze.database import read_watermark, source_chunks, source_range
@@ -126,16 +127,16 @@ def _landing_lines_check(contract: Contract) -> Check:
         )
         counted: dict[str, int] = {}
         changed: dict[str, str] = {}
-        for path in sorted(landing.folder.glob(contract.source.glob)):
-            ingested = ledger.ingested_file(table, contract.name, path.name)
+        for seen in landing_files.matching_files(landing.location, contract.source.glob):
+            ingested = ledger.ingested_file(table, contract.name, seen.name)
             if ingested is None:
                 continue
-            data = path.read_bytes()
+            data = landing_files.read(landing.location, seen)
             difference = _changed_since_ingestion(ingested, data)
             if difference:
-                changed[path.name] = difference
+                changed[seen.name] = difference
             else:
-                counted[path.name] = data.rstrip(b"\n").count(b"\n") + (len(data) > 0)
+                counted[seen.name] = data.rstrip(b"\n").count(b"\n") + (len(data) > 0)
         expected = pl.DataFrame(
             {"_source_file": list(counted), "lines": list(counted.values())},
             schema={"_source_file": pl.String, "lines": pl.Int64},

@@ -37,6 +37,7 @@ from pyarrow import fs
 from lakehouse.settings import DEFAULTS
 from lakehouse.sources.contract import Contract
 from lakehouse.sources.errors import SourceError, SourceUnavailableError, is_transient, summary
+from lakehouse.storage import files
 
 T = TypeVar("T")
 logger = dg.get_dagster_logger()
@@ -50,14 +51,14 @@ class LakehouseStorage(dg.ConfigurableResource):
     @property
     def location(self) -> str:
         """The root as an absolute path or URI."""
-        return self.root.rstrip("/") if "://" in self.root else str(Path(self.root).resolve())
+        return files.location(self.root)
 
     def table_uri(self, layer: str, name: str) -> str:
         return f"{self.location}/{layer}/{name}"
 
     def tables(self) -> list[tuple[str, str]]:
         """(layer, name) of every Delta table under the root: each `<layer>/<name>` with a `_delta_log`."""
-        filesystem, root = fs.FileSystem.from_uri(self.location)
+        filesystem, root = files.filesystem(self.location)
 
         def folders(path: str) -> list[str]:
             found = filesystem.get_file_info(fs.FileSelector(path, allow_not_found=True))
@@ -72,13 +73,14 @@ class LakehouseStorage(dg.ConfigurableResource):
 
 
 class LandingZone(dg.ConfigurableResource):
-    """The folder where event files arrive."""
+    """Where event files arrive: a local folder or an object-store URI (s3://)."""
 
     path: str
 
     @property
-    def folder(self) -> Path:
-        return Path(self.path)
+    def location(self) -> str:
+        """The landing zone as an absolute path or URI."""
+        return files.location(self.path)
 
 
 # ADBC's SQLite driver infers each column's type from the first batch of rows and fails when a

@@ -229,7 +229,9 @@ def ledgers(lake: Lake) -> dict[str, int | None]:
         if contract.is_database:
             watermarks[contract.name] = ledger.read(bronze, ledger.bronze_watermark(contract.name))
         else:
-            for file in sorted(lake.landing.glob("*.jsonl")):
+            landed = sorted(lake.landing.glob(contract.source.glob))
+            assert landed, contract.source.glob
+            for file in landed:
                 assert ledger.ingested_file(bronze, contract.name, file.name) is not None, file.name
         silver = delta.load_table(lake.uri("silver", contract.name))
         assert ledger.read(silver, ledger.silver_position(contract.name)) == bronze.version(), contract.name

@@ -5,12 +5,14 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
+import pytest
 from conftest import THROUGH_SILVER, Lake
 
+from lakehouse.bronze.landing import matching_files
 from lakehouse.bronze.landing_lines import parse_file
 from lakehouse.demo.events import EVENT_TYPES
 from lakehouse.sources.contract import Contract
-from lakehouse.storage import delta
+from lakehouse.storage import delta, files
 
 EVENT_ASSETS = dg.AssetSelection.assets(["bronze", "events"], ["quarantine", "events_malformed"])
 
@@ -157,11 +159,36 @@ def test_each_field_is_kept_as_the_json_text_it_holds(tmp_path: Path) -> None:
         }
     )
 
-    [row], rejected = parse_file(plain, contract)
+    [row], rejected = parse_file(plain.name, plain.read_bytes(), contract)
     assert rejected == []
     assert row == {
         "n": "NaN", "f": "1e+16", "g": "0.1", "t": "true", "z": None, "i": "-42",
         "nested": '{"\\u00e9":"caf\\u00e9","l":[1,2.5]}', "_source_file": "plain.jsonl", "_line_number": 1,
     }  # fmt: skip
-    [row], _ = parse_file(huge, contract)
+    [row], _ = parse_file(huge.name, huge.read_bytes(), contract)
     assert (row["big"], row["low"]) == ("123456789012345678901234567890", "-9223372036854775809")
+
+
+def test_a_glob_takes_the_files_it_names_and_no_others(tmp_path: Path) -> None:
+    for name in ("events/a.jsonl", "events/b.jsonl", "events/.c.jsonl.partial", "events/old/d.jsonl",
+                 "other/e.jsonl", "f.jsonl", "deep/x/y/g.jsonl"):  # fmt: skip
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("{}\n")
+
+    def names(glob: str) -> list[str]:
+        return [seen.name for seen in matching_files(str(tmp_path), glob)]
+
+    assert names("events/*.jsonl") == ["a.jsonl", "b.jsonl"]
+    assert names("*.jsonl") == ["f.jsonl"]
+    assert names("deep/**/*.jsonl") == ["g.jsonl"]
+    assert names("missing/*.jsonl") == []
+    assert names("events/a.jsonl") == ["a.jsonl"]
+
+
+def test_an_s3_location_gets_the_region_delta_rs_uses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    # No lookup of the bucket's region at AWS (which another S3 server never answers): the
+    # tests on the S3 server reach it through the endpoint.
+    filesystem, path = files.filesystem("s3://bucket/landing/")
+    assert (filesystem.type_name, filesystem.region, path) == ("s3", "eu-west-1", "bucket/landing")

@@ -156,7 +156,7 @@ def test_a_contract_can_quarantine_lines_with_keys_it_does_not_name(tmp_path: Pa
         tmp_path, "readings_1.jsonl", [reading("r1"), reading("r2", firmware="1.2"), reading("r3", **many)]
     )
 
-    rows, rejected = parse_file(path, contract)
+    rows, rejected = parse_file(path.name, path.read_bytes(), contract)
 
     assert [(row["reading_id"], "_extra_keys" in row) for row in rows] == [("r1", False)]
     assert [(line["_line_number"], line["_error"]) for line in rejected] == [
@@ -170,7 +170,7 @@ def test_a_byte_order_mark_does_not_cost_the_first_line(tmp_path: Path) -> None:
     contract = readings_contract(tmp_path / "contracts")
     path = land(tmp_path, "readings_1.jsonl", [reading("r1"), reading("r2")], prefix=BYTE_ORDER_MARK)
 
-    rows, rejected = parse_file(path, contract)
+    rows, rejected = parse_file(path.name, path.read_bytes(), contract)
 
     assert rejected == []
     assert [(row["reading_id"], row["_line_number"]) for row in rows] == [("r1", 1), ("r2", 2)]

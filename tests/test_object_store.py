@@ -1,8 +1,8 @@
-"""The lakehouse on an object store: the demo pipeline with an `s3://` root on an S3-compatible
-server on loopback (moto), run from the command line in a local deployment and in a shared one
-whose instance is in PostgreSQL. The lake must hold what the local-disk tests assert: each row
-version once, the ledgers at the newest input, gold equal to a rebuild, and nothing written by a
-run with nothing new."""
+"""The lakehouse on an object store: the demo pipeline with an `s3://` root and `s3://` landing
+files on an S3-compatible server on loopback (moto), run from the command line in a local
+deployment and in a shared one whose instance is in PostgreSQL. The lake must hold what the
+local-disk tests assert: each row version once, every landing file ingested once, the ledgers at
+the newest input, gold equal to a rebuild, and nothing written by a run with nothing new."""
 
 import os
 import signal
@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pytest
 from conftest import (
     MATERIALIZE_ALL,
@@ -31,7 +32,9 @@ from conftest import (
 from dagster_server import wait_for
 
 from lakehouse.bronze import tombstones
-from lakehouse.storage import delta
+from lakehouse.orchestration.sensors import waiting_files
+from lakehouse.resources import LandingZone
+from lakehouse.storage import delta, files
 
 pytestmark = [pytest.mark.scaleout, pytest.mark.slow]
 
@@ -77,6 +80,20 @@ def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
         server.wait(timeout=30)
 
 
+def upload(folder: Path, uri: str) -> list[str]:
+    """Copies the landing files under `folder` that the object store at `uri` lacks; their names."""
+    filesystem, root = files.filesystem(uri)
+    listed = filesystem.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    there = {info.base_name for info in listed}
+    new = []
+    for path in sorted(folder.rglob("*.jsonl")):
+        if path.name not in there:
+            with filesystem.open_output_stream(f"{root}/{path.relative_to(folder).as_posix()}") as copy:
+                copy.write(path.read_bytes())
+            new.append(path.name)
+    return new
+
+
 def table_versions(lake: Lake) -> dict[str, int]:
     """The version of every Delta table under the lake's root, listed from the object store."""
     found = lake.storage.tables()
@@ -94,6 +111,7 @@ def test_the_demo_pipeline_runs_on_an_object_store_root(
     tmp_path: Path, object_store: dict[str, str], deployment: str, request: pytest.FixtureRequest
 ) -> None:
     root = {"LAKEHOUSE_ROOT": f"s3://{BUCKET}/{deployment}-{tmp_path.name}"}
+    landing = f"s3://{BUCKET}/{deployment}-{tmp_path.name}-landing"
     if deployment == "local":
         settings = local_deployment(tmp_path, LAKEHOUSE_PII_SALT=TEST_SALT, **root)
     else:
@@ -106,9 +124,10 @@ def test_the_demo_pipeline_runs_on_an_object_store_root(
             **root,
         )
     lake = Lake(tmp_path, sqlite_source(tmp_path), root=root["LAKEHOUSE_ROOT"])
+    events = lake.contract("events")
 
     def materialize_all() -> None:
-        done = run_command(MATERIALIZE_ALL, tmp_path, **settings)
+        done = run_command(MATERIALIZE_ALL, tmp_path, **settings, LAKEHOUSE_LANDING=landing)
         assert done.returncode == 0, done.stderr[-3000:]
         assert "Traceback" not in done.stdout + done.stderr
 
@@ -117,7 +136,11 @@ def test_the_demo_pipeline_runs_on_an_object_store_root(
         if batch:
             advanced = run_command(["lakehouse", "demo", "advance"], tmp_path, **settings)
             assert advanced.returncode == 0, advanced.stderr[-2000:]
+        # The demo writes its files to a local folder; a producer puts them on the store.
+        new = upload(lake.landing, landing)
+        assert new and waiting_files(events, LandingZone(path=landing), lake.storage) == (new, [])
         materialize_all()
+        assert waiting_files(events, LandingZone(path=landing), lake.storage) == ([], [])
         assert_bronze_holds_each_version_once(lake)
         assert_gold_equals_a_rebuild_in_one_piece(lake)
         watermarks.append(ledgers(lake))

@@ -147,7 +147,7 @@ def _landing_asset(contract: Contract) -> dg.AssetsDefinition:
         started = time.monotonic()
         result = ingest_files(
             contract,
-            landing.folder,
+            landing.location,
             lakehouse.table_uri("bronze", contract.name),
             lakehouse.table_uri("quarantine", quarantine_name),
             f"landing:{contract.source.glob}",

@@ -21,15 +21,17 @@ import json
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
+from fnmatch import fnmatchcase
+from pathlib import PurePosixPath
 
 import polars as pl
+import pyarrow.fs as pafs
 
 from lakehouse.bronze.columns import LINE_NUMBER, PARTITION_COLUMN, SOURCE_FILE, pin_types, with_audit_columns
 from lakehouse.bronze.landing_lines import parse_file, rows_frame
 from lakehouse.settings import seconds
 from lakehouse.sources.contract import Contract
-from lakehouse.storage import delta, ledger
+from lakehouse.storage import delta, files, ledger
 from lakehouse.storage.merge import merge
 
 MAX_FILES_PER_RUN = 500
@@ -58,22 +60,12 @@ class Ingestion:
     files_settling: list[str] = field(default_factory=list)
 
 
-def pending_files(contract: Contract, landing: Path, table: delta.DeltaTable | None) -> list[Path]:
-    """Landing files matching the contract's glob that bronze has not committed, oldest first."""
-    assert not contract.is_database
-    files = sorted(path for path in landing.glob(contract.source.glob) if path.is_file())
-    if table is None:
-        return files
-    return [
-        path for path in files if ledger.read(table, ledger.landing_file(contract.name, path.name)) is None
-    ]
-
-
 @dataclass(frozen=True)
 class Seen:
     """A landing file as one look at it found it."""
 
-    path: Path
+    name: str  # the file's name, its key in bronze's ledger
+    path: str  # in its file system
     size: int
     modified_ns: int
 
@@ -82,46 +74,92 @@ class Seen:
         return settle - (now_ns - self.modified_ns) / 1e9
 
 
-def look(path: Path) -> Seen | None:
+def _seen(info: pafs.FileInfo) -> Seen:
+    return Seen(info.base_name, info.path, info.size, info.mtime_ns)
+
+
+def matching_files(landing: str, glob: str) -> list[Seen]:
+    """The files under `landing` (a folder or an object-store URI) whose path below it matches
+    `glob` (`*` within one folder name, `**` across folders), in name order."""
+    filesystem, root = files.filesystem(landing)
+    # Listed from the glob's fixed folders down, not the whole landing zone.
+    parts = PurePosixPath(glob).parts
+    wild = (number for number, part in enumerate(parts) if any(sign in part for sign in "*?["))
+    fixed = min(next(wild, len(parts)), len(parts) - 1)  # a folder: the file's, at the deepest
+    start = "/".join([root, *parts[:fixed]])
+    selector = pafs.FileSelector(start, recursive=fixed < len(parts) - 1, allow_not_found=True)
+    found = []
+    for info in filesystem.get_file_info(selector):
+        below = PurePosixPath(info.path[len(root) :].lstrip("/")).parts
+        if info.type == pafs.FileType.File and _matches(below, parts):
+            found.append(_seen(info))
+    return sorted(found, key=lambda seen: seen.path)
+
+
+def _matches(path: tuple[str, ...], glob: tuple[str, ...]) -> bool:
+    """Whether the path's parts match the glob's: `*` and `?` within one part, `**` any parts."""
+    if not glob:
+        return not path
+    if glob[0] == "**":
+        return any(_matches(path[start:], glob[1:]) for start in range(len(path) + 1))
+    return bool(path) and fnmatchcase(path[0], glob[0]) and _matches(path[1:], glob[1:])
+
+
+def pending_files(contract: Contract, landing: str, table: delta.DeltaTable | None) -> list[Seen]:
+    """Landing files matching the contract's glob that bronze has not committed, oldest first."""
+    assert not contract.is_database
+    found = matching_files(landing, contract.source.glob)
+    if table is None:
+        return found
+    return [
+        seen for seen in found if ledger.read(table, ledger.landing_file(contract.name, seen.name)) is None
+    ]
+
+
+def look(landing: str, seen: Seen) -> Seen | None:
     """The file's size and modification time now; None when it is gone."""
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        return None
-    return Seen(path, stat.st_size, stat.st_mtime_ns)
+    filesystem, _ = files.filesystem(landing)
+    info = filesystem.get_file_info(seen.path)
+    return None if info.type == pafs.FileType.NotFound else _seen(info)
+
+
+def read(landing: str, seen: Seen) -> bytes:
+    filesystem, _ = files.filesystem(landing)
+    with filesystem.open_input_stream(seen.path) as stream:
+        return stream.read()
 
 
 def settle_seconds() -> float:
     return seconds("LAKEHOUSE_LANDING_SETTLE_SECONDS")
 
 
-def split_settled(files: list[Path], settle: float) -> tuple[list[Seen], list[Seen]]:
+def split_settled(found: list[Seen], settle: float) -> tuple[list[Seen], list[Seen]]:
     """The files unchanged for `settle` seconds, and those changed more recently (still being
-    written, or just arrived), each in the order given. Files gone meanwhile are in neither."""
+    written, or just arrived), each in the order given."""
     now_ns = time.time_ns()
-    seen = [found for found in map(look, files) if found is not None]
     return (
-        [found for found in seen if found.settles_in(settle, now_ns) <= 0],
-        [found for found in seen if found.settles_in(settle, now_ns) > 0],
+        [seen for seen in found if seen.settles_in(settle, now_ns) <= 0],
+        [seen for seen in found if seen.settles_in(settle, now_ns) > 0],
     )
 
 
-def complete_files(files: list[Path], settle: float) -> tuple[list[Seen], list[Path]]:
+def complete_files(landing: str, found: list[Seen], settle: float) -> tuple[list[Seen], list[Seen]]:
     """The files that are complete, in the order given, and those still settling.
 
     Files that would settle within SETTLE_WAIT_LIMIT are waited for, once: those unchanged
-    by then are complete too, the others are still being written."""
-    settled, young = split_settled(files, settle)
+    by then are complete too, the others are still being written. Files gone meanwhile are in
+    neither."""
+    settled, young = split_settled(found, settle)
     now_ns = time.time_ns()
-    soon = [found for found in young if found.settles_in(settle, now_ns) <= SETTLE_WAIT_LIMIT]
+    soon = [seen for seen in young if seen.settles_in(settle, now_ns) <= SETTLE_WAIT_LIMIT]
     if soon:
-        time.sleep(max(found.settles_in(settle, now_ns) for found in soon))
-        again, _ = split_settled([found.path for found in soon], settle)
-        settled += [found for found in again if found in soon]
-    order = {path: number for number, path in enumerate(files)}
-    complete = sorted(settled, key=lambda found: order[found.path])
-    done = {found.path for found in complete}
-    return complete, [found.path for found in young if found.path not in done]
+        time.sleep(max(seen.settles_in(settle, now_ns) for seen in soon))
+        again, _ = split_settled([now for now in (look(landing, seen) for seen in soon) if now], settle)
+        settled += [seen for seen in again if seen in soon]
+    order = {seen.path: number for number, seen in enumerate(found)}
+    complete = sorted(settled, key=lambda seen: order[seen.path])
+    done = {seen.path for seen in complete}
+    return complete, [seen for seen in young if seen.path not in done]
 
 
 def _quarantine(uri: str, rejected: pl.DataFrame) -> delta.DeltaTable | None:
@@ -133,7 +171,7 @@ def _quarantine(uri: str, rejected: pl.DataFrame) -> delta.DeltaTable | None:
 
 def ingest_files(
     contract: Contract,
-    landing: Path,
+    landing: str,
     uri: str,
     quarantine_uri: str,
     source: str,
@@ -149,7 +187,7 @@ def ingest_files(
 
 def _ingest_once(
     contract: Contract,
-    landing: Path,
+    landing: str,
     uri: str,
     quarantine_uri: str,
     source: str,
@@ -158,7 +196,7 @@ def _ingest_once(
 ) -> Ingestion:
     table = delta.open_table(uri)
     claim = ledger.Claim(uri, table)
-    waiting, settling = complete_files(pending_files(contract, landing, table), settle_seconds())
+    waiting, settling = complete_files(landing, pending_files(contract, landing, table), settle_seconds())
     extracted_at = now or datetime.now(UTC)
     # Each file's rows become columns at once: rows as Python dicts take several times the
     # memory of the frame.
@@ -167,16 +205,16 @@ def _ingest_once(
     names: list[str] = []
     entries: dict[str, int] = {}
     for seen in waiting[:MAX_FILES_PER_RUN]:
-        checksum = ledger.checksum(seen.path.read_bytes())
-        file_rows, file_rejected = parse_file(seen.path, contract)
-        if look(seen.path) != seen:  # written to while read: not complete after all
-            settling.append(seen.path)
+        data = read(landing, seen)
+        if look(landing, seen) != seen:  # written to while read: not complete after all
+            settling.append(seen)
             continue
+        file_rows, file_rejected = parse_file(seen.name, data, contract)
         frames.append(rows_frame(file_rows, contract))
         rejected.extend(file_rejected)
-        names.append(seen.path.name)
-        entries |= ledger.landing_file_entries(contract.name, seen.path.name, seen.size, checksum)
-    still = sorted(path.name for path in settling)
+        names.append(seen.name)
+        entries |= ledger.landing_file_entries(contract.name, seen.name, seen.size, ledger.checksum(data))
+    still = sorted(seen.name for seen in settling)
 
     bad = with_audit_columns(pl.DataFrame(rejected, schema=QUARANTINE_SCHEMA), source, run_id, extracted_at)
     quarantine = _quarantine(quarantine_uri, bad)

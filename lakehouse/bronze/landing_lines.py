@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from pathlib import Path
 
 import orjson
 import polars as pl
@@ -61,12 +60,13 @@ _OWN_FOLDED = {name.casefold() for name in OWN_COLUMNS}
 LISTED_KEYS = 5
 
 
-def parse_file(path: Path, contract: Contract) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
-    """Split a file into rows (the contract's fields as text, other keys per its `extra_keys`
-    rule) and rejected lines with reasons."""
+def parse_file(
+    name: str, data: bytes, contract: Contract
+) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    """Split the file `name` holding `data` into rows (the contract's fields as text, other keys
+    per its `extra_keys` rule) and rejected lines with reasons."""
     rows: list[dict[str, object]] = []
     rejected: list[dict[str, object]] = []
-    name, data = path.name, path.read_bytes()
     data = data.removeprefix(BYTE_ORDER_MARK)
     parse = _json_parser(data)
     known = frozenset(contract.columns)
@@ -77,17 +77,17 @@ def parse_file(path: Path, contract: Contract) -> tuple[list[dict[str, object]],
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as error:
-            rejected.append(_rejected(path, number, raw.decode("utf-8", "replace"), f"not UTF-8: {error}"))
+            rejected.append(_rejected(name, number, raw.decode("utf-8", "replace"), f"not UTF-8: {error}"))
             continue
         try:
             value = parse(text)
         except json.JSONDecodeError as error:
             reason = "empty line" if not text.strip() else f"not JSON: {error.msg} at column {error.colno}"
-            rejected.append(_rejected(path, number, text, reason))
+            rejected.append(_rejected(name, number, text, reason))
             continue
         if not isinstance(value, dict):
             rejected.append(
-                _rejected(path, number, text, f"not a JSON object: a JSON {type(value).__name__}")
+                _rejected(name, number, text, f"not a JSON object: a JSON {type(value).__name__}")
             )
             continue
         if value.keys() <= known:  # the usual line: every key a contract column
@@ -95,7 +95,7 @@ def parse_file(path: Path, contract: Contract) -> tuple[list[dict[str, object]],
         else:
             row, reason = _row_with_extra_keys(value, contract)
             if row is None:
-                rejected.append(_rejected(path, number, text, reason))
+                rejected.append(_rejected(name, number, text, reason))
                 continue
         row[SOURCE_FILE], row[LINE_NUMBER] = name, number
         rows.append(row)
@@ -127,8 +127,8 @@ def _row_with_extra_keys(
     return row, ""
 
 
-def _rejected(path: Path, number: int, text: str, reason: str) -> dict[str, object]:
-    return {SOURCE_FILE: path.name, LINE_NUMBER: number, "_raw_line": text, "_error": reason}
+def _rejected(name: str, number: int, text: str, reason: str) -> dict[str, object]:
+    return {SOURCE_FILE: name, LINE_NUMBER: number, "_raw_line": text, "_error": reason}
 
 
 def rows_frame(rows: list[dict[str, object]], contract: Contract) -> pl.DataFrame:

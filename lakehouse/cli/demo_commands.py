@@ -7,7 +7,8 @@ from pathlib import Path
 
 from lakehouse.cli.source_url import configured_source
 from lakehouse.demo.store import shown_url
-from lakehouse.settings import setting
+from lakehouse.settings import SettingsError, setting
+from lakehouse.storage import files
 
 
 def demo_command(args: argparse.Namespace) -> int:
@@ -15,6 +16,11 @@ def demo_command(args: argparse.Namespace) -> int:
     from lakehouse.demo.manifest import Manifest
 
     source = configured_source()
+    if files.is_remote(setting("LAKEHOUSE_LANDING")):
+        raise SettingsError(
+            f"LAKEHOUSE_LANDING is {setting('LAKEHOUSE_LANDING')}: the demo writes its event files to a "
+            "local folder (copy them to the object store yourself)"
+        )
     landing = Path(setting("LAKEHOUSE_LANDING"))
     if args.action == "init":
         if store.demo_id(source) is not None and not args.force:

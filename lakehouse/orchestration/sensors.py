@@ -28,9 +28,9 @@ def waiting_files(
     """Landing files bronze's ledger has not ingested yet, in name order: those complete, and
     those still settling (changed within the settle time), which no run is launched for yet."""
     table = delta.open_table(lakehouse.table_uri("bronze", contract.name))
-    pending = pending_files(contract, landing.folder, table)
+    pending = pending_files(contract, landing.location, table)
     settled, settling = split_settled(pending, settle_seconds())
-    return [found.path.name for found in settled], [found.path.name for found in settling]
+    return [seen.name for seen in settled], [seen.name for seen in settling]
 
 
 def landing_sensor(contract: Contract) -> dg.SensorDefinition:

@@ -36,8 +36,9 @@ from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import dagster as dg
-import pyarrow.fs as pafs
 from deltalake import DeltaTable
+
+from lakehouse.storage import files
 
 T = TypeVar("T")
 
@@ -150,7 +151,7 @@ def read(table: DeltaTable | None, key: str) -> int | None:
 def keys_written(uri: str, after: int, until: int) -> set[str]:
     """Ids of the entries committed in versions after `after` up to `until`, read from the log
     itself (Delta has no API listing a table's transactions)."""
-    filesystem, root = pafs.FileSystem.from_uri(uri)
+    filesystem, root = files.filesystem(uri)
     written: set[str] = set()
     for number in range(after + 1, until + 1):
         with filesystem.open_input_stream(f"{root}/_delta_log/{number:020d}.json") as log:

@@ -21,6 +21,8 @@ from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError, TableNotFoundError
 from pyarrow import fs
 
+from lakehouse.storage import files
+
 LOG = "_delta_log"
 # Inside the log folder, where Delta lists no commits; a set-aside file also keeps a suffix
 # that matches no Delta file pattern.
@@ -138,7 +140,7 @@ def _checkpoint_problems(filesystem: fs.FileSystem, root: str, names: set[str]) 
 def inspect(uri: str) -> LogState:
     """Read every file of the table's log: commits that do not parse, versions missing after the
     newest checkpoint, checkpoints that cannot be read."""
-    filesystem, root = fs.FileSystem.from_uri(uri)
+    filesystem, root = files.filesystem(uri)
     found = filesystem.get_file_info(fs.FileSelector(f"{root}/{LOG}", allow_not_found=True))
     names = {info.base_name for info in found if info.type == fs.FileType.File}
     commits = sorted(int(name[:20]) for name in names if COMMIT.fullmatch(name))
@@ -235,7 +237,7 @@ def repair(uri: str, consumer: tuple[str, int] | None = None) -> Repaired:
             f"included: restore {consumer[0]} first to a version that consumed at most "
             f"{torn.version - 1} (see `lakehouse table history {consumer[0]}`)"
         )
-    filesystem, root = fs.FileSystem.from_uri(uri)
+    filesystem, root = files.filesystem(uri)
     filesystem.create_dir(f"{root}/{SET_ASIDE}")
     aside = _aside_path(filesystem, root, torn.file.rsplit("/", 1)[1])
     filesystem.move(f"{root}/{torn.file}", f"{root}/{aside}")
