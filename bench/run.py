@@ -36,7 +36,7 @@ from bench.measure import Measured, measure
 from bench.step_times import step_times
 from lakehouse.definitions import defs
 from lakehouse.demo.manifest import Manifest
-from lakehouse.marts.assets import DBT_EXECUTABLE, dbt_models
+from lakehouse.marts.assets import DBT_EXECUTABLE
 from lakehouse.resources import LakehouseStorage
 from lakehouse.storage import delta
 
@@ -179,7 +179,8 @@ def step_parts() -> dict[str, str]:
     """Each step's part of the pipeline: the layer its assets belong to, the dbt build, or checks."""
     parts = {checks.node_def.name: "checks" for checks in defs.asset_checks}
     for assets in defs.assets:
-        parts[assets.node_def.name] = "dbt" if assets is dbt_models else next(iter(assets.specs)).group_name
+        spec = next(iter(assets.specs))
+        parts[assets.node_def.name] = "dbt" if "dbt" in spec.kinds else spec.group_name
     return parts
 
 

@@ -39,7 +39,7 @@ from lakehouse.orchestration.run_health import PID_TAG
 
 pytestmark = [pytest.mark.scaleout, pytest.mark.slow]
 
-WORKERS = 2
+WORKERS = ("worker0", "worker1")
 
 
 def pong(port: int) -> bool:
@@ -83,18 +83,22 @@ def broker(tmp_path: Path) -> Iterator[str]:
         stop(process)
 
 
-def start_worker(folder: Path, settings: dict[str, str], name: str) -> subprocess.Popen:
-    """`make worker`, one process wide, in a process group of its own; returned once it takes tasks."""
+def start_workers(folder: Path, settings: dict[str, str], *names: str) -> dict[str, subprocess.Popen]:
+    """`make worker` for each name, one process wide, each in a process group of its own;
+    returned once every one takes tasks."""
     environment = command_environment(folder, **settings)
     environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment['PATH']}"
-    log = folder / f"{name}.log"
-    with log.open("wb") as output:
-        worker = subprocess.Popen(
-            ["make", "-s", "worker", f"WORKER_NAME={name}", "WORKER_CONCURRENCY=1"],
-            cwd=PROJECT, env=environment, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    wait_for(f"worker {name}", lambda: ready(log, worker), 120, every=0.5)
-    return worker
+    workers = {}
+    for name in names:
+        with (folder / f"{name}.log").open("wb") as output:
+            workers[name] = subprocess.Popen(
+                ["make", "-s", "worker", f"WORKER_NAME={name}", "WORKER_CONCURRENCY=1"],
+                cwd=PROJECT, env=environment, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+    for name, worker in workers.items():
+        log = folder / f"{name}.log"
+        wait_for(f"worker {name}", lambda log=log, worker=worker: ready(log, worker), 120, every=0.5)
+    return workers
 
 
 def ready(log: Path, worker: subprocess.Popen) -> bool:
@@ -129,7 +133,7 @@ def assert_the_lake_is_exact(lake: Lake, settings: dict[str, str]) -> dict[str, 
 def test_one_runs_steps_execute_in_two_worker_processes_exactly_once(tmp_path: Path, broker: str) -> None:
     settings = celery_deployment(tmp_path, broker)
     lake = Lake(tmp_path, sqlite_source(tmp_path))
-    workers = [start_worker(tmp_path, settings, f"worker{number}") for number in range(WORKERS)]
+    workers = list(start_workers(tmp_path, settings, *WORKERS).values())
     try:
         watermarks = []
         for batch in range(2):  # the first load, then a batch of changes, deletes and new files
@@ -161,7 +165,7 @@ def test_a_worker_killed_in_a_step_fails_the_run_and_the_next_run_completes_it(
     settings = celery_deployment(tmp_path, broker)
     lake = Lake(tmp_path, sqlite_source(tmp_path))
     home = Path(settings["DAGSTER_HOME"])
-    workers = {name: start_worker(tmp_path, settings, name) for name in ("worker0", "worker1")}
+    workers = start_workers(tmp_path, settings, *WORKERS)
     run = None
     try:
         command = [str(Path(sys.executable).parent / "dagster"), *MATERIALIZE_ALL[1:]]
@@ -190,7 +194,7 @@ def test_a_worker_killed_in_a_step_fails_the_run_and_the_next_run_completes_it(
         assert [alert["run_id"] for alert in alerts] == [run_id]
 
         # The worker back; the next run finishes what the killed one left, each row once.
-        workers[name] = start_worker(tmp_path, settings, name)
+        workers |= start_workers(tmp_path, settings, name)
         done = run_command(MATERIALIZE_ALL, tmp_path, **settings)
         assert done.returncode == 0, done.stderr[-3000:]
         assert_the_lake_is_exact(lake, settings)
