@@ -8,7 +8,6 @@ import json
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import uuid
@@ -236,12 +235,6 @@ def ledgers(lake: Lake) -> dict[str, int | None]:
         silver = delta.load_table(lake.uri("silver", contract.name))
         assert ledger.read(silver, ledger.silver_position(contract.name)) == bronze.version(), contract.name
     return watermarks
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def sqlite_source(folder: Path) -> SourceDatabase:

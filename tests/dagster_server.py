@@ -35,6 +35,23 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM to the process group `process` leads (started with `start_new_session`), then
+    SIGKILL to whatever is left after STOP_SECONDS."""
+    group = process.pid  # the session leader: its pid is the group's id
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGTERM)
+    # Servers, daemons and workers shut their children down on their own; wait for all of them,
+    # not only the leader, then kill whatever is left.
+    deadline = time.monotonic() + STOP_SECONDS
+    while _group_alive(group) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if _group_alive(group):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+    process.wait(timeout=STOP_SECONDS)
+
+
 def wait_for(what: str, check: Callable[[], T | None], timeout: float, every: float = 1.0) -> T:
     """Poll `check` until it returns something truthy (a run, a non-empty list); fail after `timeout`."""
     deadline = time.monotonic() + timeout
@@ -101,21 +118,9 @@ class DagsterServer:
             return False
 
     def stop(self) -> None:
-        """SIGTERM to the whole group, then SIGKILL to whatever is left after STOP_SECONDS."""
         if self.process is None:
             return
-        group = self.process.pid  # the session leader: its pid is the group's id
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(group, signal.SIGTERM)
-        # The webserver, daemon, code servers and run workers shut down on their own; wait for
-        # all of them, not only the parent, then kill whatever is left.
-        deadline = time.monotonic() + STOP_SECONDS
-        while _group_alive(group) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        if _group_alive(group):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(group, signal.SIGKILL)
-        self.process.wait(timeout=STOP_SECONDS)
+        stop_group(self.process)
         self.process = None
 
     def tail(self, characters: int = 6000) -> str:

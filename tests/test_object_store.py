@@ -4,8 +4,6 @@ deployment and in a shared one whose instance is in PostgreSQL. The lake must ho
 local-disk tests assert: each row version once, every landing file ingested once, the ledgers at
 the newest input, gold equal to a rebuild, and nothing written by a run with nothing new."""
 
-import os
-import signal
 import subprocess
 import sys
 import urllib.error
@@ -22,14 +20,13 @@ from conftest import (
     assert_bronze_holds_each_version_once,
     assert_gold_equals_a_rebuild_in_one_piece,
     assert_marts_in_the_lake_equal_the_warehouse,
-    free_port,
     ledgers,
     local_deployment,
     make_deployment,
     run_command,
     sqlite_source,
 )
-from dagster_server import wait_for
+from dagster_server import free_port, stop_group, wait_for
 
 from lakehouse.bronze import tombstones
 from lakehouse.orchestration.sensors import waiting_files
@@ -76,8 +73,7 @@ def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
                 patch.setenv(name, value)
             yield environment
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        stop_group(server)
 
 
 def upload(folder: Path, uri: str) -> list[str]:

@@ -26,13 +26,12 @@ from conftest import (
     assert_gold_equals_a_rebuild_in_one_piece,
     assert_marts_in_the_lake_equal_the_warehouse,
     command_environment,
-    free_port,
     ledgers,
     local_deployment,
     run_command,
     sqlite_source,
 )
-from dagster_server import wait_for
+from dagster_server import free_port, stop_group, wait_for
 
 from lakehouse.orchestration.executors import step_workers
 from lakehouse.orchestration.run_health import PID_TAG
@@ -49,16 +48,6 @@ def pong(port: int) -> bool:
             return connection.recv(16).startswith(b"+PONG")
     except OSError:
         return False
-
-
-def stop(process: subprocess.Popen) -> None:
-    """Stops a server or worker and everything it started, by its process group."""
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
 
 
 @pytest.fixture
@@ -80,7 +69,7 @@ def broker(tmp_path: Path) -> Iterator[str]:
         wait_for("Redis", lambda: pong(port), 30, every=0.1)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        stop(process)
+        stop_group(process)
 
 
 def start_workers(folder: Path, settings: dict[str, str], *names: str) -> dict[str, subprocess.Popen]:
@@ -156,7 +145,7 @@ def test_one_runs_steps_execute_in_two_worker_processes_exactly_once(tmp_path: P
         assert watermarks[1]["orders"] > watermarks[0]["orders"]
     finally:
         for worker in workers:
-            stop(worker)
+            stop_group(worker)
 
 
 def test_a_worker_killed_in_a_step_fails_the_run_and_the_next_run_completes_it(
@@ -203,4 +192,4 @@ def test_a_worker_killed_in_a_step_fails_the_run_and_the_next_run_completes_it(
             run.kill()
         for worker in workers.values():
             if worker.poll() is None:
-                stop(worker)
+                stop_group(worker)
