@@ -24,13 +24,14 @@ export LAKEHOUSE_CELERY_BROKER ?= redis://127.0.0.1:6379/0
 WORKER_NAME ?= worker
 WORKER_CONCURRENCY ?= 2
 
-.PHONY: help install instance run test test-fast lint dev worker bench bench-curve clean
+.PHONY: help install instance run test test-fast lint dev metrics worker bench bench-curve clean
 
 help:
 	@echo "make run    install, build the demo source if absent, advance it one batch, materialise everything, print a summary"
 	@echo "make test   install and run the whole test suite (what .ci/run calls)"
 	@echo "make test-fast  the tests of every module's logic on small data, for the edit loop (no slow ones)"
 	@echo "make dev    the Dagster UI and daemon on http://$(HOST):$(PORT)"
+	@echo "make metrics  the pipeline's health for Prometheus on http://127.0.0.1:9464/metrics"
 	@echo "make worker [WORKER_NAME=..] [WORKER_CONCURRENCY=2]  a Celery worker for LAKEHOUSE_EXECUTOR=celery"
 	@echo "make bench  [SCALE=1] [REPEAT=3] the pipeline against the floor and a dbt alternative"
 	@echo "make bench-curve  time and memory at scales 0.1, 1 and 3 (one repetition each)"
@@ -99,8 +100,14 @@ bench: install
 bench-curve: install
 	@for scale in $(CURVE); do $(BIN)/python -m bench.run --scale $$scale --repeat 1 || exit $$?; done
 
+# LAKEHOUSE_LOG_FORMAT=json turns the webserver's and the daemon's lines into JSON as well.
 dev: install
-	$(BIN)/dagster dev -w workspace.yaml --host $(HOST) --port $(PORT)
+	$(BIN)/dagster dev -w workspace.yaml --host $(HOST) --port $(PORT) \
+	  $(if $(filter json,$(LAKEHOUSE_LOG_FORMAT)),--log-format json)
+
+# The metrics read the instance the daemon writes (DAGSTER_HOME) and the lake (docs/operations.md).
+metrics: install
+	$(BIN)/lakehouse metrics serve
 
 # One Celery worker in the foreground, for runs with LAKEHOUSE_EXECUTOR=celery: start one on
 # each worker machine, with the runs' settings (docs/operations.md). dagster-celery starts

@@ -86,14 +86,14 @@ def _checked_against(
     return f"code {code_digest()}; {tables}"
 
 
-def _last_evaluation(
-    context: dg.AssetCheckExecutionContext, key: dg.AssetCheckKey
+def last_evaluation(
+    instance: dg.DagsterInstance, key: dg.AssetCheckKey
 ) -> tuple[str, dg.AssetCheckEvaluation] | None:
     """The check's newest finished evaluation and the run it came from.
 
     Newer runs may have planned the check without evaluating it: this one has, and so has a run
     that failed before its checks. Their records hold no evaluation and are passed over."""
-    storage = context.instance.event_log_storage
+    storage = instance.event_log_storage
     cursor = None
     while records := storage.get_asset_check_execution_history(key, limit=HISTORY_PAGE, cursor=cursor):
         for record in records:
@@ -104,6 +104,25 @@ def _last_evaluation(
     return None
 
 
+def last_evaluations(
+    instance: dg.DagsterInstance, keys: Iterable[dg.AssetCheckKey]
+) -> dict[dg.AssetCheckKey, dg.AssetCheckEvaluation]:
+    """`last_evaluation` of many checks: one query for all, and one more per check whose newest
+    record holds no evaluation."""
+    keys = list(keys)
+    latest = instance.event_log_storage.get_latest_asset_check_execution_by_key(keys)
+    found = {}
+    for key in keys:
+        record = latest.get(key)
+        evaluation = record.event.asset_check_evaluation if record and record.event else None
+        if evaluation is None and record is not None:
+            last = last_evaluation(instance, key)
+            evaluation = last[1] if last else None
+        if evaluation is not None:
+            found[key] = evaluation
+    return found
+
+
 def _result(
     context: dg.AssetCheckExecutionContext, check: Check, snapshots: dict[tuple[str, str], str]
 ) -> dg.AssetCheckResult:
@@ -111,7 +130,7 @@ def _result(
         return check.evaluate(context)
     reuse = setting("LAKEHOUSE_REUSE_CHECK_PASSES").lower() != "false"
     against = _checked_against(context.resources.lakehouse, check.reads, snapshots)
-    last = _last_evaluation(context, check.key) if reuse else None
+    last = last_evaluation(context.instance, check.key) if reuse else None
     run_id, evaluation = last if last else (None, None)
     recorded = evaluation.metadata.get(CHECKED_AGAINST) if evaluation else None
     if evaluation and evaluation.passed and recorded and recorded.value == against:

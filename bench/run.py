@@ -10,7 +10,9 @@ an empty lakehouse, then measures in order:
 - incremental (1 batch): one `demo advance` batch, then the same command;
 - alternative (incremental): the dbt model again over the grown bronze;
 - no-op: the same command with no change;
-- incremental (5 batches): five batches, then the same command.
+- incremental (5 batches): five batches, then the same command;
+- metrics scrape: what `lakehouse metrics serve` computes for one scrape of the lake and its
+  instance as they stand after these runs (the median of three).
 
 Medians over the repetitions go to stdout as markdown and to bench/results/ as JSON: every
 case, each run's wall time split by the part of the pipeline its steps belong to, and each
@@ -31,13 +33,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
+from prometheus_client import CollectorRegistry, generate_latest
 
 from bench.measure import Measured, measure
 from bench.step_times import step_times
-from lakehouse.definitions import defs
+from lakehouse.definitions import check_keys, contracts, defs
 from lakehouse.demo.manifest import Manifest
 from lakehouse.marts.assets import DBT_EXECUTABLE
-from lakehouse.resources import LakehouseStorage
+from lakehouse.monitoring.metrics import health_collector
+from lakehouse.resources import LakehouseStorage, LandingZone, SourceDatabase
 from lakehouse.storage import delta
 
 BENCH = Path(__file__).resolve().parent
@@ -120,6 +124,28 @@ def _steps(folder: Path) -> dict[str, float]:
     return dict(durations)
 
 
+def scrape_seconds(folder: Path) -> float:
+    """Seconds one scrape of the metrics takes, rendered as Prometheus reads it: the median of three."""
+    registry = CollectorRegistry(auto_describe=False)
+    with dg.DagsterInstance.from_config(str(folder / "dagster")) as instance:
+        registry.register(
+            health_collector(
+                instance,
+                contracts,
+                check_keys,
+                LakehouseStorage(root=str(folder / "lakehouse")),
+                LandingZone(path=str(folder / "landing")),
+                SourceDatabase(url=f"sqlite:///{folder / 'source' / 'shop.db'}"),
+            )
+        )
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            generate_latest(registry)
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
 def repetition(scale: float) -> dict:
     pristine = pristine_source(scale)
     folder = pristine.parent / "run"
@@ -152,6 +178,7 @@ def repetition(scale: float) -> dict:
         PROJECT,
     )
     result["definitions_load"] = {"seconds": _checked(load, "definitions validate").seconds}
+    result["metrics_scrape"] = {"seconds": scrape_seconds(folder)}
     return result
 
 
@@ -216,6 +243,11 @@ def targets(summary: dict, peak_rss: float) -> list[tuple[str, str, bool]]:
             f"{summary['definitions_load_seconds']:.1f} s",
             summary["definitions_load_seconds"] <= 3,
         ),
+        (
+            "metrics scrape <= 1 s",
+            f"{summary['metrics_scrape_seconds']:.2f} s",
+            summary["metrics_scrape_seconds"] <= 1,
+        ),
     ]
 
 
@@ -235,6 +267,7 @@ def report(scale: float, runs: list[dict]) -> tuple[str, dict]:
         case: _median(runs, case, "steps", silver_orders) for case in ("full", "incremental_1")
     }
     summary["definitions_load_seconds"] = _median(runs, "definitions_load", "seconds")
+    summary["metrics_scrape_seconds"] = _median(runs, "metrics_scrape", "seconds")
     summary["footprint"] = runs[-1]["footprint"]
     steps = sorted(runs[0]["full"]["steps"], key=lambda step: -runs[0]["full"]["steps"][step])
     summary["steps"] = {
@@ -275,6 +308,7 @@ def report(scale: float, runs: list[dict]) -> tuple[str, dict]:
         f"| our silver/orders step: full / 1 batch | {summary['silver_orders_step']['full']:.2f} / "
         f"{summary['silver_orders_step']['incremental_1']:.2f} | |",
         f"| definitions load (`definitions validate`) | {summary['definitions_load_seconds']:.1f} | |",
+        f"| metrics scrape (`lakehouse metrics serve`) | {summary['metrics_scrape_seconds']:.2f} | |",
         "",
         "| ratio | value |",
         "| --- | ---: |",

@@ -8,6 +8,7 @@ from asset_checks import all_checks
 from lakehouse.bronze.assets import bronze_assets
 from lakehouse.gold.assets import gold_assets
 from lakehouse.marts.assets import DBT_EXECUTABLE, DbtCli, attached_models, dbt_project
+from lakehouse.monitoring.logs import run_loggers
 from lakehouse.orchestration.executors import run_executor
 from lakehouse.orchestration.jobs import ingest_job, schedules, transform_job
 from lakehouse.orchestration.maintenance import maintenance_job
@@ -31,13 +32,17 @@ contracts = load_contracts(Path(setting("LAKEHOUSE_CONTRACTS")))
 # The shop's business layer (gold tables, then the dbt models over them) attaches only where
 # the contracts feed it: a user's own contract set gives exactly its bronze and silver assets.
 tables = [*bronze_assets(contracts), *silver_assets(contracts), *gold_assets(contracts)]
+assets = with_owners([*tables, *attached_models({key for assets in tables for key in assets.keys})])
+checks = all_checks(contracts)
+# Every check's key, the dbt models' tests among them: what the health alerts and metrics watch.
+check_keys = [spec.key for definition in [*assets, *checks] for spec in definition.check_specs]
 
 defs = dg.Definitions(
-    assets=with_owners([*tables, *attached_models({key for assets in tables for key in assets.keys})]),
-    asset_checks=all_checks(contracts),
+    assets=assets,
+    asset_checks=checks,
     jobs=[ingest_job, transform_job, maintenance_job(contracts)],
     schedules=schedules(),
-    sensors=sensors(contracts),
+    sensors=sensors(contracts, check_keys),
     resources={
         "source": SourceDatabase(url=resource_value("LAKEHOUSE_SOURCE_URL")),
         "lakehouse": LakehouseStorage(root=resource_value("LAKEHOUSE_ROOT")),
@@ -51,4 +56,5 @@ defs = dg.Definitions(
         "dbt": DbtCli(project_dir=dbt_project, dbt_executable=DBT_EXECUTABLE),
     },
     executor=run_executor(),
+    loggers=run_loggers(),
 )

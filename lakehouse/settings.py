@@ -51,6 +51,13 @@ DEFAULTS = {
     # Past this much WAL kept by a change-captured table's slot (1 GiB), its check fails and alerts.
     "LAKEHOUSE_CDC_MAX_SLOT_LAG_BYTES": str(2**30),
     "LAKEHOUSE_PII_SALT": "lakehouse-development-salt-do-not-use-in-production",
+    # Pipeline health (docs/operations.md): the metrics endpoint, how often the daemon looks for
+    # breaches to alert, how long a landing file may wait, and the log lines' form (text or json).
+    "LAKEHOUSE_METRICS_HOST": "127.0.0.1",
+    "LAKEHOUSE_METRICS_PORT": "9464",
+    "LAKEHOUSE_HEALTH_POLL_SECONDS": "60",
+    "LAKEHOUSE_LANDING_MAX_WAIT_SECONDS": "3600",
+    "LAKEHOUSE_LOG_FORMAT": "text",
 }
 
 

@@ -194,15 +194,17 @@ def test_gold_and_dbt_follow_their_upstreams_and_silver_is_fresh_per_contract(la
         )
 
 
-def test_only_the_failure_alert_and_the_dead_run_sweep_start_running() -> None:
+def test_only_the_alerts_and_the_dead_run_sweep_start_running() -> None:
     statuses = {sensor.name: sensor.default_status for sensor in defs.get_repository_def().sensor_defs}
     running = dg.DefaultSensorStatus.RUNNING
     assert {name for name, status in statuses.items() if status == running} == {
         "alert_on_run_failure",
+        "alert_on_health",
         "fail_dead_runs",
     }
     assert set(statuses) == {
         "alert_on_run_failure",
+        "alert_on_health",
         "fail_dead_runs",
         "events_landing_files",
         "default_automation_condition_sensor",

@@ -31,7 +31,9 @@ from asset_checks import all_checks
 from lakehouse.bronze import cdc, cdc_slot, cdc_writer, pgoutput, tombstones
 from lakehouse.bronze.assets import bronze_assets
 from lakehouse.bronze.columns import DELETE, INSERT, LSN, OP, UPDATE
-from lakehouse.resources import AlertSink, Clock, LakehouseStorage, PiiHasher, SourceDatabase
+from lakehouse.monitoring.health import observe
+from lakehouse.monitoring.metrics import families
+from lakehouse.resources import AlertSink, Clock, LakehouseStorage, LandingZone, PiiHasher, SourceDatabase
 from lakehouse.silver.assets import silver_assets
 from lakehouse.sources.contract import Contract
 from lakehouse.storage import delta, ledger
@@ -573,6 +575,16 @@ def test_the_asset_reports_the_capture_and_the_slot_lag_check_alerts(
     assert not lag.passed and lag.severity == dg.AssetCheckSeverity.ERROR
     assert lag.metadata["slot_lag_bytes"].value > 0
     assert '"kind": "slot_lag"' in alerts.read_text()
+    # The metrics report the same slot, keeping at least that much (nothing advanced it since).
+    landing = LandingZone(path=str(library.folder / "landing"))
+    health = observe(
+        instance, contracts, [], resources["lakehouse"], landing, library.source, datetime.now(UTC)
+    )
+    (reported,) = [
+        family for family in families(health, 3600, 0) if family.name == "lakehouse_cdc_slot_lag_bytes"
+    ]
+    (sample,) = reported.samples
+    assert sample.labels == {"table": "loans"} and sample.value >= lag.metadata["slot_lag_bytes"].value
 
 
 def test_release_drops_the_lakehouse_slot_and_publication_and_nothing_else(library: Library) -> None:

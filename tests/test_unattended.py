@@ -56,9 +56,11 @@ class Deployment:
     environment: dict[str, str]
 
     @property
-    def alerts(self) -> list[dict]:
+    def failure_alerts(self) -> list[dict]:
+        """The failed-run alerts sent (the daemon's health sensor sends the demo's breaches too)."""
         log = self.folder / "alerts.jsonl"
-        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        alerts = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        return [alert for alert in alerts if alert["kind"] == "run_failure"]
 
     def instance(self) -> dg.DagsterInstance:
         return dg.DagsterInstance.from_config(str(self.home))
@@ -210,7 +212,7 @@ def test_a_run_killed_in_dbt_is_failed_freed_and_alerted_by_the_next_cli_run(
         assert slot_holders(instance) == set()
         [second] = [run for run in instance.get_runs() if run.run_id != killed_in_dbt]
         assert second.status == dg.DagsterRunStatus.SUCCESS
-    [alert] = deployment.alerts
+    [alert] = deployment.failure_alerts
     assert (alert["kind"], alert["run_id"], alert["failed_steps"]) == (
         "run_failure",
         killed_in_dbt,
@@ -301,7 +303,7 @@ def test_a_run_waiting_for_a_pool_whose_holder_dies_goes_on_by_itself(
         dead = instance.get_run_by_id(holding)
         assert dead.status == dg.DagsterRunStatus.FAILURE and dead.tags.get(DEAD_WORKER_TAG)
         assert slot_holders(instance) == set()
-    assert [alert["run_id"] for alert in deployment.alerts] == [holding]
+    assert [alert["run_id"] for alert in deployment.failure_alerts] == [holding]
 
 
 @contextmanager
@@ -368,7 +370,7 @@ def test_the_daemon_fails_a_killed_cli_run_and_launches_the_queued_one(
         finally:
             kill_group(process)
     # One alert for the dead run: the failure sensor leaves it to the sweep that failed it.
-    assert [alert["run_id"] for alert in deployment.alerts] == [killed]
+    assert [alert["run_id"] for alert in deployment.failure_alerts] == [killed]
 
 
 def finished(instance: dg.DagsterInstance, run_ids: list[str]) -> list[dg.RunRecord] | None:

@@ -1,6 +1,6 @@
 """The `lakehouse` command: build and advance the demo source, summarise the tables, report
-their quality, inspect or roll back a table's versions, and release a change-captured table's
-replication slot."""
+their quality, inspect or roll back a table's versions, release a change-captured table's
+replication slot, and serve the pipeline's health metrics."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 from datetime import UTC, datetime
 
 from lakehouse.cli.demo_commands import demo_command
+from lakehouse.cli.metrics_commands import metrics_serve
 from lakehouse.cli.quality_commands import quality_report_command
 from lakehouse.cli.source_commands import contract_scaffold, source_release
 from lakehouse.cli.source_url import SourceUrlError
@@ -147,6 +148,18 @@ def _parser() -> argparse.ArgumentParser:
         "and nothing else (its next run starts again from a snapshot)",
     )
     release.add_argument("contract", help="the contract's name, e.g. orders")
+    metrics = commands.add_parser("metrics", help="the pipeline's health for Prometheus").add_subparsers(
+        dest="action", required=True
+    )
+    served = metrics.add_parser(
+        "serve", help="serve OpenMetrics at http://HOST:PORT/metrics, computed at each scrape from metadata"
+    )
+    served.add_argument(
+        "--host", help="the address to listen on, default: LAKEHOUSE_METRICS_HOST (127.0.0.1)"
+    )
+    served.add_argument(
+        "--port", type=_at_least_one, help="port to listen on, default: LAKEHOUSE_METRICS_PORT (9464)"
+    )
     contract = commands.add_parser("contract", help="dataset contracts").add_subparsers(
         dest="action", required=True
     )
@@ -176,6 +189,8 @@ def _run(args: argparse.Namespace) -> int:
         return demo_command(args)
     if args.command == "source":
         return source_release(args)
+    if args.command == "metrics":
+        return metrics_serve(args)
     if args.command == "quality":
         return quality_report_command(args)
     if args.command == "table":

@@ -15,6 +15,7 @@ on its own. Turn them on in the UI (Automation) or with `dagster schedule start`
 
 import dagster as dg
 
+from lakehouse.monitoring.logs import run_config
 from lakehouse.orchestration.maintenance import JOB_NAME as MAINTENANCE
 from lakehouse.settings import SettingsError, setting
 
@@ -25,9 +26,13 @@ ingest_job = dg.define_asset_job(
     "ingest",
     selection=INGEST,
     description="Extract the source tables and landing files into bronze and silver.",
+    config=run_config(),
 )
 transform_job = dg.define_asset_job(
-    "transform", selection=TRANSFORM, description="Rebuild the touched gold periods, then the dbt marts."
+    "transform",
+    selection=TRANSFORM,
+    description="Rebuild the touched gold periods, then the dbt marts.",
+    config=run_config(),
 )
 
 

@@ -17,6 +17,7 @@ import dagster as dg
 from deltalake import CommitProperties, DeltaTable
 from deltalake.exceptions import CommitFailedError
 
+from lakehouse.monitoring.logs import run_config
 from lakehouse.resources import LakehouseStorage
 from lakehouse.silver.changes import live_versions
 from lakehouse.sources.contract import Contract
@@ -156,6 +157,7 @@ def maintenance_job(contracts: list[Contract]) -> dg.JobDefinition:
         name=JOB_NAME,
         description="Compact small files (z-ordered where the contract asks), checkpoint the logs and "
         "vacuum files older than the retention, in every Delta table of the lakehouse.",
+        config=run_config(),
     )
     def maintenance() -> None:
         maintain_tables()

@@ -1,5 +1,6 @@
-"""Sensors: new landing files launch their ingestion; a failed run raises an alert; a run
-whose process died is failed.
+"""Sensors: new landing files launch their ingestion; a failed run raises an alert; so does a
+breach of the pipeline's health (a stale table, a failed check, a slow run, landing files left
+waiting); a run whose process died is failed.
 
 The landing sensors start STOPPED like the schedules (turn them on in the UI or with
 `dagster sensor start`); the alert and dead-run sensors start RUNNING, since a failure nobody
@@ -8,16 +9,20 @@ hears of, or a dead run that holds the queue, is the one thing a deployment must
 
 import json
 import math
+from datetime import UTC, datetime
 from hashlib import sha256
 
 import dagster as dg
 
 from lakehouse.bronze.assets import LISTED_FILES
 from lakehouse.bronze.landing import pending_files, settle_seconds, split_settled
+from lakehouse.monitoring.breaches import breaches, changes
+from lakehouse.monitoring.health import landing_wait_limit, observe
+from lakehouse.monitoring.logs import run_config
 from lakehouse.orchestration import run_health
 from lakehouse.orchestration.alerts import run_failure_alert
-from lakehouse.resources import AlertSink, LakehouseStorage, LandingZone
-from lakehouse.settings import setting
+from lakehouse.resources import AlertSink, Clock, LakehouseStorage, LandingZone, SourceDatabase
+from lakehouse.settings import seconds, setting
 from lakehouse.sources.contract import Contract
 from lakehouse.storage import delta
 
@@ -54,6 +59,7 @@ def landing_sensor(contract: Contract) -> dg.SensorDefinition:
         f"ingest_{dataset}",
         selection=dg.AssetSelection.assets(*keys),
         description=f"Ingest new {dataset} files into bronze and silver (launched by the landing sensor).",
+        config=run_config(),
     )
 
     @dg.sensor(
@@ -124,6 +130,37 @@ def dead_run_sensor() -> dg.SensorDefinition:
     return fail_dead_runs
 
 
-def sensors(contracts: list[Contract]) -> list[dg.SensorDefinition]:
+def health_sensor(contracts: list[Contract], check_keys: list[dg.AssetCheckKey]) -> dg.SensorDefinition:
+    """The health alerts: each breach of a rule in `lakehouse.monitoring.breaches` alerted once
+    when it starts and once when it ends. The cursor holds the breaches alerted and open."""
+
+    @dg.sensor(
+        name="alert_on_health",
+        minimum_interval_seconds=math.ceil(seconds("LAKEHOUSE_HEALTH_POLL_SECONDS")),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Alerts a table past its freshness SLA, a failed check, a run three times slower than "
+        "usual and landing files left waiting, once when each starts and once when it ends.",
+    )
+    def alert_on_health(
+        context: dg.SensorEvaluationContext,
+        alerts: AlertSink,
+        lakehouse: LakehouseStorage,
+        landing: LandingZone,
+        source: SourceDatabase,
+        clock: Clock,
+    ) -> dg.SkipReason:
+        health = observe(context.instance, contracts, check_keys, lakehouse, landing, source, clock.current())
+        alerted = json.loads(context.cursor) if context.cursor else {}
+        sent, still = changes(alerted, breaches(health, landing_wait_limit()), datetime.now(UTC))
+        for alert in sent:
+            if not alerts.send(alert):
+                context.log.error(f"alert {alert['breach']} was not delivered everywhere: see the log above")
+        context.update_cursor(json.dumps(still, sort_keys=True))
+        return dg.SkipReason(f"{len(still)} open breach(es); {len(sent)} alert(s) sent")
+
+    return alert_on_health
+
+
+def sensors(contracts: list[Contract], check_keys: list[dg.AssetCheckKey]) -> list[dg.SensorDefinition]:
     landing = [landing_sensor(contract) for contract in contracts if not contract.is_database]
-    return [*landing, alert_on_run_failure, dead_run_sensor()]
+    return [*landing, alert_on_run_failure, health_sensor(contracts, check_keys), dead_run_sensor()]
