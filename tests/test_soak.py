@@ -1,7 +1,8 @@
 """The daemon left alone: schedules and the landing sensor on, the source changing and new files
 arriving, run workers killed at random and a CLI run racing the daemon's runs. Afterwards no run
-is left in progress, every killed run is failed and alerted once, nothing is lost or duplicated,
-and the next run's blocking reconciliation checks pass.
+is left in progress, every killed run is failed and alerted once, each health breach is alerted
+once until it ends, nothing is lost or duplicated, and the next run's blocking reconciliation
+checks pass.
 
 Bounded in time (SOAK_SECONDS of batches, then the queue drains); set SOAK_SECONDS to soak longer.
 """
@@ -89,6 +90,7 @@ class Soak:
             LAKEHOUSE_TRANSFORM_SCHEDULE="*/2 * * * *",
             LAKEHOUSE_LANDING_POLL_SECONDS="5",
             LAKEHOUSE_LANDING_SETTLE_SECONDS="2",
+            LAKEHOUSE_HEALTH_POLL_SECONDS="10",
         )
         self.folder = folder
         self.environment = command_environment(folder, **settings)
@@ -193,6 +195,15 @@ def test_the_daemon_left_alone_with_kills_and_a_racing_cli_run_loses_and_duplica
     sent = [json.loads(line) for line in alerts.read_text().splitlines()]
     alerted = Counter(alert["run_id"] for alert in sent if alert["kind"] == "run_failure")
     assert {run_id: alerted[run_id] for run_id in soak.killed} == dict.fromkeys(soak.killed, 1)
+    # The daemon's health sensor alerted the demo's planted defects (bronze's warning checks)
+    # without being asked, and each breach at most once until it ended.
+    health: dict[str, list[str]] = {}
+    for alert in sent:
+        if alert["kind"] != "run_failure":
+            health.setdefault(alert["breach"], []).append(alert["status"])
+    assert any(breach.startswith("check_failed:bronze/") for breach in health), health
+    for states in health.values():
+        assert states == ["firing", "resolved"] * (len(states) // 2) + ["firing"] * (len(states) % 2), health
 
     # One more run of everything: its blocking checks pass, and nothing is lost or held twice.
     final = soak.command("dagster", "asset", "materialize", "-m", "lakehouse.definitions", "--select", "*")
