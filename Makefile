@@ -58,6 +58,10 @@ DBT_SOURCES := dbt/dbt_project.yml dbt/profiles.yml $(shell find dbt/models dbt/
 $(MANIFEST): $(DBT_VENV)/.installed $(DBT_SOURCES)
 	cd dbt && $(DBT_VENV)/bin/dbt parse --profiles-dir . --quiet
 
+# Dagster starts a run's loggers from its run config only: a run of an asset selection names
+# the JSON one itself (docs/operations.md, Structured logs).
+JSON_LOGS := $(if $(filter json,$(LAKEHOUSE_LOG_FORMAT)),--config-json '{"loggers": {"console": {}}}')
+
 # The instance of the deployment (telemetry off, a run queue of one, one DuckDB writer), written
 # every time so that switching LAKEHOUSE_DEPLOYMENT takes effect.
 instance:
@@ -72,7 +76,7 @@ install: $(VENV)/.installed $(MANIFEST) instance
 run: install
 	$(BIN)/lakehouse demo init --scale $(SCALE)
 	$(BIN)/lakehouse demo advance
-	@status=0; $(BIN)/dagster asset materialize -m lakehouse.definitions --select '*' || status=$$?; \
+	@status=0; $(BIN)/dagster asset materialize -m lakehouse.definitions --select '*' $(JSON_LOGS) || status=$$?; \
 	  $(BIN)/lakehouse summary; \
 	  if [ $$status -ne 0 ]; then echo "materialisation failed (exit $$status): see the log above"; fi; \
 	  exit $$status

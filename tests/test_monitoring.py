@@ -352,7 +352,24 @@ def test_the_health_sensor_alerts_each_breach_once_and_its_end_once(
     assert [(alert["kind"], alert["status"]) for alert in sent] == [("run_slow", "resolved")]
 
 
-def test_json_log_lines_carry_the_run_step_table_rows_and_duration(tmp_path: Path) -> None:
+JSON_LOGGER = '{"loggers": {"console": {}}}'
+
+
+@pytest.mark.parametrize(
+    ("command", "job"),
+    [
+        (["dagster", "job", "execute", "-m", "lakehouse.definitions", "-j", "ingest"], "ingest"),
+        (
+            ["dagster", "asset", "materialize", "-m", "lakehouse.definitions", "--select", "*",
+             "--config-json", JSON_LOGGER],
+            "__ASSET_JOB",
+        ),
+    ],
+    ids=["a job of the lakehouse", "an asset selection given the logger"],
+)  # fmt: skip
+def test_json_log_lines_carry_the_run_step_table_rows_and_duration(
+    tmp_path: Path, command: list[str], job: str
+) -> None:
     library = Library(tmp_path, dg.DagsterInstance.ephemeral())
     library.create()
     library.add("members", [(1, "Ada"), (2, "Grace")])
@@ -363,13 +380,11 @@ def test_json_log_lines_carry_the_run_step_table_rows_and_duration(tmp_path: Pat
         "LAKEHOUSE_LOG_FORMAT": "json",
         "PYTHONWARNINGS": "ignore",  # Dagster's notes on its own CLI commands, not the run's lines
     }
-    done = run_command(
-        ["dagster", "job", "execute", "-m", "lakehouse.definitions", "-j", "ingest"], tmp_path, **settings
-    )
+    done = run_command(command, tmp_path, **settings)
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stderr.splitlines()]
     (run_id,) = {line["run_id"] for line in lines}
-    assert {line["job"] for line in lines} == {"ingest"}
+    assert {line["job"] for line in lines} == {job}
     assert all(line["step"] for line in lines if line.get("event", "").startswith("STEP_"))
     materialized = {line["table"]: line for line in lines if line.get("event") == "ASSET_MATERIALIZATION"}
     assert materialized["silver/loans"]["rows"] == 3

@@ -19,7 +19,7 @@ FORMATS = ("text", "json")
 ROW_FIELDS = {"dagster/row_count": "rows", "duration_seconds": "duration_seconds"}
 
 
-def _event_fields(event: Any) -> dict[str, Any]:
+def _event_fields(event: dg.DagsterEvent) -> dict[str, Any]:
     fields: dict[str, Any] = {"event": event.event_type_value}
     if event.asset_key is not None:
         fields["asset"] = fields["table"] = event.asset_key.to_user_string()

@@ -18,7 +18,9 @@ from lakehouse.resources import LakehouseStorage, LandingZone, SourceDatabase
 from lakehouse.sources.contract import Contract
 
 
-def _gauge(name: str, documentation: str, labels: list[str], samples: list[tuple[list[str], float]]):
+def _gauge(
+    name: str, documentation: str, labels: list[str], samples: list[tuple[list[str], float]]
+) -> GaugeMetricFamily:
     family = GaugeMetricFamily(name, documentation, labels=labels)
     for values, value in samples:
         family.add_metric(values, value)
