@@ -15,7 +15,12 @@ FRESHNESS = "freshness: {column: updated_at, warn_after: 1h, error_after: 1d}\n"
 WAIT_LIMIT = 3600.0
 
 
-def _health(tmp_path: Path, age: timedelta, passed: bool, last_run: float, waited: float | None) -> Health:
+BROKEN = "bronze/loans: the Delta log cannot be read: 00000000000000000002.json: line 2 is not JSON"
+
+
+def _health(
+    tmp_path: Path, age: timedelta, passed: bool, last_run: float, waited: float | None, broken: bool = False
+) -> Health:
     (tmp_path / "members.yaml").write_text(MEMBERS + FRESHNESS)
     silver = TableHealth("silver", "members", rows=2, version=3, committed=NOW, newest=NOW - age)
     return Health(
@@ -33,6 +38,7 @@ def _health(tmp_path: Path, age: timedelta, passed: bool, last_run: float, waite
         ],
         landing=[LandingHealth("visits", 0 if waited is None else 2, waited)],
         slot_lag={},
+        unreadable={("bronze", "loans"): BROKEN} if broken else {},
     )
 
 
@@ -41,17 +47,20 @@ def test_each_rule_finds_its_breach_and_nothing_else(tmp_path: Path) -> None:
     assert breaches(healthy, WAIT_LIMIT) == {}
 
     found = breaches(
-        _health(tmp_path, timedelta(days=2), False, 10 * SLOW_RUN_FACTOR + 1, WAIT_LIMIT + 1), WAIT_LIMIT
+        _health(tmp_path, timedelta(days=2), False, 10 * SLOW_RUN_FACTOR + 1, WAIT_LIMIT + 1, broken=True),
+        WAIT_LIMIT,
     )
     # Stale past both SLAs (gold has none); the check; the slow run (a job with no usual
-    # duration never is); the waiting files.
+    # duration never is); the waiting files; the table whose log is broken.
     assert sorted(found) == [
         "check_failed:silver/members:unique",
         "landing_waiting:visits",
         "run_slow:ingest",
         "table_stale:error:silver/members",
         "table_stale:warn:silver/members",
+        "table_unreadable:bronze/loans",
     ]
+    assert found["table_unreadable:bronze/loans"].message == BROKEN
     warned = breaches(_health(tmp_path, timedelta(hours=2), True, 1, None), WAIT_LIMIT)
     assert list(warned) == ["table_stale:warn:silver/members"]
 

@@ -26,6 +26,8 @@ from deltalake import DeltaTable
 from library import Library
 
 from asset_checks import all_checks
+from lakehouse.monitoring.health import observe
+from lakehouse.monitoring.metrics import families
 from lakehouse.orchestration.sensors import health_sensor
 from lakehouse.resources import AlertSink, Clock, LandingZone, SourceDatabase
 
@@ -401,3 +403,35 @@ def test_the_metrics_server_refuses_what_it_cannot_serve_in_one_line(tmp_path: P
         "lakehouse metrics serve", tmp_path, DAGSTER_HOME=str(tmp_path), LAKEHOUSE_METRICS_PORT="x"
     )
     assert "LAKEHOUSE_METRICS_PORT must be a port number" in error_line(bad_port)
+
+
+def test_a_table_whose_log_is_torn_is_reported_and_every_other_table_still_is(tmp_path: Path) -> None:
+    library = Library(tmp_path, dg.DagsterInstance.ephemeral())
+    library.create()
+    library.add("members", [(1, "Ada")])
+    library.add("loans", LOANS[:1])
+    assert library.materialize().success
+    log = tmp_path / "lakehouse" / "bronze" / "loans" / "_delta_log" / "00000000000000000000.json"
+    whole = log.read_bytes()
+    log.write_bytes(whole[: len(whole) // 2])  # a commit torn by a crash mid-write
+
+    health = observe(
+        library.instance,
+        library.contracts,
+        [],
+        library.storage,
+        LandingZone(path=str(tmp_path / "landing")),
+        SourceDatabase(url=library.source_url),
+        datetime.now(UTC),
+    )
+    assert list(health.unreadable) == [("bronze", "loans")]
+    assert "bronze/loans: the Delta log cannot be read" in health.unreadable["bronze", "loans"]
+    assert {(table.layer, table.name) for table in health.tables} == set(library.storage.tables()) - {
+        ("bronze", "loans")
+    }
+    (reported,) = [
+        family for family in families(health, WAIT_LIMIT, 0) if family.name == "lakehouse_table_unreadable"
+    ]
+    assert [(sample.labels, sample.value) for sample in reported.samples] == [
+        ({"layer": "bronze", "table": "loans"}, 1)
+    ]

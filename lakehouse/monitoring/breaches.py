@@ -113,9 +113,22 @@ def _waiting_files(health: Health, limit: float) -> list[Breach]:
     return found
 
 
+def _unreadable_tables(health: Health) -> list[Breach]:
+    return [
+        Breach(
+            id=f"table_unreadable:{layer}/{name}",
+            kind="table_unreadable",
+            message=reason,
+            details={"table": f"{layer}/{name}"},
+        )
+        for (layer, name), reason in health.unreadable.items()
+    ]
+
+
 def breaches(health: Health, landing_wait_limit: float) -> dict[str, Breach]:
     """Every rule broken now, by breach id."""
     found = [
+        *_unreadable_tables(health),
         *_stale_tables(health),
         *_failed_checks(health),
         *_slow_runs(health),

@@ -22,7 +22,7 @@ from lakehouse.resources import LakehouseStorage, LandingZone, SourceDatabase
 from lakehouse.settings import seconds
 from lakehouse.sources.contract import Contract
 from lakehouse.sources.errors import SourceError
-from lakehouse.storage import delta
+from lakehouse.storage import delta, table_log
 
 # What each materialisation reports of the rows it changed (`rows_<kind>` in its metadata).
 ROW_CHANGES = ("inserted", "updated", "deleted", "quarantined", "appended", "written")
@@ -82,6 +82,7 @@ class Health:
     jobs: list[JobHealth]
     landing: list[LandingHealth]
     slot_lag: dict[str, int]  # bytes of WAL each change-captured table's slot keeps
+    unreadable: dict[tuple[str, str], str]  # why, by (layer, table), for tables whose log is broken
 
     def table(self, layer: str, name: str) -> TableHealth | None:
         return next((table for table in self.tables if (table.layer, table.name) == (layer, name)), None)
@@ -205,7 +206,10 @@ def _landing_health(
     for contract in contracts:
         if contract.is_database:
             continue
-        table = delta.open_table(lakehouse.table_uri("bronze", contract.name))
+        try:
+            table = delta.open_table(lakehouse.table_uri("bronze", contract.name))
+        except table_log.CorruptLog:
+            continue  # reported as unreadable; its ledger cannot say which files it holds
         waiting = pending_files(contract, landing.location, table)
         oldest = min((seen.modified_ns for seen in waiting), default=None)
         health.append(
@@ -241,11 +245,16 @@ def observe(
 ) -> Health:
     """The health of every table, check, job, landing dataset and replication slot now."""
     by_name = {contract.name: contract for contract in contracts}
-    tables = [
-        health
-        for layer, name in lakehouse.tables()
-        if (health := _table_health(lakehouse, layer, name, by_name.get(name))) is not None
-    ]
+    tables, unreadable = [], {}
+    for layer, name in lakehouse.tables():
+        # One broken log is a finding about that table, not a reason to report nothing.
+        try:
+            health = _table_health(lakehouse, layer, name, by_name.get(name))
+        except table_log.CorruptLog as error:
+            unreadable[layer, name] = str(error)
+            continue
+        if health is not None:
+            tables.append(health)
     return Health(
         now=now,
         contracts=contracts,
@@ -255,6 +264,7 @@ def observe(
         jobs=_job_health(instance),
         landing=_landing_health(contracts, landing, lakehouse),
         slot_lag=_slot_lag(contracts, source, lakehouse),
+        unreadable=unreadable,
     )
 
 

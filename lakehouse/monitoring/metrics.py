@@ -52,6 +52,12 @@ def families(health: Health, landing_wait_limit: float, slot_lag_limit: int) -> 
             [([table.layer, table.name], table.version) for table in health.tables],
         ),
         _gauge(
+            "lakehouse_table_unreadable",
+            "1 for a table whose Delta log cannot be read (`lakehouse table check` names the file).",
+            ["layer", "table"],
+            [([layer, name], 1) for layer, name in health.unreadable],
+        ),
+        _gauge(
             "lakehouse_table_freshness_seconds",
             "Age of the table's newest data by its contract's freshness column, or of its last commit.",
             ["layer", "table"],

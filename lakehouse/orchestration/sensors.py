@@ -1,6 +1,6 @@
 """Sensors: new landing files launch their ingestion; a failed run raises an alert; so does a
-breach of the pipeline's health (a stale table, a failed check, a slow run, landing files left
-waiting); a run whose process died is failed.
+breach of the pipeline's health (a stale or unreadable table, a failed check, a slow run,
+landing files left waiting); a run whose process died is failed.
 
 The landing sensors start STOPPED like the schedules (turn them on in the UI or with
 `dagster sensor start`); the alert and dead-run sensors start RUNNING, since a failure nobody
@@ -138,8 +138,8 @@ def health_sensor(contracts: list[Contract], check_keys: list[dg.AssetCheckKey])
         name="alert_on_health",
         minimum_interval_seconds=math.ceil(seconds("LAKEHOUSE_HEALTH_POLL_SECONDS")),
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Alerts a table past its freshness SLA, a failed check, a run three times slower than "
-        "usual and landing files left waiting, once when each starts and once when it ends.",
+        description="Alerts a table past its freshness SLA or with an unreadable log, a failed check, a run "
+        "three times slower than usual and landing files left waiting, once when each starts and ends.",
     )
     def alert_on_health(
         context: dg.SensorEvaluationContext,
