@@ -353,6 +353,22 @@ def test_the_health_sensor_alerts_each_breach_once_and_its_end_once(
     cursor, sent = _sensor_tick(monitored, cursor, alerts)
     assert [(alert["kind"], alert["status"]) for alert in sent] == [("run_slow", "resolved")]
 
+    # Runs of asset selections (Dagster's implicit job) run different things each: however many
+    # succeed, they have no usual duration to be slow against.
+    for _ in range(3):
+        assert monitored.library.materialize(["bronze/visits"]).success
+    health = observe(
+        instance,
+        monitored.library.contracts,
+        [],
+        monitored.library.storage,
+        LandingZone(path=str(monitored.landing)),
+        SourceDatabase(url=monitored.library.source_url),
+        datetime.now(UTC),
+    )
+    usual = {job.job: (len(job.last), job.baseline is not None) for job in health.jobs}
+    assert usual == {"__ephemeral_asset_job__": (2, False), "reading_room_report": (1, True)}
+
 
 JSON_LOGGER = '{"loggers": {"console": {}}}'
 

@@ -30,6 +30,10 @@ ROW_CHANGES = ("inserted", "updated", "deleted", "quarantined", "appended", "wri
 # there are enough of them to mean something.
 BASELINE_RUNS = 10
 MIN_BASELINE_RUNS = 3
+# Dagster's implicit jobs (`__ASSET_JOB`, and `__ephemeral_asset_job__` in tests) run whatever
+# asset selection each run was given: their runs are not comparable, so they have no usual
+# duration.
+IMPLICIT_JOB_PREFIX = "__"
 RECENT_RUNS = 200
 
 
@@ -187,11 +191,12 @@ def _job_health(instance: dg.DagsterInstance) -> list[JobHealth]:
                 last[status.value.lower()] = durations[0]
         running = _durations(instance, job, dg.DagsterRunStatus.STARTED, None, now)
         before = successes[1:]
+        comparable = len(before) >= MIN_BASELINE_RUNS and not job.startswith(IMPLICIT_JOB_PREFIX)
         health.append(
             JobHealth(
                 job=job,
                 last=last,
-                baseline=statistics.median(before) if len(before) >= MIN_BASELINE_RUNS else None,
+                baseline=statistics.median(before) if comparable else None,
                 running=max(running, default=None),
             )
         )
