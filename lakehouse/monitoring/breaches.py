@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from lakehouse.monitoring.health import Health
+from lakehouse.monitoring.health import Health, TableHealth
+from lakehouse.sources.contract import Freshness
 
 # A run this many times its job's usual duration is slow.
 SLOW_RUN_FACTOR = 3
@@ -28,27 +29,31 @@ class Breach:
     details: dict[str, Any]
 
 
+def _stale(table: TableHealth, freshness: Freshness, now: datetime) -> list[Breach]:
+    age = table.age(now)
+    name = f"{table.layer}/{table.name}"
+    return [
+        Breach(
+            id=f"table_stale:{level}:{name}",
+            kind="table_stale",
+            message=f"{name}: its newest {freshness.column} is {age / 3600:.1f} h old, "
+            f"past its {level} SLA of {limit.total_seconds() / 3600:g} h",
+            details={"table": name, "level": level, "age_seconds": round(age)},
+        )
+        for level, limit in (("warn", freshness.warn_after), ("error", freshness.error_after))
+        if age > limit.total_seconds()
+    ]
+
+
 def _stale_tables(health: Health) -> list[Breach]:
-    found = []
-    for contract in health.contracts:
-        freshness = contract.freshness
-        tables = [health.table(layer, contract.name) for layer in ("bronze", "silver")] if freshness else []
-        for table in filter(None, tables):
-            age = table.age(health.now)
-            name = f"{table.layer}/{table.name}"
-            for level, limit in (("warn", freshness.warn_after), ("error", freshness.error_after)):
-                if age > limit.total_seconds():
-                    hours = (age / 3600, limit.total_seconds() / 3600)
-                    found.append(
-                        Breach(
-                            id=f"table_stale:{level}:{name}",
-                            kind="table_stale",
-                            message=f"{name}: its newest {freshness.column} is {hours[0]:.1f} h old, "
-                            f"past its {level} SLA of {hours[1]:g} h",
-                            details={"table": name, "level": level, "age_seconds": round(age)},
-                        )
-                    )
-    return found
+    return [
+        breach
+        for contract in health.contracts
+        if contract.freshness is not None
+        for layer in ("bronze", "silver")
+        if (table := health.table(layer, contract.name)) is not None
+        for breach in _stale(table, contract.freshness, health.now)
+    ]
 
 
 def _failed_checks(health: Health) -> list[Breach]:
@@ -73,22 +78,23 @@ def _slow_runs(health: Health) -> list[Breach]:
     for job in health.jobs:
         if job.baseline is None:
             continue
-        slow = [
-            (state, seconds)
-            for state, seconds in (("is running for", job.running), ("took", job.last.get("success")))
-            if seconds is not None and seconds > SLOW_RUN_FACTOR * job.baseline
-        ]
-        if slow:
-            state, seconds = slow[0]
-            found.append(
-                Breach(
-                    id=f"run_slow:{job.job}",
-                    kind="run_slow",
-                    message=f"a run of {job.job} {state} {seconds:.0f} s, more than {SLOW_RUN_FACTOR} "
-                    f"times the median of its last successful runs ({job.baseline:.0f} s)",
-                    details={"job": job.job, "seconds": round(seconds, 1), "median_seconds": job.baseline},
-                )
+        limit = SLOW_RUN_FACTOR * job.baseline
+        states = (("is running for", job.running), ("took", job.last.get("success")))
+        slow = next(
+            ((state, seconds) for state, seconds in states if seconds is not None and seconds > limit), None
+        )
+        if slow is None:
+            continue
+        state, seconds = slow
+        found.append(
+            Breach(
+                id=f"run_slow:{job.job}",
+                kind="run_slow",
+                message=f"a run of {job.job} {state} {seconds:.0f} s, more than {SLOW_RUN_FACTOR} "
+                f"times the median of its last successful runs ({job.baseline:.0f} s)",
+                details={"job": job.job, "seconds": round(seconds, 1), "median_seconds": job.baseline},
             )
+        )
     return found
 
 
