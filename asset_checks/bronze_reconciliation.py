@@ -1,7 +1,8 @@
 """Reconciliation of bronze with its source: nothing lost or duplicated on the way in.
 
-A database source's row versions up to bronze's watermark are each in bronze once; a landing
-file's lines are each in bronze or its quarantine once, and no ingested file has changed since.
+A database source's row versions up to bronze's watermark are each in bronze once
+(`asset_checks.source_rows`); a landing file's lines are each in bronze or its quarantine once,
+and no ingested file has changed since.
 """
 
 import dagster as dg
@@ -9,84 +10,12 @@ import polars as pl
 
 from asset_checks.check import Check
 from asset_checks.sample import sample
+from asset_checks.source_rows import source_rows_check
 from lakehouse.bronze import landing as landing_files
-from lakehouse.bronze import tombstones
 from lakehouse.bronze.assets import LISTED_FILES
-from lakehouse.bronze.database import read_watermark, source_chunks, source_range
-from lakehouse.resources import LakehouseStorage, LandingZone, SourceDatabase
+from lakehouse.resources import LakehouseStorage, LandingZone
 from lakehouse.sources.contract import Contract
 from lakehouse.storage import delta, ledger
-
-
-def _duplicates(rows: pl.LazyFrame, identity: list[str]) -> pl.LazyFrame:
-    return rows.filter(pl.len().over(identity) > 1)
-
-
-def _source_rows_check(contract: Contract) -> Check:
-    assert contract.watermark is not None
-
-    def evaluate(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        source: SourceDatabase = context.resources.source
-        lakehouse: LakehouseStorage = context.resources.lakehouse
-        table = delta.open_table(lakehouse.table_uri("bronze", contract.name))
-        watermark = read_watermark(table, contract)
-        if watermark is None:
-            return dg.AssetCheckResult(passed=True, metadata={"rows_checked": 0, "note": "bronze is empty"})
-        identity = [*contract.primary_key, contract.watermark.column]
-        # The version the watermark came from: a write since then cannot pass for lost rows.
-        # Tombstones are no row versions: a key deleted twice holds two.
-        stored = tombstones.versions(pl.scan_delta(table)).select(identity)
-        schema = dict(stored.collect_schema())
-        # The source in chunks in key order, each compared with the bronze rows of its range of
-        # the first key column (bronze files hold rows in key order, so the scans skip most of
-        # them): memory follows the chunk, not the table. Duplicates are searched in disjoint
-        # ranges, the first also holding null keys and the last open-ended, so each is found once.
-        name = contract.primary_key[0]
-        key = pl.col(name)
-        checked, missing, duplicated, below = 0, [pl.DataFrame(schema=schema)], [], None
-        bounds, _ = source_range(contract, source, upper=watermark)
-        for chunk in source_chunks(contract, source, bounds, identity, "reconciling"):
-            if chunk.is_empty():
-                continue
-            chunk = chunk.cast(schema)
-            low, high = pl.lit(chunk.get_column(name).min()), pl.lit(chunk.get_column(name).max())
-            near = stored.filter(key.is_between(low, high) | key.is_null())
-            own = (
-                key.is_null() | (key <= high)
-                if below is None
-                else key.is_between(below, high, closed="right")
-            )
-            lost, twice = pl.collect_all(
-                [
-                    chunk.lazy().join(near, on=identity, how="anti", nulls_equal=True),
-                    _duplicates(stored.filter(own), identity),
-                ]
-            )
-            checked += chunk.height
-            missing.append(lost)
-            duplicated.append(twice)
-            below = high
-        rest = stored if below is None else stored.filter(key > below)
-        duplicated.append(_duplicates(rest, identity).collect())
-        missing, duplicated = pl.concat(missing), pl.concat(duplicated)
-        return dg.AssetCheckResult(
-            passed=missing.is_empty() and duplicated.is_empty(),
-            metadata={
-                "rows_checked": checked,
-                "missing_rows": missing.height,
-                "duplicated_rows": duplicated.height,
-                "sample": sample(pl.concat([missing, duplicated]) if not missing.is_empty() else duplicated),
-            },
-        )
-
-    return Check(
-        dg.AssetKey(["bronze", contract.name]),
-        "source_rows_in_bronze",
-        "Every source row version up to bronze's watermark is in bronze (nothing lost).",
-        evaluate,
-        blocking=True,
-        resources=frozenset({"source", "lakehouse"}),
-    )
 
 
 def _changed_since_ingestion(ingested: ledger.IngestedFile, data: bytes) -> str | None:
@@ -185,4 +114,4 @@ def _landing_lines_check(contract: Contract) -> Check:
 
 def bronze_reconciliation_checks(contract: Contract) -> list[Check]:
     """Source (or landing files) to bronze."""
-    return [_source_rows_check(contract) if contract.is_database else _landing_lines_check(contract)]
+    return [source_rows_check(contract) if contract.is_database else _landing_lines_check(contract)]

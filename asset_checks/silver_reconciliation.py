@@ -4,12 +4,12 @@ the source has deleted."""
 import dagster as dg
 import polars as pl
 
+from asset_checks import last_pass
 from asset_checks.check import Check
 from asset_checks.row_checks import read_columns, scan_columns
 from asset_checks.sample import sample
-from lakehouse.bronze import tombstones
+from lakehouse.bronze import deletes, tombstones
 from lakehouse.bronze.columns import EXTRACTED_AT, LSN, OP
-from lakehouse.bronze.deletes import find_deletes
 from lakehouse.resources import LakehouseStorage, SourceDatabase
 from lakehouse.silver.changes import bronze_identity
 from lakehouse.silver.validate import typed
@@ -107,22 +107,70 @@ def _silver_accounts_check(contract: Contract) -> Check:
     )
 
 
+def _digests(compared: pl.DataFrame) -> list[str]:
+    """One digest per key range of its two summaries, the source's and silver's."""
+    return [last_pass.digest(row) for row in compared.sort("range").drop("range").rows()]
+
+
+def _gone_by_ranges(
+    context: dg.AssetCheckExecutionContext, contract: Contract, silver: delta.DeltaTable, keys: pl.DataFrame
+) -> tuple[pl.DataFrame, dict, dict]:
+    """Silver's `keys` the source lacks, what was read to find them, and what the next pass
+    starts from.
+
+    Both sides are summarised per key range as bronze does to find deletes. Keys are read in
+    the ranges whose two summaries differ from the last pass's; on a first pass, in those whose
+    source summary differs from that of the keys bronze holds live and silver's together
+    (silver alone lacks the quarantined keys, which would make every range differ)."""
+    source: SourceDatabase = context.resources.source
+    name = contract.primary_key[0]
+    keys = keys.filter(pl.col(name).is_not_null())
+    low, high = deletes.source_extent(contract, source, name)
+    if low is None or high is None:
+        return keys, {"compared": "every key: the source table is empty"}, {}
+    low, high = min(low, keys[name].min()), max(high, keys[name].max())
+    check = dg.AssetCheckKey(dg.AssetKey(["silver", contract.name]), "keys_in_source")
+    last = last_pass.recorded(context, check, silver, additive=False)
+    ranges = deletes.KeyRanges(*last["ranges"]).extended_to(low, high) if last else None
+    if ranges is None:
+        last, ranges = None, deletes.KeyRanges.spanning(low, high)
+    in_source = deletes.source_summary(contract, source, name, ranges)
+    digests = _digests(deletes.side_by_side(in_source, deletes.summary(keys, name, ranges)))
+    if last is not None:
+        numbers = [
+            number
+            for number, digest in enumerate(digests)
+            if last["digests"][number : number + 1] != [digest]
+        ]
+        how = "the key ranges whose summaries changed since the last pass"
+    else:
+        lakehouse: LakehouseStorage = context.resources.lakehouse
+        bronze = pl.scan_delta(lakehouse.table_uri("bronze", contract.name))
+        live = tombstones.live_keys(bronze, contract).collect().cast(dict(keys.schema))
+        held = deletes.summary(pl.concat([live, keys]).unique(), name, ranges)
+        numbers = deletes.differing(deletes.side_by_side(in_source, held))
+        how = "the key ranges where the source differs from bronze's live keys and silver's"
+    gone = deletes.gone_from(contract, source, keys, ranges, numbers)
+    start = {"ranges": [ranges.low, ranges.width, ranges.count], "digests": digests}
+    return gone, {"compared": how, "ranges": ranges.count, "ranges_read": len(numbers)}, start
+
+
 def _source_keys_check(contract: Contract) -> Check:
     """The other way: silver holds no key the source has deleted."""
 
     def evaluate(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         source: SourceDatabase = context.resources.source
         lakehouse: LakehouseStorage = context.resources.lakehouse
-        keys = read_columns(lakehouse.table_uri("silver", contract.name), contract.primary_key)
-        if keys.is_empty():
+        uri = lakehouse.table_uri("silver", contract.name)
+        silver = delta.open_table(uri)
+        keys = read_columns(uri, contract.primary_key)
+        if silver is None or keys.is_empty():
             return dg.AssetCheckResult(passed=True, metadata={"keys_checked": 0, "note": "silver is empty"})
-        # The comparison bronze makes to find deletes, by key ranges, on the keys bronze holds
-        # live and silver's: silver lacks the quarantined keys, which would make every range
-        # differ and every source key be read.
-        bronze = pl.scan_delta(lakehouse.table_uri("bronze", contract.name))
-        live = tombstones.live_keys(bronze, contract).collect().cast(dict(keys.schema))
-        held = pl.concat([live, keys]).unique()
-        gone = find_deletes(contract, source, held).keys.join(keys, on=contract.primary_key, how="semi")
+        start: dict = {}
+        if deletes.ranged(contract, keys):
+            gone, how, start = _gone_by_ranges(context, contract, silver, keys)
+        else:
+            gone, how = deletes.find_deletes(contract, source, keys).keys, {"compared": "every key"}
         found_deletes = contract.deletes != "never"
         description = None
         if not gone.is_empty():
@@ -140,6 +188,8 @@ def _source_keys_check(contract: Contract) -> Check:
                 "keys_not_in_source": gone.height,
                 "deletes": str(contract.deletes),
                 "sample": sample(gone),
+                **how,
+                **(last_pass.record(silver, **start) if start and gone.is_empty() else {}),
             },
         )
 

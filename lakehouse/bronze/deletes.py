@@ -67,12 +67,12 @@ def describe(contract: Contract, found: Deletes | None, first_load: bool) -> str
     return f"not due ({contract.deletes})"
 
 
-def _ranged(contract: Contract, live: pl.DataFrame) -> bool:
+def ranged(contract: Contract, live: pl.DataFrame) -> bool:
     return len(contract.primary_key) == 1 and live.schema[contract.primary_key[0]].is_integer()
 
 
 @dataclass(frozen=True)
-class _Ranges:
+class KeyRanges:
     """`count` ranges of `width` key values from `low` on, both sides cut alike."""
 
     low: int
@@ -80,19 +80,25 @@ class _Ranges:
     count: int
 
     @classmethod
-    def spanning(cls, low: int, high: int) -> _Ranges:
+    def spanning(cls, low: int, high: int) -> KeyRanges:
         # Sparse keys widen the ranges rather than multiply them.
         width = RANGE_WIDTH
         while (high - low) // width + 1 > MAX_RANGES:
             width *= 2
         return cls(low, width, (high - low) // width + 1)
 
+    def extended_to(self, low: int, high: int) -> KeyRanges | None:
+        """These ranges and more up to `high`; None when `low` lies before them or the ranges
+        would be too many."""
+        count = max(self.count, (high - self.low) // self.width + 1)
+        return None if low < self.low or count > 2 * MAX_RANGES else KeyRanges(self.low, self.width, count)
+
     def bounds(self, number: int) -> tuple[int, int]:
         start = self.low + number * self.width
         return start, start + self.width - 1
 
 
-def _summary(live: pl.DataFrame, key: str, ranges: _Ranges) -> pl.DataFrame:
+def summary(live: pl.DataFrame, key: str, ranges: KeyRanges) -> pl.DataFrame:
     offset = pl.col(key) - ranges.low
     residue = offset % PRIME
     return live.group_by((offset // ranges.width).alias("range")).agg(
@@ -100,7 +106,7 @@ def _summary(live: pl.DataFrame, key: str, ranges: _Ranges) -> pl.DataFrame:
     )
 
 
-def _source_summary(contract: Contract, source: SourceDatabase, key: str, ranges: _Ranges) -> pl.DataFrame:
+def source_summary(contract: Contract, source: SourceDatabase, key: str, ranges: KeyRanges) -> pl.DataFrame:
     """The source's summary of each range: one aggregate per range over the key's index, which
     reads the keys in order; a `GROUP BY` of the ranges would sort every key first."""
     column, table = quoted(key), qualified(contract.source.table)
@@ -122,7 +128,7 @@ def _source_summary(contract: Contract, source: SourceDatabase, key: str, ranges
     return pl.concat(parts).cast({"range": pl.Int64, **dict.fromkeys(SUMMARY, pl.Int64)}).fill_null(0)
 
 
-def _source_extent(contract: Contract, source: SourceDatabase, key: str) -> tuple[int | None, int | None]:
+def source_extent(contract: Contract, source: SourceDatabase, key: str) -> tuple[int | None, int | None]:
     column, table = quoted(key), qualified(contract.source.table)
     # Two subqueries, each one step down the key's index; min and max in one SELECT scan it all.
     extent = source.read(
@@ -133,7 +139,7 @@ def _source_extent(contract: Contract, source: SourceDatabase, key: str) -> tupl
     return (None, None) if low is None or high is None else (int(low), int(high))
 
 
-def _source_keys(
+def source_keys(
     contract: Contract, source: SourceDatabase, live: pl.DataFrame, bounds: tuple[int, int] | None = None
 ) -> pl.DataFrame:
     keys = ", ".join(map(quoted, contract.primary_key))
@@ -147,28 +153,43 @@ def _source_keys(
     return found.cast(dict(live.schema))
 
 
+def side_by_side(source_side: pl.DataFrame, held: pl.DataFrame) -> pl.DataFrame:
+    """Each range's summary in the source and of the keys `held` (its columns suffixed `_held`)."""
+    return source_side.join(held, on="range", how="left", suffix="_held").fill_null(0)
+
+
+def differing(compared: pl.DataFrame) -> list[int]:
+    """The ranges whose two summaries differ, of those `side_by_side` compared."""
+    differs = pl.any_horizontal(pl.col(name) != pl.col(f"{name}_held") for name in SUMMARY)
+    return compared.filter(differs).get_column("range").sort().to_list()
+
+
+def gone_from(
+    contract: Contract, source: SourceDatabase, held: pl.DataFrame, ranges: KeyRanges, numbers: list[int]
+) -> pl.DataFrame:
+    """The keys of `held` in the ranges `numbers` that the source no longer has."""
+    key = contract.primary_key[0]
+    gone = [held.head(0)]
+    for number in numbers:
+        low, high = ranges.bounds(number)
+        inside = held.filter(pl.col(key).is_between(low, high))
+        if not inside.is_empty():
+            gone.append(inside.join(source_keys(contract, source, held, (low, high)), on=key, how="anti"))
+    return pl.concat(gone)
+
+
 def find_deletes(contract: Contract, source: SourceDatabase, live: pl.DataFrame) -> Deletes:
     """The keys of `live` (the keys bronze holds live) the source no longer has."""
-    if not _ranged(contract, live):
-        gone = live.join(_source_keys(contract, source, live), on=contract.primary_key, how="anti")
+    if not ranged(contract, live):
+        gone = live.join(source_keys(contract, source, live), on=contract.primary_key, how="anti")
         return Deletes(gone, 0, 0)
     key = contract.primary_key[0]
     live = live.filter(pl.col(key).is_not_null())
-    low, high = _source_extent(contract, source, key)
+    low, high = source_extent(contract, source, key)
     if live.is_empty() or low is None or high is None:
         return Deletes(live, 0, 0)  # nothing held, or the source holds nothing
-    ranges = _Ranges.spanning(min(low, live[key].min()), max(high, live[key].max()))
-    compared = (
-        _source_summary(contract, source, key, ranges)
-        .join(_summary(live, key, ranges), on="range", how="left", suffix="_held")
-        .fill_null(0)
+    ranges = KeyRanges.spanning(min(low, live[key].min()), max(high, live[key].max()))
+    numbers = differing(
+        side_by_side(source_summary(contract, source, key, ranges), summary(live, key, ranges))
     )
-    differs = pl.any_horizontal(pl.col(name) != pl.col(f"{name}_held") for name in SUMMARY)
-    numbers = compared.filter(differs).get_column("range").sort().to_list()
-    gone = [live.head(0)]
-    for number in numbers:
-        low, high = ranges.bounds(number)
-        held = live.filter(pl.col(key).is_between(low, high))
-        if not held.is_empty():
-            gone.append(held.join(_source_keys(contract, source, live, (low, high)), on=key, how="anti"))
-    return Deletes(pl.concat(gone), ranges.count, len(numbers))
+    return Deletes(gone_from(contract, source, live, ranges, numbers), ranges.count, len(numbers))

@@ -1,0 +1,69 @@
+"""What a reconciliation check records when it passes, so that its next evaluation compares only
+what changed since: the code that ran, the table it held (its id and version) and the check's
+own account of what it compared.
+
+The record holds while the code is the same and every commit to the table since only added rows
+or rewrote them unchanged (compaction, vacuum): what the last pass found in the table is still
+there. A failed evaluation, a restore, a delete or a table created again make the next
+evaluation compare everything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import dagster as dg
+from deltalake import DeltaTable
+
+from asset_checks.check import code_digest, last_evaluation
+
+RECORD = "reconciled"
+# Commits that keep every row of the version before them.
+KEEPING = {"OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES"}
+
+
+def digest(values: tuple) -> str:
+    """A short digest of a summary's values, as a record keeps it."""
+    return hashlib.blake2b(repr(values).encode(), digest_size=8).hexdigest()
+
+
+def only_added(table: DeltaTable, since: int) -> bool:
+    """Whether every commit after version `since` kept the rows before it."""
+    if since > table.version():
+        return False
+    for commit in table.history(limit=table.version() - since):
+        appended = (
+            commit["operation"] == "WRITE" and commit.get("operationParameters", {}).get("mode") == "Append"
+        )
+        if commit["version"] > since and not (appended or commit["operation"] in KEEPING):
+            return False
+    return True
+
+
+def recorded(
+    context: dg.AssetCheckExecutionContext, key: dg.AssetCheckKey, table: DeltaTable, additive: bool = True
+) -> dict | None:
+    """What the check's last evaluation recorded, if it passed and its record still holds;
+    `additive=False` for a check that reads the table anew each time and needs only the same
+    code and table."""
+    last = last_evaluation(context.instance, key)
+    if last is None or not last[1].passed or RECORD not in last[1].metadata:
+        return None
+    record = last[1].metadata[RECORD].value
+    holds = (
+        isinstance(record, dict)
+        and record.get("code") == code_digest()
+        and record.get("table") == table.metadata().id
+        and (not additive or only_added(table, int(record.get("version", -1))))
+    )
+    return record if holds else None
+
+
+def record(table: DeltaTable, **compared: Any) -> dict[str, dg.MetadataValue]:
+    """The metadata that lets the next evaluation start from this one."""
+    return {
+        RECORD: dg.MetadataValue.json(
+            {"code": code_digest(), "table": table.metadata().id, "version": table.version(), **compared}
+        )
+    }

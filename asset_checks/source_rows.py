@@ -1,0 +1,204 @@
+"""Reconciliation of bronze with a source database: every source row version up to bronze's
+watermark is in bronze, once.
+
+The first evaluation compares every source row. Later ones compare the source's summary per day
+of its watermark (`asset_checks.watermark_days`) with the one their last pass recorded, and read
+only the rows of the days whose summary changed and those since that pass's watermark; the
+duplicates bronze can have gained since are among the rows it appended since. Cost follows the
+change, as long as the last pass stands (see `asset_checks.last_pass`).
+"""
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+from datetime import date
+
+import dagster as dg
+import polars as pl
+
+from asset_checks import last_pass, watermark_days
+from asset_checks.check import Check
+from asset_checks.sample import sample
+from lakehouse.bronze import tombstones
+from lakehouse.bronze.database import CHUNK_ROWS, read_watermark, source_chunks, source_range
+from lakehouse.bronze.watermark import WatermarkRange
+from lakehouse.resources import LakehouseStorage, SourceDatabase
+from lakehouse.silver.changes import read_bronze_changes
+from lakehouse.sources.contract import Contract
+from lakehouse.storage import delta, ledger
+
+
+def _duplicates(rows: pl.LazyFrame, identity: list[str]) -> pl.LazyFrame:
+    return rows.filter(pl.len().over(identity) > 1)
+
+
+@dataclass(frozen=True)
+class _Compared:
+    """Source rows read, those bronze lacks, bronze's row versions held more than once."""
+
+    checked: int
+    missing: pl.DataFrame
+    duplicated: pl.DataFrame
+
+
+def _compare_whole(
+    contract: Contract,
+    source: SourceDatabase,
+    bounds: WatermarkRange,
+    stored: pl.LazyFrame,
+    identity: list[str],
+) -> _Compared:
+    """Every source row up to the watermark against bronze.
+
+    The source in chunks in key order, each compared with the bronze rows of its range of the
+    first key column (bronze files hold rows in key order, so the scans skip most of them):
+    memory follows the chunk, not the table. Duplicates are searched in disjoint ranges, the
+    first also holding null keys and the last open-ended, so each is found once."""
+    schema = dict(stored.collect_schema())
+    name = contract.primary_key[0]
+    key = pl.col(name)
+    checked, missing, duplicated, below = 0, [pl.DataFrame(schema=schema)], [], None
+    for chunk in source_chunks(contract, source, bounds, identity, "reconciling"):
+        if chunk.is_empty():
+            continue
+        chunk = chunk.cast(schema)
+        low, high = pl.lit(chunk.get_column(name).min()), pl.lit(chunk.get_column(name).max())
+        near = stored.filter(key.is_between(low, high) | key.is_null())
+        own = key.is_null() | (key <= high) if below is None else key.is_between(below, high, closed="right")
+        lost, twice = pl.collect_all(
+            [
+                chunk.lazy().join(near, on=identity, how="anti", nulls_equal=True),
+                _duplicates(stored.filter(own), identity),
+            ]
+        )
+        checked += chunk.height
+        missing.append(lost)
+        duplicated.append(twice)
+        below = high
+    rest = stored if below is None else stored.filter(key > below)
+    duplicated.append(_duplicates(rest, identity).collect())
+    return _Compared(checked, pl.concat(missing), pl.concat(duplicated))
+
+
+def _compare_changed(
+    stored: pl.LazyFrame, identity: list[str], reading: Iterable[pl.DataFrame], appended: pl.DataFrame
+) -> _Compared:
+    """The source rows `reading` yields against bronze, in groups of about CHUNK_ROWS, and the
+    rows appended to bronze since the last pass against bronze's other versions (only they can
+    have made a duplicate)."""
+    schema = dict(stored.collect_schema())
+    checked, missing, group = 0, [pl.DataFrame(schema=schema)], []
+
+    def compare() -> None:
+        rows = pl.concat(group).unique()
+        missing.append(rows.lazy().join(stored, on=identity, how="anti", nulls_equal=True).collect())
+        group.clear()
+
+    for rows in reading:
+        checked += rows.height
+        group.append(rows.select(identity).cast(schema))
+        if sum(frame.height for frame in group) >= CHUNK_ROWS:
+            compare()
+    if group:
+        compare()
+    duplicated = pl.DataFrame(schema=schema)
+    appended = tombstones.versions(appended).select(identity).cast(schema).unique()
+    if not appended.is_empty():
+        near = stored.join(appended.lazy(), on=identity, how="semi", nulls_equal=True)
+        duplicated = _duplicates(near, identity).collect()
+    return _Compared(checked, pl.concat(missing), duplicated)
+
+
+def _compare_since(
+    contract: Contract,
+    source: SourceDatabase,
+    bounds: WatermarkRange,
+    days: watermark_days.Summary,
+    changed: list[int],
+    last: dict,
+    bronze: tuple[str, int],
+    stored: pl.LazyFrame,
+) -> tuple[_Compared, dict]:
+    """What changed since the `last` pass: the source rows of the `changed` periods and those
+    since its watermark, and the rows appended to `bronze` (uri, version) since."""
+    identity = list(stored.collect_schema())
+    since = ledger.moment(last["watermark"])
+
+    def reading() -> Iterator[pl.DataFrame]:
+        for number in changed:
+            yield watermark_days.period_rows(contract, source, bounds, days.grid, number, identity)
+        if bounds.upper is not None and since < bounds.upper:
+            yield from source_chunks(contract, source, replace(bounds, lower=since), identity, "reconciling")
+
+    uri, version = bronze
+    appended, _ = read_bronze_changes(uri, last["version"], version)
+    how = {
+        "compared": f"the days whose summary changed since the last pass, and the rows since {since}",
+        "periods_read": len(changed),
+        "bronze_rows_appended_since": appended.height,
+    }
+    return _compare_changed(stored, identity, reading(), appended), how
+
+
+def source_rows_check(contract: Contract) -> Check:
+    """`source_rows_in_bronze` on a database contract's bronze table."""
+    assert contract.watermark is not None
+    asset = dg.AssetKey(["bronze", contract.name])
+    name = "source_rows_in_bronze"
+
+    def evaluate(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        source: SourceDatabase = context.resources.source
+        lakehouse: LakehouseStorage = context.resources.lakehouse
+        uri = lakehouse.table_uri("bronze", contract.name)
+        table = delta.open_table(uri)
+        watermark = read_watermark(table, contract)
+        if watermark is None:
+            return dg.AssetCheckResult(passed=True, metadata={"rows_checked": 0, "note": "bronze is empty"})
+        assert table is not None
+        identity = [*contract.primary_key, contract.watermark.column]
+        # The version the watermark came from: a write since then cannot pass for lost rows.
+        # Tombstones are no row versions: a key deleted twice holds two.
+        stored = tombstones.versions(pl.scan_delta(table)).select(identity)
+        bounds, _ = source_range(contract, source, upper=watermark)
+        last = last_pass.recorded(context, dg.AssetCheckKey(asset, name), table)
+        grid = watermark_days.Grid(date.fromisoformat(last["grid"][0]), *last["grid"][1:]) if last else None
+        # Summarised before any row is read: a row that changes meanwhile changes the next summary.
+        days = watermark_days.summarise(contract, source, bounds, grid)
+        changed = None if days is None or last is None else days.differing(last["periods"])
+        if changed is None or sum(days.rows[number] for number in changed) > sum(days.rows) / 2:
+            compared = _compare_whole(contract, source, bounds, stored, identity)
+            how: dict = {"compared": "every source row"}
+        else:
+            compared, how = _compare_since(
+                contract, source, bounds, days, changed, last, (uri, table.version()), stored
+            )
+        missing, duplicated = compared.missing, compared.duplicated
+        passed = missing.is_empty() and duplicated.is_empty()
+        kept = {}
+        if days is not None and passed:
+            kept = last_pass.record(
+                table,
+                watermark=ledger.micros(watermark),
+                grid=[days.grid.first.isoformat(), days.grid.width, days.grid.count],
+                periods=days.digests,
+            )
+        return dg.AssetCheckResult(
+            passed=passed,
+            metadata={
+                "rows_checked": compared.checked,
+                "missing_rows": missing.height,
+                "duplicated_rows": duplicated.height,
+                "sample": sample(pl.concat([missing, duplicated]) if not missing.is_empty() else duplicated),
+                **how,
+                **({"periods": days.grid.count} if days is not None else {}),
+                **kept,
+            },
+        )
+
+    return Check(
+        asset,
+        name,
+        "Every source row version up to bronze's watermark is in bronze (nothing lost).",
+        evaluate,
+        blocking=True,
+        resources=frozenset({"source", "lakehouse"}),
+    )

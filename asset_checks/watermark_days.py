@@ -1,0 +1,203 @@
+"""A source table summarised per period of days of its watermark, by the database.
+
+`source_rows_in_bronze` compares these summaries with those of its last pass and reads the rows
+of the periods whose summary differs, not the table. Each period's summary (its rows; for a key
+of one integer column, two sums of the keys modulo a prime; its first and last watermark) is
+one aggregate over the watermark's index, so only the summaries cross the wire.
+
+Periods are cut on the column's raw values: text by the date it starts with (every accepted
+text form does), timestamps at midnight, epoch numbers at UTC midnight. The cut does not depend
+on the rows: a grid (its first day and its width in days) is kept from one pass to the next, so
+that a period is compared with the same period. The first period also holds every earlier value
+and the last every later one; more than MAX_PERIODS periods widen each period instead.
+
+A period's summary changes when a row enters or leaves it, when its key changes, or when its
+first or last watermark does. A row updated to another watermark within its period, keeping
+its key, changes it only at the period's edges: such a row is found by a whole comparison (a
+changed contract or code, or a lost pass), not by this one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import polars as pl
+
+from asset_checks import last_pass
+from lakehouse.bronze.deletes import PRIME, TERMS_PER_QUERY
+from lakehouse.bronze.watermark import WatermarkRange
+from lakehouse.resources import SourceDatabase
+from lakehouse.sources.contract import Contract
+from lakehouse.sources.errors import reading
+from lakehouse.sources.timestamps import EPOCH_UNITS
+from lakehouse.storage.sql import qualified, quoted
+
+MAX_PERIODS = 512
+EPOCH_DAY = date(1970, 1, 1)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Periods of `width` days from `first` on, `count` of them."""
+
+    first: date
+    width: int
+    count: int
+
+    @classmethod
+    def spanning(cls, low: date, high: date) -> Grid:
+        width = 1
+        while (high - low).days // width + 1 > MAX_PERIODS:
+            width *= 2
+        return cls(low, width, (high - low).days // width + 1)
+
+    def extended_to(self, high: date) -> Grid | None:
+        """This grid with periods added up to `high`; None when that makes too many."""
+        count = max(self.count, (high - self.first).days // self.width + 1)
+        return None if count > 2 * MAX_PERIODS else Grid(self.first, self.width, count)
+
+    def days(self, number: int) -> tuple[date | None, date | None]:
+        """The first day of period `number` and of the next one; None at the open ends."""
+        start = self.first + timedelta(days=number * self.width)
+        return (
+            None if number == 0 else start,
+            None if number == self.count - 1 else start + timedelta(days=self.width),
+        )
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A digest of each period's summary, by period number, and each period's rows."""
+
+    grid: Grid
+    digests: list[str]
+    rows: list[int]
+
+    def differing(self, recorded: list[str]) -> list[int]:
+        """The periods whose digest is not the recorded one (a period added since has none)."""
+        return [
+            number for number, digest in enumerate(self.digests) if recorded[number : number + 1] != [digest]
+        ]
+
+
+def _day_of(value: Any) -> date | None:
+    """The day a raw watermark value falls on, as the periods are cut."""
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value[:10])
+        except ValueError:
+            return None
+    if isinstance(value, datetime):
+        return (value.astimezone(UTC) if value.tzinfo else value).date()
+    if isinstance(value, date):
+        return value
+    return None
+
+
+class _Cut:
+    """A day as a bound of the column's raw values."""
+
+    def __init__(self, bounds: WatermarkRange) -> None:
+        self.bounds = bounds
+
+    @property
+    def supported(self) -> bool:
+        kind, form = self.bounds.kind, self.bounds.form
+        if form.epoch:
+            return kind.is_numeric()
+        return kind in (pl.String, pl.Date) or isinstance(kind, pl.Datetime)
+
+    def day_of(self, value: Any) -> date | None:
+        if self.bounds.form.epoch and value is not None:
+            seconds = float(value) / EPOCH_UNITS[self.bounds.form.epoch]
+            return EPOCH_DAY + timedelta(days=int(seconds // 86_400))
+        return _day_of(value)
+
+    def bound(self, day: date) -> Any:
+        kind, form = self.bounds.kind, self.bounds.form
+        if form.epoch:
+            return (day - EPOCH_DAY).days * 86_400 * EPOCH_UNITS[form.epoch]
+        if kind == pl.String:
+            return day.isoformat()
+        if kind == pl.Date:
+            return day
+        midnight = datetime(day.year, day.month, day.day)
+        return midnight.replace(tzinfo=UTC) if kind.time_zone else midnight  # type: ignore[union-attr]
+
+
+def _conditions(
+    cut: _Cut, column: str, days: tuple[date | None, date | None], source: SourceDatabase, first: int
+) -> tuple[list[str], list[Any]]:
+    conditions, values = [], []
+    for day, operator in zip(days, (">=", "<"), strict=True):
+        if day is not None:
+            values.append(cut.bound(day))
+            conditions.append(f"{column} {operator} {source.placeholder(first + len(values) - 1)}")
+    return conditions or ["TRUE"], values
+
+
+def summarise(
+    contract: Contract, source: SourceDatabase, bounds: WatermarkRange, grid: Grid | None = None
+) -> Summary | None:
+    """Each period's digest, on `grid` extended to the source's newest day (a grid of its own
+    without one); None when the column's values cannot be cut into days (text that starts
+    with no date, epoch numbers held as text), when it holds none, or when the grid would need
+    too many periods."""
+    cut = _Cut(bounds)
+    if not cut.supported:
+        return None
+    column, table = quoted(contract.watermark.column), qualified(contract.source.table)
+    what = reading(contract, "summarising")
+    extent = source.read(
+        f"SELECT (SELECT min({column}) FROM {table}) AS low, (SELECT max({column}) FROM {table}) AS high",
+        what=what,
+    )
+    low, high = (cut.day_of(value) for value in extent.row(0))
+    if low is None or high is None:
+        return None
+    grid = Grid.spanning(low, high) if grid is None else grid.extended_to(high)
+    if grid is None:
+        return None
+    key = contract.primary_key[0]
+    sums = ""
+    if len(contract.primary_key) == 1 and contract.columns[key].type == "int":
+        residue = f"(CAST({quoted(key)} AS BIGINT) % {PRIME})"
+        sums = (
+            f", CAST(sum({residue}) AS BIGINT) AS key_sum, "
+            f"CAST(sum({residue} * {residue} % {PRIME}) AS BIGINT) AS key_squares"
+        )
+    found: list[tuple] = []
+    for start in range(0, grid.count, TERMS_PER_QUERY):
+        terms, values = [], []
+        for number in range(start, min(start + TERMS_PER_QUERY, grid.count)):
+            conditions, bound = _conditions(cut, column, grid.days(number), source, len(values) + 1)
+            values.extend(bound)
+            terms.append(
+                f"SELECT {number} AS period, count(*) AS rows{sums}, CAST(min({column}) AS TEXT) AS low, "
+                f"CAST(max({column}) AS TEXT) AS high FROM {table} WHERE {' AND '.join(conditions)}"
+            )
+        found.extend(source.read(" UNION ALL ".join(terms), values, what=what).sort("period").rows())
+    digests = [last_pass.digest(row[1:]) for row in found]
+    return Summary(grid, digests, [int(row[1]) for row in found])
+
+
+def period_rows(
+    contract: Contract,
+    source: SourceDatabase,
+    bounds: WatermarkRange,
+    grid: Grid,
+    number: int,
+    columns: list[str],
+) -> pl.DataFrame:
+    """The `columns` of the source rows of period `number` that lie in `bounds`."""
+    name = contract.watermark.column
+    conditions, values = _conditions(_Cut(bounds), quoted(name), grid.days(number), source, 1)
+    rows = source.read(
+        f"SELECT {', '.join(map(quoted, dict.fromkeys([*columns, name])))} "
+        f"FROM {qualified(contract.source.table)} WHERE {' AND '.join(conditions)}",
+        values,
+        what=reading(contract, "reconciling"),
+    )
+    return rows.filter(replace(bounds, kind=rows.schema[name]).exact()).select(columns)

@@ -1,0 +1,134 @@
+"""A source table cut into periods of days of its watermark, by the database: the periods hold
+every row once, each period's rows are those its summary counts, and a row written late into
+an old day changes that day's summary alone. For each form a watermark takes: SQLite text (one
+value with an offset) and epoch milliseconds, PostgreSQL `TIMESTAMPTZ` and `TIMESTAMP`."""
+
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+import psycopg2
+import pytest
+from conftest import postgres_source
+
+from asset_checks import watermark_days
+from lakehouse.bronze.database import source_range
+from lakehouse.resources import SourceDatabase
+from lakehouse.sources.contract import Contract
+from lakehouse.sources.contract_files import load_contract
+
+FIRST = datetime(2026, 11, 2, 6, 0, tzinfo=UTC)
+DAYS = 5
+PER_DAY = 4
+CONTRACT = """\
+name: visits
+description: Visits to a museum.
+source: {{kind: database, table: {table}}}
+primary_key: [visit_id]
+watermark: {{column: seen}}
+columns:
+  visit_id: {{type: int, nullable: false, unique: true}}
+  seen: {{type: timestamp, nullable: false{epoch}}}
+"""
+FORMS = ["sqlite-text", "sqlite-epoch-ms", "postgresql-timestamptz", "postgresql-timestamp"]
+
+
+def _moments() -> list[datetime]:
+    return [FIRST + timedelta(days=day, hours=3 * n) for day in range(DAYS) for n in range(PER_DAY)]
+
+
+def _value(form: str, moment: datetime, index: int) -> object:
+    if form == "sqlite-text":
+        # One value with an offset: its text starts with its wall-clock date.
+        if index == 5:
+            return moment.astimezone(UTC).replace(tzinfo=None).isoformat() + "+00:00"
+        return moment.isoformat(sep=" ")
+    if form == "sqlite-epoch-ms":
+        return int(moment.timestamp() * 1000)
+    if form == "postgresql-timestamp":
+        return moment.replace(tzinfo=None)
+    return moment
+
+
+class Visits:
+    """The visits table in the `form`'s database, and rows added to it."""
+
+    def __init__(self, form: str, folder: Path) -> None:
+        self.form = form
+        if form.startswith("sqlite"):
+            self.path = folder / "museum.db"
+            self.source = SourceDatabase(url=f"sqlite:///{self.path}", backoff_seconds=0.05)
+            kind = "integer" if form.endswith("ms") else "text"
+            self._run([f"create table visits (visit_id integer primary key, seen {kind} not null)",
+                       "create index visits_seen on visits (seen)"])  # fmt: skip
+            self.table = "visits"
+        else:
+            self.source = postgres_source()
+            self.schema = f"museum_{uuid.uuid4().hex[:8]}"
+            kind = "timestamptz" if form.endswith("timestamptz") else "timestamp"
+            self.table = f"{self.schema}.visits"
+            self._run([f"create schema {self.schema}",
+                       f"create table {self.table} (visit_id bigint primary key, seen {kind} not null)",
+                       f"create index on {self.table} (seen)"])  # fmt: skip
+        epoch = ", epoch: ms" if form.endswith("ms") else ""
+        contract = folder / "visits.yaml"
+        contract.write_text(CONTRACT.format(table=self.table, epoch=epoch))
+        self.contract: Contract = load_contract(contract)
+
+    def _run(self, statements: list[str], rows: list[tuple] = ()) -> None:
+        connect = (
+            sqlite3.connect(self.path)
+            if self.form.startswith("sqlite")
+            else psycopg2.connect(self.source.url)
+        )
+        with connect as connection:
+            cursor = connection.cursor()
+            for statement in statements:
+                cursor.execute(statement)
+            if rows:
+                marks = "?, ?" if self.form.startswith("sqlite") else "%s, %s"
+                cursor.executemany(f"insert into {self.table} values ({marks})", rows)
+        connection.close()
+
+    def add(self, rows: list[tuple[int, datetime]]) -> None:
+        self._run([], [(key, _value(self.form, moment, key)) for key, moment in rows])
+
+    def drop(self) -> None:
+        if not self.form.startswith("sqlite"):
+            self._run([f"drop schema {self.schema} cascade"])
+
+
+@pytest.fixture(params=FORMS)
+def visits(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Visits]:
+    table = Visits(request.param, tmp_path)
+    table.add(list(enumerate(_moments())))
+    yield table
+    table.drop()
+
+
+def test_the_periods_hold_every_row_once_and_a_late_row_changes_its_day_alone(visits: Visits) -> None:
+    upper = FIRST + timedelta(days=DAYS)
+    bounds, _ = source_range(visits.contract, visits.source, upper=upper)
+    summary = watermark_days.summarise(visits.contract, visits.source, bounds)
+    assert summary is not None
+    assert summary.grid.count == DAYS and sum(summary.rows) == DAYS * PER_DAY
+
+    periods = [
+        watermark_days.period_rows(visits.contract, visits.source, bounds, summary.grid, number, ["visit_id"])
+        for number in range(summary.grid.count)
+    ]
+    assert [period.height for period in periods] == summary.rows
+    assert sorted(pl.concat(periods).get_column("visit_id")) == list(range(DAYS * PER_DAY))
+
+    # A visit written late with the third day's time: only that day's summary changes.
+    visits.add([(1_000, FIRST + timedelta(days=2, hours=1))])
+    again = watermark_days.summarise(visits.contract, visits.source, bounds, summary.grid)
+    assert again is not None and again.differing(summary.digests) == [2]
+    # A day past the grid's last one extends it: only the new periods differ.
+    visits.add([(1_001, FIRST + timedelta(days=DAYS + 1))])
+    later = watermark_days.summarise(visits.contract, visits.source, bounds, summary.grid)
+    assert later is not None and later.grid.count == DAYS + 2
+    assert later.differing(again.digests) == [DAYS, DAYS + 1]
