@@ -17,10 +17,9 @@ import dagster as dg
 from deltalake import DeltaTable
 
 from asset_checks.check import code_digest, last_evaluation
+from lakehouse.storage import delta
 
 RECORD = "reconciled"
-# Commits that keep every row of the version before them.
-KEEPING = {"OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES"}
 
 
 def digest(values: tuple) -> str:
@@ -30,15 +29,10 @@ def digest(values: tuple) -> str:
 
 def only_added(table: DeltaTable, since: int) -> bool:
     """Whether every commit after version `since` kept the rows before it."""
-    if since > table.version():
-        return False
-    for commit in table.history(limit=table.version() - since):
-        appended = (
-            commit["operation"] == "WRITE" and commit.get("operationParameters", {}).get("mode") == "Append"
-        )
-        if commit["version"] > since and not (appended or commit["operation"] in KEEPING):
-            return False
-    return True
+    return since <= table.version() and all(
+        delta.is_append(commit) or commit["operation"] in delta.ROW_KEEPING
+        for commit in delta.commits_after(table, since)
+    )
 
 
 def recorded(

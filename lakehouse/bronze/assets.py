@@ -8,12 +8,14 @@ from lakehouse.bronze.cdc import capture
 from lakehouse.bronze.cdc_slot import lsn_text
 from lakehouse.bronze.database import extract_table
 from lakehouse.bronze.landing import ingest_files
+from lakehouse.bronze.live_keys import LiveKeys
 from lakehouse.orchestration import metadata
 from lakehouse.resources import LakehouseStorage, LandingZone, SourceDatabase
 from lakehouse.settings import seconds
 from lakehouse.sources.contract import Contract
 
 LISTED_FILES = 20
+LIVE_KEYS = "live_keys"  # the materialization metadata a run leaves for the next one
 
 
 def landing_retries() -> dg.RetryPolicy:
@@ -49,8 +51,14 @@ def _database_asset(contract: Contract) -> dg.AssetsDefinition:
         started = time.monotonic()
         if contract.is_cdc:
             return _capture_result(context, contract, source, lakehouse, started)
+        previous = context.instance.get_latest_materialization_event(context.asset_key)
+        recorded = previous.asset_materialization.metadata.get(LIVE_KEYS) if previous else None
         result = extract_table(
-            contract, source, lakehouse.table_uri("bronze", contract.name), context.run.run_id
+            contract,
+            source,
+            lakehouse.table_uri("bronze", contract.name),
+            context.run.run_id,
+            carried=LiveKeys.from_json(recorded.value) if recorded else None,
         )
         context.log.info(
             f"bronze/{contract.name}: read {result.rows_read} rows, appended {result.rows_appended}, "
@@ -74,6 +82,10 @@ def _database_asset(contract: Contract) -> dg.AssetsDefinition:
                 "watermark_after": str(result.watermark_after),
                 "added_columns": ", ".join(result.added_columns) or "none",
                 "rows_without_watermark": result.rows_without_watermark,
+                # Where the next run's search for deletes starts (lakehouse/bronze/live_keys.py).
+                **(
+                    {LIVE_KEYS: dg.MetadataValue.json(result.live_keys.as_json())} if result.live_keys else {}
+                ),
             }
         )
 

@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from lakehouse.bronze import deletes, tombstones
 from lakehouse.bronze.columns import OP, PARTITION_COLUMN, UPSERT, pin_types, with_audit_columns
+from lakehouse.bronze.live_keys import LiveKeys, find_deletes_from, remaining
 from lakehouse.bronze.watermark import WatermarkRange
 from lakehouse.resources import SourceDatabase
 from lakehouse.sources.contract import Contract, DeleteCadence
@@ -51,6 +52,7 @@ class Extraction:
     rows_without_watermark: int
     rows_deleted: int
     deletes_checked: str  # how deletes were looked for, or why not
+    live_keys: LiveKeys | None = None  # the summary the next run starts from
 
 
 def read_watermark(table: delta.DeltaTable | None, contract: Contract) -> datetime | None:
@@ -156,16 +158,27 @@ def check_source_columns(contract: Contract, source: SourceDatabase) -> None:
 
 
 def extract_table(
-    contract: Contract, source: SourceDatabase, uri: str, run_id: str, now: datetime | None = None
+    contract: Contract,
+    source: SourceDatabase,
+    uri: str,
+    run_id: str,
+    now: datetime | None = None,
+    carried: LiveKeys | None = None,
 ) -> Extraction:
-    """Append the source rows changed since bronze's watermark (see the module's docstring)."""
+    """Append the source rows changed since bronze's watermark (see the module's docstring),
+    looking for deletes from the live keys' summary the last run `carried` over, if it holds."""
     return ledger.redo_when_moved(
-        lambda: _extract_once(contract, source, uri, run_id, now), f"bronze/{contract.name}"
+        lambda: _extract_once(contract, source, uri, run_id, now, carried), f"bronze/{contract.name}"
     )
 
 
 def _extract_once(
-    contract: Contract, source: SourceDatabase, uri: str, run_id: str, now: datetime | None
+    contract: Contract,
+    source: SourceDatabase,
+    uri: str,
+    run_id: str,
+    now: datetime | None,
+    carried: LiveKeys | None,
 ) -> Extraction:
     assert contract.watermark is not None and contract.is_database
     check_source_columns(contract, source)
@@ -221,12 +234,24 @@ def _extract_once(
     # deleted while the run reads is a tombstone after its last version.
     checked = ledger.read(table, ledger.bronze_deletes_checked(contract.name))
     looking = table is not None and deletes.due(contract, checked, extracted_at)
+    # Read here, not while the commit streams the rows: delta-rs cannot be called from there.
+    record = carried if looking and carried is not None and carried.holds_for(table) else None
     found: list[deletes.Deletes] = []
+    summaries: list[LiveKeys | None] = []
 
     def gone(schema: pl.Schema) -> Iterator[pl.DataFrame]:
         assert table is not None
-        live = pl.concat([tombstones.live_keys(pl.scan_delta(table), contract).collect(), *appended_keys])
-        found.append(deletes.find_deletes(contract, source, live.unique()))
+        keys = pl.DataFrame(schema={name: schema[name] for name in contract.primary_key})
+        appended = pl.concat([keys, *appended_keys]).unique()
+        started = None
+        if record is not None and deletes.ranged(contract, appended):
+            started = find_deletes_from(contract, source, table, record, appended)
+        if started is None:
+            live = pl.concat([tombstones.live_keys(pl.scan_delta(table), contract).collect(), appended])
+            result = deletes.find_deletes(contract, source, live.unique())
+            started = result, remaining(result, contract.primary_key[0])
+        found.append(started[0])
+        summaries.append(started[1])
         if not found[-1].keys.is_empty():
             yield tombstones.tombstones(found[-1].keys, schema, label, run_id, extracted_at)
 
@@ -241,10 +266,17 @@ def _extract_once(
 
     def extraction(after: datetime | None, written: delta.DeltaTable | None, added: list[str]) -> Extraction:
         result = found[0] if found else None
+        live = summaries[0] if summaries else None
+        if live is not None:
+            # This run's commit, or the last one that changed the rows when it made none.
+            committed = written is not table
+            version = claim.version if committed else delta.last_row_change(table)
+            live = None if version is None else replace(live, version=version)
         return Extraction(
             counts["read"], counts["appended"], before, after, added, written, unwatermarked,
             rows_deleted=0 if result is None else result.keys.height,
             deletes_checked=deletes.describe(contract, result, table is None),
+            live_keys=live,
         )  # fmt: skip
 
     stream = changes()

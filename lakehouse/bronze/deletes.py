@@ -39,6 +39,10 @@ class Deletes:
     keys: pl.DataFrame
     ranges_compared: int  # 0: compared whole
     ranges_read: int
+    # For a key of one integer column: the ranges compared and the summary of the live keys.
+    ranges: KeyRanges | None = None
+    held: pl.DataFrame | None = None
+    carried: bool = False  # the live keys' summary came from the last run
 
 
 def due(contract: Contract, checked: int | None, now: datetime) -> bool:
@@ -54,8 +58,9 @@ def due(contract: Contract, checked: int | None, now: datetime) -> bool:
 def describe(contract: Contract, found: Deletes | None, first_load: bool) -> str:
     """How a run looked for deletes, or why it did not, for its metadata."""
     if found is not None:
+        carried = " (bronze's from the last run's summary)" if found.carried else ""
         how = (
-            f"compared key ranges: {found.ranges_compared}, read the keys of {found.ranges_read}"
+            f"compared key ranges: {found.ranges_compared}{carried}, read the keys of {found.ranges_read}"
             if found.ranges_compared
             else "compared every key"
         )
@@ -189,7 +194,7 @@ def find_deletes(contract: Contract, source: SourceDatabase, live: pl.DataFrame)
     if live.is_empty() or low is None or high is None:
         return Deletes(live, 0, 0)  # nothing held, or the source holds nothing
     ranges = KeyRanges.spanning(min(low, live[key].min()), max(high, live[key].max()))
-    numbers = differing(
-        side_by_side(source_summary(contract, source, key, ranges), summary(live, key, ranges))
-    )
-    return Deletes(gone_from(contract, source, live, ranges, numbers), ranges.count, len(numbers))
+    held = summary(live, key, ranges)
+    numbers = differing(side_by_side(source_summary(contract, source, key, ranges), held))
+    gone = gone_from(contract, source, live, ranges, numbers)
+    return Deletes(gone, ranges.count, len(numbers), ranges, held)

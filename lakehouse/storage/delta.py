@@ -22,6 +22,8 @@ COMMIT_BACKOFF = tenacity.wait_random_exponential(multiplier=0.4, max=5)
 BATCH_ROWS = 250_000
 # Bronze is read incrementally by silver through the change data feed.
 CHANGE_DATA_FEED = {"delta.enableChangeDataFeed": "true"}
+# Operations whose commits keep every row of the version before them.
+ROW_KEEPING = frozenset({"OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES"})
 
 
 def load_table(uri: str, version: int | None = None) -> DeltaTable:
@@ -53,6 +55,30 @@ def version_label(table: DeltaTable | None) -> str:
 def snapshot(uri: str) -> str:
     """The `version_label` of the table at `uri` now."""
     return version_label(open_table(uri))
+
+
+def commits_after(table: DeltaTable, version: int) -> list[dict]:
+    """The commit information of the table's versions after `version`, newest first."""
+    return [
+        commit
+        for commit in table.history(limit=max(table.version() - version, 0))
+        if commit["version"] > version
+    ]
+
+
+def is_append(commit: dict) -> bool:
+    return commit["operation"] == "WRITE" and commit.get("operationParameters", {}).get("mode") == "Append"
+
+
+def last_row_change(table: DeltaTable) -> int | None:
+    """The version of the newest commit that changed the table's rows (None: none in the log)."""
+    limit = 8
+    while True:
+        commits = table.history(limit=limit)
+        changed = next((commit for commit in commits if commit["operation"] not in ROW_KEEPING), None)
+        if changed is not None or len(commits) < limit:
+            return None if changed is None else changed["version"]
+        limit *= 8
 
 
 def row_count(table: DeltaTable) -> int:

@@ -1,0 +1,118 @@
+"""A summary of the keys bronze holds live, per range of the key, carried from run to run.
+
+Finding deletes compares the source's summary of each key range with that of the keys bronze
+holds live (lakehouse/bronze/deletes.py). Working out which keys are live reads every bronze
+row. Instead, a run that looked for deletes records the live keys' summary after its commit
+(the bronze asset keeps it in its materialization's metadata, with the bronze version it
+describes), and the next run starts from it: it adds the keys its own rows make live, looked
+up in bronze by key, and reads bronze's live keys only in the ranges whose summaries differ.
+
+A record holds while the last commit that changed bronze's rows is the one it names (a
+compaction or vacuum since changes none); otherwise, and for a key of several columns or of
+another type, the run reads every live key, as a first run does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+from deltalake import DeltaTable
+
+from lakehouse.bronze import tombstones
+from lakehouse.bronze.deletes import (
+    SUMMARY,
+    Deletes,
+    KeyRanges,
+    differing,
+    gone_from,
+    side_by_side,
+    source_extent,
+    source_summary,
+    summary,
+)
+from lakehouse.resources import SourceDatabase
+from lakehouse.sources.contract import Contract
+from lakehouse.storage import delta
+
+
+@dataclass(frozen=True)
+class LiveKeys:
+    """The summary (range, rows, sum, squares) of the keys bronze holds live at `version`."""
+
+    version: int
+    ranges: KeyRanges
+    summary: pl.DataFrame
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "ranges": [self.ranges.low, self.ranges.width, self.ranges.count],
+            **{name: self.summary.get_column(name).to_list() for name in ("range", *SUMMARY)},
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> LiveKeys | None:
+        try:
+            columns = {name: data[name] for name in ("range", *SUMMARY)}
+            return cls(
+                int(data["version"]), KeyRanges(*data["ranges"]), pl.DataFrame(columns, schema=_SCHEMA)
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def holds_for(self, table: DeltaTable) -> bool:
+        """Whether `table` holds the rows it held at the recorded version."""
+        return delta.last_row_change(table) == self.version
+
+
+_SCHEMA = {"range": pl.Int64, **dict.fromkeys(SUMMARY, pl.Int64)}
+
+
+def _plus(left: pl.DataFrame, right: pl.DataFrame, sign: int) -> pl.DataFrame:
+    joined = left.join(right, on="range", how="full", coalesce=True, suffix="_other").fill_null(0)
+    return joined.select(
+        "range", *((pl.col(name) + sign * pl.col(f"{name}_other")).alias(name) for name in SUMMARY)
+    ).filter(pl.col("rows") != 0)
+
+
+def remaining(found: Deletes, key: str) -> LiveKeys | None:
+    """The live keys' summary once the keys `found` are tombstones (its version still to be
+    set); None when the keys were compared whole."""
+    if found.ranges is None or found.held is None:
+        return None
+    gone = summary(found.keys, key, found.ranges).cast(_SCHEMA)
+    return LiveKeys(-1, found.ranges, _plus(found.held.cast(_SCHEMA), gone, -1))
+
+
+def find_deletes_from(
+    contract: Contract, source: SourceDatabase, table: DeltaTable, record: LiveKeys, appended: pl.DataFrame
+) -> tuple[Deletes, LiveKeys] | None:
+    """The deletes, starting from `record` (which must hold for `table`) and the keys this run
+    `appended`, and the live keys' summary after them (`remaining`); None when the record's
+    ranges cannot take the keys the source or this run holds now."""
+    key = contract.primary_key[0]
+    appended = appended.filter(pl.col(key).is_not_null())
+    low, high = source_extent(contract, source, key)
+    if low is None or high is None:
+        return None
+    if not appended.is_empty():
+        low, high = min(low, appended[key].min()), max(high, appended[key].max())
+    ranges = record.ranges.extended_to(low, high)
+    if ranges is None:
+        return None
+    bronze = pl.scan_delta(table)
+    earlier = tombstones.live_keys(bronze.filter(pl.col(key).is_in(appended[key].implode())), contract)
+    became_live = appended.join(earlier.collect().cast(dict(appended.schema)), on=key, how="anti")
+    held = _plus(record.summary, summary(became_live, key, ranges).cast(_SCHEMA), 1)
+    numbers = differing(side_by_side(source_summary(contract, source, key, ranges), held))
+    live = appended
+    if numbers:
+        # The live keys of the ranges that differ only: bronze's, and those this run appended.
+        inside = pl.any_horizontal(pl.col(key).is_between(*ranges.bounds(number)) for number in numbers)
+        held_inside = tombstones.live_keys(bronze.filter(inside), contract).collect()
+        live = pl.concat([held_inside.cast(dict(appended.schema)), appended]).unique()
+    gone = gone_from(contract, source, live, ranges, numbers)
+    found = Deletes(gone, ranges.count, len(numbers), ranges, held, carried=True)
+    return found, remaining(found, key)
