@@ -7,7 +7,8 @@ watermark (as a Delta app transaction, which survives log checkpoints). A crash 
 commit changes nothing; the next run reads again.
 
 The same commit appends a tombstone for each key bronze holds that the source no longer has
-(lakehouse/bronze/deletes.py), on every run or on the contract's cadence.
+(lakehouse/bronze/deletes.py), on every run or on the contract's cadence, starting from the
+summary of the live keys the last run left (lakehouse/bronze/live_keys.py).
 
 The rows are read in chunks of CHUNK_ROWS and streamed into that one commit: memory follows
 the chunk, not the table, however large the first load.

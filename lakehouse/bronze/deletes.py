@@ -4,9 +4,10 @@ Watermark extraction reads every row that changed and never one that is gone, so
 (or each run on the contract's cadence) compares keys. Cost follows the change, not the
 table: for a key of one integer column, both sides are summarised per range of at least
 `RANGE_WIDTH` key values (rows, and two sums of the keys modulo a prime), the source's in
-SQL over the key's index, so that only the summaries cross the wire; keys are read only for
-the ranges whose summaries differ. A key of another type, or of several columns, is compared
-whole.
+SQL over the key's index, so that only the summaries cross the wire, bronze's from the keys it
+holds live or from the summary the last run left (lakehouse/bronze/live_keys.py); keys are
+read only for the ranges whose summaries differ. A key of another type, or of several
+columns, is compared whole.
 
 A range also differs when the source holds keys bronze does not have yet (inserted since the
 extraction, or without a watermark): its keys are read, and only those gone are deletes.
