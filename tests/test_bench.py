@@ -1,6 +1,7 @@
-"""`make bench` splits each run's wall time by the part of the pipeline its steps belong to."""
+"""`make bench` splits each run's wall time by the part of the pipeline its steps belong to, and
+judges the targets of the scale it measures."""
 
-from bench.run import PARTS, step_parts
+from bench.run import MIB, PARTS, step_parts, targets
 from lakehouse.definitions import defs
 
 
@@ -9,3 +10,32 @@ def test_every_step_of_the_pipeline_is_in_one_part_of_the_benchs_split() -> None
     steps = {assets.node_def.name for assets in [*defs.assets, *defs.asset_checks]}
     assert steps <= set(parts) and set(parts.values()) <= set(PARTS)
     assert parts["dbt_models"] == "dbt"
+
+
+def test_scale_10_is_judged_by_how_cost_follows_the_change_and_other_scales_by_scale_1() -> None:
+    summary = {
+        "ratios": {
+            "full / floor": 4.5,
+            "incremental (1 batch) / full": 0.08,
+            "incremental (5 batches) / full": 0.25,
+            "no-op / full": 0.02,
+            "silver/orders step / dbt model (full)": 0.9,
+        },
+        "noop": {"seconds": 9.0},
+        "definitions_load_seconds": 1.5,
+        "metrics_scrape_seconds": 0.3,
+    }
+    at_10 = {name: (measured, met) for name, measured, met in targets(summary, 1024 * MIB, 10)}
+    assert at_10["no-op <= 3 % of full"] == ("2.0%", True)
+    assert at_10["incremental (5 batches) <= 20 % of full"] == ("25.0%", False)
+    assert at_10["full build <= 5 x floor"] == ("4.5 x", True)
+    at_3 = {name: met for name, _, met in targets(summary, 1024 * MIB, 3)}
+    assert at_3 == {
+        "full build <= 4 x floor": False,
+        "incremental (1 batch) <= 15 % of full": True,
+        "no-op <= 8 s": False,
+        "peak RSS <= 2 GiB (largest of all runs)": True,
+        "silver/orders step <= dbt alternative's model (full)": True,
+        "definitions load <= 2 s": True,
+        "metrics scrape <= 1 s": True,
+    }
