@@ -27,6 +27,11 @@ def digest(values: tuple) -> str:
     return hashlib.blake2b(repr(values).encode(), digest_size=8).hexdigest()
 
 
+def changed(digests: list[str], recorded: list[str]) -> list[int]:
+    """The numbers of the digests that are not the recorded ones (one added since has none)."""
+    return [number for number, digest in enumerate(digests) if recorded[number : number + 1] != [digest]]
+
+
 def only_added(table: DeltaTable, since: int) -> bool:
     """Whether every commit after version `since` kept the rows before it."""
     return since <= table.version() and all(

@@ -15,14 +15,15 @@ import dagster as dg
 import polars as pl
 
 from asset_checks.check import Check
+from asset_checks.consumed_rows import NOTHING_CONSUMED
 from asset_checks.row_checks import scan_columns
 from asset_checks.sample import sample
 from lakehouse.resources import LakehouseStorage
-from lakehouse.silver.changes import bronze_identity, read_bronze_changes
+from lakehouse.silver.changes import bronze_identity, consumed_position, read_bronze_changes
 from lakehouse.silver.load import BRONZE_VERSION, BRONZE_VERSION_BEFORE
 from lakehouse.silver.validate import ERROR_COLUMN, ERROR_SEPARATOR
 from lakehouse.sources.contract import Contract
-from lakehouse.storage import delta, ledger
+from lakehouse.storage import delta
 
 NAMED_REASONS = 5
 # Silver's last load is among its newest commits: only orphan resolution and maintenance
@@ -71,10 +72,10 @@ def _quarantine_rate_check(contract: Contract) -> Check:
 
     def evaluate(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         lakehouse: LakehouseStorage = context.resources.lakehouse
-        silver = delta.open_table(lakehouse.table_uri("silver", contract.name))
-        position = ledger.read(silver, ledger.silver_position(contract.name))
-        if silver is None or position is None:
-            return dg.AssetCheckResult(passed=True, metadata={"rows_consumed": 0, "note": "silver is empty"})
+        loaded = consumed_position(lakehouse, contract.name)
+        if loaded is None:
+            return NOTHING_CONSUMED
+        silver, position = loaded
         bronze_uri = lakehouse.table_uri("bronze", contract.name)
         since = load_started_from(silver, position)
         batch = _batch(bronze_uri, since, position, identity)

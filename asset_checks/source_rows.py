@@ -19,6 +19,7 @@ from asset_checks import last_pass, watermark_days
 from asset_checks.check import Check
 from asset_checks.sample import sample
 from lakehouse.bronze import tombstones
+from lakehouse.bronze.columns import OP
 from lakehouse.bronze.database import CHUNK_ROWS, read_watermark, source_chunks, source_range
 from lakehouse.bronze.watermark import WatermarkRange
 from lakehouse.resources import LakehouseStorage, SourceDatabase
@@ -130,7 +131,7 @@ def _compare_since(
             yield from source_chunks(contract, source, replace(bounds, lower=since), identity, "reconciling")
 
     uri, version = bronze
-    appended, _ = read_bronze_changes(uri, last["version"], version)
+    appended, _ = read_bronze_changes(uri, last["version"], version, columns=[*identity, OP])
     how = {
         "compared": f"the days whose summary changed since the last pass, and the rows since {since}",
         "periods_read": len(changed),
@@ -163,7 +164,7 @@ def source_rows_check(contract: Contract) -> Check:
         grid = watermark_days.Grid(date.fromisoformat(last["grid"][0]), *last["grid"][1:]) if last else None
         # Summarised before any row is read: a row that changes meanwhile changes the next summary.
         days = watermark_days.summarise(contract, source, bounds, grid)
-        changed = None if days is None or last is None else days.differing(last["periods"])
+        changed = None if days is None or last is None else last_pass.changed(days.digests, last["periods"])
         if changed is None or sum(days.rows[number] for number in changed) > sum(days.rows) / 2:
             compared = _compare_whole(contract, source, bounds, stored, identity)
             how: dict = {"compared": "every source row"}

@@ -75,12 +75,6 @@ class Summary:
     digests: list[str]
     rows: list[int]
 
-    def differing(self, recorded: list[str]) -> list[int]:
-        """The periods whose digest is not the recorded one (a period added since has none)."""
-        return [
-            number for number, digest in enumerate(self.digests) if recorded[number : number + 1] != [digest]
-        ]
-
 
 def _day_of(value: Any) -> date | None:
     """The day a raw watermark value falls on, as the periods are cut."""

@@ -97,12 +97,30 @@ class Library:
             marks = ", ".join("?" * (len(rows[0]) + 1))
             connection.executemany(f"insert into {table} values ({marks})", [(*row, stamp) for row in rows])
 
+    def insert(self, table: str, rows: list[tuple]) -> None:
+        """Rows as given, their watermark last."""
+        with sqlite3.connect(self.database) as connection:
+            marks = ", ".join("?" * len(rows[0]))
+            connection.executemany(f"insert into {table} values ({marks})", rows)
+
+    def update(self, table: str, key: str, value: int, **changes: object) -> None:
+        """Change one row's columns, updated now (a minute after the previous batch)."""
+        with sqlite3.connect(self.database) as connection:
+            (latest,) = connection.execute(f"select max(updated_at) from {table}").fetchone()
+            stamp = timestamp_text(datetime.fromisoformat(latest) + timedelta(minutes=1))
+            columns = ", ".join(f"{name} = ?" for name in [*changes, "updated_at"])
+            connection.execute(
+                f"update {table} set {columns} where {key} = ?", [*changes.values(), stamp, value]
+            )
+
     def delete(self, table: str, key: str, ids: list[int]) -> None:
         """Delete the rows whose `key` is one of `ids`, as the source's users do."""
         with sqlite3.connect(self.database) as connection:
             connection.executemany(f"delete from {table} where {key} = ?", [(value,) for value in ids])
 
-    def materialize(self, selection: list[str] | None = None) -> dg.ExecuteInProcessResult:
+    def materialize(
+        self, selection: list[str] | dg.AssetSelection | None = None
+    ) -> dg.ExecuteInProcessResult:
         """The `selection` (by default bronze and silver of every contract) with its checks, in
         one run."""
         contracts = self.contracts
@@ -122,3 +140,15 @@ class Library:
 
     def table(self, layer: str, name: str) -> pl.DataFrame:
         return pl.read_delta(self.storage.table_uri(layer, name))
+
+
+def evaluations(result: dg.ExecuteInProcessResult, asset: dg.AssetKey) -> dict[str, dg.AssetCheckEvaluation]:
+    """The run's check evaluations on `asset`, by check name."""
+    return {
+        found.check_name: found for found in result.get_asset_check_evaluations() if found.asset_key == asset
+    }
+
+
+def value(evaluation: dg.AssetCheckEvaluation, name: str) -> object:
+    """The value of one of the evaluation's metadata entries."""
+    return evaluation.metadata[name].value

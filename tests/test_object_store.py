@@ -11,6 +11,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import polars as pl
 import pyarrow.fs as pafs
 import pytest
 from conftest import (
@@ -32,6 +33,7 @@ from lakehouse.bronze import tombstones
 from lakehouse.orchestration.sensors import waiting_files
 from lakehouse.resources import LandingZone
 from lakehouse.storage import delta, files
+from lakehouse.storage.merge import merge
 
 pytestmark = [pytest.mark.scaleout, pytest.mark.slow]
 
@@ -202,3 +204,20 @@ def test_the_table_commands_and_maintenance_work_on_an_object_store_root(
     assert maintained.returncode == 0, maintained.stderr[-3000:]
     assert {name: lake.table("bronze", name).height for name in before} == before
     assert delta.footprint(delta.load_table(lake.uri("bronze", "orders")))[0] == 1  # compacted
+
+
+def test_the_files_a_merge_added_and_removed_are_read_from_the_object_store(
+    tmp_path: Path, object_store: dict[str, str]
+) -> None:
+    """What the checks after a pass read of a changed table: the files a commit added and removed."""
+    uri = f"s3://{BUCKET}/files-{tmp_path.name}"
+    delta.write(uri, pl.DataFrame({"id": [1, 2, 3], "value": ["a", "b", "c"]}), create=True)
+    merge(uri, pl.DataFrame({"id": [2, 4], "value": ["B", "d"]}), ["id"], update_when="true")
+    table = delta.load_table(uri)
+
+    added, removed = delta.files_since(table, uri, 0)
+    schema = pl.Schema({"id": pl.Int64, "value": pl.String})
+    gained, lost = (delta.read_files(uri, listed, schema).sort("id") for listed in (added, removed))
+
+    assert gained.rows() == [(1, "a"), (2, "B"), (3, "c"), (4, "d")]
+    assert lost.rows() == [(1, "a"), (2, "b"), (3, "c")]

@@ -5,14 +5,13 @@ since the pass's watermark, and still finds a row written late into an old day, 
 bronze gained and a row bronze lost; `keys_in_source` reads the key ranges whose summaries
 changed and still finds a key the source deleted. The library's source, not the shop's."""
 
-import sqlite3
 from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 import pytest
-from library import CLOCK, Library
+from library import CLOCK, Library, evaluations, value
 
 from lakehouse.sources.timestamps import timestamp_text
 from lakehouse.storage import delta
@@ -23,21 +22,7 @@ PER_DAY = 30
 
 
 def _check(result: dg.ExecuteInProcessResult) -> dg.AssetCheckEvaluation:
-    (found,) = (
-        evaluation
-        for evaluation in result.get_asset_check_evaluations()
-        if evaluation.asset_key == LOANS and evaluation.check_name == "source_rows_in_bronze"
-    )
-    return found
-
-
-def _value(evaluation: dg.AssetCheckEvaluation, name: str) -> object:
-    return evaluation.metadata[name].value
-
-
-def _insert_loans(library: Library, rows: list[tuple[int, int, str, str]]) -> None:
-    with sqlite3.connect(library.database) as connection:
-        connection.executemany("insert into loans values (?, ?, ?, ?)", rows)
+    return evaluations(result, LOANS)["source_rows_in_bronze"]
 
 
 @pytest.fixture
@@ -46,8 +31,8 @@ def passed(tmp_path: Path) -> Library:
     library = Library(tmp_path, dg.DagsterInstance.ephemeral())
     library.create()
     library.add("members", [(1, "Ada"), (2, "Grace")])
-    _insert_loans(
-        library,
+    library.insert(
+        "loans",
         [
             (day * PER_DAY + n, 1 + n % 2, "open", timestamp_text(CLOCK - timedelta(DAYS - day, minutes=n)))
             for day in range(DAYS)
@@ -55,32 +40,32 @@ def passed(tmp_path: Path) -> Library:
         ],
     )
     first = _check(library.materialize())
-    assert first.passed and _value(first, "compared") == "every source row"
-    assert _value(first, "rows_checked") == DAYS * PER_DAY
+    assert first.passed and value(first, "compared") == "every source row"
+    assert value(first, "rows_checked") == DAYS * PER_DAY
     return library
 
 
 def test_a_second_evaluation_reads_no_row_and_a_late_row_in_an_old_day_is_found(passed: Library) -> None:
     again = _check(passed.materialize())
     assert again.passed
-    assert (_value(again, "periods_read"), _value(again, "rows_checked")) == (0, 0)
+    assert (value(again, "periods_read"), value(again, "rows_checked")) == (0, 0)
 
     # A new loan now, and one written late with a watermark four days old: past bronze's
     # watermark (no lookback), so no extraction reads it.
     passed.add("loans", [(1_000, 1, "open")])
     late = CLOCK - timedelta(days=4, seconds=30)
-    _insert_loans(passed, [(999, 2, "open", timestamp_text(late))])
+    passed.insert("loans", [(999, 2, "open", timestamp_text(late))])
     result = _check(passed.materialize())
 
     assert not result.passed
-    assert _value(result, "missing_rows") == 1
+    assert value(result, "missing_rows") == 1
     assert [row.data["loan_id"] for row in result.metadata["sample"].value.records] == [999]
     # Two days read, not the table: the old day's rows with the late one, and the last day's
     # with the new loan; and the rows from the pass's watermark on (the last loan it saw, and
     # the new one again).
-    assert _value(result, "periods_read") == 2
-    assert _value(result, "rows_checked") == 2 * (PER_DAY + 1) + 2
-    assert _value(result, "bronze_rows_appended_since") == 1
+    assert value(result, "periods_read") == 2
+    assert value(result, "rows_checked") == 2 * (PER_DAY + 1) + 2
+    assert value(result, "bronze_rows_appended_since") == 1
 
 
 def test_a_duplicate_bronze_gains_after_a_pass_is_found_from_the_rows_it_appended(passed: Library) -> None:
@@ -91,8 +76,8 @@ def test_a_duplicate_bronze_gains_after_a_pass_is_found_from_the_rows_it_appende
     result = _check(passed.materialize(dg.AssetSelection.checks_for_assets(LOANS)))
 
     assert not result.passed
-    assert (_value(result, "duplicated_rows"), _value(result, "missing_rows")) == (2, 0)
-    assert (_value(result, "periods_read"), _value(result, "rows_checked")) == (0, 0)
+    assert (value(result, "duplicated_rows"), value(result, "missing_rows")) == (2, 0)
+    assert (value(result, "periods_read"), value(result, "rows_checked")) == (0, 0)
 
 
 def test_a_row_deleted_from_bronze_after_a_pass_makes_it_compare_every_row(passed: Library) -> None:
@@ -101,9 +86,9 @@ def test_a_row_deleted_from_bronze_after_a_pass_makes_it_compare_every_row(passe
 
     result = _check(passed.materialize(dg.AssetSelection.checks_for_assets(LOANS)))
 
-    assert not result.passed and _value(result, "compared") == "every source row"
-    assert _value(result, "missing_rows") == 1
-    assert _value(result, "rows_checked") == DAYS * PER_DAY
+    assert not result.passed and value(result, "compared") == "every source row"
+    assert value(result, "missing_rows") == 1
+    assert value(result, "rows_checked") == DAYS * PER_DAY
 
 
 def test_keys_in_source_after_a_pass_reads_the_key_ranges_that_changed(passed: Library) -> None:
@@ -111,16 +96,15 @@ def test_keys_in_source_after_a_pass_reads_the_key_ranges_that_changed(passed: L
 
     def keys_in_source() -> dg.AssetCheckEvaluation:
         result = passed.materialize(dg.AssetSelection.checks_for_assets(members))
-        (found,) = (e for e in result.get_asset_check_evaluations() if e.check_name == "keys_in_source")
-        return found
+        return evaluations(result, members)["keys_in_source"]
 
     again = keys_in_source()
-    assert again.passed and _value(again, "ranges_read") == 0
+    assert again.passed and value(again, "ranges_read") == 0
 
     # Deleted in the source, still in silver until bronze next looks for deletes.
     passed.delete("members", "member_id", [2])
     found = keys_in_source()
 
-    assert not found.passed and _value(found, "keys_not_in_source") == 1
+    assert not found.passed and value(found, "keys_not_in_source") == 1
     assert [row.data["member_id"] for row in found.metadata["sample"].value.records] == [2]
-    assert (_value(found, "ranges"), _value(found, "ranges_read")) == (1, 1)
+    assert (value(found, "ranges"), value(found, "ranges_read")) == (1, 1)

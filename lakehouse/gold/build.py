@@ -52,8 +52,8 @@ def _deleted_days(uri: str, since: int | None, column: str) -> tuple[int, set[st
     days: set[str] = set()
     if since is None:
         return version, days
-    for commit in silver.history(limit=max(version - since, 0)):
-        if since < commit["version"] <= version and DELETED_DAYS in commit:
+    for commit in delta.commits_after(silver, since):
+        if DELETED_DAYS in commit:
             days.update(json.loads(commit[DELETED_DAYS]).get(column, []))
     return version, days
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import polars as pl
 
 from lakehouse.bronze.columns import LSN
+from lakehouse.resources import LakehouseStorage
 from lakehouse.sources.contract import Contract
-from lakehouse.storage import delta
+from lakehouse.storage import delta, ledger
 from lakehouse.storage.slices import key_ranges
 
 CHANGE_FEED_COLUMNS = ("_change_type", "_commit_version", "_commit_timestamp")
@@ -29,20 +30,33 @@ def bronze_identity(contract: Contract) -> list[str]:
     return ["_source_file", "_line_number"]
 
 
-def read_bronze_changes(uri: str, since: int, until: int | None = None) -> tuple[pl.DataFrame, int]:
-    """Bronze rows committed after version `since` up to `until` (default: the latest), and
-    the version read."""
+def consumed_position(lakehouse: LakehouseStorage, name: str) -> tuple[delta.DeltaTable, int] | None:
+    """Silver `name` and the bronze version it has consumed; None before its first load."""
+    silver = delta.open_table(lakehouse.table_uri("silver", name))
+    position = ledger.read(silver, ledger.silver_position(name))
+    return None if silver is None or position is None else (silver, position)
+
+
+def read_bronze_changes(
+    uri: str, since: int, until: int | None = None, columns: list[str] | None = None
+) -> tuple[pl.DataFrame, int]:
+    """Bronze rows committed after version `since` up to `until` (default: the latest), with
+    only those of `columns` bronze has when given, and the version read."""
     table = delta.load_table(uri)
     version = table.version() if until is None else until
     empty = pl.DataFrame(schema=pl.Schema(delta.arrow_schema(table)))
+    wanted = None
+    if columns is not None:
+        empty = empty.select(name for name in columns if name in empty.columns)
+        wanted = [*empty.columns, "_change_type"]
     feeds = [
-        pl.DataFrame(table.load_cdf(starting_version=first, ending_version=last).read_all())
+        pl.DataFrame(table.load_cdf(starting_version=first, ending_version=last, columns=wanted).read_all())
         for first, last in live_versions(table, since, version)
     ]
     if not feeds:
         return empty, version
     changes = pl.concat(feeds, how="diagonal_relaxed")
-    return changes.filter(pl.col("_change_type") == "insert").drop(CHANGE_FEED_COLUMNS), version
+    return changes.filter(pl.col("_change_type") == "insert").drop(CHANGE_FEED_COLUMNS, strict=False), version
 
 
 def live_versions(table: delta.DeltaTable, since: int, version: int) -> list[tuple[int, int]]:
@@ -53,8 +67,8 @@ def live_versions(table: delta.DeltaTable, since: int, version: int) -> list[tup
     """
     undone: set[int] = set()
     # The log's newest commits first, whatever version the range ends at.
-    for commit in table.history(limit=max(table.version() - since, 0)):
-        if commit["operation"] == "RESTORE" and since < commit["version"] <= version:
+    for commit in delta.commits_after(table, since):
+        if commit["operation"] == "RESTORE" and commit["version"] <= version:
             undone.update(range(int(commit["operationParameters"]["version"]) + 1, commit["version"] + 1))
     ranges: list[tuple[int, int]] = []
     for number in (v for v in range(since + 1, version + 1) if v not in undone):

@@ -26,12 +26,18 @@ def _typed(raw: pl.Expr, spec: Column, source: pl.DataType, form: TimestampForm)
     return raw.cast(spec.dtype, strict=False)
 
 
+def typed_column(name: str, source: pl.DataType, contract: Contract) -> pl.Expr:
+    """Contract column `name`, stored as `source`, in the contract's type (null where it does
+    not convert)."""
+    return _typed(pl.col(name), contract.columns[name], source, contract.timestamp_form(name))
+
+
 def typed(rows: Rows, contract: Contract) -> Rows:
     """The rows with their contract columns in the contract's types; values that do not
     convert become null (`split_valid` names them as unparseable). Lazy rows stay lazy."""
     # Lazily, as in `split_valid`: the conversions then run side by side.
     converted = rows.lazy().with_columns(
-        _typed(pl.col(name), contract.columns[name], dtype, contract.timestamp_form(name)).alias(name)
+        typed_column(name, dtype, contract).alias(name)
         for name, dtype in rows.collect_schema().items()
         if name in contract.columns
     )

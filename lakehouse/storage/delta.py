@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Iterator
 from typing import Literal, TypeVar
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.dataset
 import tenacity
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
-from lakehouse.storage import table_log
+from lakehouse.storage import files, table_log
 from lakehouse.storage.ledger import Claim, LedgerMoved
 
 T = TypeVar("T")
@@ -57,13 +59,23 @@ def snapshot(uri: str) -> str:
     return version_label(open_table(uri))
 
 
+def _newest_first(table: DeltaTable, page: int) -> Iterator[dict]:
+    """The commit information of the table's versions, newest first, read `page` commits at a
+    time and then eight times as many: the log holds a file per commit, and most readers stop
+    after a few."""
+    below = table.version() + 1
+    while True:
+        commits = table.history(limit=page)
+        yield from (commit for commit in commits if commit["version"] < below)
+        if len(commits) < page:
+            return
+        below, page = commits[-1]["version"], page * 8
+
+
 def commits_after(table: DeltaTable, version: int) -> list[dict]:
     """The commit information of the table's versions after `version`, newest first."""
-    return [
-        commit
-        for commit in table.history(limit=max(table.version() - version, 0))
-        if commit["version"] > version
-    ]
+    newest = _newest_first(table, max(table.version() - version, 1))
+    return list(itertools.takewhile(lambda commit: commit["version"] > version, newest))
 
 
 def is_append(commit: dict) -> bool:
@@ -72,13 +84,26 @@ def is_append(commit: dict) -> bool:
 
 def last_row_change(table: DeltaTable) -> int | None:
     """The version of the newest commit that changed the table's rows (None: none in the log)."""
-    limit = 8
-    while True:
-        commits = table.history(limit=limit)
-        changed = next((commit for commit in commits if commit["operation"] not in ROW_KEEPING), None)
-        if changed is not None or len(commits) < limit:
-            return None if changed is None else changed["version"]
-        limit *= 8
+    changes = (commit for commit in _newest_first(table, 8) if commit["operation"] not in ROW_KEEPING)
+    return next((commit["version"] for commit in changes), None)
+
+
+def files_since(table: DeltaTable, uri: str, version: int) -> tuple[list[str], list[str]]:
+    """The data files the table holds and did not at `version`, and those it held then and no
+    longer does: a MERGE or DELETE rewrites whole files, so its changed rows are among them."""
+    now, then = set(table.file_uris()), set(load_table(uri, version).file_uris())
+    return sorted(now - then), sorted(then - now)
+
+
+def read_files(uri: str, file_uris: list[str], schema: pl.Schema) -> pl.DataFrame:
+    """The `schema`'s columns of some of the table's data files (none of them a partition
+    column: those live in the paths). Raises `FileNotFoundError` for a file vacuum deleted."""
+    if not file_uris:
+        return pl.DataFrame(schema=schema)
+    filesystem, _ = files.filesystem(uri)
+    paths = [files.location(each).removeprefix("s3://") for each in file_uris]
+    dataset = pyarrow.dataset.dataset(paths, format="parquet", filesystem=filesystem)
+    return pl.DataFrame(pl.from_arrow(dataset.to_table(columns=list(schema)))).cast(dict(schema))
 
 
 def row_count(table: DeltaTable) -> int:
