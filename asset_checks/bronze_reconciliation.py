@@ -5,9 +5,12 @@ A database source's row versions up to bronze's watermark are each in bronze onc
 and no ingested file has changed since.
 """
 
+import time
+
 import dagster as dg
 import polars as pl
 
+from asset_checks import last_pass
 from asset_checks.check import Check
 from asset_checks.sample import sample
 from asset_checks.source_rows import source_rows_check
@@ -16,6 +19,11 @@ from lakehouse.bronze.assets import LISTED_FILES
 from lakehouse.resources import LakehouseStorage, LandingZone
 from lakehouse.sources.contract import Contract
 from lakehouse.storage import delta, ledger
+
+NAME = "lines_in_bronze_or_quarantine"
+# A landing store's clock may run apart from this machine's: a file modified this close to the
+# last pass's listing is read again.
+CLOCK_SKEW_NS = 60 * 10**9
 
 
 def _changed_since_ingestion(ingested: ledger.IngestedFile, data: bytes) -> str | None:
@@ -35,7 +43,39 @@ def _lines_wrong(row: dict) -> str:
     )
 
 
+def _appended_files(
+    lakehouse: LakehouseStorage,
+    contract: Contract,
+    bronze: delta.DeltaTable,
+    malformed: delta.DeltaTable | None,
+    last: dict,
+) -> set[str] | None:
+    """The landing files bronze and its malformed quarantine gained lines of since the `last`
+    pass (bronze has only gained rows since, or the record would not hold); None when the
+    quarantine lost rows since, or the files added cannot be read."""
+    sources = [(lakehouse.table_uri("bronze", contract.name), bronze, last["version"])]
+    recorded = last["malformed"]
+    if malformed is None and recorded is not None:
+        return None
+    if malformed is not None:
+        if recorded is not None and (
+            recorded[0] != malformed.metadata().id or not last_pass.only_added(malformed, recorded[1])
+        ):
+            return None
+        uri = lakehouse.table_uri("quarantine", f"{contract.name}_malformed")
+        sources.append((uri, malformed, None if recorded is None else recorded[1]))
+    names: set[str] = set()
+    for uri, table, since in sources:
+        read = delta.rows_since(table, uri, since, pl.Schema({"_source_file": pl.String}))
+        if read is None:
+            return None
+        names.update(read[0].get_column("_source_file").unique().to_list())
+    return names
+
+
 def _landing_lines_check(contract: Contract) -> Check:
+    asset = dg.AssetKey(["bronze", contract.name])
+
     def evaluate(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         landing: LandingZone = context.resources.landing
         lakehouse: LakehouseStorage = context.resources.lakehouse
@@ -43,22 +83,23 @@ def _landing_lines_check(contract: Contract) -> Check:
         if table is None:
             return dg.AssetCheckResult(passed=True, metadata={"files_checked": 0, "note": "bronze is empty"})
         malformed = delta.open_table(lakehouse.table_uri("quarantine", f"{contract.name}_malformed"))
-        # The bronze version whose ledger names the ingested files, not a newer one.
-        lines = [
-            pl.scan_delta(stored).select("_source_file", "_line_number").collect()
-            for stored in (table, malformed)
-            if stored is not None
-        ]
-        stored = (
-            pl.concat(lines)
-            .group_by("_source_file")
-            .agg(stored=pl.len(), distinct=pl.col("_line_number").n_unique())
-        )
+        listed_ns = time.time_ns()
+        last = last_pass.recorded(context, dg.AssetCheckKey(asset, NAME), table)
+        appended = None if last is None else _appended_files(lakehouse, contract, table, malformed, last)
         counted: dict[str, int] = {}
         changed: dict[str, str] = {}
+        unchanged = 0
         for seen in landing_files.matching_files(landing.location, contract.source.glob):
             ingested = ledger.ingested_file(table, contract.name, seen.name)
             if ingested is None:
+                continue
+            if (
+                appended is not None
+                and seen.name not in appended
+                and seen.size == ingested.size
+                and seen.modified_ns < last["listed_ns"] - CLOCK_SKEW_NS
+            ):
+                unchanged += 1  # as the last pass found it, and bronze has gained none of its lines
                 continue
             data = landing_files.read(landing.location, seen)
             difference = _changed_since_ingestion(ingested, data)
@@ -66,6 +107,19 @@ def _landing_lines_check(contract: Contract) -> Check:
                 changed[seen.name] = difference
             else:
                 counted[seen.name] = data.rstrip(b"\n").count(b"\n") + (len(data) > 0)
+        # The bronze version whose ledger names the ingested files, not a newer one.
+        lines = [
+            pl.scan_delta(stored).select("_source_file", "_line_number")
+            for stored in (table, malformed)
+            if stored is not None
+        ]
+        if appended is not None:  # only the files read again
+            lines = [rows.filter(pl.col("_source_file").is_in(list(counted))) for rows in lines]
+        stored = (
+            pl.concat(pl.collect_all(lines))
+            .group_by("_source_file")
+            .agg(stored=pl.len(), distinct=pl.col("_line_number").n_unique())
+        )
         expected = pl.DataFrame(
             {"_source_file": list(counted), "lines": list(counted.values())},
             schema={"_source_file": pl.String, "lines": pl.Int64},
@@ -89,6 +143,7 @@ def _landing_lines_check(contract: Contract) -> Check:
             description=description,
             metadata={
                 "files_checked": len(counted) + len(changed),
+                "files_unchanged_since_last_pass": unchanged,
                 "lines_checked": int(expected["lines"].sum()),
                 "files_wrong": len(faults),
                 "files_changed_after_ingestion": len(changed),
@@ -98,12 +153,17 @@ def _landing_lines_check(contract: Contract) -> Check:
                         schema={"_source_file": pl.String, "problem": pl.String},
                     )
                 ),
+                **last_pass.record(
+                    table,
+                    listed_ns=listed_ns,
+                    malformed=None if malformed is None else [malformed.metadata().id, malformed.version()],
+                ),
             },
         )
 
     return Check(
-        dg.AssetKey(["bronze", contract.name]),
-        "lines_in_bronze_or_quarantine",
+        asset,
+        NAME,
         "Every line of every ingested landing file is in bronze or in quarantine, exactly once, "
         "and no ingested file has changed since (size and checksum in bronze's ledger).",
         evaluate,

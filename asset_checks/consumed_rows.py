@@ -49,14 +49,19 @@ def _order(contract: Contract) -> list[str]:
     return [LSN] if contract.is_cdc else [contract.watermark.column] if contract.watermark else []
 
 
-def _rows_changed(uri: str, table: delta.DeltaTable, since: int | None, columns: list[str]) -> pl.DataFrame:
+def _rows_changed(
+    uri: str, table: delta.DeltaTable, since: int | None, columns: list[str]
+) -> pl.DataFrame | None:
     """The `columns` of the rows the table gained or lost since version `since` (None: since
     before it existed): those of the files added since that no removed file holds alike, and
-    the other way round."""
-    added, removed = delta.files_since(table, uri, since) if since is not None else (table.file_uris(), [])
+    the other way round. None when they cannot be read (`delta.rows_since`)."""
     stored = pl.Schema(delta.arrow_schema(table))
-    schema = pl.Schema({name: stored[name] for name in columns})
-    gained, lost = (delta.read_files(uri, listed, schema) for listed in (added, removed))
+    read = delta.rows_since(
+        table, uri, since, pl.Schema({name: stored[name] for name in columns}), removed=True
+    )
+    if read is None:
+        return None
+    gained, lost = read
     return pl.concat(
         [
             gained.join(lost, on=columns, how="anti", nulls_equal=True),
@@ -85,24 +90,27 @@ def _changed_keys(
         or (quarantined is not None and quarantined[0] != tables.quarantine.metadata().id)
     ):
         return None
-    silver_uri, quarantine_uri = (
-        lakehouse.table_uri(layer, contract.name) for layer in ("silver", "quarantine")
-    )
     try:
         appended, _ = read_bronze_changes(
             lakehouse.table_uri("bronze", contract.name), last["position"], tables.position, columns=key
         )
-        changed = [
-            _typed_keys(appended, contract),
-            _rows_changed(silver_uri, tables.silver, last["version"], [*key, *order]).select(key),
-        ]
-        if tables.quarantine is not None:
-            since = None if quarantined is None else quarantined[1]
-            columns = list(dict.fromkeys([*bronze_identity(contract), *key]))
-            rows = _rows_changed(quarantine_uri, tables.quarantine, since, columns)
-            changed.append(_typed_keys(rows, contract))
     except (OSError, DeltaError):
-        return None  # vacuum has deleted a version or a file the record needs
+        return None  # vacuum has deleted files of those commits, after a compaction
+    silver = _rows_changed(
+        lakehouse.table_uri("silver", contract.name), tables.silver, last["version"], [*key, *order]
+    )
+    if silver is None:
+        return None
+    changed = [_typed_keys(appended, contract), silver.select(key)]
+    if tables.quarantine is not None:
+        since = None if quarantined is None else quarantined[1]
+        columns = list(dict.fromkeys([*bronze_identity(contract), *key]))
+        rows = _rows_changed(
+            lakehouse.table_uri("quarantine", contract.name), tables.quarantine, since, columns
+        )
+        if rows is None:
+            return None
+        changed.append(_typed_keys(rows, contract))
     return pl.concat(changed, how="vertical_relaxed").unique()
 
 

@@ -41,13 +41,17 @@ def only_added(table: DeltaTable, since: int) -> bool:
 
 
 def recorded(
-    context: dg.AssetCheckExecutionContext, key: dg.AssetCheckKey, table: DeltaTable, additive: bool = True
+    context: dg.AssetCheckExecutionContext,
+    key: dg.AssetCheckKey,
+    table: DeltaTable,
+    additive: bool = True,
+    passed: bool = True,
 ) -> dict | None:
     """What the check's last evaluation recorded, if it passed and its record still holds;
     `additive=False` for a check that reads the table anew each time and needs only the same
-    code and table."""
+    code and table, `passed=False` for a record that holds whatever the result was."""
     last = last_evaluation(context.instance, key)
-    if last is None or not last[1].passed or RECORD not in last[1].metadata:
+    if last is None or (passed and not last[1].passed) or RECORD not in last[1].metadata:
         return None
     record = last[1].metadata[RECORD].value
     holds = (

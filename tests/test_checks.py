@@ -3,7 +3,7 @@ blocking checks stop what is built downstream; freshness follows the clock; the 
 gates CI."""
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -518,3 +518,30 @@ def test_the_load_judged_starts_where_silver_s_commit_says_or_at_the_previous_lo
     silver = silver_commits(str(tmp_path / "silver"), commits)
     position = max(int(commit[0]) for commit in commits if commit is not None)
     assert load_started_from(silver, position) == started_from
+
+
+def test_freshness_of_landed_rows_reads_only_the_files_bronze_gained_since(loaded_lake: Lake) -> None:
+    events = dg.AssetKey(["bronze", "events"])
+    freshness = dg.AssetSelection.checks(dg.AssetCheckKey(events, "freshness"))
+    uri = loaded_lake.uri("bronze", "events")
+    first = evaluations(loaded_lake.materialize(freshness), "bronze", "events")["freshness"]
+    newest = datetime.fromisoformat(str(values(first, "newest")))
+
+    # A later event lands: its file alone tells the check the new newest value.
+    later = newest + timedelta(hours=3)
+    row = (
+        pl.read_delta(uri)
+        .head(1)
+        .with_columns(
+            timestamp=pl.lit(later.strftime("%Y-%m-%dT%H:%M:%S.") + f"{later.microsecond // 1000:03d}Z")
+        )
+    )
+    delta.write(uri, row)
+    loaded_lake.clock = later + timedelta(minutes=30)
+    landed = evaluations(loaded_lake.materialize(freshness), "bronze", "events")["freshness"]
+    assert landed.passed and values(landed, "age_hours") == 0.5
+
+    # Deleted again: bronze no longer only gained rows, so every row is read.
+    delta.open_table(uri).delete(f"timestamp = '{row.get_column('timestamp')[0]}'")
+    again = evaluations(loaded_lake.materialize(freshness), "bronze", "events")["freshness"]
+    assert datetime.fromisoformat(str(values(again, "newest"))) == newest

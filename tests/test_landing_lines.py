@@ -5,20 +5,25 @@ The dataset is a greenhouse's sensor readings (JSON lines, append-only), not the
 """
 
 import json
+import os
+import time
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
 import yaml
 from conftest import TEST_SALT
+from library import evaluations, value
 
 from asset_checks import all_checks
+from asset_checks.bronze_reconciliation import CLOCK_SKEW_NS
 from lakehouse.bronze.assets import bronze_assets
 from lakehouse.bronze.landing_lines import BYTE_ORDER_MARK, parse_file
 from lakehouse.resources import Clock, LakehouseStorage, LandingZone, PiiHasher, SourceDatabase
 from lakehouse.silver.assets import silver_assets
 from lakehouse.sources.contract import Contract
 from lakehouse.sources.contract_files import load_contracts
+from lakehouse.storage import delta
 
 READINGS = {
     "name": "readings",
@@ -77,9 +82,15 @@ def land(folder: Path, name: str, lines: list[object], prefix: bytes = b"") -> P
     return path
 
 
-def materialize(contract: Contract, folder: Path) -> dg.ExecuteInProcessResult:
+def materialize(
+    contract: Contract,
+    folder: Path,
+    instance: dg.DagsterInstance | None = None,
+    selection: dg.AssetSelection | None = None,
+) -> dg.ExecuteInProcessResult:
     return dg.materialize(
         [*bronze_assets([contract]), *silver_assets([contract]), *all_checks([contract])],
+        selection=selection,
         resources={
             "source": SourceDatabase(url=f"sqlite:///{folder / 'unused.db'}"),
             "lakehouse": LakehouseStorage(root=str(folder / "lakehouse")),
@@ -87,7 +98,8 @@ def materialize(contract: Contract, folder: Path) -> dg.ExecuteInProcessResult:
             "pii": PiiHasher(salt=TEST_SALT),
             "clock": Clock(now="2026-11-03T09:00:00+00:00"),
         },
-        instance=dg.DagsterInstance.ephemeral(),
+        instance=instance or dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
     )
 
 
@@ -228,3 +240,45 @@ def test_a_repeated_key_with_other_content_is_quarantined_and_counted(tmp_path: 
     again = materialize(contract, tmp_path)
     assert reconciled(again)["bronze_rows_accounted"]
     assert table(tmp_path, "quarantine", "readings").height == 2
+
+
+def test_after_a_pass_only_files_changed_or_gaining_lines_are_counted_again(tmp_path: Path) -> None:
+    contract = readings_contract(tmp_path / "contracts")
+    instance = dg.DagsterInstance.ephemeral()
+    bronze = dg.AssetKey(["bronze", "readings"])
+
+    checks = dg.AssetSelection.checks_for_assets(bronze)
+
+    def lines(selection: dg.AssetSelection | None = None, backdated: bool = True) -> dg.AssetCheckEvaluation:
+        # Files modified well before a pass, so that its record vouches for them.
+        for path in (tmp_path / "landing" / "readings").iterdir():
+            if backdated:
+                os.utime(path, ns=(time.time_ns() - 2 * CLOCK_SKEW_NS,) * 2)
+        result = materialize(contract, tmp_path, instance, selection)
+        return evaluations(result, bronze)["lines_in_bronze_or_quarantine"]
+
+    first = land(tmp_path, "readings_1.jsonl", [reading("r1"), reading("r2")])
+    second = land(tmp_path, "readings_2.jsonl", [reading("r3")])
+    whole = lines()
+    assert whole.passed and value(whole, "files_checked") == 2
+
+    land(tmp_path, "readings_3.jsonl", [reading("r4")])
+    batch = lines()
+    assert batch.passed
+    assert (value(batch, "files_checked"), value(batch, "files_unchanged_since_last_pass")) == (1, 2)
+
+    # Rewritten after ingestion, the same size: its new modification time has it read again.
+    ingested = second.read_bytes()
+    second.write_bytes(ingested.replace(b'"r3"', b'"r9"'))
+    rewritten = lines(checks, backdated=False)
+    assert not rewritten.passed and value(rewritten, "files_changed_after_ingestion") == 1
+    second.write_bytes(ingested)
+    assert lines(checks).passed
+
+    # A line of an old file stored twice, by hand: bronze gained rows of that file, so it is
+    # counted again.
+    uri = str(tmp_path / "lakehouse" / "bronze" / "readings")
+    delta.write(uri, pl.read_delta(uri).filter(pl.col("reading_id") == "r1"))
+    twice = lines(dg.AssetSelection.checks_for_assets(bronze))
+    assert not twice.passed and value(twice, "files_checked") == 1
+    assert "1 of them more than once" in str(twice.description) and first.name in str(twice.description)

@@ -215,9 +215,9 @@ def test_the_files_a_merge_added_and_removed_are_read_from_the_object_store(
     merge(uri, pl.DataFrame({"id": [2, 4], "value": ["B", "d"]}), ["id"], update_when="true")
     table = delta.load_table(uri)
 
-    added, removed = delta.files_since(table, uri, 0)
-    schema = pl.Schema({"id": pl.Int64, "value": pl.String})
-    gained, lost = (delta.read_files(uri, listed, schema).sort("id") for listed in (added, removed))
+    read = delta.rows_since(table, uri, 0, pl.Schema({"id": pl.Int64, "value": pl.String}), removed=True)
+    assert read is not None
+    gained, lost = (rows.sort("id") for rows in read)
 
     assert gained.rows() == [(1, "a"), (2, "B"), (3, "c"), (4, "d")]
     assert lost.rows() == [(1, "a"), (2, "b"), (3, "c")]

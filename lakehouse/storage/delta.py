@@ -88,22 +88,38 @@ def last_row_change(table: DeltaTable) -> int | None:
     return next((commit["version"] for commit in changes), None)
 
 
-def files_since(table: DeltaTable, uri: str, version: int) -> tuple[list[str], list[str]]:
-    """The data files the table holds and did not at `version`, and those it held then and no
-    longer does: a MERGE or DELETE rewrites whole files, so its changed rows are among them."""
-    now, then = set(table.file_uris()), set(load_table(uri, version).file_uris())
+def _files_since(table: DeltaTable, uri: str, version: int | None) -> tuple[list[str], list[str]]:
+    """The data files the table holds and did not at `version` (None: before its first
+    commit), and those it held then and no longer does."""
+    now = set(table.file_uris())
+    then = set() if version is None else set(load_table(uri, version).file_uris())
     return sorted(now - then), sorted(then - now)
 
 
-def read_files(uri: str, file_uris: list[str], schema: pl.Schema) -> pl.DataFrame:
-    """The `schema`'s columns of some of the table's data files (none of them a partition
-    column: those live in the paths). Raises `FileNotFoundError` for a file vacuum deleted."""
+def _read_files(uri: str, file_uris: list[str], schema: pl.Schema) -> pl.DataFrame:
     if not file_uris:
         return pl.DataFrame(schema=schema)
     filesystem, _ = files.filesystem(uri)
     paths = [files.location(each).removeprefix("s3://") for each in file_uris]
     dataset = pyarrow.dataset.dataset(paths, format="parquet", filesystem=filesystem)
     return pl.DataFrame(pl.from_arrow(dataset.to_table(columns=list(schema)))).cast(dict(schema))
+
+
+def rows_since(
+    table: DeltaTable, uri: str, version: int | None, schema: pl.Schema, removed: bool = False
+) -> tuple[pl.DataFrame, pl.DataFrame] | None:
+    """The `schema`'s columns of the rows in the files the table added since `version` (None:
+    since before its first commit) and, when `removed`, in those it removed since. A MERGE
+    rewrites whole files, so a row it changed is in both, with the rows it kept. None when
+    vacuum has deleted one of those files or the log of `version`, or when a column is a
+    partition column (its values live in the paths, not the files)."""
+    if set(schema) & set(table.metadata().partition_columns):
+        return None
+    try:
+        added, gone = _files_since(table, uri, version)
+        return _read_files(uri, added, schema), _read_files(uri, gone if removed else [], schema)
+    except (OSError, DeltaError, pa.ArrowException):
+        return None
 
 
 def row_count(table: DeltaTable) -> int:
