@@ -262,7 +262,8 @@ def test_after_a_pass_only_files_changed_or_gaining_lines_are_counted_again(tmp_
     whole = lines()
     assert whole.passed and value(whole, "files_checked") == 2
 
-    land(tmp_path, "readings_3.jsonl", [reading("r4")])
+    # A malformed line too: its quarantine only gains rows (a MERGE that only inserts).
+    land(tmp_path, "readings_3.jsonl", [reading("r4"), "{not json"])
     batch = lines()
     assert batch.passed
     assert (value(batch, "files_checked"), value(batch, "files_unchanged_since_last_pass")) == (1, 2)

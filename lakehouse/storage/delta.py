@@ -79,7 +79,15 @@ def commits_after(table: DeltaTable, version: int) -> list[dict]:
 
 
 def is_append(commit: dict) -> bool:
-    return commit["operation"] == "WRITE" and commit.get("operationParameters", {}).get("mode") == "Append"
+    """Whether the commit only added rows: an append, or a MERGE that only inserts (as the
+    quarantines are written)."""
+    parameters = commit.get("operationParameters", {})
+    if commit["operation"] == "MERGE":
+        return (
+            parameters.get("matchedPredicates") == "[]"
+            and parameters.get("notMatchedBySourcePredicates") == "[]"
+        )
+    return commit["operation"] == "WRITE" and parameters.get("mode") == "Append"
 
 
 def last_row_change(table: DeltaTable) -> int | None:
