@@ -9,6 +9,7 @@ import time
 
 import dagster as dg
 import polars as pl
+from deltalake.exceptions import DeltaError
 
 from asset_checks import last_pass
 from asset_checks.check import Check
@@ -16,7 +17,9 @@ from asset_checks.sample import sample
 from asset_checks.source_rows import source_rows_check
 from lakehouse.bronze import landing as landing_files
 from lakehouse.bronze.assets import LISTED_FILES
+from lakehouse.bronze.columns import LINE_NUMBER, SOURCE_FILE
 from lakehouse.resources import LakehouseStorage, LandingZone
+from lakehouse.silver.changes import read_bronze_changes
 from lakehouse.sources.contract import Contract
 from lakehouse.storage import delta, ledger
 
@@ -44,32 +47,29 @@ def _lines_wrong(row: dict) -> str:
 
 
 def _appended_files(
-    lakehouse: LakehouseStorage,
-    contract: Contract,
-    bronze: delta.DeltaTable,
-    malformed: delta.DeltaTable | None,
-    last: dict,
+    lakehouse: LakehouseStorage, contract: Contract, malformed: delta.DeltaTable | None, last: dict
 ) -> set[str] | None:
     """The landing files bronze and its malformed quarantine gained lines of since the `last`
     pass (bronze has only gained rows since, or the record would not hold); None when the
-    quarantine lost rows since, or the files added cannot be read."""
-    sources = [(lakehouse.table_uri("bronze", contract.name), bronze, last["version"])]
-    recorded = last["malformed"]
-    if malformed is None and recorded is not None:
+    quarantine lost rows since, or what either gained cannot be read."""
+    was = last["malformed"]
+    if not last_pass.still_held(malformed, was) or (
+        was is not None and not last_pass.only_added(malformed, was[1])
+    ):
         return None
+    try:
+        bronze, _ = read_bronze_changes(
+            lakehouse.table_uri("bronze", contract.name), last["version"], columns=[SOURCE_FILE]
+        )
+    except (OSError, DeltaError):
+        return None  # vacuum has deleted files of those commits, after a compaction
+    names = set(bronze.get_column(SOURCE_FILE).unique().to_list())
     if malformed is not None:
-        if recorded is not None and (
-            recorded[0] != malformed.metadata().id or not last_pass.only_added(malformed, recorded[1])
-        ):
-            return None
         uri = lakehouse.table_uri("quarantine", f"{contract.name}_malformed")
-        sources.append((uri, malformed, None if recorded is None else recorded[1]))
-    names: set[str] = set()
-    for uri, table, since in sources:
-        read = delta.rows_since(table, uri, since, pl.Schema({"_source_file": pl.String}))
+        read = delta.rows_since(malformed, uri, None if was is None else was[1], [SOURCE_FILE])
         if read is None:
             return None
-        names.update(read[0].get_column("_source_file").unique().to_list())
+        names.update(read[0].get_column(SOURCE_FILE).unique().to_list())
     return names
 
 
@@ -85,7 +85,7 @@ def _landing_lines_check(contract: Contract) -> Check:
         malformed = delta.open_table(lakehouse.table_uri("quarantine", f"{contract.name}_malformed"))
         listed_ns = time.time_ns()
         last = last_pass.recorded(context, dg.AssetCheckKey(asset, NAME), table)
-        appended = None if last is None else _appended_files(lakehouse, contract, table, malformed, last)
+        appended = None if last is None else _appended_files(lakehouse, contract, malformed, last)
         counted: dict[str, int] = {}
         changed: dict[str, str] = {}
         unchanged = 0
@@ -109,26 +109,26 @@ def _landing_lines_check(contract: Contract) -> Check:
                 counted[seen.name] = data.rstrip(b"\n").count(b"\n") + (len(data) > 0)
         # The bronze version whose ledger names the ingested files, not a newer one.
         lines = [
-            pl.scan_delta(stored).select("_source_file", "_line_number")
+            pl.scan_delta(stored).select(SOURCE_FILE, LINE_NUMBER)
             for stored in (table, malformed)
             if stored is not None
         ]
         if appended is not None:  # only the files read again
-            lines = [rows.filter(pl.col("_source_file").is_in(list(counted))) for rows in lines]
+            lines = [rows.filter(pl.col(SOURCE_FILE).is_in(list(counted))) for rows in lines]
         stored = (
             pl.concat(pl.collect_all(lines))
-            .group_by("_source_file")
-            .agg(stored=pl.len(), distinct=pl.col("_line_number").n_unique())
+            .group_by(SOURCE_FILE)
+            .agg(stored=pl.len(), distinct=pl.col(LINE_NUMBER).n_unique())
         )
         expected = pl.DataFrame(
-            {"_source_file": list(counted), "lines": list(counted.values())},
-            schema={"_source_file": pl.String, "lines": pl.Int64},
+            {SOURCE_FILE: list(counted), "lines": list(counted.values())},
+            schema={SOURCE_FILE: pl.String, "lines": pl.Int64},
         )
-        compared = expected.join(stored, on="_source_file", how="left").fill_null(0)
+        compared = expected.join(stored, on=SOURCE_FILE, how="left").fill_null(0)
         wrong = compared.filter(
             (pl.col("lines") != pl.col("stored")) | (pl.col("stored") != pl.col("distinct"))
         )
-        faults = changed | {row["_source_file"]: _lines_wrong(row) for row in wrong.iter_rows(named=True)}
+        faults = changed | {row[SOURCE_FILE]: _lines_wrong(row) for row in wrong.iter_rows(named=True)}
         named = sorted(faults)[:LISTED_FILES]
         description = None
         if faults:
@@ -149,14 +149,14 @@ def _landing_lines_check(contract: Contract) -> Check:
                 "files_changed_after_ingestion": len(changed),
                 "sample": sample(
                     pl.DataFrame(
-                        {"_source_file": named, "problem": [faults[name] for name in named]},
-                        schema={"_source_file": pl.String, "problem": pl.String},
+                        {SOURCE_FILE: named, "problem": [faults[name] for name in named]},
+                        schema={SOURCE_FILE: pl.String, "problem": pl.String},
                     )
                 ),
                 **last_pass.record(
                     table,
                     listed_ns=listed_ns,
-                    malformed=None if malformed is None else [malformed.metadata().id, malformed.version()],
+                    malformed=last_pass.held(malformed),
                 ),
             },
         )

@@ -55,10 +55,7 @@ def _rows_changed(
     """The `columns` of the rows the table gained or lost since version `since` (None: since
     before it existed): those of the files added since that no removed file holds alike, and
     the other way round. None when they cannot be read (`delta.rows_since`)."""
-    stored = pl.Schema(delta.arrow_schema(table))
-    read = delta.rows_since(
-        table, uri, since, pl.Schema({name: stored[name] for name in columns}), removed=True
-    )
+    read = delta.rows_since(table, uri, since, columns, removed=True)
     if read is None:
         return None
     gained, lost = read
@@ -86,8 +83,7 @@ def _changed_keys(
         last["bronze"] != tables.bronze.metadata().id
         or last["position"] > tables.position
         or not last_pass.only_added(tables.bronze, last["position"])
-        or (quarantined is not None and tables.quarantine is None)
-        or (quarantined is not None and quarantined[0] != tables.quarantine.metadata().id)
+        or not last_pass.still_held(tables.quarantine, quarantined)
     ):
         return None
     try:
@@ -264,9 +260,7 @@ def consumed_rows_check(contract: Contract) -> Check:
                         silver,
                         position=position,
                         bronze=tables.bronze.metadata().id,
-                        quarantine=None
-                        if tables.quarantine is None
-                        else [tables.quarantine.metadata().id, tables.quarantine.version()],
+                        quarantine=last_pass.held(tables.quarantine),
                     )
                     if accounts.passed
                     else {}

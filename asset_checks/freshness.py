@@ -41,11 +41,10 @@ def newest(
         return read_watermark(table, contract), {}
     if table is None or column not in delta.arrow_schema(table).names:
         return None, {}
-    schema = pl.Schema({column: pl.Schema(delta.arrow_schema(table))[column]})
     key = dg.AssetCheckKey(dg.AssetKey([layer, contract.name]), "freshness")
     last = last_pass.recorded(context, key, table, passed=False)
-    read = None if last is None else delta.rows_since(table, uri, last["version"], schema)
-    if last is not None and read is not None:
+    read = None if last is None else delta.rows_since(table, uri, last["version"], [column])
+    if read is not None:
         values = typed(read[0], contract).get_column(column)
         before = None if last["newest"] is None else ledger.moment(last["newest"])
         latest = max((value for value in (before, values.max()) if value is not None), default=None)

@@ -63,6 +63,18 @@ def recorded(
     return record if holds else None
 
 
+def held(table: DeltaTable | None) -> list | None:
+    """A second table as a record holds it beside the check's own: [id, version], None when it
+    does not exist."""
+    return None if table is None else [table.metadata().id, table.version()]
+
+
+def still_held(table: DeltaTable | None, was: list | None) -> bool:
+    """Whether a second table is the one a record held (`held`): the same table, created no
+    second time since. A table that did not exist then may exist now."""
+    return was is None or (table is not None and table.metadata().id == was[0])
+
+
 def record(table: DeltaTable, **compared: Any) -> dict[str, dg.MetadataValue]:
     """The metadata that lets the next evaluation start from this one."""
     return {

@@ -69,13 +69,13 @@ def gained_rows(layer: str, name: str, check: dg.AssetCheckKey) -> Reader:
         table = delta.open_table(uri)
         if table is None:
             return pl.LazyFrame(), {"scope": "no table yet"}
-        stored = pl.Schema(delta.arrow_schema(table))
-        schema = pl.Schema({column: stored[column] for column in dict.fromkeys(wanted) if column in stored})
+        stored = delta.arrow_schema(table).names
+        columns = [column for column in dict.fromkeys(wanted) if column in stored]
         kept = last_pass.record(table)
         last = last_pass.recorded(context, check, table, additive=False)
-        read = None if last is None else delta.rows_since(table, uri, last["version"], schema)
+        read = None if last is None else delta.rows_since(table, uri, last["version"], columns)
         if read is None:
-            return pl.scan_delta(table).select(list(schema)), {"scope": "whole table", **kept}
+            return pl.scan_delta(table).select(columns), {"scope": "whole table", **kept}
         scope = f"rows of the files added since version {last['version']}"
         return read[0].lazy(), {"scope": scope, **kept}
 

@@ -114,15 +114,17 @@ def _read_files(uri: str, file_uris: list[str], schema: pl.Schema) -> pl.DataFra
 
 
 def rows_since(
-    table: DeltaTable, uri: str, version: int | None, schema: pl.Schema, removed: bool = False
+    table: DeltaTable, uri: str, version: int | None, columns: list[str], removed: bool = False
 ) -> tuple[pl.DataFrame, pl.DataFrame] | None:
-    """The `schema`'s columns of the rows in the files the table added since `version` (None:
-    since before its first commit) and, when `removed`, in those it removed since. A MERGE
-    rewrites whole files, so a row it changed is in both, with the rows it kept. None when
-    vacuum has deleted one of those files or the log of `version`, or when a column is a
-    partition column (its values live in the paths, not the files)."""
-    if set(schema) & set(table.metadata().partition_columns):
+    """The `columns` of the rows in the files the table added since `version` (None: since
+    before its first commit) and, when `removed`, in those it removed since. A MERGE rewrites
+    whole files, so a row it changed is in both, with the rows it kept. None when vacuum has
+    deleted one of those files or the log of `version`, or when a column is a partition column
+    (its values live in the paths, not the files)."""
+    if set(columns) & set(table.metadata().partition_columns):
         return None
+    stored = pl.Schema(arrow_schema(table))
+    schema = pl.Schema({name: stored[name] for name in columns})
     try:
         added, gone = _files_since(table, uri, version)
         return _read_files(uri, added, schema), _read_files(uri, gone if removed else [], schema)
