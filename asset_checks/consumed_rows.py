@@ -147,7 +147,7 @@ def _account(
     """Bronze's rows up to silver's position against quarantine and silver, all of them or
     those of `keys`."""
     key, order, identity = contract.primary_key, _order(contract), bronze_identity(contract)
-    bronze = pl.scan_delta(lakehouse.table_uri("bronze", contract.name), version=tables.position)
+    bronze = delta.scan(lakehouse.table_uri("bronze", contract.name), version=tables.position)
     events = [name for name in (OP, EXTRACTED_AT, LSN) if name in bronze.collect_schema()]
     consumed = bronze.select(list(dict.fromkeys([*identity, *key, *order, *events])))
     current = pl.scan_delta(tables.silver).select(*key, *order)

@@ -50,7 +50,7 @@ def load_started_from(silver: delta.DeltaTable, position: int) -> int | None:
 def _batch(bronze_uri: str, since: int | None, position: int, identity: list[str]) -> pl.LazyFrame:
     """The identity of every bronze row committed after `since` up to `position`."""
     if since is None:
-        return pl.scan_delta(bronze_uri, version=position).select(identity)
+        return delta.scan(bronze_uri, version=position).select(identity)
     changes, _ = read_bronze_changes(bronze_uri, since, position)
     return changes.lazy().select(identity)
 
@@ -92,7 +92,7 @@ def _quarantine_rate_check(contract: Contract) -> Check:
         rows = consumed.item()
         rate = quarantined.height / rows if rows else 0.0
         silver_rows = delta.row_count(silver)
-        bronze_rows = delta.row_count(delta.DeltaTable(bronze_uri, version=position))
+        bronze_rows = delta.row_count(delta.load_table(bronze_uri, position))
         reasons = _reasons(quarantined)
         empty = silver_rows == 0 and bronze_rows > 0
         passed = rate <= limit and not empty

@@ -49,7 +49,7 @@ def _gone_by_ranges(
         how = "the key ranges whose summaries changed since the last pass"
     else:
         lakehouse: LakehouseStorage = context.resources.lakehouse
-        bronze = pl.scan_delta(lakehouse.table_uri("bronze", contract.name))
+        bronze = delta.scan(lakehouse.table_uri("bronze", contract.name))
         live = tombstones.live_keys(bronze, contract).collect().cast(dict(keys.schema))
         held = deletes.summary(pl.concat([live, keys]).unique(), name, ranges)
         numbers = deletes.differing(deletes.side_by_side(in_source, held))

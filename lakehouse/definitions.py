@@ -26,6 +26,7 @@ from lakehouse.resources import (
 from lakehouse.settings import check_deployment, resource_value, setting
 from lakehouse.silver.assets import silver_assets
 from lakehouse.sources.contract_files import load_contracts
+from lakehouse.storage import files
 
 check_deployment()
 contracts = load_contracts(Path(setting("LAKEHOUSE_CONTRACTS")))
@@ -36,6 +37,8 @@ assets = with_owners([*tables, *attached_models({key for assets in tables for ke
 checks = all_checks(contracts)
 # Every check's key, the dbt models' tests among them: what the health alerts and metrics watch.
 check_keys = [spec.key for definition in [*assets, *checks] for spec in definition.check_specs]
+# The object store's typed configuration, its secrets as the names of their variables.
+root, landing = (files.from_environment(setting(name)) for name in ("LAKEHOUSE_ROOT", "LAKEHOUSE_LANDING"))
 
 defs = dg.Definitions(
     assets=assets,
@@ -45,8 +48,12 @@ defs = dg.Definitions(
     sensors=sensors(contracts, check_keys),
     resources={
         "source": SourceDatabase(url=resource_value("LAKEHOUSE_SOURCE_URL")),
-        "lakehouse": LakehouseStorage(root=resource_value("LAKEHOUSE_ROOT")),
-        "landing": LandingZone(path=resource_value("LAKEHOUSE_LANDING")),
+        "lakehouse": LakehouseStorage(
+            root=resource_value("LAKEHOUSE_ROOT"), storage=root[0], allow_http=root[1]
+        ),
+        "landing": LandingZone(
+            path=resource_value("LAKEHOUSE_LANDING"), storage=landing[0], allow_http=landing[1]
+        ),
         "pii": PiiHasher(salt=resource_value("LAKEHOUSE_PII_SALT")),
         "warehouse": Warehouse(path=resource_value("LAKEHOUSE_WAREHOUSE")),
         "clock": Clock(),

@@ -33,6 +33,7 @@ import polars as pl
 import pyarrow as pa
 import tenacity
 from pyarrow import fs
+from pydantic import Field
 
 from lakehouse.settings import DEFAULTS
 from lakehouse.sources.contract import Contract
@@ -43,7 +44,29 @@ T = TypeVar("T")
 logger = dg.get_dagster_logger()
 
 
-class LakehouseStorage(dg.ConfigurableResource):
+class _OnAStore(dg.ConfigurableResource):
+    """A resource whose files may be on an object store, with the store's typed configuration:
+    registered for its location when Dagster sets the resource up (`storage.files`)."""
+
+    storage: files.StorageConfig = Field(  # type: ignore[assignment]
+        default=None,
+        discriminator="provider",
+        description="The object store's configuration (dagster-deltalake's); empty: from the environment.",
+    )
+    allow_http: bool = Field(
+        default=False, description="Plain HTTP to the object store (a server on loopback)."
+    )
+
+    @property
+    def location(self) -> str:
+        raise NotImplementedError
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        if self.storage is not None:
+            files.register(self.location, self.storage, self.allow_http)
+
+
+class LakehouseStorage(_OnAStore):
     """The Delta root: a local folder or an object-store URI (s3://, gs://, az://)."""
 
     root: str
@@ -72,7 +95,7 @@ class LakehouseStorage(dg.ConfigurableResource):
         ]
 
 
-class LandingZone(dg.ConfigurableResource):
+class LandingZone(_OnAStore):
     """Where event files arrive: a local folder or an object-store URI (s3://)."""
 
     path: str

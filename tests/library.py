@@ -16,6 +16,7 @@ from lakehouse.silver.assets import silver_assets
 from lakehouse.sources.contract import Contract
 from lakehouse.sources.contract_files import load_contracts
 from lakehouse.sources.timestamps import timestamp_text
+from lakehouse.storage import delta
 
 CLOCK = datetime(2026, 11, 2, 12, 0, tzinfo=UTC)
 MEMBERS = """\
@@ -52,10 +53,11 @@ create table loans (
 
 @dataclass
 class Library:
-    """The library's source, contracts and lakehouse under `folder`."""
+    """The library's source, contracts and lakehouse under `folder` (or on `lake`)."""
 
     folder: Path
     instance: dg.DagsterInstance
+    lake: LakehouseStorage | None = None
 
     @property
     def contracts_folder(self) -> Path:
@@ -71,7 +73,7 @@ class Library:
 
     @property
     def storage(self) -> LakehouseStorage:
-        return LakehouseStorage(root=str(self.folder / "lakehouse"))
+        return self.lake or LakehouseStorage(root=str(self.folder / "lakehouse"))
 
     @property
     def contracts(self) -> list[Contract]:
@@ -139,7 +141,7 @@ class Library:
         )
 
     def table(self, layer: str, name: str) -> pl.DataFrame:
-        return pl.read_delta(self.storage.table_uri(layer, name))
+        return delta.scan(self.storage.table_uri(layer, name)).collect()
 
 
 def evaluations(result: dg.ExecuteInProcessResult, asset: dg.AssetKey) -> dict[str, dg.AssetCheckEvaluation]:

@@ -4,11 +4,14 @@ import subprocess
 from pathlib import Path
 
 import dagster as dg
+import pyarrow.fs as pafs
 import pytest
 from conftest import PROJECT, Lake, run_command
+from dagster_deltalake import LocalConfig, S3Config
 
 from lakehouse.orchestration.executors import run_executor
 from lakehouse.settings import SHARED_REQUIRED, SettingsError
+from lakehouse.storage import files
 
 
 def make_instance(home: Path, deployment: str) -> subprocess.CompletedProcess:
@@ -90,6 +93,42 @@ def test_the_executor_is_the_one_lakehouse_executor_names(monkeypatch: pytest.Mo
         SettingsError, match=r"^LAKEHOUSE_EXECUTOR must be one of in_process, celery, not 'threads'$"
     ):
         run_executor()
+
+
+STORE_VARIABLES = {
+    "AWS_ACCESS_KEY_ID": "key-id",
+    "AWS_SECRET_ACCESS_KEY": "the-secret",
+    "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
+    "AWS_ALLOW_HTTP": "true",
+}
+
+
+def test_the_object_store_is_configured_by_the_names_of_its_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The definitions hold the store's typed configuration with each secret as the name of its
+    variable (what the UI shows); a location a resource registered is opened with its own
+    configuration, whatever the environment holds, and pyarrow's listing gets the same."""
+    for name in ("AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in STORE_VARIABLES.items():
+        monkeypatch.setenv(name, value)
+
+    storage, allow_http = files.from_environment("s3://bucket/lake")
+    assert isinstance(storage, S3Config) and allow_http
+    assert storage.secret_access_key == dg.EnvVar("AWS_SECRET_ACCESS_KEY")
+    assert storage.endpoint == dg.EnvVar("AWS_ENDPOINT_URL") and "the-secret" not in repr(storage)
+    assert isinstance(files.from_environment("./data/lakehouse")[0], LocalConfig)
+
+    root = "s3://registered-bucket/lake"
+    files.register(
+        root, S3Config(endpoint="http://10.1.2.3:9000", access_key_id="own", secret_access_key="s")
+    )
+    options = files.storage_options(f"{root}/silver/orders")
+    assert (options["endpoint"], options["access_key_id"]) == ("http://10.1.2.3:9000", "own")
+    assert files.storage_options("s3://bucket/lake/silver/orders")["access_key_id"] == "key-id"
+    filesystem, path = files.filesystem(f"{root}/landing")
+    assert isinstance(filesystem, pafs.S3FileSystem) and path == "registered-bucket/lake/landing"
 
 
 def test_a_shared_deployment_refuses_local_defaults(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import dagster as dg
 import polars as pl
 import pyarrow.fs as pafs
 import pytest
@@ -27,11 +28,13 @@ from conftest import (
     run_command,
     sqlite_source,
 )
+from dagster_deltalake import S3Config
 from dagster_server import free_port, stop_group, wait_for
+from library import Library, evaluations
 
 from lakehouse.bronze import tombstones
 from lakehouse.orchestration.sensors import waiting_files
-from lakehouse.resources import LandingZone
+from lakehouse.resources import LakehouseStorage, LandingZone
 from lakehouse.storage import delta, files
 from lakehouse.storage.merge import merge
 
@@ -221,3 +224,41 @@ def test_the_files_a_merge_added_and_removed_are_read_from_the_object_store(
 
     assert gained.rows() == [(1, "a"), (2, "B"), (3, "c"), (4, "d")]
     assert lost.rows() == [(1, "a"), (2, "b"), (3, "c")]
+
+
+def test_the_lake_resources_typed_configuration_alone_reaches_the_object_store(
+    tmp_path: Path, object_store: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no store variable in the environment, the lake resource's `S3Config` is what every
+    reader and writer uses: the library's bronze and silver are loaded, merged and reconciled
+    on the store, and listed there. The library's source, not the shop's."""
+    for name in object_store:
+        monkeypatch.delenv(name)
+    typed = S3Config(
+        endpoint=object_store["AWS_ENDPOINT_URL"],
+        access_key_id="testing",
+        secret_access_key="testing",
+        region="us-east-1",
+    )
+    storage = LakehouseStorage(root=f"s3://{BUCKET}/typed-{tmp_path.name}", storage=typed, allow_http=True)
+    library = Library(tmp_path, dg.DagsterInstance.ephemeral(), lake=storage)
+    library.create()
+    library.add("members", [(1, "Ada"), (2, "Grace")])
+    library.add("loans", [(n, 1 + n % 2, "open") for n in range(10)] + [(10, 2, "lost")])
+
+    first = library.materialize()
+    library.add("loans", [(11, 1, "open")])
+    library.update("loans", "loan_id", 0, status="returned")
+    second = library.materialize()
+
+    for result in (first, second):
+        assert result.success
+        reconciled = evaluations(result, dg.AssetKey(["silver", "loans"]))["bronze_rows_accounted"]
+        assert (
+            reconciled.passed
+            and evaluations(result, dg.AssetKey(["bronze", "loans"]))["source_rows_in_bronze"].passed
+        )
+    loans = library.table("silver", "loans").sort("loan_id")
+    assert loans.height == 11 and loans.row(0, named=True)["status"] == "returned"
+    assert library.table("quarantine", "loans").get_column("loan_id").to_list() == [10]
+    assert set(storage.tables()) >= {("bronze", "loans"), ("silver", "loans"), ("quarantine", "loans")}

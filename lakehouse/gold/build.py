@@ -60,7 +60,7 @@ def _deleted_days(uri: str, since: int | None, column: str) -> tuple[int, set[st
 
 def silver_reader(lakehouse: LakehouseStorage) -> Reader:
     def read(name: str) -> pl.LazyFrame:
-        return pl.scan_delta(lakehouse.table_uri("silver", name))
+        return delta.scan(lakehouse.table_uri("silver", name))
 
     return read
 

@@ -36,7 +36,7 @@ def record_changes(uri: str, versions: pl.DataFrame, contract: Contract) -> Merg
     incoming = versions.select(*keys, *tracked, pl.col(moment).alias(VALID_FROM)).unique([*keys, VALID_FROM])
     table = delta.open_table(uri)
     current = (
-        pl.scan_delta(uri)
+        delta.scan(uri)
         .filter(pl.col(IS_CURRENT))
         .select(*keys, *tracked, VALID_FROM)
         .join(incoming.lazy().select(keys).unique(), on=keys, how="semi")
@@ -76,7 +76,7 @@ def close_deleted(uri: str, gone: pl.DataFrame, contract: Contract, loaded_at: d
     if gone.is_empty() or delta.open_table(uri) is None:
         return 0
     keys = contract.primary_key
-    current = pl.scan_delta(uri).filter(pl.col(IS_CURRENT))
+    current = delta.scan(uri).filter(pl.col(IS_CURRENT))
     schema = current.collect_schema()
     found = gone.cast({key: schema[key] for key in keys})
     closed = (

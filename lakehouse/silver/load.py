@@ -116,7 +116,7 @@ def _doomed(silver_uri: str, gone: pl.DataFrame, contract: Contract) -> pl.DataF
     """Silver's rows of the deleted keys `gone`; None when it holds none."""
     if gone.is_empty() or delta.open_table(silver_uri) is None:
         return None
-    silver = pl.scan_delta(silver_uri)
+    silver = delta.scan(silver_uri)
     schema = silver.collect_schema()
     keys = gone.select(contract.primary_key).cast({key: schema[key] for key in contract.primary_key})
     doomed = silver.join(keys.lazy(), on=contract.primary_key, how="semi").collect()

@@ -33,7 +33,7 @@ def parent_keys(contract: Contract, lakehouse: LakehouseStorage) -> dict[str, tu
         parent_uri = lakehouse.table_uri("silver", table)
         parents[name] = (
             table,
-            pl.scan_delta(parent_uri).select(column).collect().get_column(column)
+            delta.scan(parent_uri).select(column).collect().get_column(column)
             if delta.open_table(parent_uri)
             else pl.Series(column, [], dtype=spec.dtype),
         )
@@ -63,7 +63,7 @@ def resolve_orphans(
     table = delta.open_table(uri)
     if table is None or ORPHAN_COLUMN not in delta.arrow_schema(table).names:
         return 0
-    flagged = pl.scan_delta(uri).filter(pl.col(ORPHAN_COLUMN).is_not_null()).collect()
+    flagged = delta.scan(uri).filter(pl.col(ORPHAN_COLUMN).is_not_null()).collect()
     if flagged.is_empty():
         return 0
     rechecked = flag_orphans(

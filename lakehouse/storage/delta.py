@@ -33,11 +33,16 @@ def load_table(uri: str, version: int | None = None) -> DeltaTable:
     before its first commit, and `table_log.CorruptLog` naming the table and the broken file
     when its log cannot be read (delta-rs's own error names neither)."""
     try:
-        return DeltaTable(uri, version=version)
+        return DeltaTable(uri, version=version, storage_options=files.storage_options(uri))
     except TableNotFoundError:
         raise
     except DeltaError as error:
         raise table_log.unreadable(uri, error) from None
+
+
+def scan(uri: str, version: int | None = None) -> pl.LazyFrame:
+    """The table at `uri` (at `version`, default its newest) as a polars scan."""
+    return pl.scan_delta(uri, version=version, storage_options=files.storage_options(uri))
 
 
 def open_table(uri: str) -> DeltaTable | None:
@@ -264,6 +269,7 @@ def write(
             write_deltalake(
                 uri if latest is None else latest,
                 record_batches(frame if stream is None else iter(stream)),
+                storage_options=files.storage_options(uri) if latest is None else None,
                 mode="error" if creating else mode,
                 predicate=predicate,
                 partition_by=partition_by,

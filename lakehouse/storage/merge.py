@@ -98,7 +98,7 @@ def merge(
     _evolve_schema(uri, stored, table)
 
     def attempt() -> tuple[delta.DeltaTable, int, dict]:
-        table = delta.DeltaTable(uri)
+        table = delta.load_table(uri)
         if claim is not None:
             claim.check(table, transactions or {})
         before = table.version()
@@ -128,7 +128,7 @@ def merge(
     else:
         if claim is not None:
             claim.advance(table.version())
-        merged = delta.DeltaTable(uri)
+        merged = delta.load_table(uri)
     inserted, updated = metrics["num_target_rows_inserted"], metrics["num_target_rows_updated"]
     deleted = metrics["num_target_rows_deleted"]
     return MergeCounts(inserted, updated, frame.height - inserted - updated - deleted, merged, deleted)

@@ -192,7 +192,7 @@ def check(uri: str) -> Report:
     """The log's files and whether delta-rs loads the table from them."""
     state = inspect(uri)
     try:
-        DeltaTable(uri)
+        DeltaTable(uri, storage_options=files.storage_options(uri))
         load_error = None
     except TableNotFoundError:
         load_error = "no commit to load" if state.commits else None
