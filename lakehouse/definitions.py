@@ -6,11 +6,11 @@ import dagster as dg
 
 from asset_checks import all_checks
 from lakehouse.bronze.assets import bronze_assets
-from lakehouse.gold.assets import gold_assets
+from lakehouse.gold.assets import attached_tables, gold_assets
 from lakehouse.marts.assets import DBT_EXECUTABLE, DbtCli, attached_models, dbt_project
 from lakehouse.monitoring.logs import run_loggers
 from lakehouse.orchestration.executors import run_executor
-from lakehouse.orchestration.jobs import ingest_job, schedules, transform_job
+from lakehouse.orchestration.jobs import event_days_jobs, ingest_job, schedules, transform_job
 from lakehouse.orchestration.maintenance import maintenance_job
 from lakehouse.orchestration.owners import with_owners
 from lakehouse.orchestration.sensors import sensors
@@ -43,7 +43,12 @@ root, landing = (files.from_environment(setting(name)) for name in ("LAKEHOUSE_R
 defs = dg.Definitions(
     assets=assets,
     asset_checks=checks,
-    jobs=[ingest_job, transform_job, maintenance_job(contracts)],
+    jobs=[
+        ingest_job,
+        transform_job,
+        maintenance_job(contracts),
+        *event_days_jobs(attached_tables(contracts)),
+    ],
     schedules=schedules(),
     sensors=sensors(contracts, check_keys),
     resources={

@@ -44,6 +44,8 @@ DEFAULTS = {
     "LAKEHOUSE_INGEST_SCHEDULE": "0 * * * *",
     "LAKEHOUSE_TRANSFORM_SCHEDULE": "0 2 * * *",
     "LAKEHOUSE_MAINTENANCE_SCHEDULE": "30 3 * * 0",
+    # The first day the `backfill_event_days` job offers (its daily partitions end today).
+    "LAKEHOUSE_BACKFILL_FIRST_DAY": "2024-01-01",
     "LAKEHOUSE_ALERT_WEBHOOK": "",
     # Where a run's steps execute: in_process or celery (lakehouse/orchestration/executors.py).
     "LAKEHOUSE_EXECUTOR": "in_process",

@@ -61,6 +61,22 @@ def test_maintenance_runs_weekly_on_sunday_night_and_starts_stopped() -> None:
     assert [node.name for node in defs.resolve_job_def("maintenance").nodes] == ["maintain_tables"]
 
 
+def test_a_day_of_the_event_days_job_rebuilds_that_day_of_each_daily_gold_table_in_its_lane() -> None:
+    job = defs.resolve_job_def("backfill_event_days")
+    tables = ["gold__event_windows_5m", "gold__funnel_daily"]
+    assert sorted(node.name for node in job.nodes) == sorted([*tables, *(f"{op}_checks" for op in tables)])
+    assert job.partitions_def.get_first_partition_key() == "2024-01-01"
+    day = {"config": {"first_day": "2026-11-03"}}
+    assert job.partitioned_config.get_run_config_for_partition_key("2026-11-03") == {
+        "ops": {"gold__event_windows_5m": day, "gold__funnel_daily": day}
+    }
+    lanes = {
+        name: defs.resolve_job_def(name).tags["lakehouse/lane"]
+        for name in ("ingest", "transform", "maintenance")
+    }
+    assert (lanes, job.tags["lakehouse/lane"]) == (dict.fromkeys(lanes, "lake"), "event_days")
+
+
 def evaluate(
     sensor: dg.SensorDefinition, lake: Lake, cursor: str | None
 ) -> tuple[list[dg.RunRequest], str | None]:

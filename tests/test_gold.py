@@ -1,6 +1,7 @@
 """Gold: facts, dimensions and aggregates that agree with silver, built incrementally."""
 
 import json
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from conftest import (
 )
 
 from lakehouse.demo import store
+from lakehouse.gold import assets as gold_assets
 from lakehouse.gold import build
 from lakehouse.gold.build import silver_reader
 from lakehouse.gold.tables import GOLD_TABLES
@@ -228,3 +230,27 @@ def test_the_plain_ci_command_builds_every_event_day_run_after_run(tmp_path: Pat
         assert_gold_equals_a_rebuild_in_one_piece(lake)
         advanced = run_command(["lakehouse", "demo", "advance"], tmp_path, **env)
         assert advanced.returncode == 0, advanced.stderr[-2000:]
+
+
+def test_event_tables_written_before_they_were_kept_by_day_are_advanced_in_place(
+    lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lake whose event tables are one unpartitioned table each (as they were written before
+    they were kept by day) is advanced as it is: no rebuild, the rows a build from silver gives,
+    and a backfill of a day rewrites that day."""
+    unpartitioned = tuple(
+        replace(table, partition_by=None) if table.name in EVENT_TABLES else table for table in GOLD_TABLES
+    )
+    with monkeypatch.context() as before:
+        before.setattr(gold_assets, "GOLD_TABLES", unpartitioned)
+        lake.materialize()
+    lake.advance()
+    lake.materialize()
+    oldest = str(lake.table("gold", "funnel_daily").get_column("event_date").min())
+    day = {"config": {"first_day": oldest}}
+    lake.materialize(run_config={"ops": {f"gold__{name}": day for name in EVENT_TABLES}})
+
+    for name in EVENT_TABLES:
+        table = delta.load_table(lake.uri("gold", name))
+        assert table.metadata().partition_columns == [] and table.version() >= 2, name
+    assert_gold_equals_a_rebuild_in_one_piece(lake)

@@ -82,7 +82,7 @@ def rendered_instance(kubeconfig: Path) -> dict:
     }
 
 
-def test_the_instance_the_chart_renders_loads_with_the_k8s_run_launcher_and_one_run_at_a_time(
+def test_the_instance_the_chart_renders_loads_with_the_k8s_run_launcher_and_one_lake_run_at_a_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert VALUES["runLauncher"]["type"] == "K8sRunLauncher"
@@ -102,12 +102,18 @@ def test_the_instance_the_chart_renders_loads_with_the_k8s_run_launcher_and_one_
     with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
         assert isinstance(instance.run_launcher, K8sRunLauncher)
         concurrency = instance.get_concurrency_config()
-        assert concurrency.run_queue_config.max_concurrent_runs == 1
+        assert concurrency.run_queue_config.max_concurrent_runs == 3
+        lanes = {
+            limit["value"]: limit["limit"] for limit in concurrency.run_queue_config.tag_concurrency_limits
+        }
+        assert lanes == {"lake": 1, "event_days": 2}
         assert concurrency.pool_config.default_pool_limit == 1
         assert instance.run_monitoring_enabled and instance.run_monitoring_max_resume_run_attempts == 0
 
     shared = yaml.safe_load((DEPLOY / "dagster.shared.yaml").read_text())
     assert instance_config["concurrency"] == shared["concurrency"]
+    queue = VALUES["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
+    assert camel_to_snake(queue) == shared["run_queue"]
 
 
 def test_every_executor_a_setting_names_loads_in_dagsters_config_schema(

@@ -32,6 +32,9 @@ class GoldTable:
     in a period; `period` is the output column rebuilt by period (None: rebuilt whole).
     `lineage` names, for the columns taken over from silver, the silver table and column.
     `primary_key` identifies a row; the gold checks hold it unique and not null.
+    `partition_by` is the column whose values name the table's folders; a table partitioned by
+    its day holds each day in files of its own, so concurrent runs rebuild distinct days
+    without a commit conflict (`by_day`).
     """
 
     name: str
@@ -43,6 +46,11 @@ class GoldTable:
     granularity: Literal["day", "month"] = "day"
     partition_by: str | None = None
     lineage: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    @property
+    def by_day(self) -> bool:
+        """Whether each day of the table is rebuilt in files of its own."""
+        return self.granularity == "day" and self.period is not None and self.partition_by == self.period
 
 
 def _same_columns(table: str, *columns: str) -> dict[str, tuple[str, str]]:
@@ -145,6 +153,7 @@ GOLD_TABLES = (
         primary_key=("window_start", "event_type"),
         upstream={"events": "timestamp"},
         period="event_date",
+        partition_by="event_date",
     ),
     GoldTable(
         name="funnel_daily",
@@ -153,5 +162,6 @@ GOLD_TABLES = (
         primary_key=("event_date",),
         upstream={"events": "timestamp"},
         period="event_date",
+        partition_by="event_date",
     ),
 )

@@ -18,6 +18,7 @@ from deltalake import CommitProperties, DeltaTable
 from deltalake.exceptions import CommitFailedError
 
 from lakehouse.monitoring.logs import run_config
+from lakehouse.orchestration import lanes
 from lakehouse.resources import LakehouseStorage
 from lakehouse.silver.changes import live_versions
 from lakehouse.sources.contract import Contract
@@ -158,6 +159,7 @@ def maintenance_job(contracts: list[Contract]) -> dg.JobDefinition:
         description="Compact small files (z-ordered where the contract asks), checkpoint the logs and "
         "vacuum files older than the retention, in every Delta table of the lakehouse.",
         config=run_config(),
+        tags=lanes.LAKE,
     )
     def maintenance() -> None:
         maintain_tables()

@@ -19,7 +19,7 @@ from lakehouse.bronze.landing import pending_files, settle_seconds, split_settle
 from lakehouse.monitoring.breaches import breaches, changes
 from lakehouse.monitoring.health import landing_wait_limit, observe
 from lakehouse.monitoring.logs import run_config
-from lakehouse.orchestration import run_health
+from lakehouse.orchestration import lanes, run_health
 from lakehouse.orchestration.alerts import run_failure_alert
 from lakehouse.resources import AlertSink, Clock, LakehouseStorage, LandingZone, SourceDatabase
 from lakehouse.settings import seconds, setting
@@ -60,6 +60,7 @@ def landing_sensor(contract: Contract) -> dg.SensorDefinition:
         selection=dg.AssetSelection.assets(*keys),
         description=f"Ingest new {dataset} files into bronze and silver (launched by the landing sensor).",
         config=run_config(),
+        tags=lanes.LAKE,
     )
 
     @dg.sensor(

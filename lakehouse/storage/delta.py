@@ -6,6 +6,7 @@ import itertools
 from collections.abc import Callable, Iterable, Iterator
 from typing import Literal, TypeVar
 
+import dagster as dg
 import polars as pl
 import pyarrow as pa
 import pyarrow.dataset
@@ -214,6 +215,10 @@ def committing(attempt: Callable[[], T], uri: str, claim: Claim | None, attempts
         stop=tenacity.stop_after_attempt(attempts),
         wait=COMMIT_BACKOFF,
         retry=tenacity.retry_if_exception_type(CommitFailedError),
+        before_sleep=lambda state: dg.get_dagster_logger().warning(
+            f"{table_log.table_name(uri)}: a concurrent commit won; trying again "
+            f"({state.attempt_number} of {attempts})"
+        ),
         reraise=True,
     )
     try:
