@@ -48,6 +48,8 @@ class _OnAStore(dg.ConfigurableResource):
     """A resource whose files may be on an object store, with the store's typed configuration:
     registered for its location when Dagster sets the resource up (`storage.files`)."""
 
+    # Typed without `| None`: Dagster's config schema takes no None in a discriminated union,
+    # but a default of None (no configuration: the environment's) it does.
     storage: files.StorageConfig = Field(  # type: ignore[assignment]
         default=None,
         discriminator="provider",

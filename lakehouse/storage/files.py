@@ -2,11 +2,11 @@
 
 An object store is configured by dagster-deltalake's typed storage configs (`S3Config`,
 `GcsConfig`, `AzureConfig`, `LocalConfig`), held by the resources of the lake and the landing
-zone. Each registers its configuration for its location when Dagster sets it up (the command
-line does so when it builds them); every table and file below that location is then opened
-with those options: by delta-rs, by polars and by pyarrow's file system, which without an
-explicit endpoint asks AWS for the bucket's region and fails after seconds on any other
-S3-compatible server.
+zone. Each registers its configuration for its location when Dagster sets it up; every table
+and file below that location is then opened with those options: by delta-rs, by polars and by
+pyarrow's file system, which without an explicit endpoint asks AWS for the bucket's region and
+fails after seconds on any other S3-compatible server. A location no resource registered (the
+command line, a script) is opened with what the environment configures.
 
 `from_environment` builds the configuration from the variables each store's own tools read
 (`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT_URL`, ...), as `dg.EnvVar`s for the definitions, so that the
@@ -16,7 +16,6 @@ UI shows their names and never their values.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -75,12 +74,11 @@ def from_environment(path_or_uri: str, as_names: bool = True) -> tuple[StorageCo
     resource's `storage` and `allow_http`."""
     scheme = urlsplit(path_or_uri).scheme if is_remote(path_or_uri) else ""
     config = PROVIDERS.get(scheme, LocalConfig)
-    value: Callable[[str], str] = dg.EnvVar if as_names else os.environ.__getitem__  # type: ignore[assignment]
-    fields = {
-        field: value(next(name for name in names if os.environ.get(name)))
-        for field, names in VARIABLES[config].items()
-        if any(os.environ.get(name) for name in names)
-    }
+    fields: dict[str, str] = {}
+    for field, names in VARIABLES[config].items():
+        name = next((name for name in names if os.environ.get(name)), None)
+        if name is not None:
+            fields[field] = dg.EnvVar(name) if as_names else os.environ[name]
     return config(**fields), os.environ.get(ALLOW_HTTP, "").lower() in ("1", "true", "yes")
 
 
@@ -99,7 +97,9 @@ def register(path_or_uri: str, storage: StorageConfig, allow_http: bool = False)
 def storage_options(path_or_uri: str) -> dict[str, str]:
     """The options registered for the location holding `path_or_uri` (the longest registered
     prefix). A location no resource registered (a script that builds none) is opened with what
-    the environment configures."""
+    the environment configures. A folder needs none."""
+    if not is_remote(path_or_uri):
+        return {}
     where = location(path_or_uri)
     held = [prefix for prefix in _registered if where == prefix or where.startswith(f"{prefix}/")]
     if held:
