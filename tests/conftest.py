@@ -376,11 +376,8 @@ def command_environment(folder: Path, **env: str) -> dict[str, str]:
     return environment
 
 
-def make_deployment(folder: Path, kind: str, **env: str) -> dict[str, str]:
-    """A deployment's instance (`make instance`, `kind` local or shared) and a demo source at
-    SCALE in `folder`; returns its settings (`env` added, which for a shared one holds the
-    variables it demands), for `command_environment`."""
-    home = folder / "dagster_home"
+def make_instance(home: Path, kind: str) -> None:
+    """A deployment's Dagster instance in `home` (`make instance`, `kind` local or shared)."""
     made = subprocess.run(
         ["make", "-s", "instance", f"DAGSTER_HOME={home}", f"LAKEHOUSE_DEPLOYMENT={kind}"],
         cwd=PROJECT, capture_output=True, text=True, check=False,
@@ -390,6 +387,14 @@ def make_deployment(folder: Path, kind: str, **env: str) -> dict[str, str]:
         # Its storage, made now: a test opening the instance while a process it started opens
         # it for the first time would have both create the same SQLite files at once.
         dg.DagsterInstance.from_config(str(home)).dispose()
+
+
+def make_deployment(folder: Path, kind: str, **env: str) -> dict[str, str]:
+    """A deployment's instance (`make_instance`) and a demo source at SCALE in `folder`; returns
+    its settings (`env` added, which for a shared one holds the variables it demands), for
+    `command_environment`."""
+    home = folder / "dagster_home"
+    make_instance(home, kind)
     settings = {
         "DAGSTER_HOME": str(home),
         "LAKEHOUSE_DEPLOYMENT": kind,
@@ -416,6 +421,13 @@ def run_command(args: list[str] | str, folder: Path, **env: str) -> subprocess.C
         [str(Path(sys.executable).parent / args[0]), *args[1:]],
         cwd=PROJECT, env=command_environment(folder, **env), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
+
+
+# The scaleout tests in two halves of about equal length, each half on one pytest-xdist worker: left
+# to its scheduling, which hands each worker two tests ahead, the two longest of these few long
+# tests can run one after the other on the same worker while the other idles.
+SCALEOUT_FIRST_HALF = pytest.mark.xdist_group("scaleout_first_half")
+SCALEOUT_SECOND_HALF = pytest.mark.xdist_group("scaleout_second_half")
 
 
 # The fixtures of demo lakes (every fixture that builds one goes through `demo_lake`) and of

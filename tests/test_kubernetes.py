@@ -14,7 +14,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
-from conftest import PROJECT, run_command
+from conftest import PROJECT, SCALEOUT_SECOND_HALF, run_command
 from dagster_k8s import K8sRunLauncher
 
 from lakehouse.orchestration.executors import EXECUTORS, run_executor
@@ -188,6 +188,7 @@ def build_context() -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.scaleout
+@SCALEOUT_SECOND_HALF
 def test_the_image_build_step_builds_both_environments_and_the_manifest(tmp_path: Path) -> None:
     instructions = dockerfile()
     python = next(argument for kind, argument in instructions if kind == "FROM")
