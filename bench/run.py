@@ -172,12 +172,9 @@ def repetition(scale: float) -> dict:
             result["footprint"] = footprint_by_layer(folder)
         if case in ("full", "incremental_1"):
             result[f"alternative_{case}"] = alternative(folder)
-    load = measure(
-        [str(BIN / "dagster"), "definitions", "validate", "-m", "lakehouse.definitions"],
-        _env(folder),
-        PROJECT,
-    )
-    result["definitions_load"] = {"seconds": _checked(load, "definitions validate").seconds}
+    for key, module in (("definitions_load", "lakehouse.definitions"), ("one_asset_load", "bench.one_asset")):
+        load = measure([str(BIN / "dagster"), "definitions", "validate", "-m", module], _env(folder), PROJECT)
+        result[key] = {"seconds": _checked(load, f"definitions validate -m {module}").seconds}
     result["metrics_scrape"] = {"seconds": scrape_seconds(folder)}
     return result
 
@@ -284,6 +281,7 @@ def report(scale: float, runs: list[dict]) -> tuple[str, dict]:
         case: _median(runs, case, "steps", silver_orders) for case in ("full", "incremental_1")
     }
     summary["definitions_load_seconds"] = _median(runs, "definitions_load", "seconds")
+    summary["one_asset_load_seconds"] = _median(runs, "one_asset_load", "seconds")
     summary["metrics_scrape_seconds"] = _median(runs, "metrics_scrape", "seconds")
     summary["footprint"] = runs[-1]["footprint"]
     steps = sorted(runs[0]["full"]["steps"], key=lambda step: -runs[0]["full"]["steps"][step])
@@ -326,6 +324,7 @@ def report(scale: float, runs: list[dict]) -> tuple[str, dict]:
         f"| our silver/orders step: full / 1 batch | {summary['silver_orders_step']['full']:.2f} / "
         f"{summary['silver_orders_step']['incremental_1']:.2f} | |",
         f"| definitions load (`definitions validate`) | {summary['definitions_load_seconds']:.1f} | |",
+        f"| the same of one asset alone (`bench/one_asset.py`) | {summary['one_asset_load_seconds']:.1f} | |",
         f"| metrics scrape (`lakehouse metrics serve`) | {summary['metrics_scrape_seconds']:.2f} | |",
         "",
         "| ratio | value |",
