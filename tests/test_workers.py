@@ -120,10 +120,10 @@ def assert_the_lake_is_exact(lake: Lake, settings: dict[str, str]) -> dict[str, 
     return watermarks
 
 
-def assert_the_steps_ran_in(workers: list[subprocess.Popen], settings: dict[str, str]) -> None:
-    """Every step of the newest run in a worker's process group (the worker and its pool
-    process), each worker used, none in the run's own process."""
-    run_process, steps = step_processes(Path(settings["DAGSTER_HOME"]))
+def assert_the_steps_ran_in(workers: list[subprocess.Popen], home: Path) -> None:
+    """Every step of the newest run in the instance at `home` in a worker's process group (the
+    worker and its pool process), each worker used, none in the run's own process."""
+    run_process, steps = step_processes(home)
     assert {"bronze__orders", "silver_orders", "gold__fct_orders", "dbt_models"} <= set(steps)
     groups = {step: os.getpgid(pid) for step, pid in steps.items()}
     assert set(groups.values()) == {worker.pid for worker in workers}, groups
@@ -172,7 +172,7 @@ def test_a_worker_killed_mid_step_fails_its_run_and_the_next_run_completes_the_l
         done = run_command(MATERIALIZE_ALL, tmp_path, **settings)
         assert done.returncode == 0, done.stderr[-3000:]
         assert "Submitting celery task" in done.stderr
-        assert_the_steps_ran_in(list(workers.values()), settings)
+        assert_the_steps_ran_in(list(workers.values()), home)
         assert None not in assert_the_lake_is_exact(lake, settings).values()
     finally:
         if run is not None and run.poll() is None:
