@@ -290,7 +290,11 @@ def test_a_backfill_of_event_days_runs_two_days_at_once_without_a_conflict(
 ) -> None:
     """`backfill_event_days` over 4 days, launched as a user does (`dagster job backfill`), on the
     object store with the instance in PostgreSQL: one run per day, two at a time (the `event_days`
-    lane), no commit conflict, and each day's rows those of a build from silver."""
+    lane), no commit conflict, and each day's rows those of a build from silver.
+
+    The backfill is submitted before the daemon starts, as while a deployment restarts: the
+    command submits its runs one after the other, and on a loaded machine a run can end before the
+    next is queued, so only 4 runs waiting together show what the queue lets through at once."""
     database = request.getfixturevalue("instance_database")
     monkeypatch.setenv("LAKEHOUSE_INSTANCE_DB", database)  # this process reads the instance too
     root = f"s3://{BUCKET}/backfill-{tmp_path.name}"
@@ -326,12 +330,14 @@ def test_a_backfill_of_event_days_runs_two_days_at_once_without_a_conflict(
 
     server = DagsterServer(PROJECT, Path(settings["DAGSTER_HOME"]), command_environment(tmp_path, **settings),
                            tmp_path / "dagster-dev.log")  # fmt: skip
+    backfill = ["dagster", "job", "backfill", "-w", "workspace.yaml", "-j", "backfill_event_days"]
+    launched = server.command([*backfill, "--from", days[0], "--to", days[-1], "--noprompt"])
+    assert launched.returncode == 0, launched.stdout[-2000:] + launched.stderr[-2000:]
+    instance = server.instance()
+    queued = instance.get_run_records(dg.RunsFilter(job_name="backfill_event_days"))
+    assert [r.dagster_run.status for r in queued] == [dg.DagsterRunStatus.QUEUED] * 4
     server.start()
     try:
-        backfill = ["dagster", "job", "backfill", "-w", "workspace.yaml", "-j", "backfill_event_days"]
-        launched = server.command([*backfill, "--from", days[0], "--to", days[-1], "--noprompt"])
-        assert launched.returncode == 0, launched.stdout[-2000:] + launched.stderr[-2000:]
-        instance = server.instance()
         done = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
 
         def finished() -> list[dg.RunRecord]:
