@@ -5,9 +5,11 @@ than most checks cost themselves. So the checks of
 an asset run in one step (a multi-asset check that can be subset), and each still shows as its
 own check, with its own result, severity and blocking.
 
-A check that names the tables it `reads` is not evaluated again while those tables, the
-contracts and the lakehouse's code are as they were when it last passed: the same data gives
-the same result, so the step reports that result again, with the run it came from.
+A check that names the tables it `reads` (and the source table, if it compares the lake with
+one) is not evaluated again while those tables, the contracts and the lakehouse's code are as
+they were when it was last evaluated: the same data gives the same result, passed or failed, so
+the step reports that result again, with the run it came from. A source that cannot say whether
+it changed (lakehouse/sources/versions.py) has the check evaluated every time.
 `LAKEHOUSE_REUSE_CHECK_PASSES=false` evaluates every check every time (an audit, say).
 
 No `from __future__ import annotations` here: Dagster reads the step's context annotation.
@@ -41,9 +43,9 @@ HISTORY_PAGE = 10
 class Check:
     """A check on `asset`: `evaluate` reads what it needs through the context's `resources`.
 
-    `reads` names the Delta tables (layer, name) the result depends on and nothing else does:
-    no clock, no source database, no Dagster history. Checks that depend on more name none and
-    run every time."""
+    `reads` names the Delta tables (layer, name) the result depends on, and `source` the source
+    table, if any; nothing else may: no clock, no Dagster history but what only saves work.
+    Checks that depend on more name none and run every time."""
 
     asset: dg.AssetKey
     name: str
@@ -52,6 +54,7 @@ class Check:
     blocking: bool = False
     resources: frozenset[str] = frozenset({"lakehouse"})
     reads: tuple[tuple[str, str], ...] = ()
+    source: str | None = None
 
     @property
     def key(self) -> dg.AssetCheckKey:
@@ -76,14 +79,19 @@ def code_digest() -> str:
 
 
 def _checked_against(
-    lakehouse: LakehouseStorage, reads: Iterable[tuple[str, str]], snapshots: dict[tuple[str, str], str]
-) -> str:
-    """What the result depends on; `snapshots` holds the tables the step has already looked up."""
-    for layer, name in reads:
+    context: dg.AssetCheckExecutionContext, check: Check, snapshots: dict[tuple[str, str], str]
+) -> str | None:
+    """What the result depends on, None when the source cannot say; `snapshots` holds the tables
+    the step has already looked up."""
+    lakehouse: LakehouseStorage = context.resources.lakehouse
+    for layer, name in check.reads:
         if (layer, name) not in snapshots:
             snapshots[layer, name] = delta.snapshot(lakehouse.table_uri(layer, name))
-    tables = ", ".join(f"{layer}/{name} {snapshots[layer, name]}" for layer, name in reads)
-    return f"code {code_digest()}; {tables}"
+    tables = ", ".join(f"{layer}/{name} {snapshots[layer, name]}" for layer, name in check.reads)
+    if check.source is None:
+        return f"code {code_digest()}; {tables}"
+    version = context.resources.source.version(check.source)
+    return None if version is None else f"code {code_digest()}; {tables}; source {version}"
 
 
 def last_evaluation(
@@ -126,17 +134,18 @@ def last_evaluations(
 def _result(
     context: dg.AssetCheckExecutionContext, check: Check, snapshots: dict[tuple[str, str], str]
 ) -> dg.AssetCheckResult:
-    if not check.reads:
+    if not check.reads and check.source is None:
         return check.evaluate(context)
     reuse = setting("LAKEHOUSE_REUSE_CHECK_PASSES").lower() != "false"
-    against = _checked_against(context.resources.lakehouse, check.reads, snapshots)
-    last = last_evaluation(context.instance, check.key) if reuse else None
+    # Looked up before the check reads anything: a change from here on is seen next time.
+    against = _checked_against(context, check, snapshots)
+    last = last_evaluation(context.instance, check.key) if reuse and against else None
     run_id, evaluation = last if last else (None, None)
     recorded = evaluation.metadata.get(CHECKED_AGAINST) if evaluation else None
-    if evaluation and evaluation.passed and recorded and recorded.value == against:
+    if evaluation and recorded and recorded.value == against:
         origin = evaluation.metadata.get(REUSED_FROM_RUN)
         return dg.AssetCheckResult(
-            passed=True,
+            passed=evaluation.passed,
             severity=evaluation.severity,
             metadata={**evaluation.metadata, REUSED_FROM_RUN: origin.value if origin else run_id},
             description=evaluation.description,
@@ -145,7 +154,7 @@ def _result(
     return dg.AssetCheckResult(
         passed=result.passed,
         severity=result.severity,
-        metadata={**result.metadata, CHECKED_AGAINST: against},
+        metadata={**result.metadata, **({CHECKED_AGAINST: against} if against else {})},
         description=result.description,
     )
 

@@ -104,6 +104,8 @@ def _source_keys_check(contract: Contract) -> Check:
         "a contract with `deletes: never`.",
         evaluate,
         resources=frozenset({"source", "lakehouse"}),
+        reads=(("silver", contract.name),),
+        source=contract.source.table,
     )
 
 

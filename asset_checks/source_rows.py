@@ -202,4 +202,6 @@ def source_rows_check(contract: Contract) -> Check:
         evaluate,
         blocking=True,
         resources=frozenset({"source", "lakehouse"}),
+        reads=(("bronze", contract.name),),
+        source=contract.source.table,
     )

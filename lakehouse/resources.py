@@ -36,6 +36,7 @@ from pyarrow import fs
 from pydantic import Field
 
 from lakehouse.settings import DEFAULTS
+from lakehouse.sources import versions
 from lakehouse.sources.contract import Contract
 from lakehouse.sources.errors import SourceError, SourceUnavailableError, is_transient, summary
 from lakehouse.storage import files
@@ -226,6 +227,17 @@ class SourceDatabase(dg.ConfigurableResource):
                 connection.close()
 
         return pl.from_arrow(_without_extension_types(self.with_retries(attempt, what)))
+
+    def version(self, table: str) -> str | None:
+        """What the rows of `table` are now, as a text that changes whenever they may have
+        (lakehouse/sources/versions.py); None when the database cannot say."""
+        if self.dialect == "sqlite":
+            return versions.of_sqlite_file(self.sqlite_path)
+        try:
+            answer = self.read(versions.POSTGRESQL, what=f"versioning {table}")
+        except SourceError:
+            return None
+        return versions.of_postgresql(*answer.row(0))
 
     def execute(self, statements: Sequence[str], what: str = "statement") -> None:
         """Run statements that return no rows in one transaction; retried together, like `read`."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
-from conftest import TEST_SALT, Lake, run_command, shop_contracts, sqlite_source
+from conftest import TEST_SALT, Lake, run_command, shop_contracts, sqlite_source, written_a_while_ago
 from library import Library
 
 from asset_checks import rules
@@ -307,15 +307,20 @@ def test_a_blocking_failure_stops_gold_and_dbt_until_the_data_is_fixed(loaded_la
 def test_a_check_that_passed_on_the_same_tables_is_reported_again_and_a_change_is_caught(
     lake: Lake, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    written_a_while_ago(lake.source.sqlite_path)
     first = lake.materialize()
-    again = lake.materialize()  # nothing new: no table changed
+    again = lake.materialize()  # nothing new: no table changed, nor the source
 
     checked, reported = (evaluations(run, "silver", "orders")["unique"] for run in (first, again))
     assert reported.passed and values(reported, "reused_from_run") == first.run_id
     assert values(reported, "rows_checked") == values(checked, "rows_checked")
-    # Checks that read the clock or the source database run every time.
+    # A failure on the same tables is the same failure: the demo's planted orphans.
+    orphans = evaluations(again, "silver", "order_items")["references"]
+    assert not orphans.passed and values(orphans, "reused_from_run") == first.run_id
+    # So are the comparisons with a source that has not changed; checks that read the clock run.
+    for layer, check in (("bronze", "source_rows_in_bronze"), ("silver", "keys_in_source")):
+        assert values(evaluations(again, layer, "orders")[check], "reused_from_run") == first.run_id
     assert "reused_from_run" not in evaluations(again, "silver", "orders")["freshness"].metadata
-    assert "reused_from_run" not in evaluations(again, "bronze", "orders")["source_rows_in_bronze"].metadata
     monkeypatch.setenv("LAKEHOUSE_REUSE_CHECK_PASSES", "false")
     audited = evaluations(lake.materialize(checks_of(ORDERS)), "silver", "orders")["unique"]
     assert audited.passed and "reused_from_run" not in audited.metadata

@@ -12,7 +12,13 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
-from conftest import Lake, assert_gold_equals_a_rebuild_in_one_piece, postgres_source, sqlite_source
+from conftest import (
+    Lake,
+    assert_gold_equals_a_rebuild_in_one_piece,
+    postgres_source,
+    sqlite_source,
+    written_a_while_ago,
+)
 from library import Library
 
 from asset_checks.quality_report import quality_report
@@ -87,6 +93,33 @@ def test_deleted_rows_leave_silver_once_and_both_reconciliations_hold(library: L
     assert again.success
     assert _tombstones(library, "members").height == 2, "a second run adds no second tombstone"
     assert delta.load_table(library.storage.table_uri("bronze", "members")).version() == bronze
+
+
+def test_a_run_on_an_unchanged_source_reads_nothing_and_the_next_change_is_read(library: Library) -> None:
+    written_a_while_ago(library.database)
+    seen = library.materialize()
+    bronze = delta.load_table(library.storage.table_uri("bronze", "members")).version()
+
+    unchanged = library.materialize()
+
+    members = _metadata(unchanged, "bronze/members")
+    assert (members["rows_read"], members["rows_deleted"]) == (0, 0)
+    assert members["deletes_checked"].startswith("not looked for: the source table is unchanged")
+    assert delta.load_table(library.storage.table_uri("bronze", "members")).version() == bronze
+    checks = _checks(unchanged)
+    assert checks[("silver/members", "keys_in_source")].metadata["reused_from_run"].value == seen.run_id
+
+    library.delete("members", "member_id", [6])
+    library.update("members", "member_id", 5, name="member 5, moved")
+    written_a_while_ago(library.database)
+    changed = library.materialize()
+
+    members = _metadata(changed, "bronze/members")
+    assert (members["rows_appended"], members["rows_deleted"]) == (1, 1)
+    silver = library.table("silver", "members").sort("member_id")
+    assert silver.get_column("member_id").to_list() == [1, 2, 3, 4, 5]
+    assert silver.filter(pl.col("member_id") == 5).get_column("name").to_list() == ["member 5, moved"]
+    assert "reused_from_run" not in _checks(changed)[("silver/members", "keys_in_source")].metadata
 
 
 def test_a_key_deleted_inserted_again_and_deleted_again_follows_the_source(library: Library) -> None:

@@ -48,7 +48,12 @@ def test_after_a_pass_only_the_rows_gained_are_read_and_a_planted_row_is_found(p
     assert not found["not_null"].passed and not found["valid_values"].passed
     assert (value(found["not_null"], "rows_checked"), value(found["not_null"], "failing_rows")) == (2, 1)
     assert [row.data["loan_id"] for row in found["valid_values"].metadata["sample"].value.records] == [900]
-    # A failed evaluation records nothing to start from: the next reads every row.
-    again = evaluations(passed.materialize(dg.AssetSelection.checks_for_assets(LOANS)), LOANS)
-    assert value(again["not_null"], "scope") == "whole table"
-    assert value(again["not_null"], "rows_checked") == 54
+    checks = dg.AssetSelection.checks_for_assets(LOANS)
+    # On the same table the failure is reported again, from the run that found it.
+    again = evaluations(passed.materialize(checks), LOANS)
+    assert not again["not_null"].passed and value(again["not_null"], "reused_from_run")
+    # A failed evaluation records nothing to start from: once the table changes, every row is read.
+    delta.write(uri, pl.read_delta(uri).filter(pl.col("loan_id") == 50).with_columns(loan_id=pl.lit(902)))
+    after = evaluations(passed.materialize(checks), LOANS)
+    assert value(after["not_null"], "scope") == "whole table"
+    assert value(after["not_null"], "rows_checked") == 55

@@ -18,6 +18,7 @@ from lakehouse.demo.events import EVENT_TYPES
 from lakehouse.resources import PiiHasher
 from lakehouse.silver import changes as bronze_changes
 from lakehouse.silver import load as silver_load
+from lakehouse.silver import orphans as silver_orphans
 from lakehouse.silver.history import DELETED, VALID_TO
 from lakehouse.sources.contract import Contract
 from lakehouse.storage import delta
@@ -319,11 +320,20 @@ def test_a_first_load_in_slices_crashed_between_two_equals_one_in_one_piece(
     assert_same_tables(sliced, whole, tables, "loaded in slices differs from the load in one piece")
 
 
-def test_orphan_items_are_kept_flagged_and_released_when_the_product_arrives(loaded_lake: Lake) -> None:
+def test_orphan_items_are_kept_flagged_and_released_when_the_product_arrives(
+    loaded_lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
     items = loaded_lake.table("silver", "order_items")
     orphans = items.filter(pl.col("_orphan") == "product_id not in products")
     assert orphans.height == loaded_lake.manifest.defects["orphan_order_item"] > 0
     missing_product = orphans.get_column("product_id")[0]
+
+    # While the items and their parents are as the last look found them, its count stands.
+    looked = silver_metadata(loaded_lake.materialize(THROUGH_SILVER), "order_items")
+    with monkeypatch.context() as patched:
+        patched.setattr(silver_orphans, "parent_keys", lambda *_: pytest.fail("looked for orphans again"))
+        kept = silver_metadata(loaded_lake.materialize(THROUGH_SILVER), "order_items")
+    assert kept["orphans"] == looked["orphans"] == items.get_column("_orphan").is_not_null().sum()
 
     loaded_lake.clock += timedelta(hours=1)
     store.insert(

@@ -6,16 +6,20 @@ import dagster as dg
 
 from lakehouse.bronze.cdc import capture
 from lakehouse.bronze.cdc_slot import lsn_text
-from lakehouse.bronze.database import extract_table
+from lakehouse.bronze.database import extract_table, unchanged
 from lakehouse.bronze.landing import ingest_files
 from lakehouse.bronze.live_keys import LiveKeys
+from lakehouse.bronze.source_seen import SourceSeen, contract_digest
 from lakehouse.orchestration import metadata
 from lakehouse.resources import LakehouseStorage, LandingZone, SourceDatabase
 from lakehouse.settings import seconds
 from lakehouse.sources.contract import Contract
+from lakehouse.storage import delta
 
 LISTED_FILES = 20
-LIVE_KEYS = "live_keys"  # the materialization metadata a run leaves for the next one
+# The materialization metadata a run leaves for the next one.
+LIVE_KEYS = "live_keys"
+SOURCE_SEEN = "source_seen"
 
 
 def landing_retries() -> dg.RetryPolicy:
@@ -52,14 +56,21 @@ def _database_asset(contract: Contract) -> dg.AssetsDefinition:
         if contract.is_cdc:
             return _capture_result(context, contract, source, lakehouse, started)
         previous = context.instance.get_latest_materialization_event(context.asset_key)
-        recorded = previous.asset_materialization.metadata.get(LIVE_KEYS) if previous else None
-        result = extract_table(
-            contract,
-            source,
-            lakehouse.table_uri("bronze", contract.name),
-            context.run.run_id,
-            carried=LiveKeys.from_json(recorded.value) if recorded else None,
-        )
+        recorded = previous.asset_materialization.metadata if previous else {}
+        carried = LiveKeys.from_json(recorded[LIVE_KEYS].value) if LIVE_KEYS in recorded else None
+        seen = SourceSeen.from_json(recorded[SOURCE_SEEN].value) if SOURCE_SEEN in recorded else None
+        uri = lakehouse.table_uri("bronze", contract.name)
+        # Read before anything else is: a change from here on makes the next run read.
+        version = source.version(contract.source.table)
+        table = delta.open_table(uri)
+        if seen is not None and table is not None and seen.holds(version, table, contract):
+            result = unchanged(contract, table, seen, carried)
+        else:
+            result = extract_table(contract, source, uri, context.run.run_id, carried=carried)
+            seen = None
+            if version is not None and result.whole_source and result.table is not None:
+                bronze = delta.last_row_change(result.table)
+                seen = SourceSeen(version, bronze, contract_digest(contract), result.rows_without_watermark)
         context.log.info(
             f"bronze/{contract.name}: read {result.rows_read} rows, appended {result.rows_appended}, "
             f"watermark {result.watermark_before} -> {result.watermark_after}, "
@@ -86,6 +97,8 @@ def _database_asset(contract: Contract) -> dg.AssetsDefinition:
                 **(
                     {LIVE_KEYS: dg.MetadataValue.json(result.live_keys.as_json())} if result.live_keys else {}
                 ),
+                # What lets the next run skip a source that has not changed (source_seen.py).
+                **({SOURCE_SEEN: dg.MetadataValue.json(seen.as_json())} if seen else {}),
             }
         )
 

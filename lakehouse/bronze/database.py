@@ -27,6 +27,7 @@ import pyarrow as pa
 from lakehouse.bronze import deletes, tombstones
 from lakehouse.bronze.columns import OP, PARTITION_COLUMN, UPSERT, pin_types, with_audit_columns
 from lakehouse.bronze.live_keys import LiveKeys, find_deletes_from, remaining
+from lakehouse.bronze.source_seen import SourceSeen
 from lakehouse.bronze.watermark import WatermarkRange
 from lakehouse.resources import SourceDatabase
 from lakehouse.sources.contract import Contract, DeleteCadence
@@ -54,6 +55,8 @@ class Extraction:
     rows_deleted: int
     deletes_checked: str  # how deletes were looked for, or why not
     live_keys: LiveKeys | None = None  # the summary the next run starts from
+    # The run saw the whole source: it looked for deletes, or had none to look for.
+    whole_source: bool = False
 
 
 def read_watermark(table: delta.DeltaTable | None, contract: Contract) -> datetime | None:
@@ -173,6 +176,19 @@ def extract_table(
     )
 
 
+def unchanged(
+    contract: Contract, table: delta.DeltaTable, seen: SourceSeen, carried: LiveKeys | None
+) -> Extraction:
+    """What a run whose source has not changed since the last one saw it whole does: nothing
+    (lakehouse/bronze/source_seen.py)."""
+    watermark = read_watermark(table, contract)
+    return Extraction(
+        0, 0, watermark, watermark, [], table, seen.unwatermarked, rows_deleted=0,
+        deletes_checked="not looked for: the source table is unchanged since the last run that did",
+        live_keys=carried, whole_source=True,
+    )  # fmt: skip
+
+
 def _extract_once(
     contract: Contract,
     source: SourceDatabase,
@@ -278,6 +294,7 @@ def _extract_once(
             rows_deleted=0 if result is None else result.keys.height,
             deletes_checked=deletes.describe(contract, result, table is None),
             live_keys=live,
+            whole_source=table is None or looking or contract.deletes == "never",
         )  # fmt: skip
 
     stream = changes()

@@ -8,11 +8,13 @@ import dagster as dg
 from lakehouse.orchestration import metadata
 from lakehouse.resources import LakehouseStorage, PiiHasher
 from lakehouse.silver.load import load_silver
+from lakehouse.silver.orphans import Orphans
 from lakehouse.sources.contract import Contract
 from lakehouse.storage import delta
 from lakehouse.storage.merge import MergeCounts
 
 KINDS = {"deltalake", "polars"}
+ORPHANS_CHECKED_AGAINST = "orphans_checked_against"
 
 
 def _table_metadata(lakehouse: LakehouseStorage, layer: str, name: str) -> dict[str, Any]:
@@ -79,7 +81,14 @@ def _silver_asset(contract: Contract) -> dg.AssetsDefinition:
             context.log.warning(
                 "PII is hashed with the development salt: set LAKEHOUSE_PII_SALT in production"
             )
-        load = load_silver(contract, lakehouse, pii, context.run.run_id)
+        previous = context.instance.get_latest_materialization_event(dg.AssetKey(["silver", name]))
+        recorded = previous.asset_materialization.metadata if previous else {}
+        seen = (
+            Orphans(int(recorded["orphans"].value), str(recorded[ORPHANS_CHECKED_AGAINST].value))
+            if ORPHANS_CHECKED_AGAINST in recorded and "orphans" in recorded
+            else None
+        )
+        load = load_silver(contract, lakehouse, pii, context.run.run_id, orphans=seen)
         context.log.info(
             f"silver/{name}: {load.rows_read} bronze rows (version {load.bronze_version_before} -> "
             f"{load.bronze_version}), {load.rows_quarantined} quarantined, "
@@ -100,7 +109,9 @@ def _silver_asset(contract: Contract) -> dg.AssetsDefinition:
                     "rows_before_a_delete": load.rows_before_a_delete,
                     "rows_quarantined": load.rows_quarantined,
                     "conflicting_duplicates": load.conflicting_duplicates,
-                    "orphans": load.orphans,
+                    "orphans": load.orphans.count,
+                    # What lets the next load take that count while nothing changed (orphans.py).
+                    ORPHANS_CHECKED_AGAINST: load.orphans.checked_against,
                     "bronze_version_before": str(load.bronze_version_before),
                     "bronze_version_after": str(load.bronze_version),
                     "pii_salt": "development default" if pii.uses_development_salt else "LAKEHOUSE_PII_SALT",

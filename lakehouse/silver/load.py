@@ -27,7 +27,7 @@ from lakehouse.bronze.columns import LSN, OP, PARTITION_COLUMN
 from lakehouse.resources import LakehouseStorage, PiiHasher
 from lakehouse.silver import history
 from lakehouse.silver.changes import bronze_identity, bronze_slices, read_bronze_changes
-from lakehouse.silver.orphans import flag_orphans, parent_keys, resolve_orphans
+from lakehouse.silver.orphans import Orphans, ParentKeys, flag_orphans, parent_keys, resolve_orphans
 from lakehouse.silver.repeats import split_repeats
 from lakehouse.silver.validate import split_valid
 from lakehouse.sources.contract import Contract
@@ -51,7 +51,7 @@ class SilverLoad:
     duplicates_collapsed: int
     rows_quarantined: int  # conflicting repeats among them
     conflicting_duplicates: int
-    orphans: int
+    orphans: Orphans
     silver: MergeCounts | None
     history: MergeCounts | None
     history_closed: int = 0  # current history rows closed by a delete
@@ -138,7 +138,7 @@ def _load_slice(
     contract: Contract,
     lakehouse: LakehouseStorage,
     hasher: PiiHasher,
-    parents: dict[str, tuple[str, pl.Series]],
+    parents: ParentKeys,
     loaded_at: datetime,
     position: dict[str, int],
     claim: ledger.Claim,
@@ -258,16 +258,23 @@ def load_silver(
     hasher: PiiHasher,
     run_id: str,
     now: datetime | None = None,
+    orphans: Orphans | None = None,
 ) -> SilverLoad:
     """Load the bronze rows committed since silver's position (see the module's docstring); a
-    load overtaken by another that moved the position first starts again from it."""
+    load overtaken by another that moved the position first starts again from it. `orphans`:
+    what the last load found of them."""
     return ledger.redo_when_moved(
-        lambda: _load_once(contract, lakehouse, hasher, run_id, now), f"silver/{contract.name}"
+        lambda: _load_once(contract, lakehouse, hasher, run_id, now, orphans), f"silver/{contract.name}"
     )
 
 
 def _load_once(
-    contract: Contract, lakehouse: LakehouseStorage, hasher: PiiHasher, run_id: str, now: datetime | None
+    contract: Contract,
+    lakehouse: LakehouseStorage,
+    hasher: PiiHasher,
+    run_id: str,
+    now: datetime | None,
+    orphans: Orphans | None,
 ) -> SilverLoad:
     silver_uri = lakehouse.table_uri("silver", contract.name)
     bronze_uri = lakehouse.table_uri("bronze", contract.name)
@@ -279,16 +286,15 @@ def _load_once(
         bronze = delta.open_table(bronze_uri)
         if bronze is None:
             # The source table is empty: bronze has written nothing yet, and silver has nothing.
-            return SilverLoad(None, None, 0, 0, 0, 0, 0, None, None)
+            return SilverLoad(None, None, 0, 0, 0, 0, Orphans(0, ""), None, None)
         version = bronze.version()
         slices = bronze_slices(bronze, contract)
     else:
         changes, version = read_bronze_changes(bronze_uri, since)
         if changes.is_empty():
             # No new rows, but parents may have arrived for rows flagged as orphans.
-            return SilverLoad(
-                since, version, 0, 0, 0, 0, resolve_orphans(silver_uri, contract, lakehouse), None, None
-            )
+            still = resolve_orphans(silver_uri, contract, lakehouse, seen=orphans)
+            return SilverLoad(since, version, 0, 0, 0, 0, still, None, None)
         slices = [changes.lazy()]
     loaded_at = now or datetime.now(UTC)
     parents = parent_keys(contract, lakehouse)
