@@ -95,15 +95,16 @@ def resolve_orphans(
     orphaned. `parents`: their keys, when the caller has read them already; `seen`: the last
     look, taken as it is while the table and its parents are as it found them."""
     table = delta.open_table(uri)
-    unchanged = seen is not None and seen.checked_against == _against(
-        contract, table, _parent_versions(contract, lakehouse)
-    )
-    if unchanged:
+    versions = _parent_versions(contract, lakehouse) if parents is None else parents.versions
+    if seen is not None and seen.checked_against == _against(contract, table, versions):
         return seen
-    parents = parent_keys(contract, lakehouse) if parents is None else parents
     if table is None or ORPHAN_COLUMN not in delta.arrow_schema(table).names:
-        return Orphans(0, _against(contract, table, parents.versions))
+        return Orphans(0, _against(contract, table, versions))
     flagged = pl.scan_delta(table).filter(pl.col(ORPHAN_COLUMN).is_not_null()).collect()
+    if flagged.is_empty():
+        return Orphans(0, _against(contract, table, versions))
+    # The count is taken against the versions the keys were read at.
+    parents = parent_keys(contract, lakehouse) if parents is None else parents
     rechecked = flag_orphans(flagged.drop(ORPHAN_COLUMN), parents)
     # A new _loaded_at tells downstream tables these rows changed.
     resolved = rechecked.filter(pl.col(ORPHAN_COLUMN).is_null()).with_columns(
