@@ -79,18 +79,21 @@ def code_digest() -> str:
 
 
 def _checked_against(
-    context: dg.AssetCheckExecutionContext, check: Check, snapshots: dict[tuple[str, str], str]
+    context: dg.AssetCheckExecutionContext, check: Check, looked_up: dict[tuple[str, str], str | None]
 ) -> str | None:
-    """What the result depends on, None when the source cannot say; `snapshots` holds the tables
-    the step has already looked up."""
+    """What the result depends on, None when the source cannot say. `looked_up` holds the
+    versions the step has already looked up: of lake tables by (layer, name), of source tables
+    by ("source", table)."""
     lakehouse: LakehouseStorage = context.resources.lakehouse
     for layer, name in check.reads:
-        if (layer, name) not in snapshots:
-            snapshots[layer, name] = delta.snapshot(lakehouse.table_uri(layer, name))
-    tables = ", ".join(f"{layer}/{name} {snapshots[layer, name]}" for layer, name in check.reads)
+        if (layer, name) not in looked_up:
+            looked_up[layer, name] = delta.snapshot(lakehouse.table_uri(layer, name))
+    tables = ", ".join(f"{layer}/{name} {looked_up[layer, name]}" for layer, name in check.reads)
     if check.source is None:
         return f"code {code_digest()}; {tables}"
-    version = context.resources.source.version(check.source)
+    if ("source", check.source) not in looked_up:
+        looked_up["source", check.source] = context.resources.source.version(check.source)
+    version = looked_up["source", check.source]
     return None if version is None else f"code {code_digest()}; {tables}; source {version}"
 
 
@@ -132,13 +135,13 @@ def last_evaluations(
 
 
 def _result(
-    context: dg.AssetCheckExecutionContext, check: Check, snapshots: dict[tuple[str, str], str]
+    context: dg.AssetCheckExecutionContext, check: Check, looked_up: dict[tuple[str, str], str | None]
 ) -> dg.AssetCheckResult:
     if not check.reads and check.source is None:
         return check.evaluate(context)
     reuse = setting("LAKEHOUSE_REUSE_CHECK_PASSES").lower() != "false"
     # Looked up before the check reads anything: a change from here on is seen next time.
-    against = _checked_against(context, check, snapshots)
+    against = _checked_against(context, check, looked_up)
     last = last_evaluation(context.instance, check.key) if reuse and against else None
     run_id, evaluation = last if last else (None, None)
     recorded = evaluation.metadata.get(CHECKED_AGAINST) if evaluation else None
@@ -167,15 +170,15 @@ def _asset_step(asset: dg.AssetKey, checks: list[Check]) -> dg.AssetChecksDefini
         required_resource_keys=set().union(*(check.resources for check in checks)),
     )
     def evaluate(context: dg.AssetCheckExecutionContext) -> Iterator[dg.AssetCheckResult]:
-        # An asset's checks mostly read the same tables: each is looked up once per step. The
-        # version recorded is never newer than the data read, so a write in between only makes
-        # the next run evaluate again.
-        snapshots: dict[tuple[str, str], str] = {}
+        # An asset's checks mostly read the same tables: each version is looked up once per
+        # step. The version recorded is never newer than the data read, so a write in between
+        # only makes the next run evaluate again.
+        looked_up: dict[tuple[str, str], str | None] = {}
         for check in checks:
             if check.key not in context.selected_asset_check_keys:
                 continue
             started = time.monotonic()
-            result = _result(context, check, snapshots)
+            result = _result(context, check, looked_up)
             yield dg.AssetCheckResult(
                 asset_key=asset,
                 check_name=check.name,

@@ -50,8 +50,8 @@ def _gone_by_ranges(
     else:
         lakehouse: LakehouseStorage = context.resources.lakehouse
         bronze = delta.scan(lakehouse.table_uri("bronze", contract.name))
-        live = tombstones.live_keys(bronze, contract).collect().cast(dict(keys.schema))
-        held = deletes.summary(pl.concat([live, keys]).unique(), name, ranges)
+        live = tombstones.live_keys(bronze, contract).cast(dict(keys.schema))
+        held = deletes.summary(tombstones.distinct_keys(pl.concat([live, keys])), name, ranges)
         numbers = deletes.differing(deletes.side_by_side(in_source, held))
         how = "the key ranges where the source differs from bronze's live keys and silver's"
     gone = deletes.gone_from(contract, source, keys, ranges, numbers)

@@ -235,6 +235,8 @@ class SourceDatabase(dg.ConfigurableResource):
             return versions.of_sqlite_file(self.sqlite_path)
         try:
             answer = self.read(versions.POSTGRESQL, what=f"versioning {table}")
+        except SourceUnavailableError:
+            raise  # asked again by the extraction, it would only wait through its retries twice
         except SourceError:
             return None
         return versions.of_postgresql(*answer.row(0))

@@ -58,14 +58,19 @@ def _tombstones(library: Library, name: str) -> pl.DataFrame:
     return library.table("bronze", name).filter(pl.col(OP) == DELETE)
 
 
-@pytest.fixture
-def library(tmp_path: Path) -> Library:
+def _first_load(tmp_path: Path) -> tuple[Library, dg.ExecuteInProcessResult]:
     built = Library(tmp_path, dg.DagsterInstance.ephemeral())
     built.create()
     built.add("members", MEMBERS)
     built.add("loans", LOANS)
-    assert built.materialize().success
-    return built
+    loaded = built.materialize()
+    assert loaded.success
+    return built, loaded
+
+
+@pytest.fixture
+def library(tmp_path: Path) -> Library:
+    return _first_load(tmp_path)[0]
 
 
 def test_deleted_rows_leave_silver_once_and_both_reconciliations_hold(library: Library) -> None:
@@ -325,11 +330,14 @@ def test_an_erased_customer_is_in_no_data_file_of_current_tables_after_vacuum(la
 
 
 def test_the_live_keys_summary_carried_from_the_last_run_finds_what_reading_every_key_finds(
-    library: Library,
+    tmp_path: Path,
 ) -> None:
+    # The first load leaves the summary of the keys it loaded: the run after it reads no key of
+    # bronze (at scale 10, reading them all took 4 GiB).
+    library, loaded = _first_load(tmp_path)
     members = library.storage.table_uri("bronze", "members")
-    first = _metadata(library.materialize(), "bronze/members")
-    assert first["deletes_checked"] == "compared key ranges: 1, read the keys of 0: 0 deleted"
+    first = _metadata(loaded, "bronze/members")
+    assert first["deletes_checked"] == "not on a first load"
     assert first["live_keys"]["rows"] == [6]
 
     quiet = _metadata(library.materialize(), "bronze/members")

@@ -13,6 +13,7 @@ from conftest import POSTGRES_URL, postgres_source, written_a_while_ago
 
 from lakehouse.resources import SourceDatabase
 from lakehouse.sources import versions
+from lakehouse.sources.errors import SourceUnavailableError
 
 
 def test_a_sqlite_source_has_a_new_version_after_each_commit_and_none_while_unsettled(tmp_path: Path) -> None:
@@ -55,3 +56,11 @@ def test_a_postgresql_source_has_a_new_version_after_a_commit_even_of_a_write_be
 @pytest.mark.parametrize("answer", [(None, "2026-12-06 10:00:00+00"), ("740:740:", None)])
 def test_a_postgresql_server_that_does_not_answer_gives_no_version(answer: tuple) -> None:
     assert versions.of_postgresql(*answer) is None
+
+
+def test_a_postgresql_source_that_stays_unreachable_is_reported_not_versioned_as_unknown() -> None:
+    # An unknown version would send the run on to extract, which would wait through every
+    # retry a second time before failing the same way.
+    closed = SourceDatabase(url="postgresql://user@127.0.0.1:1/none", max_attempts=2, backoff_seconds=0.01)
+    with pytest.raises(SourceUnavailableError, match=r"^versioning members failed after 2 attempts"):
+        closed.version("members")

@@ -94,7 +94,7 @@ class Writer:
         if self.table is not None:
             held = [name for name in (*key, OP, LSN) if name in self.stored.names]
             parts.append(pl.scan_delta(self.table).select(held))
-        return tombstones.live_keys(pl.concat(parts, how="diagonal_relaxed"), self.contract).collect()
+        return tombstones.live_keys(pl.concat(parts, how="diagonal_relaxed"), self.contract)
 
     def write(self, frames: Iterable[pl.DataFrame], lsn: int, metadata: dict[str, str]) -> bool:
         """Append the frames and the ledger entry `lsn` in one commit; False when there were no

@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from lakehouse.bronze import deletes, tombstones
 from lakehouse.bronze.columns import OP, PARTITION_COLUMN, UPSERT, pin_types, with_audit_columns
-from lakehouse.bronze.live_keys import LiveKeys, find_deletes_from, remaining
+from lakehouse.bronze.live_keys import LiveKeys, find_deletes_from, first_load, remaining
 from lakehouse.bronze.source_seen import SourceSeen
 from lakehouse.bronze.watermark import WatermarkRange
 from lakehouse.resources import SourceDatabase
@@ -259,13 +259,13 @@ def _extract_once(
     def gone(schema: pl.Schema) -> Iterator[pl.DataFrame]:
         assert table is not None
         keys = pl.DataFrame(schema={name: schema[name] for name in contract.primary_key})
-        appended = pl.concat([keys, *appended_keys]).unique()
+        appended = tombstones.distinct_keys(pl.concat([keys, *appended_keys]))
         started = None
         if record is not None and deletes.ranged(contract, appended):
             started = find_deletes_from(contract, source, table, record, appended)
         if started is None:
-            live = pl.concat([tombstones.live_keys(pl.scan_delta(table), contract).collect(), appended])
-            result = deletes.find_deletes(contract, source, live.unique())
+            live = pl.concat([tombstones.live_keys(pl.scan_delta(table), contract), appended])
+            result = deletes.find_deletes(contract, source, tombstones.distinct_keys(live))
             started = result, remaining(result, contract.primary_key[0])
         found.append(started[0])
         summaries.append(started[1])
@@ -284,6 +284,8 @@ def _extract_once(
     def extraction(after: datetime | None, written: delta.DeltaTable | None, added: list[str]) -> Extraction:
         result = found[0] if found else None
         live = summaries[0] if summaries else None
+        if table is None and appended_keys:
+            live = first_load(contract, pl.concat(appended_keys))
         if live is not None:
             # This run's commit, or the last one that changed the rows when it made none.
             committed = written is not table

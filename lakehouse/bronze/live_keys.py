@@ -2,14 +2,15 @@
 
 Finding deletes compares the source's summary of each key range with that of the keys bronze
 holds live (lakehouse/bronze/deletes.py). Working out which keys are live reads every bronze
-row. Instead, a run that looked for deletes records the live keys' summary after its commit
-(the bronze asset keeps it in its materialization's metadata, with the bronze version it
-describes), and the next run starts from it: it adds the keys its own rows make live, looked
-up in bronze by key, and reads bronze's live keys only in the ranges whose summaries differ.
+row. Instead, a run that looked for deletes, or a first load, records the live keys' summary
+after its commit (the bronze asset keeps it in its materialization's metadata, with the bronze
+version it describes), and the next run starts from it: it adds the keys its own rows make
+live, looked up in bronze by key, and reads bronze's live keys only in the ranges whose
+summaries differ.
 
 A record holds while the last commit that changed bronze's rows is the one it names (a
 compaction or vacuum since changes none); otherwise, and for a key of several columns or of
-another type, the run reads every live key, as a first run does.
+another type, the run reads every live key.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from lakehouse.bronze.deletes import (
     KeyRanges,
     differing,
     gone_from,
+    ranged,
     side_by_side,
     source_extent,
     source_summary,
@@ -86,6 +88,20 @@ def remaining(found: Deletes, key: str) -> LiveKeys | None:
     return LiveKeys(-1, found.ranges, _plus(found.held.cast(_SCHEMA), gone, -1))
 
 
+def first_load(contract: Contract, appended: pl.DataFrame) -> LiveKeys | None:
+    """The live keys' summary after a first load, which holds every key it `appended` (its
+    version still to be set); None for a key compared whole. Without it, the first run after
+    would read every live key."""
+    key = contract.primary_key[0]
+    if not ranged(contract, appended):
+        return None
+    keys = tombstones.distinct_keys(appended.filter(pl.col(key).is_not_null()))
+    if keys.is_empty():
+        return None
+    ranges = KeyRanges.spanning(keys[key].min(), keys[key].max())
+    return LiveKeys(-1, ranges, summary(keys, key, ranges).cast(_SCHEMA))
+
+
 def find_deletes_from(
     contract: Contract, source: SourceDatabase, table: DeltaTable, record: LiveKeys, appended: pl.DataFrame
 ) -> tuple[Deletes, LiveKeys] | None:
@@ -104,15 +120,15 @@ def find_deletes_from(
         return None
     bronze = pl.scan_delta(table)
     earlier = tombstones.live_keys(bronze.filter(pl.col(key).is_in(appended[key].implode())), contract)
-    became_live = appended.join(earlier.collect().cast(dict(appended.schema)), on=key, how="anti")
+    became_live = appended.join(earlier.cast(dict(appended.schema)), on=key, how="anti")
     held = _plus(record.summary, summary(became_live, key, ranges).cast(_SCHEMA), 1)
     numbers = differing(side_by_side(source_summary(contract, source, key, ranges), held))
     live = appended
     if numbers:
         # The live keys of the ranges that differ only: bronze's, and those this run appended.
         inside = pl.any_horizontal(pl.col(key).is_between(*ranges.bounds(number)) for number in numbers)
-        held_inside = tombstones.live_keys(bronze.filter(inside), contract).collect()
-        live = pl.concat([held_inside.cast(dict(appended.schema)), appended]).unique()
+        held_inside = tombstones.live_keys(bronze.filter(inside), contract)
+        live = tombstones.distinct_keys(pl.concat([held_inside.cast(dict(appended.schema)), appended]))
     gone = gone_from(contract, source, live, ranges, numbers)
     found = Deletes(gone, ranges.count, len(numbers), ranges, held, carried=True)
     return found, remaining(found, key)

@@ -44,11 +44,10 @@ class SourceSeen:
         except (KeyError, TypeError, ValueError):
             return None
 
-    def holds(self, source: str | None, table: DeltaTable | None, contract: Contract) -> bool:
+    def holds(self, source: str | None, table: DeltaTable, contract: Contract) -> bool:
         """Whether the source (its version now), bronze and the contract are as recorded."""
         return (
             source == self.source
-            and table is not None
             and delta.last_row_change(table) == self.bronze
             and contract_digest(contract) == self.contract
         )

@@ -69,9 +69,16 @@ def deleted_keys(rows: Rows, contract: Contract) -> Rows:
     ).select(*keys, DELETED_AT)
 
 
-def live_keys(rows: Rows, contract: Contract) -> Rows:
+def live_keys(rows: pl.DataFrame | pl.LazyFrame, contract: Contract) -> pl.DataFrame:
     """The keys with a version that stands: those bronze holds as present in the source."""
-    return standing(rows, contract).select(contract.primary_key).unique()
+    keys = standing(rows, contract).select(contract.primary_key)
+    return distinct_keys(keys.collect() if isinstance(keys, pl.LazyFrame) else keys)
+
+
+def distinct_keys(keys: pl.DataFrame) -> pl.DataFrame:
+    """`keys` without repeats. A key of one column goes through the column: polars' unique of
+    a column holds about the column, that of a frame several times it (3 GiB for 30M keys)."""
+    return keys.to_series().unique().to_frame() if keys.width == 1 else keys.unique()
 
 
 def tombstones(
