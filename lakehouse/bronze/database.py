@@ -241,7 +241,10 @@ def _extract_once(
                 frame = frame.join(seen, on=identity, how="anti", nulls_equal=True)
             counts["appended"] += frame.height
             if not frame.is_empty():
-                appended_keys.append(frame.select(contract.primary_key))
+                # Kept for the search for deletes, which a first load skips: its frames are the
+                # driver's batches, each of whose columns would keep the whole batch in memory.
+                if table is not None:
+                    appended_keys.append(frame.select(contract.primary_key))
                 yield with_audit_columns(frame, label, run_id, extracted_at).with_columns(
                     pl.lit(UPSERT).alias(OP)
                 )
@@ -284,8 +287,8 @@ def _extract_once(
     def extraction(after: datetime | None, written: delta.DeltaTable | None, added: list[str]) -> Extraction:
         result = found[0] if found else None
         live = summaries[0] if summaries else None
-        if table is None and appended_keys:
-            live = first_load(contract, pl.concat(appended_keys))
+        if table is None and written is not None:
+            live = first_load(contract, written)
         if live is not None:
             # This run's commit, or the last one that changed the rows when it made none.
             committed = written is not table

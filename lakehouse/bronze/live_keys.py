@@ -88,14 +88,15 @@ def remaining(found: Deletes, key: str) -> LiveKeys | None:
     return LiveKeys(-1, found.ranges, _plus(found.held.cast(_SCHEMA), gone, -1))
 
 
-def first_load(contract: Contract, appended: pl.DataFrame) -> LiveKeys | None:
-    """The live keys' summary after a first load, which holds every key it `appended` (its
+def first_load(contract: Contract, table: DeltaTable) -> LiveKeys | None:
+    """The live keys' summary after a first load wrote `table`, every key of which is live (its
     version still to be set); None for a key compared whole. Without it, the first run after
     would read every live key."""
     key = contract.primary_key[0]
-    if not ranged(contract, appended):
+    keys = pl.scan_delta(table).select(contract.primary_key).collect()
+    if not ranged(contract, keys):
         return None
-    keys = tombstones.distinct_keys(appended.filter(pl.col(key).is_not_null()))
+    keys = tombstones.distinct_keys(keys.filter(pl.col(key).is_not_null()))
     if keys.is_empty():
         return None
     ranges = KeyRanges.spanning(keys[key].min(), keys[key].max())
