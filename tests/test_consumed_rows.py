@@ -13,8 +13,9 @@ import polars as pl
 import pytest
 from library import CLOCK, Library, evaluations, value
 
+from asset_checks import consumed_rows
 from lakehouse.sources.timestamps import timestamp_text
-from lakehouse.storage import delta
+from lakehouse.storage import delta, slices
 
 LOANS = dg.AssetKey(["silver", "loans"])
 WHOLE = "every bronze row silver has consumed"
@@ -109,3 +110,26 @@ def test_a_vacuum_of_the_files_it_needs_or_a_delete_in_bronze_makes_it_compare_e
     delta.open_table(passed.storage.table_uri("bronze", "loans")).delete("loan_id = 500")
     deleted = _checks_only(passed)
     assert deleted.passed and value(deleted, "compared") == WHOLE
+
+
+def test_a_whole_comparison_in_slices_of_the_key_finds_and_counts_what_one_pass_does(
+    passed: Library, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    silver_uri = passed.storage.table_uri("silver", "loans")
+    delta.open_table(silver_uri).delete("loan_id = 42")
+    planted = pl.read_delta(silver_uri).filter(pl.col("loan_id") == 43).with_columns(loan_id=pl.lit(900))
+    delta.write(silver_uri, planted)
+    delta.open_table(passed.storage.table_uri("quarantine", "loans")).delete(f"loan_id = {LENT + 3}")
+    assert not _checks_only(passed).passed  # the changed keys; a failure leaves no record to start from
+    monkeypatch.setenv("LAKEHOUSE_REUSE_CHECK_PASSES", "false")
+
+    whole = _checks_only(passed)
+    monkeypatch.setattr(consumed_rows, "SLICE_ROWS", 25)
+    assert len(slices.key_cuts(pl.scan_delta(silver_uri), "loan_id", 25)) >= 7
+    sliced = _checks_only(passed)
+
+    assert value(whole, "compared") == value(sliced, "compared") == WHOLE
+    assert (value(whole, "rows_missing"), value(whole, "silver_rows_without_bronze")) == (2, 1)
+    assert sorted(_sampled(whole)) == sorted(_sampled(sliced)) == [42, LENT + 3]
+    counts = {name: entry.value for name, entry in whole.metadata.items() if isinstance(entry.value, int)}
+    assert {name: value(sliced, name) for name in counts} == counts

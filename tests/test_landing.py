@@ -8,6 +8,7 @@ import polars as pl
 import pytest
 from conftest import THROUGH_SILVER, Lake
 
+from lakehouse.bronze import landing
 from lakehouse.bronze.landing import matching_files
 from lakehouse.bronze.landing_lines import parse_file
 from lakehouse.demo.events import EVENT_TYPES
@@ -113,6 +114,35 @@ def test_crash_between_quarantine_and_bronze_commits_duplicates_nothing(lake: La
     quarantine = lake.table("quarantine", "events_malformed")
     assert quarantine.height == lake.manifest.defects["malformed_line"]
     assert lake.table("bronze", "events").height + quarantine.height == landing_lines(lake)
+
+
+def test_files_past_one_commits_bytes_are_committed_apart_and_a_crash_between_duplicates_nothing(
+    lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(landing, "COMMIT_BYTES", 1)  # a commit for each file
+    original, commits = delta.write, []
+
+    def crash_on_second_bronze_commit(uri: str, *args, **kwargs):
+        if "/bronze/" in uri:
+            commits.append(uri)
+            if len(commits) == 2:
+                raise OSError("killed before the second bronze commit")
+        return original(uri, *args, **kwargs)
+
+    monkeypatch.setattr(delta, "write", crash_on_second_bronze_commit)
+    # The step's own retry takes the files the first attempt left: no manual step.
+    result = lake.materialize(EVENT_ASSETS)
+
+    files = len(lake.manifest.event_files)
+    assert any(event.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY for event in result.all_events)
+    assert len(commits) == files + 1  # one a file, and the one the crash stopped
+    metadata = result.asset_materializations_for_node("bronze_events")[0].metadata
+    assert metadata["files_ingested"].value == files - 1  # the first was committed before the crash
+    bronze, quarantine = lake.table("bronze", "events"), lake.table("quarantine", "events_malformed")
+    assert bronze.height + quarantine.height == landing_lines(lake)
+    assert bronze.select("_source_file", "_line_number").is_duplicated().sum() == 0
+    assert quarantine.height == lake.manifest.defects["malformed_line"]
+    assert delta.open_table(lake.uri("bronze", "events")).version() == files - 1
 
 
 def test_lines_that_are_not_json_objects_are_quarantined_with_reasons(lake: Lake) -> None:

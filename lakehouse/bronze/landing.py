@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from pathlib import PurePosixPath
@@ -35,6 +36,9 @@ from lakehouse.storage import delta, files, ledger
 from lakehouse.storage.merge import merge
 
 MAX_FILES_PER_RUN = 500
+# Landing bytes one commit takes: a run holds one commit's files parsed at a time, so that its
+# memory follows this, not the files waiting. Each commit carries its own files' ledger entries.
+COMMIT_BYTES = 128 * 2**20
 # A run waits for files that arrived just before it when they settle within this long, so it
 # takes what was dropped for it; files that need longer are left to the next run.
 SETTLE_WAIT_LIMIT = 60.0
@@ -178,11 +182,24 @@ def ingest_files(
     run_id: str,
     now: datetime | None = None,
 ) -> Ingestion:
-    """Ingest the complete pending files (at most MAX_FILES_PER_RUN, oldest first) in one commit."""
+    """Ingest the complete pending files (at most MAX_FILES_PER_RUN, oldest first), a commit for
+    each COMMIT_BYTES of them."""
     return ledger.redo_when_moved(
         lambda: _ingest_once(contract, landing, uri, quarantine_uri, source, run_id, now),
         f"bronze/{contract.name}",
     )
+
+
+def _in_commits(taken: list[Seen]) -> Iterator[list[Seen]]:
+    """The files in groups of about COMMIT_BYTES, in the order given: one commit each."""
+    group: list[Seen] = []
+    for seen in taken:
+        if group and sum(file.size for file in group) + seen.size > COMMIT_BYTES:
+            yield group
+            group = []
+        group.append(seen)
+    if group:
+        yield group
 
 
 def _ingest_once(
@@ -198,56 +215,62 @@ def _ingest_once(
     claim = ledger.Claim(uri, table)
     waiting, settling = complete_files(landing, pending_files(contract, landing, table), settle_seconds())
     extracted_at = now or datetime.now(UTC)
-    # Each file's rows become columns at once: rows as Python dicts take several times the
-    # memory of the frame.
-    frames: list[pl.DataFrame] = []
-    rejected: list[dict[str, object]] = []
-    names: list[str] = []
-    entries: dict[str, int] = {}
-    for seen in waiting[:MAX_FILES_PER_RUN]:
-        data = read(landing, seen)
-        if look(landing, seen) != seen:  # written to while read: not complete after all
-            settling.append(seen)
-            continue
-        file_rows, file_rejected = parse_file(seen.name, data, contract)
-        frames.append(rows_frame(file_rows, contract))
-        rejected.extend(file_rejected)
-        names.append(seen.name)
-        entries |= ledger.landing_file_entries(contract.name, seen.name, seen.size, ledger.checksum(data))
-    still = sorted(seen.name for seen in settling)
 
-    bad = with_audit_columns(pl.DataFrame(rejected, schema=QUARANTINE_SCHEMA), source, run_id, extracted_at)
-    quarantine = _quarantine(quarantine_uri, bad)
-    if not names:
-        return Ingestion([], 0, 0, 0, 0, [], table, quarantine, still)
+    def commit(group: list[Seen], done: Ingestion) -> Ingestion:
+        """The group's lines in bronze or the quarantine, its files in bronze's ledger, added to `done`."""
+        # Each file's rows become columns at once: rows as Python dicts take several times the
+        # memory of the frame.
+        frames: list[pl.DataFrame] = []
+        rejected: list[dict[str, object]] = []
+        names: list[str] = []
+        entries: dict[str, int] = {}
+        for seen in group:
+            data = read(landing, seen)
+            if look(landing, seen) != seen:  # written to while read: not complete after all
+                settling.append(seen)
+                continue
+            file_rows, file_rejected = parse_file(seen.name, data, contract)
+            frames.append(rows_frame(file_rows, contract))
+            rejected.extend(file_rejected)
+            names.append(seen.name)
+            entries |= ledger.landing_file_entries(contract.name, seen.name, seen.size, ledger.checksum(data))
+        if not names:
+            return done
+        bad = pl.DataFrame(rejected, schema=QUARANTINE_SCHEMA)
+        quarantine = _quarantine(quarantine_uri, with_audit_columns(bad, source, run_id, extracted_at))
+        stored = delta.arrow_schema(done.table) if done.table else None
+        good = pin_types(
+            pl.concat(frames, how="diagonal"),
+            contract,
+            stored,
+            f"bronze/{contract.name}",
+            guessed_nulls=False,
+        )
+        added = [name for name in good.columns if stored is not None and name not in stored.names]
+        good = with_audit_columns(good, source, run_id, extracted_at)
+        written = delta.write(
+            uri,
+            good,
+            partition_by=[PARTITION_COLUMN],
+            configuration=delta.CHANGE_DATA_FEED,
+            metadata={"lakehouse.run_id": run_id, "lakehouse.files": json.dumps(names)},
+            transactions=entries,
+            claim=claim,
+        )
+        return replace(
+            done,
+            files=done.files + names,
+            lines_read=done.lines_read + good.height + len(rejected),
+            rows_appended=done.rows_appended + good.height,
+            lines_quarantined=done.lines_quarantined + len(rejected),
+            added_columns=done.added_columns + added,
+            table=written,
+            quarantine=quarantine,
+        )
 
-    stored = delta.arrow_schema(table) if table else None
-    good = pin_types(
-        pl.concat(frames, how="diagonal"),
-        contract,
-        stored,
-        f"bronze/{contract.name}",
-        guessed_nulls=False,
+    done = Ingestion(
+        [], 0, 0, 0, max(len(waiting) - MAX_FILES_PER_RUN, 0), [], table, delta.open_table(quarantine_uri)
     )
-    added = [name for name in good.columns if stored is not None and name not in stored.names]
-    good = with_audit_columns(good, source, run_id, extracted_at)
-    written = delta.write(
-        uri,
-        good,
-        partition_by=[PARTITION_COLUMN],
-        configuration=delta.CHANGE_DATA_FEED,
-        metadata={"lakehouse.run_id": run_id, "lakehouse.files": json.dumps(names)},
-        transactions=entries,
-        claim=claim,
-    )
-    return Ingestion(
-        files=names,
-        lines_read=good.height + len(rejected),
-        rows_appended=good.height,
-        lines_quarantined=len(rejected),
-        files_waiting=max(len(waiting) - MAX_FILES_PER_RUN, 0),
-        added_columns=added,
-        table=written,
-        quarantine=quarantine,
-        files_settling=still,
-    )
+    for group in _in_commits(waiting[:MAX_FILES_PER_RUN]):
+        done = commit(group, done)
+    return replace(done, files_settling=sorted(seen.name for seen in settling))
