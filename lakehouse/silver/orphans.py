@@ -17,6 +17,7 @@ from lakehouse.resources import LakehouseStorage
 from lakehouse.sources.contract import Contract
 from lakehouse.storage import delta
 from lakehouse.storage.ledger import LOADED_AT
+from lakehouse.storage.merge import match_predicate
 from lakehouse.storage.sql import quoted
 
 ORPHAN_COLUMN = "_orphan"
@@ -111,9 +112,11 @@ def resolve_orphans(
         pl.lit(datetime.now(UTC), dtype=pl.Datetime("us", "UTC")).alias(LOADED_AT)
     )
     if not resolved.is_empty():
+        # Within the resolved rows' partitions: on the key alone, the MERGE reads the whole table.
+        partitions = table.metadata().partition_columns
         table.merge(
-            delta.to_arrow(resolved.select(*contract.primary_key, ORPHAN_COLUMN, LOADED_AT)),
-            predicate=" AND ".join(f"t.{quoted(key)} = s.{quoted(key)}" for key in contract.primary_key),
+            delta.to_arrow(resolved.select(*contract.primary_key, *partitions, ORPHAN_COLUMN, LOADED_AT)),
+            predicate=match_predicate(list(contract.primary_key), next(iter(partitions), None), resolved),
             source_alias="s",
             target_alias="t",
         ).when_matched_update(

@@ -24,7 +24,9 @@ def _literal(value: object) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def _predicate(keys: list[str], partition: str | None, frame: pl.DataFrame) -> str:
+def match_predicate(keys: list[str], partition: str | None, frame: pl.DataFrame) -> str:
+    """A MERGE's match of source `s` (`frame`) to target `t` on `keys`, within the frame's
+    values of the `partition` column (which the frame must hold)."""
     matches = [f"t.{quoted(key)} = s.{quoted(key)}" for key in keys]
     if partition:
         # A literal list of the batch's partitions lets the MERGE prune every other file.
@@ -104,7 +106,7 @@ def merge(
         before = table.version()
         merger = table.merge(
             delta.to_arrow(frame),
-            predicate=_predicate(keys, partition, frame),
+            predicate=match_predicate(keys, partition, frame),
             source_alias="s",
             target_alias="t",
             commit_properties=delta.commit_properties(metadata, transactions),
