@@ -50,6 +50,7 @@ SWITCHES = (
 )
 DRAIN_SECONDS = 600  # bounds, not expectations
 RUN_SECONDS = 300
+ALERT_SECONDS = 120  # the run failure sensor ticks every 30 s
 RECONCILIATION = {"source_rows_in_bronze", "lines_in_bronze_or_quarantine", "bronze_rows_accounted"}
 IN_PROGRESS = [
     dg.DagsterRunStatus.QUEUED,
@@ -104,6 +105,10 @@ class Soak:
 
     def command(self, *args: str, timeout: float = RUN_SECONDS) -> subprocess.CompletedProcess:
         return self.server.command(list(args), timeout=timeout)
+
+    def sent_alerts(self) -> list[dict]:
+        alerts = self.folder / "alerts.jsonl"
+        return [json.loads(line) for line in alerts.read_text().splitlines()] if alerts.exists() else []
 
     def switch(self, verb: str) -> None:
         for kind, name in SWITCHES:
@@ -193,8 +198,17 @@ def test_the_daemon_left_alone_with_kills_and_a_racing_cli_run_loses_and_duplica
     assert soak.killed
     for run_id in soak.killed:
         assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
-    alerts = soak.folder / "alerts.jsonl"
-    sent = [json.loads(line) for line in alerts.read_text().splitlines()]
+
+    # A killed run the code server failed first is alerted by the run failure sensor at its
+    # next tick, which may come after the queue drained.
+    def every_killed_run_alerted() -> list[dict] | None:
+        sent = soak.sent_alerts()
+        alerted = {alert["run_id"] for alert in sent if alert["kind"] == "run_failure"}
+        return sent if alerted >= set(soak.killed) else None
+
+    sent = wait_for(
+        "every killed run's failure alert", every_killed_run_alerted, ALERT_SECONDS, every=POLL_SECONDS
+    )
     alerted = Counter(alert["run_id"] for alert in sent if alert["kind"] == "run_failure")
     assert {run_id: alerted[run_id] for run_id in soak.killed} == dict.fromkeys(soak.killed, 1)
     # The daemon's health sensor alerted the demo's planted defects (bronze's warning checks)
