@@ -19,11 +19,11 @@ from lakehouse.gold.tables import GOLD_TABLES
 from lakehouse.gold.transforms import (
     UNKNOWN_CATEGORY,
     daily_revenue,
+    day_bounds,
     event_windows_5m,
     fct_order_items,
     fct_orders,
     funnel_daily,
-    period_bounds,
 )
 from lakehouse.resources import LakehouseStorage
 from lakehouse.silver.history import (
@@ -226,15 +226,15 @@ def test_daily_revenue_splits_cancelled_money_and_leaves_out_lines_without_an_or
     assert by_key[("2026-11-03", "books")]["average_order_value"] == 7.0
 
 
-def test_periods_select_the_rows_created_in_them() -> None:
-    assert period_bounds(["2026-11", "2026-12"]) == (
-        datetime(2026, 11, 1, tzinfo=UTC),
+def test_days_select_the_rows_created_on_them() -> None:
+    assert day_bounds(["2026-11-03", "2026-11-02"]) == (at(0), at(48))
+    assert day_bounds(["2026-12-31"]) == (
+        datetime(2026, 12, 31, tzinfo=UTC),
         datetime(2027, 1, 1, tzinfo=UTC),
     )
-    assert period_bounds(["2026-11-03", "2026-11-02"]) == (at(0), at(48))
     assert fct_orders(read, ["2026-11-03"]).get_column("order_id").to_list() == [102]
-    assert fct_orders(read, ["2026-11"]).height == 3
-    assert fct_orders(read, ["2026-10"]).is_empty()
+    assert fct_orders(read, ["2026-11-02", "2026-11-03"]).height == 3
+    assert fct_orders(read, ["2026-10-31"]).is_empty()
     assert daily_revenue(read, ["2026-11-03"]).get_column("category").to_list() == ["books"]
 
 
@@ -341,7 +341,7 @@ def assert_gold_is_a_rebuild(storage: LakehouseStorage) -> None:
         assert stored.sort(stored.columns).equals(rebuilt.sort(rebuilt.columns)), table.name
 
 
-def test_gold_rebuilds_only_the_periods_new_silver_rows_touch(tmp_path: Path) -> None:
+def test_gold_rebuilds_only_the_days_new_silver_rows_touch(tmp_path: Path) -> None:
     storage = lakehouse_of(tmp_path)
     assert {
         table.name: build_gold(table, storage, "first").rebuilt for table in GOLD_TABLES
@@ -359,8 +359,8 @@ def test_gold_rebuilds_only_the_periods_new_silver_rows_touch(tmp_path: Path) ->
     assert rebuilt == {
         "dim_customers": [],
         "dim_products": [],
-        "fct_orders": ["2026-11"],
-        "fct_order_items": ["2026-11"],
+        "fct_orders": ["2026-11-03"],
+        "fct_order_items": ["2026-11-03"],
         "daily_revenue": ["2026-11-03"],
         "event_windows_5m": [],
         "funnel_daily": [],
@@ -376,7 +376,10 @@ def test_a_backfill_rebuilds_the_days_it_names_changed_or_not(tmp_path: Path) ->
         build_gold(table, storage, "first")
 
     assert backfill(revenue, storage, ["2026-11-02"], "backfill").rebuilt == ["2026-11-02"]
-    assert backfill(orders, storage, ["2026-11-02", "2026-11-03"], "backfill").rebuilt == ["2026-11"]
+    assert backfill(orders, storage, ["2026-11-02", "2026-11-03"], "backfill").rebuilt == [
+        "2026-11-02",
+        "2026-11-03",
+    ]
     assert build_gold(revenue, storage, "next").rebuilt == []  # the positions did not move
     assert Backfill(first_day="2026-11-30", last_day="2026-12-02").days() == [
         "2026-11-30",

@@ -1,19 +1,18 @@
-"""Building a gold table incrementally: only the periods new silver rows touch are rewritten.
+"""Building a gold table incrementally: only the days new silver rows touch are rewritten.
 
 For each silver table it reads, a gold table remembers the newest silver `_loaded_at` it has
-seen, as an app transaction in its own commit. A run finds the periods (days or months) of
-the silver rows loaded since, rebuilds exactly those periods from silver, and replaces them
-with a predicate overwrite in one commit that also moves the positions. A table without a
-period is rebuilt whole when any input changed. Rebuilding a period from silver, rather than
-patching it, is what makes the result equal to a full rebuild. The periods are built a part
-of their days at a time, each holding about `PART_ROWS` input rows, and written as one stream:
-memory follows the part, not the table or its largest month.
+seen, as an app transaction in its own commit. A run finds the days of the silver rows loaded
+since, rebuilds exactly those days from silver, and replaces them with a predicate overwrite
+in one commit that also moves the positions. A table without a period is rebuilt whole when
+any input changed. Rebuilding a day from silver, rather than patching it, is what makes the
+result equal to a full rebuild. The days are built a part at a time, each holding about
+`PART_ROWS` input rows, and written as one stream: memory follows the part, not the table.
 
 Rows silver deletes leave no `_loaded_at` behind: silver's deleting commits name the days the
 deleted rows held, and a gold table also remembers the silver version it has read those
-commits up to; their periods are rebuilt like the others.
+commits up to; those days are rebuilt like the others.
 
-A backfill rebuilds the periods of the days it is given, changed or not, and leaves the
+A backfill rebuilds the days it is given, changed or not, and leaves the
 positions where they are: what changed since the last build is still rebuilt by the next run.
 """
 
@@ -28,18 +27,22 @@ from typing import Any
 import polars as pl
 
 from lakehouse.gold.tables import GoldTable
-from lakehouse.gold.transforms import DAY, MONTH, Reader, period_bounds
+from lakehouse.gold.transforms import DAY, Reader, day_bounds
 from lakehouse.resources import LakehouseStorage
 from lakehouse.storage import delta, ledger
 from lakehouse.storage.ledger import DELETED_DAYS, LOADED_AT
 from lakehouse.storage.sql import quoted
 
-PART_ROWS = 2_000_000  # input rows a build of periods holds at a time
+PART_ROWS = 2_000_000  # input rows a build of days holds at a time
+# A table with a period is written in order of time into files of about this size, so that a
+# day's rewrite replaces the few files holding it: the order facts keep a month per folder,
+# whose one file would otherwise be rewritten for any of its days.
+DAY_FILE_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
 class GoldBuild:
-    rebuilt: list[str] | None  # periods rewritten; None: the whole table
+    rebuilt: list[str] | None  # days rewritten; None: the whole table
     rows_written: int
     table: delta.DeltaTable | None
 
@@ -65,22 +68,23 @@ def silver_reader(lakehouse: LakehouseStorage) -> Reader:
     return read
 
 
-def _replace_periods(
+def _replace_days(
     uri: str,
     table: GoldTable,
     frames: pl.DataFrame | Iterable[pl.DataFrame],
-    periods: list[str],
+    days: list[str],
     **commit: Any,
 ) -> delta.DeltaTable:
-    values = ", ".join(f"'{period}'" for period in periods)
+    values = ", ".join(f"'{day}'" for day in days)
     return delta.write(
-        uri, frames, mode="overwrite", predicate=f"{quoted(table.period)} IN ({values})", **commit
-    )
+        uri, frames, mode="overwrite", predicate=f"{quoted(table.period)} IN ({values})",
+        target_file_size=DAY_FILE_BYTES, **commit,
+    )  # fmt: skip
 
 
-def _rows_per_day(table: GoldTable, read: Reader, periods: list[str]) -> dict[str, int]:
-    """The input rows of each day of `periods` (days, or months of a monthly table)."""
-    start, end = period_bounds(periods)
+def _rows_per_day(table: GoldTable, read: Reader, days: list[str]) -> dict[str, int]:
+    """The input rows of each of `days`."""
+    start, end = day_bounds(days)
     rows: Counter[str] = Counter()
     for upstream, moment in table.upstream.items():
         counts = (
@@ -91,8 +95,8 @@ def _rows_per_day(table: GoldTable, read: Reader, periods: list[str]) -> dict[st
             .collect()
         )
         rows.update({day.isoformat(): count for day, count in counts.iter_rows()})
-    wanted = set(periods)
-    return {day: count for day, count in rows.items() if day[: len(periods[0])] in wanted}
+    wanted = set(days)
+    return {day: count for day, count in rows.items() if day in wanted}
 
 
 def _parts(rows_per_day: dict[str, int], limit: int) -> list[list[str]]:
@@ -123,7 +127,7 @@ class _Built:
 
 
 def build_gold(table: GoldTable, lakehouse: LakehouseStorage, run_id: str) -> GoldBuild:
-    """Rebuild the periods the silver rows loaded since the table's positions touch; a build
+    """Rebuild the days the silver rows loaded since the table's positions touch; a build
     overtaken by another that moved the positions first starts again from them."""
     return ledger.redo_when_moved(lambda: _build_once(table, lakehouse, run_id), f"gold/{table.name}")
 
@@ -133,35 +137,34 @@ def _build_once(table: GoldTable, lakehouse: LakehouseStorage, run_id: str) -> G
     read = silver_reader(lakehouse)
     existing = delta.open_table(uri)
     claim = ledger.Claim(uri, existing)
-    pattern = MONTH if table.granularity == "month" else DAY
-    positions, periods = {}, set()
+    positions, days = {}, set()
     for upstream, moment in table.upstream.items():
         seen = ledger.read(existing, ledger.gold_position(table.name, upstream))
         since = ledger.moment(seen or 0)
         changed = read(upstream).filter(pl.col(LOADED_AT) > since)
         summary = changed.select(
-            newest=pl.col(LOADED_AT).max(), periods=pl.col(moment).dt.strftime(pattern).unique().implode()
+            newest=pl.col(LOADED_AT).max(), days=pl.col(moment).dt.strftime(DAY).unique().implode()
         ).collect()
         newest = summary["newest"][0]
         positions[ledger.gold_position(table.name, upstream)] = (
             ledger.micros(newest) if newest else (seen or 0)
         )
-        periods.update(summary["periods"].explode().drop_nulls().to_list())
+        days.update(summary["days"].explode().drop_nulls().to_list())
         deletes = ledger.gold_deletes_position(table.name, upstream)
-        version, days = _deleted_days(
+        version, deleted = _deleted_days(
             lakehouse.table_uri("silver", upstream), ledger.read(existing, deletes), moment
         )
         positions[deletes] = version
-        periods.update(day[: len("YYYY-MM")] if pattern == MONTH else day for day in days)
+        days.update(deleted)
 
-    if existing is not None and not periods:
+    if existing is not None and not days:
         return GoldBuild([], 0, existing)
     metadata = {
         "lakehouse.run_id": run_id,
-        "lakehouse.gold.periods": ",".join(sorted(periods)) if existing else "all",
+        "lakehouse.gold.periods": ",".join(sorted(days)) if existing else "all",
     }
     partition_by = [table.partition_by] if table.partition_by else None
-    if table.period is None or not periods:
+    if table.period is None or not days:
         frame = table.build(read, None)
         written = delta.write(
             uri, frame, mode="overwrite", partition_by=partition_by,
@@ -169,33 +172,30 @@ def _build_once(table: GoldTable, lakehouse: LakehouseStorage, run_id: str) -> G
         )  # fmt: skip
         return GoldBuild(None, frame.height, written)
     if existing is None:
-        built = _Built(table, read, _parts_of(table, read, sorted(periods)))
+        built = _Built(table, read, _parts_of(table, read, sorted(days)))
         written = delta.write(
-            uri, built, mode="overwrite", partition_by=partition_by,
+            uri, built, mode="overwrite", partition_by=partition_by, target_file_size=DAY_FILE_BYTES,
             metadata=metadata, transactions=positions, claim=claim,
         )  # fmt: skip
         return GoldBuild(None, built.rows, written)
-    return _rebuild_periods(
-        uri, table, read, sorted(periods), metadata=metadata, transactions=positions, claim=claim
+    return _rebuild_days(
+        uri, table, read, sorted(days), metadata=metadata, transactions=positions, claim=claim
     )
 
 
-def _parts_of(table: GoldTable, read: Reader, periods: list[str]) -> list[list[str]]:
-    # Periods left without rows (all moved elsewhere) build empty: their old rows go.
-    return _parts(_rows_per_day(table, read, periods), PART_ROWS) or [periods]
+def _parts_of(table: GoldTable, read: Reader, days: list[str]) -> list[list[str]]:
+    # Days left without rows (all moved elsewhere) build empty: their old rows go.
+    return _parts(_rows_per_day(table, read, days), PART_ROWS) or [days]
 
 
-def _rebuild_periods(
-    uri: str, table: GoldTable, read: Reader, periods: list[str], **commit: Any
-) -> GoldBuild:
-    built = _Built(table, read, _parts_of(table, read, periods))
-    written = _replace_periods(uri, table, built, periods, **commit)
-    return GoldBuild(periods, built.rows, written)
+def _rebuild_days(uri: str, table: GoldTable, read: Reader, days: list[str], **commit: Any) -> GoldBuild:
+    built = _Built(table, read, _parts_of(table, read, days))
+    written = _replace_days(uri, table, built, days, **commit)
+    return GoldBuild(days, built.rows, written)
 
 
 def backfill(table: GoldTable, lakehouse: LakehouseStorage, days: list[str], run_id: str) -> GoldBuild:
-    """Rebuild the periods holding `days` from silver (a table without periods: whole), changed
-    or not: the days, or their months for a monthly table.
+    """Rebuild `days` from silver (a table without periods: whole), changed or not.
 
     A table not built yet is built whole, as a run without a backfill would."""
     uri = lakehouse.table_uri("gold", table.name)
@@ -203,9 +203,8 @@ def backfill(table: GoldTable, lakehouse: LakehouseStorage, days: list[str], run
     if existing is None:
         return build_gold(table, lakehouse, run_id)
     read = silver_reader(lakehouse)
-    periods = sorted({day[: len("YYYY-MM")] for day in days}) if table.granularity == "month" else days
-    metadata = {"lakehouse.run_id": run_id, "lakehouse.gold.periods": ",".join(periods)}
+    metadata = {"lakehouse.run_id": run_id, "lakehouse.gold.periods": ",".join(days)}
     if table.period is None:
         frame = table.build(read, None)
         return GoldBuild(None, frame.height, delta.write(uri, frame, mode="overwrite", metadata=metadata))
-    return _rebuild_periods(uri, table, read, periods, metadata=metadata)
+    return _rebuild_days(uri, table, read, days, metadata=metadata)

@@ -1,7 +1,7 @@
 """The gold tables' business logic, as polars over the silver tables.
 
-Each build function takes a reader of silver tables and the periods to build ('YYYY-MM' months
-or 'YYYY-MM-DD' days; None builds everything) and returns the rows of those periods only.
+Each build function takes a reader of silver tables and the days to build ('YYYY-MM-DD'; None
+builds everything) and returns the rows of those days only.
 """
 
 from __future__ import annotations
@@ -12,50 +12,36 @@ from datetime import UTC, date, datetime, time, timedelta
 import polars as pl
 
 Reader = Callable[[str], pl.LazyFrame]
-Periods = list[str] | None
+Days = list[str] | None
 
 MONTH, DAY = "%Y-%m", "%Y-%m-%d"
 LATE_AFTER_MINUTES = 10
 UNKNOWN_CATEGORY = "unknown"
 
 
-def _within(moment: pl.Expr, periods: Periods, pattern: str) -> pl.Expr:
-    return pl.lit(True) if periods is None else moment.dt.strftime(pattern).is_in(periods)
+def _within(moment: pl.Expr, days: Days) -> pl.Expr:
+    return pl.lit(True) if days is None else moment.dt.strftime(DAY).is_in(days)
 
 
-def _months_of(periods: Periods) -> Periods:
-    return None if periods is None else sorted({period[:7] for period in periods})
-
-
-def period_bounds(periods: list[str]) -> tuple[datetime, datetime]:
-    """From the start of the first of `periods` (months or days) to the end of the last, in UTC."""
-    first, last = min(periods), max(periods)
-    start = date.fromisoformat(first if len(first) > len("YYYY-MM") else f"{first}-01")
-    if len(last) > len("YYYY-MM"):
-        end = date.fromisoformat(last) + timedelta(days=1)
-    else:
-        year, month = map(int, last.split("-"))
-        end = date(year + month // 12, month % 12 + 1, 1)
+def day_bounds(days: list[str]) -> tuple[datetime, datetime]:
+    """From the start of the first of `days` to the end of the last, in UTC."""
+    start, end = date.fromisoformat(min(days)), date.fromisoformat(max(days)) + timedelta(days=1)
     return datetime.combine(start, time(), UTC), datetime.combine(end, time(), UTC)
 
 
-def _created_in(periods: Periods) -> pl.Expr:
-    """Orders or order items created in `periods`, months or days (of `created_at`, in UTC).
+def _created_in(days: Days) -> pl.Expr:
+    """Orders or order items created on `days` (of `created_at`, in UTC).
 
     Filtered first on the month silver partitions them by, so the scan reads only those
-    months' files; days also by their time range, which skips the row groups of other days
+    months' files, then by the days' time range, which skips the row groups of other days
     (silver writes rows in the order they were created). An order's items carry its creation
-    time, so the same periods select an order and its items."""
-    if periods is None:
+    time, so the same days select an order and its items."""
+    if days is None:
         return pl.lit(True)
-    months = pl.col("created_at_month").is_in(_months_of(periods))
-    days = [period for period in periods if len(period) > len("YYYY-MM")]
-    if not days:
-        return months
     created = pl.col("created_at")
     return (
-        months
-        & created.is_between(*period_bounds(days), closed="left")
+        pl.col("created_at_month").is_in(sorted({day[: len("YYYY-MM")] for day in days}))
+        & created.is_between(*day_bounds(days), closed="left")
         & created.dt.date().is_in([date.fromisoformat(day) for day in days])
     )
 
@@ -82,7 +68,7 @@ def customer_versions(read: Reader, customers: pl.LazyFrame | None = None) -> pl
     )
 
 
-def dim_customers(read: Reader, periods: Periods = None) -> pl.DataFrame:
+def dim_customers(read: Reader, days: Days = None) -> pl.DataFrame:
     return (
         customer_versions(read)
         .select(
@@ -105,12 +91,12 @@ def dim_customers(read: Reader, periods: Periods = None) -> pl.DataFrame:
     )
 
 
-def dim_products(read: Reader, periods: Periods = None) -> pl.DataFrame:
+def dim_products(read: Reader, days: Days = None) -> pl.DataFrame:
     return read("products").select("product_id", "sku", "name", "category", "price", "updated_at").collect()
 
 
-def _orders(read: Reader, periods: Periods) -> pl.LazyFrame:
-    return read("orders").filter(_created_in(periods))
+def _orders(read: Reader, days: Days) -> pl.LazyFrame:
+    return read("orders").filter(_created_in(days))
 
 
 def _with_customer_key(orders: pl.LazyFrame, read: Reader) -> pl.LazyFrame:
@@ -134,14 +120,14 @@ def _with_customer_key(orders: pl.LazyFrame, read: Reader) -> pl.LazyFrame:
     )
 
 
-def fct_orders(read: Reader, periods: Periods) -> pl.DataFrame:
+def fct_orders(read: Reader, days: Days) -> pl.DataFrame:
     items = (
         read("order_items")
-        .filter(_created_in(periods))
+        .filter(_created_in(days))
         .group_by("order_id")
         .agg(item_count=pl.len().cast(pl.Int64), quantity=pl.col("quantity").sum())
     )
-    orders = _orders(read, periods).join(items, on="order_id", how="left")
+    orders = _orders(read, days).join(items, on="order_id", how="left")
     return (
         _with_customer_key(orders, read)
         .select(
@@ -164,7 +150,7 @@ def fct_orders(read: Reader, periods: Periods) -> pl.DataFrame:
     )
 
 
-def order_lines(read: Reader, periods: Periods) -> pl.LazyFrame:
+def order_lines(read: Reader, days: Days) -> pl.LazyFrame:
     """Order items with their order, customer version and product category.
 
     Items whose order silver does not hold (not arrived yet, or quarantined) have no status
@@ -172,12 +158,12 @@ def order_lines(read: Reader, periods: Periods) -> pl.LazyFrame:
     unknown products get the category 'unknown'.
     """
     orders = _with_customer_key(
-        _orders(read, periods).select("order_id", "customer_id", "status", "created_at"), read
+        _orders(read, days).select("order_id", "customer_id", "status", "created_at"), read
     ).select("order_id", "customer_id", "customer_key", "status")
     products = read("products").select("product_id", "category")
     return (
         read("order_items")
-        .filter(_created_in(periods))
+        .filter(_created_in(days))
         .join(orders, on="order_id", how="left")
         .join(products, on="product_id", how="left")
         .select(
@@ -199,11 +185,11 @@ def order_lines(read: Reader, periods: Periods) -> pl.LazyFrame:
     )
 
 
-def fct_order_items(read: Reader, periods: Periods) -> pl.DataFrame:
-    return order_lines(read, periods).sort("order_item_id").collect()
+def fct_order_items(read: Reader, days: Days) -> pl.DataFrame:
+    return order_lines(read, days).sort("order_item_id").collect()
 
 
-def daily_revenue(read: Reader, days: Periods) -> pl.DataFrame:
+def daily_revenue(read: Reader, days: Days) -> pl.DataFrame:
     """Day x product category: orders, items, gross and cancelled revenue, average order value."""
     cancelled = pl.col("status") == "cancelled"
     money = pl.Decimal(14, 2)
@@ -228,11 +214,11 @@ def daily_revenue(read: Reader, days: Periods) -> pl.DataFrame:
     )
 
 
-def _events(read: Reader, days: Periods) -> pl.LazyFrame:
-    return read("events").filter(_within(pl.col("timestamp"), days, DAY))
+def _events(read: Reader, days: Days) -> pl.LazyFrame:
+    return read("events").filter(_within(pl.col("timestamp"), days))
 
 
-def event_windows_5m(read: Reader, days: Periods) -> pl.DataFrame:
+def event_windows_5m(read: Reader, days: Days) -> pl.DataFrame:
     """5-minute tumbling windows x event type, by event time.
 
     Windows are rebuilt for every day new events touch, so a late event lands in its own
@@ -255,7 +241,7 @@ def event_windows_5m(read: Reader, days: Periods) -> pl.DataFrame:
     )
 
 
-def funnel_daily(read: Reader, days: Periods) -> pl.DataFrame:
+def funnel_daily(read: Reader, days: Days) -> pl.DataFrame:
     """Per day, known users who viewed, then also clicked, then also purchased."""
     per_user = (
         _events(read, days)

@@ -245,6 +245,7 @@ def write(
     claim: Claim | None = None,
     configuration: dict[str, str | None] | None = None,
     create: bool = False,
+    target_file_size: int | None = None,
 ) -> DeltaTable:
     """Write `frame` in one commit that also carries `metadata` and ledger `transactions`.
 
@@ -258,6 +259,7 @@ def write(
     an iterator, which cannot be read twice: its conflict fails the write (`LedgerMoved` with
     a claim, so that the writer starts again from the ledger). With `create`, the write only
     creates the table: when another writer has, it fails with `CreatedMeanwhile`.
+    `target_file_size` (bytes) bounds the data files written, in place of delta-rs' default.
     """
 
     def attempt() -> DeltaTable | None:
@@ -280,6 +282,7 @@ def write(
                 partition_by=partition_by,
                 schema_mode="merge",
                 configuration=configuration,
+                target_file_size=target_file_size,
                 commit_properties=commit_properties(metadata, transactions, creating=creating),
             )
         except CommitFailedError:
