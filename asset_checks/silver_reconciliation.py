@@ -10,6 +10,8 @@ from asset_checks.consumed_rows import consumed_rows_check
 from asset_checks.row_checks import read_columns
 from asset_checks.sample import sample
 from lakehouse.bronze import deletes, tombstones
+from lakehouse.bronze.assets import SOURCE_SEEN
+from lakehouse.bronze.source_seen import SourceSeen
 from lakehouse.resources import LakehouseStorage, SourceDatabase
 from lakehouse.sources.contract import Contract
 from lakehouse.storage import delta
@@ -18,6 +20,23 @@ from lakehouse.storage import delta
 def _digests(compared: pl.DataFrame) -> list[str]:
     """One digest per key range of its two summaries, the source's and silver's."""
     return [last_pass.digest(row) for row in compared.sort("range").drop("range").rows()]
+
+
+def _source_summary(
+    context: dg.AssetCheckExecutionContext, contract: Contract, ranges: deletes.KeyRanges
+) -> tuple[pl.DataFrame, str]:
+    """The source's summary of `ranges`, and whose: bronze's search for deletes took the same
+    one when the source table's version is still the one it recorded, else the source's now."""
+    source: SourceDatabase = context.resources.source
+    event = context.instance.get_latest_materialization_event(dg.AssetKey(["bronze", contract.name]))
+    recorded = event.asset_materialization.metadata if event and event.asset_materialization else {}
+    seen = SourceSeen.from_json(recorded[SOURCE_SEEN].value) if SOURCE_SEEN in recorded else None
+    if seen is not None and seen.keys is not None and seen.source == source.version(contract.source.table):
+        summary = seen.keys.over(ranges)
+        if summary is not None:
+            return summary, "bronze's, of the same source version"
+    name = contract.primary_key[0]
+    return deletes.source_summary(contract, source, name, ranges), "the source's"
 
 
 def _gone_by_ranges(
@@ -42,7 +61,7 @@ def _gone_by_ranges(
     ranges = deletes.KeyRanges(*last["ranges"]).extended_to(low, high) if last else None
     if ranges is None:
         last, ranges = None, deletes.KeyRanges.spanning(low, high)
-    in_source = deletes.source_summary(contract, source, name, ranges)
+    in_source, whose = _source_summary(context, contract, ranges)
     digests = _digests(deletes.side_by_side(in_source, deletes.summary(keys, name, ranges)))
     if last is not None:
         numbers = last_pass.changed(digests, last["digests"])
@@ -56,7 +75,8 @@ def _gone_by_ranges(
         how = "the key ranges where the source differs from bronze's live keys and silver's"
     gone = deletes.gone_from(contract, source, keys, ranges, numbers)
     start = {"ranges": [ranges.low, ranges.width, ranges.count], "digests": digests}
-    return gone, {"compared": how, "ranges": ranges.count, "ranges_read": len(numbers)}, start
+    compared = {"compared": how, "source_summary": whose, "ranges": ranges.count, "ranges_read": len(numbers)}
+    return gone, compared, start
 
 
 def _source_keys_check(contract: Contract) -> Check:

@@ -127,6 +127,35 @@ def test_a_run_on_an_unchanged_source_reads_nothing_and_the_next_change_is_read(
     assert "reused_from_run" not in _checks(changed)[("silver/members", "keys_in_source")].metadata
 
 
+def test_keys_in_source_takes_bronze_s_summary_of_an_unchanged_source_and_still_finds_a_key_gone(
+    library: Library,
+) -> None:
+    checks_only = dg.AssetSelection.checks_for_assets(dg.AssetKey(["silver", "members"]))
+    library.delete("members", "member_id", [6])
+    written_a_while_ago(library.database)
+    looked = _checks(library.materialize())[("silver/members", "keys_in_source")]
+    # Bronze summarised the source's key ranges to find the delete; the check, in the same run,
+    # compares silver with that summary rather than asking the source again.
+    assert looked.passed
+    assert looked.metadata["source_summary"].value == "bronze's, of the same source version"
+
+    # A key the source never had, written into silver by hand past the source's last range.
+    uri = library.storage.table_uri("silver", "members")
+    planted = pl.read_delta(uri).filter(pl.col("member_id") == 5).with_columns(member_id=pl.lit(5_000_000))
+    delta.write(uri, planted)
+    found = _checks(library.materialize(checks_only))
+    check = found[("silver/members", "keys_in_source")]
+    assert not check.passed and check.metadata["keys_not_in_source"].value == 1
+    assert check.metadata["source_summary"].value == "bronze's, of the same source version"
+
+    # Once the source changes, the summary bronze took no longer holds: the source is asked.
+    library.delete("members", "member_id", [4])
+    asked = _checks(library.materialize(checks_only))
+    check = asked[("silver/members", "keys_in_source")]
+    assert check.metadata["source_summary"].value == "the source's"
+    assert not check.passed and check.metadata["keys_not_in_source"].value == 2
+
+
 def test_a_key_deleted_inserted_again_and_deleted_again_follows_the_source(library: Library) -> None:
     library.delete("members", "member_id", [4])
     assert library.materialize().success

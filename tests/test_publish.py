@@ -1,5 +1,5 @@
 """The marts' Delta copies in the lake: each the warehouse's table with UTC timestamps, written
-once per build it came from, overwritten whole by the next."""
+once per build it came from, overwritten whole by the next, a batch of rows at a time."""
 
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -7,7 +7,9 @@ from pathlib import Path
 
 import duckdb
 import polars as pl
+import pytest
 
+from lakehouse.marts import publish as publish_module
 from lakehouse.marts.publish import is_published, publish
 from lakehouse.resources import LakehouseStorage
 from lakehouse.storage import delta, ledger
@@ -50,3 +52,21 @@ def test_a_mart_is_copied_once_per_build_with_utc_timestamps(tmp_path: Path) -> 
     ]
     assert delta.arrow_schema(rebuilt).field("first_seen_at").type.tz == "UTC"
     assert delta.load_table(lakehouse.table_uri("marts", "mart_visits")).protocol().min_reader_version == 1
+
+
+def test_a_mart_is_copied_in_batches_and_an_empty_one_keeps_its_columns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(publish_module, "BATCH_ROWS", 1)  # one batch per row of the mart
+    lakehouse = LakehouseStorage(root=str(tmp_path / "lake"))
+    with duckdb.connect() as connection:
+        connection.execute(MART)
+        publish(lakehouse, connection, "mart_visits", "gold/visits v1")
+        connection.execute("create table main.mart_nobody as select * from main.mart_visits where false")
+        publish(lakehouse, connection, "mart_nobody", "gold/visits v1")
+
+    copied = pl.read_delta(lakehouse.table_uri("marts", "mart_visits")).sort("visitor_id")
+    assert copied.get_column("visitor_id").to_list() == [1, 2]
+    assert copied.get_column("spent").to_list() == [Decimal("12.50"), Decimal("7.25")]
+    nobody = pl.read_delta(lakehouse.table_uri("marts", "mart_nobody"))
+    assert nobody.is_empty() and nobody.schema == copied.schema

@@ -70,7 +70,8 @@ def _database_asset(contract: Contract) -> dg.AssetsDefinition:
             seen = None
             if version is not None and result.whole_source and result.table is not None:
                 bronze = delta.last_row_change(result.table)
-                seen = SourceSeen(version, bronze, contract_digest(contract), result.rows_without_watermark)
+                digest, unwatermarked = contract_digest(contract), result.rows_without_watermark
+                seen = SourceSeen(version, bronze, digest, unwatermarked, result.source_keys)
         context.log.info(
             f"bronze/{contract.name}: read {result.rows_read} rows, appended {result.rows_appended}, "
             f"watermark {result.watermark_before} -> {result.watermark_after}, "

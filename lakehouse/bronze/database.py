@@ -55,6 +55,7 @@ class Extraction:
     rows_deleted: int
     deletes_checked: str  # how deletes were looked for, or why not
     live_keys: LiveKeys | None = None  # the summary the next run starts from
+    source_keys: deletes.SourceKeys | None = None  # the source's, when deletes were looked for by ranges
     # The run saw the whole source: it looked for deletes, or had none to look for.
     whole_source: bool = False
 
@@ -294,11 +295,14 @@ def _extract_once(
             committed = written is not table
             version = claim.version if committed else delta.last_row_change(table)
             live = None if version is None else replace(live, version=version)
+        in_source = None
+        if result is not None and result.ranges is not None and result.in_source is not None:
+            in_source = deletes.SourceKeys(result.ranges, result.in_source)
         return Extraction(
             counts["read"], counts["appended"], before, after, added, written, unwatermarked,
             rows_deleted=0 if result is None else result.keys.height,
             deletes_checked=deletes.describe(contract, result, table is None),
-            live_keys=live,
+            live_keys=live, source_keys=in_source,
             whole_source=table is None or looking or contract.deletes == "never",
         )  # fmt: skip
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import polars as pl
 
@@ -31,6 +32,7 @@ MAX_RANGES = 1024
 TERMS_PER_QUERY = 200  # SQLite allows 500 SELECTs in one UNION
 PRIME = 1_000_003
 SUMMARY = ("rows", "sum", "squares")
+SUMMARY_SCHEMA = {"range": pl.Int64, **dict.fromkeys(SUMMARY, pl.Int64)}
 SUMMARY_PART = 1 << 20
 
 
@@ -45,6 +47,7 @@ class Deletes:
     ranges: KeyRanges | None = None
     held: pl.DataFrame | None = None
     carried: bool = False  # the live keys' summary came from the last run
+    in_source: pl.DataFrame | None = None  # the source's summary of the same ranges
 
 
 def due(contract: Contract, checked: int | None, now: datetime) -> bool:
@@ -103,6 +106,37 @@ class KeyRanges:
     def bounds(self, number: int) -> tuple[int, int]:
         start = self.low + number * self.width
         return start, start + self.width - 1
+
+
+def summary_as_json(ranges: KeyRanges, summary: pl.DataFrame) -> dict[str, Any]:
+    """`ranges` and their `summary`, as a materialization's JSON metadata keeps them."""
+    return {
+        "ranges": [ranges.low, ranges.width, ranges.count],
+        **{name: summary.get_column(name).to_list() for name in SUMMARY_SCHEMA},
+    }
+
+
+def summary_from_json(data: Any) -> tuple[KeyRanges, pl.DataFrame]:
+    """What `summary_as_json` kept; KeyError, TypeError or ValueError when it is not that."""
+    columns = {name: data[name] for name in SUMMARY_SCHEMA}
+    return KeyRanges(*data["ranges"]), pl.DataFrame(columns, schema=SUMMARY_SCHEMA)
+
+
+@dataclass(frozen=True)
+class SourceKeys:
+    """The source's summary of each of `ranges`, as a search for deletes took it: the ranges
+    reach past every key the source held."""
+
+    ranges: KeyRanges
+    summary: pl.DataFrame
+
+    def over(self, ranges: KeyRanges) -> pl.DataFrame | None:
+        """The summary of `ranges`, when they are cut as these are (more or fewer of them: those
+        past the source's keys are empty); None when they are cut otherwise."""
+        if (ranges.low, ranges.width) != (self.ranges.low, self.ranges.width):
+            return None
+        numbers = pl.DataFrame({"range": pl.int_range(ranges.count, eager=True, dtype=pl.Int64)})
+        return numbers.join(self.summary, on="range", how="left").fill_null(0)
 
 
 def summary(live: pl.DataFrame, key: str, ranges: KeyRanges) -> pl.DataFrame:
@@ -203,6 +237,7 @@ def find_deletes(contract: Contract, source: SourceDatabase, live: pl.DataFrame)
         return Deletes(live, 0, 0)  # nothing held, or the source holds nothing
     ranges = KeyRanges.spanning(min(low, live[key].min()), max(high, live[key].max()))
     held = summary(live, key, ranges)
-    numbers = differing(side_by_side(source_summary(contract, source, key, ranges), held))
+    in_source = source_summary(contract, source, key, ranges)
+    numbers = differing(side_by_side(in_source, held))
     gone = gone_from(contract, source, live, ranges, numbers)
-    return Deletes(gone, ranges.count, len(numbers), ranges, held)
+    return Deletes(gone, ranges.count, len(numbers), ranges, held, in_source=in_source)

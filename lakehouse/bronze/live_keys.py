@@ -24,6 +24,7 @@ from deltalake import DeltaTable
 from lakehouse.bronze import tombstones
 from lakehouse.bronze.deletes import (
     SUMMARY,
+    SUMMARY_SCHEMA,
     Deletes,
     KeyRanges,
     differing,
@@ -33,6 +34,8 @@ from lakehouse.bronze.deletes import (
     source_extent,
     source_summary,
     summary,
+    summary_as_json,
+    summary_from_json,
 )
 from lakehouse.resources import SourceDatabase
 from lakehouse.sources.contract import Contract
@@ -48,28 +51,18 @@ class LiveKeys:
     summary: pl.DataFrame
 
     def as_json(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "ranges": [self.ranges.low, self.ranges.width, self.ranges.count],
-            **{name: self.summary.get_column(name).to_list() for name in ("range", *SUMMARY)},
-        }
+        return {"version": self.version, **summary_as_json(self.ranges, self.summary)}
 
     @classmethod
     def from_json(cls, data: Any) -> LiveKeys | None:
         try:
-            columns = {name: data[name] for name in ("range", *SUMMARY)}
-            return cls(
-                int(data["version"]), KeyRanges(*data["ranges"]), pl.DataFrame(columns, schema=_SCHEMA)
-            )
+            return cls(int(data["version"]), *summary_from_json(data))
         except (KeyError, TypeError, ValueError):
             return None
 
     def holds_for(self, table: DeltaTable) -> bool:
         """Whether `table` holds the rows it held at the recorded version."""
         return delta.last_row_change(table) == self.version
-
-
-_SCHEMA = {"range": pl.Int64, **dict.fromkeys(SUMMARY, pl.Int64)}
 
 
 def _plus(left: pl.DataFrame, right: pl.DataFrame, sign: int) -> pl.DataFrame:
@@ -84,8 +77,8 @@ def remaining(found: Deletes, key: str) -> LiveKeys | None:
     set); None when the keys were compared whole."""
     if found.ranges is None or found.held is None:
         return None
-    gone = summary(found.keys, key, found.ranges).cast(_SCHEMA)
-    return LiveKeys(-1, found.ranges, _plus(found.held.cast(_SCHEMA), gone, -1))
+    gone = summary(found.keys, key, found.ranges).cast(SUMMARY_SCHEMA)
+    return LiveKeys(-1, found.ranges, _plus(found.held.cast(SUMMARY_SCHEMA), gone, -1))
 
 
 def first_load(contract: Contract, table: DeltaTable) -> LiveKeys | None:
@@ -100,7 +93,7 @@ def first_load(contract: Contract, table: DeltaTable) -> LiveKeys | None:
     if keys.is_empty():
         return None
     ranges = KeyRanges.spanning(keys[key].min(), keys[key].max())
-    return LiveKeys(-1, ranges, summary(keys, key, ranges).cast(_SCHEMA))
+    return LiveKeys(-1, ranges, summary(keys, key, ranges).cast(SUMMARY_SCHEMA))
 
 
 def find_deletes_from(
@@ -122,8 +115,9 @@ def find_deletes_from(
     bronze = pl.scan_delta(table)
     earlier = tombstones.live_keys(bronze.filter(pl.col(key).is_in(appended[key].implode())), contract)
     became_live = appended.join(earlier.cast(dict(appended.schema)), on=key, how="anti")
-    held = _plus(record.summary, summary(became_live, key, ranges).cast(_SCHEMA), 1)
-    numbers = differing(side_by_side(source_summary(contract, source, key, ranges), held))
+    held = _plus(record.summary, summary(became_live, key, ranges).cast(SUMMARY_SCHEMA), 1)
+    in_source = source_summary(contract, source, key, ranges)
+    numbers = differing(side_by_side(in_source, held))
     live = appended
     if numbers:
         # The live keys of the ranges that differ only: bronze's, and those this run appended.
@@ -131,5 +125,5 @@ def find_deletes_from(
         held_inside = tombstones.live_keys(bronze.filter(inside), contract)
         live = tombstones.distinct_keys(pl.concat([held_inside.cast(dict(appended.schema)), appended]))
     gone = gone_from(contract, source, live, ranges, numbers)
-    found = Deletes(gone, ranges.count, len(numbers), ranges, held, carried=True)
+    found = Deletes(gone, ranges.count, len(numbers), ranges, held, carried=True, in_source=in_source)
     return found, remaining(found, key)

@@ -2,12 +2,14 @@
 
 The DuckDB warehouse is a file on the disk of the machine that ran dbt; the lake is where
 everything else lives (a shared folder or an object store). Each mart dbt built is copied there
-after the build, overwritten whole (a mart is small: an aggregate), in one commit that carries
-what it was built from in its ledger. The warehouse becomes a cache the next build can make
-anew.
+after the build, overwritten whole, in one commit that carries what it was built from in its
+ledger. The copy streams `BATCH_ROWS` rows at a time: a mart of one row per order holds as
+many rows as the orders. The warehouse becomes a cache the next build can make anew.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import duckdb
 import polars as pl
@@ -17,6 +19,7 @@ from lakehouse.resources import LakehouseStorage
 from lakehouse.storage import delta, ledger
 
 LAYER = "marts"
+BATCH_ROWS = 1_000_000
 
 
 def _in_utc(rows: pl.DataFrame) -> pl.DataFrame:
@@ -29,6 +32,20 @@ def _in_utc(rows: pl.DataFrame) -> pl.DataFrame:
             in_utc = moment.convert_time_zone("UTC") if dtype.time_zone else moment.replace_time_zone("UTC")
             converted.append(in_utc)
     return rows.with_columns(converted)
+
+
+class _Rows:
+    """A model's rows in the warehouse, a batch at a time, read again for each pass a write
+    makes (it makes another after a commit conflict)."""
+
+    def __init__(self, connection: duckdb.DuckDBPyConnection, model: str) -> None:
+        self.connection, self.model = connection, model
+
+    def __iter__(self) -> Iterator[pl.DataFrame]:
+        reader = self.connection.sql(f'select * from main."{self.model}"').to_arrow_reader(BATCH_ROWS)
+        yield _in_utc(pl.DataFrame(reader.schema.empty_table()))  # the schema, when there are no rows
+        for batch in reader:
+            yield _in_utc(pl.DataFrame(batch))
 
 
 def _stamp(built_from: str) -> int:
@@ -50,10 +67,9 @@ def publish(
     published = delta.open_table(uri)
     if published is not None and ledger.read(published, entry) == stamp:
         return published
-    rows = pl.DataFrame(connection.sql(f'select * from main."{model}"').to_arrow_table())
     return delta.write(
         uri,
-        _in_utc(rows),
+        _Rows(connection, model),
         mode="overwrite",
         metadata={"lakehouse.built_from": built_from},
         transactions={entry: stamp},
