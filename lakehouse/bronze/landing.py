@@ -193,11 +193,13 @@ def ingest_files(
 def _in_commits(taken: list[Seen]) -> Iterator[list[Seen]]:
     """The files in groups of about COMMIT_BYTES, in the order given: one commit each."""
     group: list[Seen] = []
+    held = 0
     for seen in taken:
-        if group and sum(file.size for file in group) + seen.size > COMMIT_BYTES:
+        if group and held + seen.size > COMMIT_BYTES:
             yield group
-            group = []
+            group, held = [], 0
         group.append(seen)
+        held += seen.size
     if group:
         yield group
 
