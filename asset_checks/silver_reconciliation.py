@@ -22,21 +22,16 @@ def _digests(compared: pl.DataFrame) -> list[str]:
     return [last_pass.digest(row) for row in compared.sort("range").drop("range").rows()]
 
 
-def _source_summary(
-    context: dg.AssetCheckExecutionContext, contract: Contract, ranges: deletes.KeyRanges
-) -> tuple[pl.DataFrame, str]:
-    """The source's summary of `ranges`, and whose: bronze's search for deletes took the same
-    one when the source table's version is still the one it recorded, else the source's now."""
+def _bronze_summary(context: dg.AssetCheckExecutionContext, contract: Contract) -> deletes.SourceKeys | None:
+    """The source's summary bronze's search for deletes took, while the source table's version
+    is still the one it recorded."""
     source: SourceDatabase = context.resources.source
     event = context.instance.get_latest_materialization_event(dg.AssetKey(["bronze", contract.name]))
     recorded = event.asset_materialization.metadata if event and event.asset_materialization else {}
     seen = SourceSeen.from_json(recorded[SOURCE_SEEN].value) if SOURCE_SEEN in recorded else None
-    if seen is not None and seen.keys is not None and seen.source == source.version(contract.source.table):
-        summary = seen.keys.over(ranges)
-        if summary is not None:
-            return summary, "bronze's, of the same source version"
-    name = contract.primary_key[0]
-    return deletes.source_summary(contract, source, name, ranges), "the source's"
+    if seen is None or seen.keys is None or seen.source != source.version(contract.source.table):
+        return None
+    return seen.keys
 
 
 def _gone_by_ranges(
@@ -59,9 +54,16 @@ def _gone_by_ranges(
     check = dg.AssetCheckKey(dg.AssetKey(["silver", contract.name]), "keys_in_source")
     last = last_pass.recorded(context, check, silver, additive=False)
     ranges = deletes.KeyRanges(*last["ranges"]).extended_to(low, high) if last else None
+    taken = _bronze_summary(context, contract)
     if ranges is None:
-        last, ranges = None, deletes.KeyRanges.spanning(low, high)
-    in_source, whose = _source_summary(context, contract, ranges)
+        last = None
+        # Cut as bronze cut its own, bronze's summary serves this pass and, recorded, the next.
+        ranges = taken.ranges.extended_to(low, high) if taken else None
+        ranges = ranges or deletes.KeyRanges.spanning(low, high)
+    in_source = taken.over(ranges) if taken else None
+    whose = "bronze's, of the same source version"
+    if in_source is None:
+        in_source, whose = deletes.source_summary(contract, source, name, ranges), "the source's"
     digests = _digests(deletes.side_by_side(in_source, deletes.summary(keys, name, ranges)))
     if last is not None:
         numbers = last_pass.changed(digests, last["digests"])

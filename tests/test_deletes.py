@@ -156,6 +156,26 @@ def test_keys_in_source_takes_bronze_s_summary_of_an_unchanged_source_and_still_
     assert not check.passed and check.metadata["keys_not_in_source"].value == 2
 
 
+def test_keys_in_source_with_no_pass_to_start_from_cuts_its_ranges_as_bronze_did(library: Library) -> None:
+    checks_only = dg.AssetSelection.checks_for_assets(dg.AssetKey(["silver", "members"]))
+    # The source's lowest key goes: bronze's key ranges still start where they started.
+    library.delete("members", "member_id", [1])
+    written_a_while_ago(library.database)
+    assert library.materialize().success
+    # A failed evaluation leaves the next one no pass to start from.
+    uri = library.storage.table_uri("silver", "members")
+    planted = pl.read_delta(uri).filter(pl.col("member_id") == 5).with_columns(member_id=pl.lit(5_000_000))
+    delta.write(uri, planted)
+    assert not _checks(library.materialize(checks_only))[("silver/members", "keys_in_source")].passed
+    delta.load_table(uri).delete("member_id = 5000000")
+
+    check = _checks(library.materialize(checks_only))[("silver/members", "keys_in_source")]
+
+    # Its ranges, cut from the source's lowest key now, would not be bronze's.
+    assert check.passed
+    assert check.metadata["source_summary"].value == "bronze's, of the same source version"
+
+
 def test_a_key_deleted_inserted_again_and_deleted_again_follows_the_source(library: Library) -> None:
     library.delete("members", "member_id", [4])
     assert library.materialize().success
