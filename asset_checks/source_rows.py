@@ -3,9 +3,10 @@ watermark is in bronze, once.
 
 The first evaluation compares every source row. Later ones compare the source's summary per day
 of its watermark (`asset_checks.watermark_days`) with the one their last pass recorded, and read
-only the rows of the days whose summary changed and those since that pass's watermark; the
-duplicates bronze can have gained since are among the rows it appended since. Cost follows the
-change, as long as the last pass stands (see `asset_checks.last_pass`).
+only the rows of the days whose summary changed and those since that pass's watermark; a day
+whose rows up to that watermark still summarise as recorded (the day new rows join) is not read
+again. The duplicates bronze can have gained since are among the rows it appended since. Cost
+follows the change, as long as the last pass stands (see `asset_checks.last_pass`).
 """
 
 from collections.abc import Iterable, Iterator
@@ -21,7 +22,7 @@ from asset_checks.sample import sample
 from lakehouse.bronze import tombstones
 from lakehouse.bronze.columns import OP
 from lakehouse.bronze.database import CHUNK_ROWS, read_watermark, source_chunks, source_range
-from lakehouse.bronze.watermark import WatermarkRange
+from lakehouse.bronze.watermark import MARGIN, WatermarkRange
 from lakehouse.resources import LakehouseStorage, SourceDatabase
 from lakehouse.silver.changes import read_bronze_changes
 from lakehouse.sources.contract import Contract
@@ -118,26 +119,59 @@ def _compare_since(
     last: dict,
     bronze: tuple[str, int],
     stored: pl.LazyFrame,
+    only_since: int,
 ) -> tuple[_Compared, dict]:
     """What changed since the `last` pass: the source rows of the `changed` periods and those
-    since its watermark, and the rows appended to `bronze` (uri, version) since."""
+    since its watermark (`only_since` periods changed by these alone), and the rows appended to
+    `bronze` (uri, version) since."""
     identity = list(stored.collect_schema())
     since = ledger.moment(last["watermark"])
 
     def reading() -> Iterator[pl.DataFrame]:
         for number in changed:
             yield watermark_days.period_rows(contract, source, bounds, days.grid, number, identity)
-        if bounds.upper is not None and since < bounds.upper:
-            yield from source_chunks(contract, source, replace(bounds, lower=since), identity, "reconciling")
+        if bounds.upper is not None and (since < bounds.upper or only_since):
+            # Every row the source's condition admits, even with the watermark where it was: a
+            # period that changed only since is compared through these alone (`_changed_periods`).
+            from_since = replace(bounds, lower=since)
+            yield from source_chunks(
+                contract, source, from_since, identity, "reconciling", keep_admitted=True
+            )
 
     uri, version = bronze
     appended, _ = read_bronze_changes(uri, last["version"], version, columns=[*identity, OP])
     how = {
         "compared": f"the days whose summary changed since the last pass, and the rows since {since}",
         "periods_read": len(changed),
+        "periods_changed_only_since": only_since,
         "bronze_rows_appended_since": appended.height,
     }
     return _compare_changed(stored, identity, reading(), appended), how
+
+
+def _changed_periods(
+    contract: Contract,
+    source: SourceDatabase,
+    bounds: WatermarkRange,
+    days: watermark_days.Summary,
+    last: dict,
+) -> tuple[list[int], int]:
+    """The periods whose summary changed since the `last` pass, less those that changed only
+    by rows since its watermark (the rows since are read whole); and how many those were.
+
+    The day a pass's watermark falls on is the one the next rows join: without this, its
+    every row would be read again at each pass."""
+    changed = last_pass.changed(days.digests, last["periods"])
+    since = ledger.moment(last["watermark"])
+    # The rows since reach back a day before it in a text column (`WatermarkRange.sql`).
+    reached = (since - MARGIN).date()
+    recent = {
+        number: last["periods"][number]
+        for number in changed
+        if number < len(last["periods"]) and (days.grid.days(number)[1] or date.max) > reached
+    }
+    settled = set(watermark_days.unchanged_before(contract, source, bounds, days.grid, recent, since))
+    return [number for number in changed if number not in settled], len(settled)
 
 
 def source_rows_check(contract: Contract) -> Check:
@@ -164,13 +198,15 @@ def source_rows_check(contract: Contract) -> Check:
         grid = watermark_days.Grid(date.fromisoformat(last["grid"][0]), *last["grid"][1:]) if last else None
         # Summarised before any row is read: a row that changes meanwhile changes the next summary.
         days = watermark_days.summarise(contract, source, bounds, grid)
-        changed = None if days is None or last is None else last_pass.changed(days.digests, last["periods"])
+        changed, only_since = None, 0
+        if days is not None and last is not None:
+            changed, only_since = _changed_periods(contract, source, bounds, days, last)
         if changed is None or sum(days.rows[number] for number in changed) > sum(days.rows) / 2:
             compared = _compare_whole(contract, source, bounds, stored, identity)
             how: dict = {"compared": "every source row"}
         else:
             compared, how = _compare_since(
-                contract, source, bounds, days, changed, last, (uri, table.version()), stored
+                contract, source, bounds, days, changed, last, (uri, table.version()), stored, only_since
             )
         missing, duplicated = compared.missing, compared.duplicated
         passed = missing.is_empty() and duplicated.is_empty()

@@ -19,6 +19,7 @@ changed contract or code, or a lost pass), not by this one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -154,6 +155,21 @@ def summarise(
     grid = Grid.spanning(low, high) if grid is None else grid.extended_to(high)
     if grid is None:
         return None
+    found = _summaries(contract, source, cut, grid, range(grid.count))
+    return Summary(grid, [last_pass.digest(row[1:]) for row in found], [int(row[1]) for row in found])
+
+
+def _summaries(
+    contract: Contract,
+    source: SourceDatabase,
+    cut: _Cut,
+    grid: Grid,
+    numbers: Sequence[int],
+    excluding: WatermarkRange | None = None,
+) -> list[tuple]:
+    """Each of the periods `numbers` summarised, less the rows the source's condition for
+    `excluding` admits: (number, rows, sums..., low, high)."""
+    column, table = quoted(contract.watermark.column), qualified(contract.source.table)
     key = contract.primary_key[0]
     sums = ""
     if len(contract.primary_key) == 1 and contract.columns[key].type == "int":
@@ -163,18 +179,49 @@ def summarise(
             f"CAST(sum({residue} * {residue} % {PRIME}) AS BIGINT) AS key_squares"
         )
     found: list[tuple] = []
-    for start in range(0, grid.count, TERMS_PER_QUERY):
+    for start in range(0, len(numbers), TERMS_PER_QUERY):
         terms, values = [], []
-        for number in range(start, min(start + TERMS_PER_QUERY, grid.count)):
+        for number in numbers[start : start + TERMS_PER_QUERY]:
             conditions, bound = _conditions(cut, column, grid.days(number), source, len(values) + 1)
             values.extend(bound)
+            if excluding is not None:
+                admitted, bound = excluding.sql(column, source.placeholder, len(values) + 1)
+                values.extend(bound)
+                conditions.append(f"NOT ({' AND '.join(admitted)})")
             terms.append(
                 f"SELECT {number} AS period, count(*) AS rows{sums}, CAST(min({column}) AS TEXT) AS low, "
                 f"CAST(max({column}) AS TEXT) AS high FROM {table} WHERE {' AND '.join(conditions)}"
             )
-        found.extend(source.read(" UNION ALL ".join(terms), values, what=what).sort("period").rows())
-    digests = [last_pass.digest(row[1:]) for row in found]
-    return Summary(grid, digests, [int(row[1]) for row in found])
+        read = source.read(" UNION ALL ".join(terms), values, what=reading(contract, "summarising"))
+        found.extend(read.sort("period").rows())
+    return found
+
+
+def unchanged_before(
+    contract: Contract,
+    source: SourceDatabase,
+    bounds: WatermarkRange,
+    grid: Grid,
+    recorded: dict[int, str],
+    since: datetime,
+) -> list[int]:
+    """Those of the periods `recorded` (number: the digest a pass whose watermark was `since`
+    recorded) whose rows up to `since` are as that pass found them: their rows since are the
+    ones a read from `since` admits (`source_chunks(..., keep_admitted=True)`).
+
+    The rows up to `since` are the period's rows the source's condition for rows from `since`
+    does not admit; a period that held admitted rows at that pass is not one of these."""
+    cut = _Cut(bounds)
+    # The first period holds the rows without a watermark, which no condition admits.
+    numbers = [number for number in sorted(recorded) if number > 0]
+    if not cut.supported or not numbers:
+        return []
+    # The column's least step past `since`: the rows at `since` itself are rows up to it.
+    epoch = bounds.form.epoch
+    step = timedelta(seconds=1 / EPOCH_UNITS[epoch]) if epoch else timedelta(microseconds=1)
+    after = WatermarkRange(bounds.column, bounds.kind, bounds.form, lower=since + step)
+    found = _summaries(contract, source, cut, grid, numbers, excluding=after)
+    return [row[0] for row in found if last_pass.digest(row[1:]) == recorded[row[0]]]
 
 
 def period_rows(

@@ -60,12 +60,26 @@ def test_a_second_evaluation_reads_no_row_and_a_late_row_in_an_old_day_is_found(
     assert not result.passed
     assert value(result, "missing_rows") == 1
     assert [row.data["loan_id"] for row in result.metadata["sample"].value.records] == [999]
-    # Two days read, not the table: the old day's rows with the late one, and the last day's
-    # with the new loan; and the rows from the pass's watermark on (the last loan it saw, and
-    # the new one again).
-    assert value(result, "periods_read") == 2
-    assert value(result, "rows_checked") == 2 * (PER_DAY + 1) + 2
+    # One day read, not the table: the old day's rows with the late one. The last day changed
+    # only by the new loan, read with the rows from the pass's watermark on (the last loan it
+    # saw, and the new one).
+    assert (value(result, "periods_read"), value(result, "periods_changed_only_since")) == (1, 1)
+    assert value(result, "rows_checked") == PER_DAY + 1 + 2
     assert value(result, "bronze_rows_appended_since") == 1
+
+
+def test_a_row_written_late_into_the_day_of_the_pass_s_watermark_is_found(passed: Library) -> None:
+    # Each pass's watermark falls on the day the next rows join; a row written there late,
+    # before the watermark, is not among the rows since it.
+    passed.add("loans", [(1_000, 1, "open")])
+    late = CLOCK - timedelta(days=1, minutes=PER_DAY + 1)
+    passed.insert("loans", [(999, 2, "open", timestamp_text(late))])
+
+    result = _check(passed.materialize())
+
+    assert not result.passed
+    assert [row.data["loan_id"] for row in result.metadata["sample"].value.records] == [999]
+    assert (value(result, "periods_read"), value(result, "periods_changed_only_since")) == (1, 0)
 
 
 def test_a_duplicate_bronze_gains_after_a_pass_is_found_from_the_rows_it_appended(passed: Library) -> None:

@@ -132,3 +132,32 @@ def test_the_periods_hold_every_row_once_and_a_late_row_changes_its_day_alone(vi
     later = watermark_days.summarise(visits.contract, visits.source, bounds, summary.grid)
     assert later is not None and later.grid.count == DAYS + 2
     assert last_pass.changed(later.digests, again.digests) == [DAYS, DAYS + 1]
+
+
+def test_a_day_that_gained_rows_only_since_a_pass_s_watermark_is_told_from_one_written_late(
+    visits: Visits,
+) -> None:
+    bounds, _ = source_range(visits.contract, visits.source, upper=FIRST + timedelta(days=DAYS))
+    passed = watermark_days.summarise(visits.contract, visits.source, bounds)
+    assert passed is not None
+    last = passed.grid.count - 1
+    watermark = max(_moments())
+    recorded = {last: passed.digests[last]}
+
+    # A visit after the watermark, on its day: the day's rows up to the watermark are unchanged.
+    visits.add([(1_000, watermark + timedelta(hours=1))])
+    since = watermark_days.unchanged_before(
+        visits.contract, visits.source, bounds, passed.grid, recorded, watermark
+    )
+    # Text in another form than the canonical one is admitted from the day before the watermark
+    # on (`WatermarkRange.sql`): such a day is read whole.
+    assert since == ([] if visits.form == "sqlite-text" else [last])
+
+    # A visit written late into that day, before the watermark: the day is read.
+    visits.add([(1_001, watermark - timedelta(hours=1))])
+    assert (
+        watermark_days.unchanged_before(
+            visits.contract, visits.source, bounds, passed.grid, recorded, watermark
+        )
+        == []
+    )

@@ -72,6 +72,7 @@ def source_chunks(
     bounds: WatermarkRange,
     columns: list[str] | None = None,
     what: str = "extracting",
+    keep_admitted: bool = False,
 ) -> Iterator[pl.DataFrame]:
     """The `columns` (all by default) of the source rows in the watermark range `bounds`,
     CHUNK_ROWS at a time, as the driver types them.
@@ -80,7 +81,8 @@ def source_chunks(
     runs through (watermark, primary key), which the watermark's index serves. Reading a whole
     table in watermark order would jump around it, as rows that changed since their creation
     are spread over the whole table. The source's condition may admit rows just outside the
-    range (see `lakehouse.bronze.watermark`): they are dropped here.
+    range (see `lakehouse.bronze.watermark`): they are dropped here, those below it kept with
+    `keep_admitted`.
     """
     column = contract.watermark.column
     order = contract.primary_key if bounds.lower is None else [column, *contract.primary_key]
@@ -104,7 +106,8 @@ def source_chunks(
             parameters,
             what=reading(contract, what),
         )
-        yield page.filter(replace(bounds, kind=page.schema[column]).exact())
+        kept = replace(bounds, lower=None) if keep_admitted else bounds
+        yield page.filter(replace(kept, kind=page.schema[column]).exact())
         if page.height < CHUNK_ROWS:
             return
         after = page.select(order).row(-1)
