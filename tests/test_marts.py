@@ -210,6 +210,7 @@ def test_the_private_dagster_dbt_members_dbtcli_overrides_are_still_there() -> N
 
 def test_the_incremental_model_takes_late_updates_and_deletes(tmp_path: Path, built_demo: BuiltDemo) -> None:
     lake = built_demo.copy(tmp_path)
+    lake.materialize("*")  # the copy's instance records a build to start from
     old = (
         warehouse_table(lake, "mart_order_status")
         .filter(pl.col("status") == "delivered")
@@ -217,7 +218,9 @@ def test_the_incremental_model_takes_late_updates_and_deletes(tmp_path: Path, bu
         .row(0, named=True)
     )
     late = (lake.clock + timedelta(minutes=1)).isoformat(sep=" ", timespec="microseconds")
-    erased = warehouse_table(lake, "mart_order_status").get_column("order_id").max()
+    held = warehouse_table(lake, "mart_order_status")
+    erased = held.get_column("order_id").max()
+    erased_day = held.filter(pl.col("order_id") == erased).get_column("order_date").item()
     with sqlite3.connect(lake.source.sqlite_path) as connection:  # a return booked weeks later
         connection.execute(
             "UPDATE orders SET status = 'cancelled', updated_at = ? WHERE order_id = ?",
@@ -235,6 +238,11 @@ def test_the_incremental_model_takes_late_updates_and_deletes(tmp_path: Path, bu
     expected = lake.table("gold", "fct_orders").select("order_id", "status").sort("order_id")
     assert status.select("order_id", "status").equals(expected)
     assert erased not in status.get_column("order_id")
+    # dbt took the two days gold rebuilt, the late order's and the deleted one's, not the table.
+    with duckdb.connect(str(lake.warehouse), read_only=True) as connection:
+        rebuilt = connection.sql("select day from gold.rebuilt_days where table_name = 'fct_orders'")
+        days = sorted(day for (day,) in rebuilt.fetchall())
+    assert days == sorted({old["order_date"], erased_day})
 
 
 READER = """

@@ -94,23 +94,23 @@ def test_a_relation_is_the_delta_version_it_was_exposed_at(tmp_path: Path) -> No
     orders(6, ["2026-11"]).with_columns(note=pl.lit("late")).write_delta(
         uri, mode="append", delta_write_options={"schema_mode": "merge"}
     )
-    expose_gold(warehouse, {"fct_orders": DeltaTable(uri)})
+    expose_gold(warehouse, {"fct_orders": DeltaTable(uri)}, {})
     exposed = pl.read_delta(uri)
     assert_frame_equal(relation(warehouse, "fct_orders").sort("order_id"), exposed.sort("order_id"))
 
     orders(7, ["2026-11"]).with_columns(note=pl.lit("newer")).write_delta(uri, mode="append")
     assert relation(warehouse, "fct_orders").height == exposed.height, "a view follows the version it names"
-    expose_gold(warehouse, {"fct_orders": DeltaTable(uri)})
+    expose_gold(warehouse, {"fct_orders": DeltaTable(uri)}, {})
     assert relation(warehouse, "fct_orders").height == exposed.height + 1
 
 
 def test_an_empty_table_becomes_an_empty_relation_and_back(tmp_path: Path) -> None:
     uri, warehouse = str(tmp_path / "fct_orders"), tmp_path / "warehouse.duckdb"
     orders(1, []).write_delta(uri)
-    expose_gold(warehouse, {"fct_orders": DeltaTable(uri)})
+    expose_gold(warehouse, {"fct_orders": DeltaTable(uri)}, {})
     empty = relation(warehouse, "fct_orders")
     assert empty.is_empty() and empty.schema == pl.Schema(SCHEMA)
 
     orders(1, ["2026-11"]).write_delta(uri, mode="append")
-    expose_gold(warehouse, {"fct_orders": DeltaTable(uri)})
+    expose_gold(warehouse, {"fct_orders": DeltaTable(uri)}, {})
     assert_frame_equal(relation(warehouse, "fct_orders"), orders(1, ["2026-11"]))

@@ -38,6 +38,8 @@ PART_ROWS = 2_000_000  # input rows a build of days holds at a time
 # day's rewrite replaces the few files holding it: the order facts keep a month per folder,
 # whose one file would otherwise be rewritten for any of its days.
 DAY_FILE_BYTES = 16 << 20
+# Commit metadata: the days a write rebuilt, comma-separated, or "all".
+PERIODS = "lakehouse.gold.periods"
 
 
 @dataclass(frozen=True)
@@ -161,7 +163,7 @@ def _build_once(table: GoldTable, lakehouse: LakehouseStorage, run_id: str) -> G
         return GoldBuild([], 0, existing)
     metadata = {
         "lakehouse.run_id": run_id,
-        "lakehouse.gold.periods": ",".join(sorted(days)) if existing else "all",
+        PERIODS: ",".join(sorted(days)) if existing else "all",
     }
     partition_by = [table.partition_by] if table.partition_by else None
     if table.period is None or not days:
@@ -203,7 +205,7 @@ def backfill(table: GoldTable, lakehouse: LakehouseStorage, days: list[str], run
     if existing is None:
         return build_gold(table, lakehouse, run_id)
     read = silver_reader(lakehouse)
-    metadata = {"lakehouse.run_id": run_id, "lakehouse.gold.periods": ",".join(days)}
+    metadata = {"lakehouse.run_id": run_id, PERIODS: ",".join(days)}
     if table.period is None:
         frame = table.build(read, None)
         return GoldBuild(None, frame.height, delta.write(uri, frame, mode="overwrite", metadata=metadata))

@@ -28,7 +28,9 @@ from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_as
 from deltalake import DeltaTable
 from packaging.version import Version
 
+from lakehouse.gold.tables import GOLD_TABLES
 from lakehouse.marts import publish, target
+from lakehouse.marts.rebuilt_days import rebuilt_days
 from lakehouse.marts.warehouse import expose_gold, set_aside_torn_creation
 from lakehouse.orchestration.metadata import table_metadata
 from lakehouse.resources import LakehouseStorage, Warehouse
@@ -175,6 +177,23 @@ def unit_tested(context: dg.AssetExecutionContext, builds: Mapping[dg.AssetKey, 
     return all(builds.get(key, "").startswith(project) for key in context.selected_asset_keys)
 
 
+def _rebuilt(
+    context: dg.AssetExecutionContext,
+    warehouse: Warehouse,
+    gold: Mapping[str, DeltaTable],
+    builds: Mapping[dg.AssetKey, str],
+) -> dict[str, tuple[str, list[str] | None]]:
+    """The days rebuilt in each gold table rebuilt by day since the selected models' last
+    builds, with the table's day column; every day for a model no longer in the warehouse."""
+    relations = _relations(warehouse)
+    by_day = {table.name: table.period for table in GOLD_TABLES if table.period is not None}
+    days = rebuilt_days(
+        {name: table for name, table in gold.items() if name in by_day},
+        [builds.get(key) if key.path[-1] in relations else None for key in context.selected_asset_keys],
+    )
+    return {name: (by_day[name], named) for name, named in days.items()}
+
+
 @dbt_assets(
     manifest=dbt_project.manifest_path,
     dagster_dbt_translator=LakehouseTranslator(),
@@ -196,9 +215,8 @@ def dbt_models(
         return
     warehouse.location.parent.mkdir(parents=True, exist_ok=True)
     # A missing gold table stays missing: dbt names it when a selected model reads it.
-    expose_gold(
-        warehouse.location, {key.path[-1]: table for key, table in tables.items() if table is not None}
-    )
+    present = {key.path[-1]: table for key, table in tables.items() if table is not None}
+    expose_gold(warehouse.location, present, _rebuilt(context, warehouse, present, builds))
     # dbt runs with dbt/ as its working directory: hand it absolute locations.
     os.environ["LAKEHOUSE_WAREHOUSE_PATH"] = str(warehouse.location)
     # A run of some models only (the UI's "Materialize selected") must not run a test whose

@@ -16,6 +16,7 @@ import polars as pl
 import pyarrow as pa
 from deltalake import DeltaTable
 
+from lakehouse.marts.rebuilt_days import RELATION
 from lakehouse.storage.sql import quoted
 
 GOLD_SCHEMA = "gold"
@@ -59,8 +60,12 @@ def set_aside_torn_creation(location: Path) -> Path | None:
     return aside
 
 
-def expose_gold(location: Path, tables: Mapping[str, DeltaTable]) -> None:
-    """Make each table the warehouse relation `gold.<name>`, at the version it was opened at.
+def expose_gold(
+    location: Path, tables: Mapping[str, DeltaTable], rebuilt: Mapping[str, tuple[str, list[str] | None]]
+) -> None:
+    """Make each table the warehouse relation `gold.<name>`, at the version it was opened at,
+    and the days `rebuilt` in each table rebuilt by day (its name: its day column and the days,
+    None for all of them) the relation `gold.rebuilt_days` (`rebuilt_days.py`).
 
     One transaction: a reader of the warehouse sees every relation of the old versions or every
     one of the new. The connection is closed on return, since dbt needs the file to itself."""
@@ -69,7 +74,24 @@ def expose_gold(location: Path, tables: Mapping[str, DeltaTable]) -> None:
         connection.execute(f"create schema if not exists {GOLD_SCHEMA}")
         for name, table in tables.items():
             _replace(connection, name, table)
+        _rebuilt_days(connection, {name: days for name, days in rebuilt.items() if name in tables})
         connection.commit()
+
+
+def _rebuilt_days(
+    connection: duckdb.DuckDBPyConnection, rebuilt: Mapping[str, tuple[str, list[str] | None]]
+) -> None:
+    relation = f"{GOLD_SCHEMA}.{RELATION}"
+    connection.execute(f"create or replace table {relation} (table_name varchar, day date)")
+    for name, (column, days) in rebuilt.items():
+        if days is None:
+            connection.execute(
+                f"insert into {relation} select distinct ?, {quoted(column)} "
+                f"from {GOLD_SCHEMA}.{quoted(name)} where {quoted(column)} is not null",
+                [name],
+            )
+        elif days:
+            connection.executemany(f"insert into {relation} values (?, ?)", [[name, day] for day in days])
 
 
 def _connect_for_writing(location: Path) -> duckdb.DuckDBPyConnection:

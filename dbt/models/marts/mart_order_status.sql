@@ -1,5 +1,7 @@
--- delete+insert replaces only the orders a run brings: the post-hook takes out the orders
--- the source deleted (gone from staging), so the mart never keeps what silver dropped.
+-- delete+insert replaces the orders of the days gold rebuilt since the last build, and the
+-- post-hook takes out the orders those days no longer hold (the source deleted them), so the
+-- mart never keeps what silver dropped. Gold rebuilds a day whenever one of its orders changes,
+-- late ones too: the rest of the mart is as the last build left it.
 -- The enforced contract needs a schema change policy: a column added to the model later is
 -- appended to the table a warehouse already holds, so the next build goes on.
 {{
@@ -8,12 +10,17 @@
         unique_key='order_id',
         incremental_strategy='delete+insert',
         on_schema_change='append_new_columns',
-        post_hook="delete from {{ this }} where order_id not in (select order_id from {{ ref('stg_orders') }})"
+        post_hook="""
+            delete from {{ this }}
+            where order_date in {{ rebuilt_days('fct_orders') }}
+              and order_id not in (
+                  select order_id from {{ ref('stg_orders') }}
+                  where order_date in {{ rebuilt_days('fct_orders') }}
+              )
+        """
     )
 }}
 
--- New orders and newer versions of known ones, whatever their timestamps: comparing with
--- what this table holds (rather than with its newest timestamp) keeps late data correct.
 with
 
 orders as (
@@ -30,10 +37,5 @@ select
     updated_at
 from orders
 {% if is_incremental() %}
-where not exists (
-    select 1
-    from {{ this }} as held
-    where held.order_id = orders.order_id
-      and held.updated_at >= orders.updated_at
-)
+where order_date in {{ rebuilt_days('fct_orders') }}
 {% endif %}
