@@ -243,6 +243,11 @@ def test_the_incremental_model_takes_late_updates_and_deletes(tmp_path: Path, bu
         rebuilt = connection.sql("select day from gold.rebuilt_days where table_name = 'fct_orders'")
         days = sorted(day for (day,) in rebuilt.fetchall())
     assert days == sorted({old["order_date"], erased_day})
+    # The mart's copy in the lake had those two days replaced, and holds what the warehouse does.
+    (replaced,) = delta.load_table(lake.uri("marts", "mart_order_status")).history(1)
+    assert all(day.isoformat() in replaced["operationParameters"]["predicate"] for day in days)
+    copied = lake.table("marts", "mart_order_status").select("order_id", "status", "order_date")
+    assert copied.sort("order_id").equals(status.select("order_id", "status", "order_date"))
 
 
 READER = """

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from lakehouse.marts import publish as publish_module
-from lakehouse.marts.publish import is_published, publish
+from lakehouse.marts.publish import Changed, is_published, publish
 from lakehouse.resources import LakehouseStorage
 from lakehouse.storage import delta, ledger
 
@@ -70,3 +70,47 @@ def test_a_mart_is_copied_in_batches_and_an_empty_one_keeps_its_columns(
     assert copied.get_column("spent").to_list() == [Decimal("12.50"), Decimal("7.25")]
     nobody = pl.read_delta(lakehouse.table_uri("marts", "mart_nobody"))
     assert nobody.is_empty() and nobody.schema == copied.schema
+
+
+DAILY = """
+create table main.mart_daily_visits as
+select * from (values
+    (1, date '2026-11-01', 'Vienna'),
+    (2, date '2026-11-01', 'Graz'),
+    (3, date '2026-11-02', 'Linz'),
+    (4, date '2026-11-03', 'Wels')
+) as visits(visit_id, visit_day, city)
+"""
+
+
+def test_a_mart_rebuilt_by_day_has_only_those_days_replaced_in_its_copy(tmp_path: Path) -> None:
+    lakehouse = LakehouseStorage(root=str(tmp_path / "lake"))
+    uri = lakehouse.table_uri("marts", "mart_daily_visits")
+    with duckdb.connect() as connection:
+        connection.execute(DAILY)
+        publish(lakehouse, connection, "mart_daily_visits", "gold/visits v1")
+        # The next build changed the first day only: a visit gone, one changed.
+        connection.execute("delete from main.mart_daily_visits where visit_id = 2")
+        connection.execute("update main.mart_daily_visits set city = 'Wien' where visit_id = 1")
+        first_day = Changed("visit_day", ["2026-11-01"], since="gold/visits v1")
+        replaced = publish(lakehouse, connection, "mart_daily_visits", "gold/visits v2", first_day)
+
+        warehouse = connection.sql("select * from main.mart_daily_visits order by visit_id").pl()
+        # A build that changed no day of it only records what the copy now stands for.
+        nothing = Changed("visit_day", [], since="gold/visits v2")
+        recorded = publish(lakehouse, connection, "mart_daily_visits", "gold/visits v3", nothing)
+        # A copy that is not the build's the days are counted from is copied whole.
+        connection.execute("update main.mart_daily_visits set city = 'Steyr' where visit_id = 4")
+        stale = Changed("visit_day", ["2026-11-01"], since="gold/visits v2")
+        whole = publish(lakehouse, connection, "mart_daily_visits", "gold/visits v4", stale)
+
+    commits = {commit["version"]: commit for commit in delta.load_table(uri).history()}
+    assert "visit_day = '2026-11-01'" in commits[replaced.version()]["operationParameters"]["predicate"]
+    assert pl.read_delta(uri, version=replaced.version()).sort("visit_id").equals(warehouse)
+    assert commits[recorded.version()]["operationMetrics"]["num_added_rows"] == 0
+    stamped = ledger.read(
+        delta.load_table(uri, recorded.version()), ledger.mart_built_from("mart_daily_visits")
+    )
+    assert stamped == ledger.checksum(b"gold/visits v3")
+    assert "predicate" not in commits[whole.version()]["operationParameters"]
+    assert pl.read_delta(uri).sort("visit_id").get_column("city").to_list() == ["Wien", "Linz", "Steyr"]

@@ -95,10 +95,14 @@ def _relation_metadata(connection: duckdb.DuckDBPyConnection, name: str) -> dict
 
 
 def _lake_metadata(
-    lakehouse: LakehouseStorage, connection: duckdb.DuckDBPyConnection, name: str, inputs: str
+    lakehouse: LakehouseStorage,
+    connection: duckdb.DuckDBPyConnection,
+    name: str,
+    inputs: str,
+    changed: publish.Changed | None,
 ) -> dict[str, Any]:
     """A mart's Delta copy in the lake (`publish.py`): where it is, its version and size."""
-    copied = table_metadata(publish.publish(lakehouse, connection, name, inputs))
+    copied = table_metadata(publish.publish(lakehouse, connection, name, inputs, changed))
     return {key: copied[key] for key in ("dagster/uri", "delta_version", "delta_files", "delta_bytes")}
 
 
@@ -177,6 +181,28 @@ def unit_tested(context: dg.AssetExecutionContext, builds: Mapping[dg.AssetKey, 
     return all(builds.get(key, "").startswith(project) for key in context.selected_asset_keys)
 
 
+def _declared_by_day() -> dict[str, tuple[str, str]]:
+    """The marts whose rows change only on the days gold rebuilt in a table: that table and the
+    mart's own day column (`meta: rebuilt_days` in the mart's .yml)."""
+    nodes = json.loads(dbt_project.manifest_path.read_bytes())["nodes"].values()
+    models = (node for node in nodes if node["resource_type"] == "model")
+    declared = {node["name"]: node["config"].get("meta", {}).get("rebuilt_days") for node in models}
+    return {name: (meta["gold_table"], meta["column"]) for name, meta in declared.items() if meta}
+
+
+def _changed(
+    declared: tuple[str, str] | None,
+    rebuilt: Mapping[str, tuple[str, list[str] | None]],
+    last_build: str | None,
+) -> publish.Changed | None:
+    """The days of a mart `declared` rebuilt by day that may differ from its `last_build`."""
+    if declared is None or last_build is None:
+        return None
+    table, column = declared
+    days = rebuilt.get(table, (column, None))[1]
+    return None if days is None else publish.Changed(column, days, last_build)
+
+
 def _rebuilt(
     context: dg.AssetExecutionContext,
     warehouse: Warehouse,
@@ -216,7 +242,8 @@ def dbt_models(
     warehouse.location.parent.mkdir(parents=True, exist_ok=True)
     # A missing gold table stays missing: dbt names it when a selected model reads it.
     present = {key.path[-1]: table for key, table in tables.items() if table is not None}
-    expose_gold(warehouse.location, present, _rebuilt(context, warehouse, present, builds))
+    rebuilt = _rebuilt(context, warehouse, present, builds)
+    expose_gold(warehouse.location, present, rebuilt)
     # dbt runs with dbt/ as its working directory: hand it absolute locations.
     os.environ["LAKEHOUSE_WAREHOUSE_PATH"] = str(warehouse.location)
     # A run of some models only (the UI's "Materialize selected") must not run a test whose
@@ -240,11 +267,16 @@ def dbt_models(
     # exited (dagster-dbt's fetch_row_counts keeps a read-write connection open in this
     # process, which locks every other reader and the next dbt run out of the file). The marts
     # are copied into the lake before any is reported built.
+    by_day = _declared_by_day()
     with duckdb.connect(str(warehouse.location), read_only=True) as connection:
         for event in events:
             if isinstance(event, dg.Output):
-                layer, name = context.asset_key_for_output(event.output_name).path
-                copied = _lake_metadata(lakehouse, connection, name, inputs) if layer == publish.LAYER else {}
+                key = context.asset_key_for_output(event.output_name)
+                layer, name = key.path
+                copied = {}
+                if layer == publish.LAYER:
+                    changed = _changed(by_day.get(name), rebuilt, builds.get(key))
+                    copied = _lake_metadata(lakehouse, connection, name, inputs, changed)
                 # The same duration key as the Delta assets, so every asset plots it alike.
                 duration = event.metadata.get("Execution Duration")
                 event = event.with_metadata(
