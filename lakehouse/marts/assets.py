@@ -99,10 +99,10 @@ def _lake_metadata(
     connection: duckdb.DuckDBPyConnection,
     name: str,
     inputs: str,
-    changed: publish.Changed | None,
+    by_day: publish.ByDay | None,
 ) -> dict[str, Any]:
     """A mart's Delta copy in the lake (`publish.py`): where it is, its version and size."""
-    copied = table_metadata(publish.publish(lakehouse, connection, name, inputs, changed))
+    copied = table_metadata(publish.publish(lakehouse, connection, name, inputs, by_day))
     return {key: copied[key] for key in ("dagster/uri", "delta_version", "delta_files", "delta_bytes")}
 
 
@@ -190,17 +190,17 @@ def _declared_by_day() -> dict[str, tuple[str, str]]:
     return {name: (meta["gold_table"], meta["column"]) for name, meta in declared.items() if meta}
 
 
-def _changed(
+def _by_day(
     declared: tuple[str, str] | None,
     rebuilt: Mapping[str, tuple[str, list[str] | None]],
     last_build: str | None,
-) -> publish.Changed | None:
-    """The days of a mart `declared` rebuilt by day that may differ from its `last_build`."""
-    if declared is None or last_build is None:
+) -> publish.ByDay | None:
+    """A mart `declared` rebuilt by day, with its days that may differ from its `last_build`."""
+    if declared is None:
         return None
     table, column = declared
-    days = rebuilt.get(table, (column, None))[1]
-    return None if days is None else publish.Changed(column, days, last_build)
+    days = rebuilt.get(table, (column, None))[1] if last_build is not None else None
+    return publish.ByDay(column, days, last_build)
 
 
 def _rebuilt(
@@ -275,8 +275,8 @@ def dbt_models(
                 layer, name = key.path
                 copied = {}
                 if layer == publish.LAYER:
-                    changed = _changed(by_day.get(name), rebuilt, builds.get(key))
-                    copied = _lake_metadata(lakehouse, connection, name, inputs, changed)
+                    kept = _by_day(by_day.get(name), rebuilt, builds.get(key))
+                    copied = _lake_metadata(lakehouse, connection, name, inputs, kept)
                 # The same duration key as the Delta assets, so every asset plots it alike.
                 duration = event.metadata.get("Execution Duration")
                 event = event.with_metadata(
