@@ -157,15 +157,14 @@ def last_builds(context: dg.AssetExecutionContext) -> dict[dg.AssetKey, str]:
 
 def up_to_date(
     context: dg.AssetExecutionContext,
-    warehouse: Warehouse,
+    relations: set[str],
     lakehouse: LakehouseStorage,
     builds: Mapping[dg.AssetKey, str],
     inputs: str,
 ) -> bool:
     """Every selected model was last built from `inputs` in a run that succeeded, is still in
     the warehouse and, for a mart, in the lake: a dbt build would make the same tables and run
-    the same tests on them."""
-    relations = _relations(warehouse)
+    the same tests on them. `relations` are the warehouse's."""
     return all(
         builds.get(key) == inputs
         and key.path[-1] in relations
@@ -199,19 +198,19 @@ def _by_day(
     if declared is None:
         return None
     table, column = declared
-    days = rebuilt.get(table, (column, None))[1] if last_build is not None else None
+    days = rebuilt[table][1] if table in rebuilt and last_build is not None else None
     return publish.ByDay(column, days, last_build)
 
 
 def _rebuilt(
     context: dg.AssetExecutionContext,
-    warehouse: Warehouse,
+    relations: set[str],
     gold: Mapping[str, DeltaTable],
     builds: Mapping[dg.AssetKey, str],
 ) -> dict[str, tuple[str, list[str] | None]]:
     """The days rebuilt in each gold table rebuilt by day since the selected models' last
-    builds, with the table's day column; every day for a model no longer in the warehouse."""
-    relations = _relations(warehouse)
+    builds, with the table's day column; every day for a model no longer in the warehouse's
+    `relations`."""
     by_day = {table.name: table.period for table in GOLD_TABLES if table.period is not None}
     days = rebuilt_days(
         {name: table for name, table in gold.items() if name in by_day},
@@ -236,13 +235,14 @@ def dbt_models(
     tables = gold_tables(context, lakehouse)
     inputs = built_from(tables)
     builds = last_builds(context)
-    if up_to_date(context, warehouse, lakehouse, builds, inputs):
+    relations = _relations(warehouse)
+    if up_to_date(context, relations, lakehouse, builds, inputs):
         context.log.info(f"dbt not run: every selected model was built from {inputs} and is in the warehouse")
         return
     warehouse.location.parent.mkdir(parents=True, exist_ok=True)
     # A missing gold table stays missing: dbt names it when a selected model reads it.
     present = {key.path[-1]: table for key, table in tables.items() if table is not None}
-    rebuilt = _rebuilt(context, warehouse, present, builds)
+    rebuilt = _rebuilt(context, relations, present, builds)
     expose_gold(warehouse.location, present, rebuilt)
     # dbt runs with dbt/ as its working directory: hand it absolute locations.
     os.environ["LAKEHOUSE_WAREHOUSE_PATH"] = str(warehouse.location)
