@@ -12,10 +12,8 @@ keys on gold.
 """
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
 
 import dagster as dg
-import pandera.polars as pa
 import polars as pl
 
 from asset_checks import last_pass, rules
@@ -29,7 +27,7 @@ from lakehouse.sources.contract import Contract
 from lakehouse.storage import delta
 
 Reader = Callable[[dg.AssetCheckExecutionContext, LakehouseStorage, list[str]], tuple[pl.LazyFrame, dict]]
-SchemaFor = Callable[[LakehouseStorage], pa.DataFrameSchema]
+RuleFor = Callable[[LakehouseStorage], rules.Rule]
 ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
 
 
@@ -102,47 +100,44 @@ def latest_batch(contract: Contract, as_typed: bool) -> Reader:
 
 def _check(
     asset: dg.AssetKey,
-    rule: str,
+    name: str,
     description: str,
     row_key: Sequence[str],
     columns: Sequence[str],
-    schema: SchemaFor,
+    rule: RuleFor,
     read: Reader,
     severity: dg.AssetCheckSeverity,
     blocking: bool,
     reads: tuple[tuple[str, str], ...] = (),
-    repeats: Sequence[Sequence[str]] = (),
 ) -> Check:
-    """`repeats`: the column sets a `unique` rule compares rows on."""
-
     def evaluate(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         lakehouse: LakehouseStorage = context.resources.lakehouse
         rows, scope = read(context, lakehouse, [*row_key, *columns])
         if not rows.collect_schema():
             return dg.AssetCheckResult(passed=True, metadata={**scope, "rows_checked": 0})
-        return rules.rule_result(rows, schema(lakehouse), severity, row_key[0], scope, repeats)
+        return rules.rule_result(rows, rule(lakehouse), severity, row_key[0], scope)
 
-    return Check(asset, rule, description, evaluate, blocking, reads=reads)
-
-
-def _fixed(schema: pa.DataFrameSchema) -> SchemaFor:
-    return lambda _: schema
+    return Check(asset, name, description, evaluate, blocking, reads=reads)
 
 
-def _parent_keys(contract: Contract) -> SchemaFor:
+def _fixed(rule: rules.Rule) -> RuleFor:
+    return lambda _: rule
+
+
+def _parent_keys(contract: Contract) -> RuleFor:
     """`references` needs the parents' current keys, read when the check runs."""
 
-    def schema(lakehouse: LakehouseStorage) -> pa.DataFrameSchema:
-        columns: dict[str, Any] = {}
+    def rule(lakehouse: LakehouseStorage) -> rules.Rule:
+        parents = {}
         for name, spec in contract.columns.items():
             if spec.references:
                 table, column = spec.references.split(".")
                 keys = read_columns(lakehouse.table_uri("silver", table), [column])
-                parents = keys.get_column(column) if column in keys.columns else pl.Series([], dtype=pl.Int64)
-                columns.update(rules.references(name, spec.references, parents).columns)
-        return pa.DataFrameSchema(columns)
+                found = keys.get_column(column) if column in keys.columns else pl.Series([], dtype=pl.Int64)
+                parents[name] = (spec.references, found)
+        return rules.references(parents)
 
-    return schema
+    return rule
 
 
 def version_key(contract: Contract) -> list[str]:
@@ -152,36 +147,33 @@ def version_key(contract: Contract) -> list[str]:
 
 def _bronze(
     contract: Contract,
-    rule: str,
+    name: str,
     description: str,
     columns: list[str],
-    schema: pa.DataFrameSchema,
+    rule: rules.Rule,
     as_typed: bool = False,
-    repeats: Sequence[Sequence[str]] = (),
 ) -> Check:
     return _check(
         dg.AssetKey(["bronze", contract.name]),
-        rule,
+        name,
         f"Incoming rows: {description}",
         version_key(contract),
         columns,
-        _fixed(schema),
+        _fixed(rule),
         latest_batch(contract, as_typed),
         WARN,
         blocking=False,
-        repeats=repeats,
     )
 
 
 def _silver(
     contract: Contract,
-    rule: str,
+    name: str,
     description: str,
     columns: list[str],
-    schema: SchemaFor,
+    rule: RuleFor,
     blocking: bool,
     parents: tuple[str, ...] = (),
-    repeats: Sequence[Sequence[str]] = (),
     row_local: bool = False,
 ) -> Check:
     """`row_local`: the rule judges each row alone, so it reads only the rows gained since its
@@ -190,16 +182,15 @@ def _silver(
     asset = dg.AssetKey(table)
     return _check(
         asset,
-        rule,
+        name,
         description,
         contract.primary_key,
         columns,
-        schema,
-        gained_rows(*table, dg.AssetCheckKey(asset, rule)) if row_local else whole_table(*table),
+        rule,
+        gained_rows(*table, dg.AssetCheckKey(asset, name)) if row_local else whole_table(*table),
         ERROR,
         blocking,
         reads=(table, *(("silver", parent) for parent in parents)),
-        repeats=repeats,
     )
 
 
@@ -225,7 +216,6 @@ def contract_checks(contract: Contract) -> list[Check]:
             "each source row version arrived once.",
             [],
             rules.unique([version_key(contract)]),
-            repeats=[version_key(contract)],
         ),
         _silver(
             contract,
@@ -243,7 +233,6 @@ def contract_checks(contract: Contract) -> list[Check]:
             singles,
             _fixed(rules.unique(distinct)),
             blocking=True,
-            repeats=distinct,
         ),
     ]
     if ruled:
@@ -312,7 +301,6 @@ def gold_checks(tables: Iterable[GoldTable]) -> list[Check]:
                 ERROR,
                 blocking=True,
                 reads=(stored,),
-                repeats=[key],
             ),
         ]
     return checks

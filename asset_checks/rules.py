@@ -7,7 +7,8 @@ layers' own writers already fix the types.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import dagster as dg
 import pandera.polars as pa
@@ -22,8 +23,17 @@ FAILURE_CASES = {"column": pl.String, "check": pl.String, "failure_case": pl.Str
 SLICE_ROWS = 1_000_000
 
 
-def not_null(columns: Iterable[str]) -> pa.DataFrameSchema:
-    return pa.DataFrameSchema({name: pa.Column(nullable=False, required=False) for name in columns})
+@dataclass(frozen=True)
+class Rule:
+    """Row rules as a Pandera schema and, for a rule that compares a row with other rows, how to
+    find the few rows that can break it without validating the others."""
+
+    schema: pa.DataFrameSchema
+    suspects: Callable[[pl.LazyFrame], pl.LazyFrame] | None = None
+
+
+def not_null(columns: Iterable[str]) -> Rule:
+    return Rule(pa.DataFrameSchema({name: pa.Column(nullable=False, required=False) for name in columns}))
 
 
 def _no_repeats(columns: list[str]) -> pa.Check:
@@ -34,12 +44,15 @@ def _no_repeats(columns: list[str]) -> pa.Check:
     return pa.Check(lambda data: data.lazyframe.select(~repeat), name=f"unique ({', '.join(columns)})")
 
 
-def unique(column_sets: Sequence[Sequence[str]]) -> pa.DataFrameSchema:
+def unique(column_sets: Sequence[Sequence[str]]) -> Rule:
     """Each set of columns (the key, a unique column) holds each combination of values once."""
-    return pa.DataFrameSchema(checks=[_no_repeats(list(columns)) for columns in column_sets])
+    return Rule(
+        pa.DataFrameSchema(checks=[_no_repeats(list(columns)) for columns in column_sets]),
+        lambda rows: could_repeat(rows, column_sets),
+    )
 
 
-def valid_values(columns: dict[str, Column]) -> pa.DataFrameSchema:
+def valid_values(columns: dict[str, Column]) -> Rule:
     """Allowed values and ranges of the contract's columns; nulls are `not_null`'s business."""
     schema = {}
     for name, spec in columns.items():
@@ -50,16 +63,38 @@ def valid_values(columns: dict[str, Column]) -> pa.DataFrameSchema:
             checks.append(pa.Check.le(spec.range.max))
         if checks:
             schema[name] = pa.Column(nullable=True, required=False, checks=checks)
-    return pa.DataFrameSchema(schema)
+    return Rule(pa.DataFrameSchema(schema))
 
 
-def references(column: str, parent: str, parent_keys: pl.Series) -> pa.DataFrameSchema:
-    """Every value of `column` is a key of the parent table (`parent`: 'table.column')."""
+def references(parents: dict[str, tuple[str, pl.Series]]) -> Rule:
+    """Every value of each column is a key of its parent table: `parents` maps the column to the
+    parent ('table.column') and that parent's keys."""
+    columns = {
+        column: pa.Column(nullable=True, checks=_exists_in(parent, keys))
+        for column, (parent, keys) in parents.items()
+    }
+    return Rule(pa.DataFrameSchema(columns), lambda rows: _orphaned(rows, parents))
+
+
+def _exists_in(parent: str, parent_keys: pl.Series) -> pa.Check:
     keys = parent_keys.unique().implode()
-    exists = pa.Check(
+    return pa.Check(
         lambda data: data.lazyframe.select(pl.col(data.key).is_in(keys)), name=f"exists in {parent}"
     )
-    return pa.DataFrameSchema({column: pa.Column(nullable=True, checks=exists)})
+
+
+def _orphaned(rows: pl.LazyFrame, parents: dict[str, tuple[str, pl.Series]]) -> pl.LazyFrame:
+    """The rows with a value missing from its parent's keys, each found by one join that holds
+    the parent's keys: an `is_in` of millions of keys builds their set again for every slice."""
+    schema = rows.collect_schema()
+    missing = [
+        rows.filter(pl.col(column).is_not_null()).join(
+            keys.cast(schema[column], strict=False).unique().to_frame(column).lazy(), on=column, how="anti"
+        )
+        for column, (_, keys) in parents.items()
+    ]
+    # The rows hold their key, so a row missing two parents is one row.
+    return pl.concat(missing).unique()
 
 
 def failing_rows(frame: pl.DataFrame, schema: pa.DataFrameSchema) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -90,25 +125,21 @@ def could_repeat(rows: pl.LazyFrame, column_sets: Sequence[Sequence[str]]) -> pl
 
 def rule_result(
     rows: pl.LazyFrame,
-    schema: pa.DataFrameSchema,
+    rule: Rule,
     severity: dg.AssetCheckSeverity,
     key: str,
     metadata: dict | None = None,
-    repeats: Sequence[Sequence[str]] = (),
 ) -> dg.AssetCheckResult:
     """Validate the rows (the key and the rule's columns); the metadata shows how many rows
     fail, which checks, and the first ten failing rows.
 
     Row rules judge each row alone, so the rows are validated a slice at a time, by ranges of
-    the `key` column. `unique` (its column sets in `repeats`) compares rows: only those that
-    could repeat another are validated, at once. Either way memory follows the slice or the
-    repeats, not the table."""
-    total = None
-    if repeats:
-        count, candidates = pl.collect_all(
-            [rows.select(pl.len()), could_repeat(rows, repeats)], engine="streaming"
-        )
-        slices: Iterable[pl.DataFrame] = [candidates]
+    the `key` column. A rule that finds its suspects (`unique`, `references`) has only those
+    validated, at once. Either way memory follows the slice or the suspects, not the table."""
+    schema, total = rule.schema, None
+    if rule.suspects is not None:
+        count, suspects = pl.collect_all([rows.select(pl.len()), rule.suspects(rows)], engine="streaming")
+        slices: Iterable[pl.DataFrame] = [suspects]
         total = count.item()
     else:
         slices = (part.collect() for part in key_ranges(rows, key, SLICE_ROWS))

@@ -33,6 +33,20 @@ def _duplicates(rows: pl.LazyFrame, identity: list[str]) -> pl.LazyFrame:
     return rows.filter(pl.len().over(identity) > 1)
 
 
+def _near(stored: pl.LazyFrame, rows: pl.DataFrame) -> pl.LazyFrame:
+    """The bronze rows within the range of `rows` in each of its columns: a change's rows lie
+    in few of bronze's files (the first load's hold key ranges, each batch's its own watermarks),
+    and the scan skips the others by their statistics."""
+    within = []
+    for column in rows.iter_columns():
+        near = pl.col(column.name).is_null() if column.has_nulls() else pl.lit(False)
+        if column.null_count() < column.len():
+            low, high = (pl.lit(bound, dtype=column.dtype) for bound in (column.min(), column.max()))
+            near |= pl.col(column.name).is_between(low, high)
+        within.append(near)
+    return stored.filter(pl.all_horizontal(within)) if within else stored
+
+
 @dataclass(frozen=True)
 class _Compared:
     """Source rows read, those bronze lacks, bronze's row versions held more than once."""
@@ -92,7 +106,8 @@ def _compare_changed(
 
     def compare() -> None:
         rows = pl.concat(group).unique()
-        missing.append(rows.lazy().join(stored, on=identity, how="anti", nulls_equal=True).collect())
+        near = _near(stored, rows)
+        missing.append(rows.lazy().join(near, on=identity, how="anti", nulls_equal=True).collect())
         group.clear()
 
     for rows in reading:
@@ -105,7 +120,7 @@ def _compare_changed(
     duplicated = pl.DataFrame(schema=schema)
     appended = tombstones.versions(appended).select(identity).cast(schema).unique()
     if not appended.is_empty():
-        near = stored.join(appended.lazy(), on=identity, how="semi", nulls_equal=True)
+        near = _near(stored, appended).join(appended.lazy(), on=identity, how="semi", nulls_equal=True)
         duplicated = _duplicates(near, identity).collect()
     return _Compared(checked, pl.concat(missing), duplicated)
 
