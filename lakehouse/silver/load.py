@@ -147,7 +147,7 @@ def _load_slice(
 ) -> _Slice:
     """Quarantine the invalid rows of `changes` (and append-only repeats of a key with other
     content), record history, and MERGE the newest valid version of each key into silver
-    (append it, when silver cannot hold these keys yet), in a commit that carries silver's
+    (append it, when silver does not hold these keys), in a commit that carries silver's
     `position` and `metadata`, against `claim`. The same commit deletes the rows of the keys
     whose last change is a tombstone; their history is closed before it."""
     gone = tombstones.deleted_keys(changes, contract)
@@ -206,6 +206,10 @@ def _load_slice(
     # A change stream's order is the truth: its newest change replaces the row whatever its
     # watermark says.
     update_when = f"s.{quoted(wm)} > t.{quoted(wm)}" if not contract.is_cdc else "true"
+    # Append-only rows left by `split_repeats` have keys the existing silver did not hold when
+    # it looked, and a load that added keys since moved the position, which the claim refuses:
+    # they are appended, without a MERGE that reads every row of their partitions.
+    appended = keys_are_new or (repeats is not None and doomed is None and claim.version is not None)
     counts = (
         MergeCounts(
             newest.height,
@@ -213,7 +217,7 @@ def _load_slice(
             0,
             delta.write(silver_uri, newest, metadata=metadata, transactions=position, claim=claim),
         )
-        if keys_are_new
+        if appended
         else merge(
             silver_uri,
             newest,

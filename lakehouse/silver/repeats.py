@@ -34,14 +34,23 @@ def _stored(silver_uri: str | None, keys: pl.DataFrame, columns: list[str], like
     if table is None:
         return pl.DataFrame(schema={name: like[name] for name in columns})
     names = set(delta.arrow_schema(table).names)
+    rows = pl.scan_delta(table)
+    # The keys silver holds, read through the key columns alone, then those keys' rows through a
+    # filter the scan applies before reading the other columns: a join of the whole rows would
+    # hold every column of the table in memory.
+    held = rows.select(keys.columns).join(keys.lazy(), on=keys.columns, how="semi")
+    held = held.collect(engine="streaming").unique()
+    if held.is_empty():
+        return pl.DataFrame(schema={name: like[name] for name in columns})
+    first = keys.columns[0]
     # Each key's earliest row, should silver hold a key twice.
     stored = (
-        pl.scan_delta(table)
+        rows.filter(pl.col(first).is_in(held.get_column(first).implode()))
         .select(name for name in columns if name in names)
-        .join(keys.lazy(), on=keys.columns, how="semi")
+        .join(held.lazy(), on=keys.columns, how="semi")
         .sort(IDENTITY)
         .unique(keys.columns, keep="first", maintain_order=True)
-        .collect()
+        .collect(engine="streaming")
     )
     return stored.with_columns(
         pl.lit(None, dtype=like[name]).alias(name) for name in columns if name not in names
