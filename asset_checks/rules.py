@@ -139,7 +139,8 @@ def rule_result(
     schema, total = rule.schema, None
     if rule.suspects is not None:
         count, suspects = pl.collect_all([rows.select(pl.len()), rule.suspects(rows)], engine="streaming")
-        slices: Iterable[pl.DataFrame] = [suspects]
+        # In key order, as the slices come, so that the sample shows the same rows each time.
+        slices: Iterable[pl.DataFrame] = [suspects.sort(key, maintain_order=True)]
         total = count.item()
     else:
         slices = (part.collect() for part in key_ranges(rows, key, SLICE_ROWS))

@@ -34,6 +34,7 @@ def test_references_name_each_row_missing_a_parent_once_and_pass_null_references
     assert result.metadata["rows_checked"].value == 6
     # Loan 5 misses its book and its member: one failing row, under both checks.
     assert result.metadata["failing_rows"].value == 2
+    assert [record.data["loan_id"] for record in result.metadata["sample"].value.records] == [3, 5]
     assert _failures(result) == {
         ("book_id", "exists in books.book_id"): 2,
         ("member_id", "exists in members.member_id"): 1,
