@@ -69,6 +69,7 @@ def valid_values(columns: dict[str, Column]) -> Rule:
 def references(parents: dict[str, tuple[str, pl.Series]]) -> Rule:
     """Every value of each column is a key of its parent table: `parents` maps the column to the
     parent ('table.column') and that parent's keys."""
+    parents = {column: (parent, keys.unique()) for column, (parent, keys) in parents.items()}
     columns = {
         column: pa.Column(nullable=True, checks=_exists_in(parent, keys))
         for column, (parent, keys) in parents.items()
@@ -77,7 +78,7 @@ def references(parents: dict[str, tuple[str, pl.Series]]) -> Rule:
 
 
 def _exists_in(parent: str, parent_keys: pl.Series) -> pa.Check:
-    keys = parent_keys.unique().implode()
+    keys = parent_keys.implode()
     return pa.Check(
         lambda data: data.lazyframe.select(pl.col(data.key).is_in(keys)), name=f"exists in {parent}"
     )
@@ -89,7 +90,7 @@ def _orphaned(rows: pl.LazyFrame, parents: dict[str, tuple[str, pl.Series]]) -> 
     schema = rows.collect_schema()
     missing = [
         rows.filter(pl.col(column).is_not_null()).join(
-            keys.cast(schema[column], strict=False).unique().to_frame(column).lazy(), on=column, how="anti"
+            keys.cast(schema[column], strict=False).to_frame(column).lazy(), on=column, how="anti"
         )
         for column, (_, keys) in parents.items()
     ]

@@ -31,8 +31,9 @@ class Repeats:
 def _stored(silver_uri: str | None, keys: pl.DataFrame, columns: list[str], like: pl.Schema) -> pl.DataFrame:
     """Silver's rows of `keys`, in `columns` (null where silver has no such column yet)."""
     table = delta.open_table(silver_uri) if silver_uri else None
+    none = pl.DataFrame(schema={name: like[name] for name in columns})
     if table is None:
-        return pl.DataFrame(schema={name: like[name] for name in columns})
+        return none
     names = set(delta.arrow_schema(table).names)
     rows = pl.scan_delta(table)
     # The keys silver holds, read through the key columns alone, then those keys' rows through a
@@ -41,7 +42,7 @@ def _stored(silver_uri: str | None, keys: pl.DataFrame, columns: list[str], like
     held = rows.select(keys.columns).join(keys.lazy(), on=keys.columns, how="semi")
     held = held.collect(engine="streaming").unique()
     if held.is_empty():
-        return pl.DataFrame(schema={name: like[name] for name in columns})
+        return none
     first = keys.columns[0]
     # Each key's earliest row, should silver hold a key twice.
     stored = (
