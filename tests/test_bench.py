@@ -1,8 +1,31 @@
-"""`make bench` splits each run's wall time by the part of the pipeline its steps belong to, and
-judges the targets of the scale it measures."""
+"""`make bench` copies the source whole for its floor, splits each run's wall time by the part of
+the pipeline its steps belong to, and judges the targets of the scale it measures."""
 
+from pathlib import Path
+
+import polars as pl
+import pytest
+from conftest import DemoLake
+
+from bench.floor import copy_in
 from bench.run import MIB, PARTS, step_parts, targets
 from lakehouse.definitions import defs
+
+
+def test_the_floor_copies_every_source_row_and_landing_line(
+    tmp_path: Path, demo_lake: DemoLake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lake = demo_lake(tmp_path)
+    monkeypatch.setenv("LAKEHOUSE_SOURCE_URL", lake.source.url)
+    monkeypatch.setenv("LAKEHOUSE_LANDING", str(lake.landing))
+    copied = copy_in(tmp_path / "floor")
+    tables = {
+        table: lake.source_rows(table).height for table in ("customers", "products", "orders", "order_items")
+    }
+    lines = sum(len(path.read_bytes().splitlines()) for path in lake.landing.rglob("*.jsonl"))
+    for table, rows in {**tables, "events": lines}.items():
+        assert pl.read_delta(str(tmp_path / "floor" / table)).height == rows, table
+    assert copied == sum(tables.values()) + lines
 
 
 def test_every_step_of_the_pipeline_is_in_one_part_of_the_benchs_split() -> None:
