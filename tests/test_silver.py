@@ -3,6 +3,7 @@
 import json
 import re
 import sqlite3
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
@@ -294,19 +295,21 @@ def test_a_first_load_in_slices_crashed_between_two_equals_one_in_one_piece(
     whole, sliced = demo_lakes(tmp_path, demo_lake, "whole", "sliced")
     whole.materialize(THROUGH_SILVER)
     monkeypatch.setattr(bronze_changes, "SLICE_ROWS", 900)  # several slices of each larger test-size table
-    original, slices = silver_load._newest_per_key, []
+    original, slices = silver_load._newest_per_key, Counter()
 
     def crash_at_second_slice(frame: pl.DataFrame, contract: Contract) -> pl.DataFrame:
-        if contract.name == "order_items":
-            slices.append(frame.height)
-            if len(slices) == 2:
+        # Merged (order_items) and append-only (events) tables alike.
+        if contract.name in ("order_items", "events"):
+            slices[contract.name] += 1
+            if slices[contract.name] == 2:
                 raise OSError("killed after the first slice was committed")
         return original(frame, contract)
 
     monkeypatch.setattr(silver_load, "_newest_per_key", crash_at_second_slice)
     assert not sliced.materialize(THROUGH_SILVER, raise_on_error=False).success
     monkeypatch.setattr(silver_load, "_newest_per_key", original)
-    assert 0 < sliced.table("silver", "order_items").height < whole.table("silver", "order_items").height
+    for name in ("order_items", "events"):
+        assert 0 < sliced.table("silver", name).height < whole.table("silver", name).height
     sliced.materialize(THROUGH_SILVER)
 
     tables = [
@@ -318,6 +321,35 @@ def test_a_first_load_in_slices_crashed_between_two_equals_one_in_one_piece(
         ("quarantine", "orders", ["order_id", "updated_at"]),
     ]
     assert_same_tables(sliced, whole, tables, "loaded in slices differs from the load in one piece")
+
+
+def test_a_load_killed_between_its_merge_and_its_append_then_run_again_equals_one_not_killed(
+    tmp_path: Path, demo_lake: DemoLake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole, killed = demo_lakes(tmp_path, demo_lake, "whole", "killed")
+    for lake in (whole, killed):
+        lake.materialize(THROUGH_SILVER)
+        lake.advance()
+    whole.materialize(THROUGH_SILVER)
+    original = silver_load.merge
+
+    def merge_then_die(uri: str, frame: pl.DataFrame, keys: list[str], **options) -> silver_load.MergeCounts:
+        # The batch deletes items silver holds (MERGEd) and adds new ones (appended after).
+        counts = original(uri, frame, keys, **options)
+        if uri == killed.uri("silver", "order_items"):
+            raise OSError("killed between the MERGE and the append")
+        return counts
+
+    monkeypatch.setattr(silver_load, "merge", merge_then_die)
+    assert not killed.materialize(THROUGH_SILVER, raise_on_error=False).success
+    monkeypatch.setattr(silver_load, "merge", original)
+    deleted = whole.table("bronze", "order_items").filter(pl.col(OP) == DELETE).height
+    assert (
+        deleted and killed.table("silver", "order_items").height < whole.table("silver", "order_items").height
+    )
+    killed.materialize(THROUGH_SILVER)
+    tables = [("silver", "order_items", "order_item_id"), ("silver", "orders", "order_id")]
+    assert_same_tables(killed, whole, tables, "after a load killed between its commits differs")
 
 
 def test_orphan_items_are_kept_flagged_and_released_when_the_product_arrives(

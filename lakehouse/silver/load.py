@@ -5,7 +5,9 @@ A run reads the bronze rows committed since the bronze version silver last consu
 MERGEs the newest version of each valid key into silver. The bronze version consumed is an
 app transaction in silver's own commit, so a crash anywhere before it makes the next run
 read the same rows again; quarantine and history are written first, by MERGEs keyed on the
-bronze row, so reading them again duplicates nothing. An append-only dataset keeps each key's
+bronze row, so reading them again duplicates nothing. Keys silver does not hold yet are
+appended rather than MERGEd, which would rewrite their partitions' files: a batch of new
+orders leaves the month's older files alone. An append-only dataset keeps each key's
 first arrival; a later row with the key and other content is quarantined with the reason
 (lakehouse/silver/repeats.py). Rows whose parents silver lacks are loaded flagged as orphans
 (lakehouse/silver/orphans.py).
@@ -31,7 +33,7 @@ from lakehouse.silver.orphans import Orphans, ParentKeys, flag_orphans, parent_k
 from lakehouse.silver.repeats import split_repeats
 from lakehouse.silver.validate import split_valid
 from lakehouse.sources.contract import Contract
-from lakehouse.storage import delta, ledger
+from lakehouse.storage import delta, keys, ledger
 from lakehouse.storage.ledger import DELETED_DAYS, LOADED_AT
 from lakehouse.storage.merge import MergeCounts, merge
 from lakehouse.storage.sql import quoted
@@ -117,10 +119,8 @@ def _doomed(silver_uri: str, gone: pl.DataFrame, contract: Contract) -> pl.DataF
     if gone.is_empty() or delta.open_table(silver_uri) is None:
         return None
     silver = delta.scan(silver_uri)
-    schema = silver.collect_schema()
-    keys = gone.select(contract.primary_key).cast({key: schema[key] for key in contract.primary_key})
-    doomed = silver.join(keys.lazy(), on=contract.primary_key, how="semi").collect()
-    return None if doomed.is_empty() else doomed
+    found = keys.held(silver, gone.select(contract.primary_key))
+    return None if found.is_empty() else keys.rows_of(silver, found).collect(engine="streaming")
 
 
 def _deleted_days(doomed: pl.DataFrame, contract: Contract) -> str:
@@ -141,15 +141,16 @@ def _load_slice(
     parents: ParentKeys,
     loaded_at: datetime,
     position: dict[str, int],
+    unmoved: dict[str, int],
     claim: ledger.Claim,
     metadata: dict[str, str],
     keys_are_new: bool = False,
 ) -> _Slice:
     """Quarantine the invalid rows of `changes` (and append-only repeats of a key with other
-    content), record history, and MERGE the newest valid version of each key into silver
-    (append it, when silver does not hold these keys), in a commit that carries silver's
-    `position` and `metadata`, against `claim`. The same commit deletes the rows of the keys
-    whose last change is a tombstone; their history is closed before it."""
+    content), record history, MERGE the newest valid version of each key silver holds into it
+    and append those of the other keys, against `claim`. The last commit carries silver's
+    `position`, one before it `unmoved`; both carry `metadata`. The MERGE also deletes the rows
+    of the keys whose last change is a tombstone; their history is closed before it."""
     gone = tombstones.deleted_keys(changes, contract)
     versions = tombstones.versions(changes)
     valid, invalid = split_valid(versions, contract)
@@ -192,12 +193,30 @@ def _load_slice(
     standing = tombstones.standing(valid, contract, changes).drop(OP, strict=False)
     newest = standing if repeats is not None else _newest_per_key(standing, contract)
     collapsed = standing.height - newest.height
+    # Keys silver does not hold are appended, with no MERGE reading every row of their
+    # partitions: a load that added keys since moved the position, which the claim refuses.
+    if keys_are_new or claim.version is None:
+        # A table this load creates is created by the MERGE, with its partitions.
+        held = (
+            newest.head(0).select(contract.primary_key)
+            if keys_are_new
+            else newest.select(contract.primary_key)
+        )
+    else:
+        held = (
+            repeats.held
+            if repeats is not None
+            else keys.held(delta.scan(silver_uri), newest.select(contract.primary_key))
+        )
+    held = held.cast(dict(newest.select(contract.primary_key).schema))
+    fresh = newest.join(held, on=contract.primary_key, how="anti")
+    known = newest.join(held, on=contract.primary_key, how="semi")
     doomed = None if keys_are_new else _doomed(silver_uri, gone, contract)
     if doomed is not None:
         metadata = {**metadata, DELETED_DAYS: _deleted_days(doomed, contract)}
-        newest = pl.concat(
+        known = pl.concat(
             [
-                newest.with_columns(pl.lit(False).alias(DELETE_FLAG)),
+                known.with_columns(pl.lit(False).alias(DELETE_FLAG)),
                 doomed.with_columns(pl.lit(True).alias(DELETE_FLAG)),
             ],
             how="diagonal_relaxed",
@@ -206,30 +225,28 @@ def _load_slice(
     # A change stream's order is the truth: its newest change replaces the row whatever its
     # watermark says.
     update_when = f"s.{quoted(wm)} > t.{quoted(wm)}" if not contract.is_cdc else "true"
-    # Append-only rows left by `split_repeats` have keys the existing silver did not hold when
-    # it looked, and a load that added keys since moved the position, which the claim refuses:
-    # they are appended, without a MERGE that reads every row of their partitions.
-    appended = keys_are_new or (repeats is not None and doomed is None and claim.version is not None)
-    counts = (
-        MergeCounts(
-            newest.height,
-            0,
-            0,
-            delta.write(silver_uri, newest, metadata=metadata, transactions=position, claim=claim),
+    # The last commit moves the position; one before it carries it unmoved, so that a second
+    # load at once conflicts on both.
+    parts = []
+    if not known.is_empty() or fresh.is_empty():
+        parts.append(
+            merge(
+                silver_uri,
+                known,
+                contract.primary_key,
+                update_when=None if contract.history == "append" else update_when,
+                delete_flag=None if doomed is None else DELETE_FLAG,
+                partition=partition,
+                metadata=metadata,
+                transactions=position if fresh.is_empty() else unmoved,
+                claim=claim,
+            )
         )
-        if appended
-        else merge(
-            silver_uri,
-            newest,
-            contract.primary_key,
-            update_when=None if contract.history == "append" else update_when,
-            delete_flag=None if doomed is None else DELETE_FLAG,
-            partition=partition,
-            metadata=metadata,
-            transactions=position,
-            claim=claim,
-        )
-    )
+    if not fresh.is_empty():
+        written = delta.write(silver_uri, fresh, metadata=metadata, transactions=position, claim=claim)
+        parts.append(MergeCounts(fresh.height, 0, 0, written))
+    counts = _summed(parts)
+    assert counts is not None
     return _Slice(
         changes.height,
         repeats.identical if repeats is not None else collapsed,
@@ -312,11 +329,11 @@ def _load_once(
     # slices before it commit the position unmoved, so that a second load at once conflicts
     # on every commit, not just the last. Slices after the first of a table this load creates
     # hold keys silver cannot have: appended.
-    unmoved = ledger.UNSET if since is None else since
+    unmoved = {key: ledger.UNSET if since is None else since}
     loaded = [
         _load_slice(
             rows.collect(engine="streaming"), contract, lakehouse, hasher, parents, loaded_at,
-            {key: version if number == len(slices) - 1 else unmoved}, claim, metadata,
+            {key: version} if number == len(slices) - 1 else unmoved, unmoved, claim, metadata,
             keys_are_new=silver is None and number > 0,
         )
         for number, rows in enumerate(slices)

@@ -15,6 +15,7 @@ import polars as pl
 from lakehouse.bronze.columns import AUDIT_COLUMNS, LINE_NUMBER, SOURCE_FILE
 from lakehouse.silver.validate import ERROR_COLUMN
 from lakehouse.storage import delta
+from lakehouse.storage.keys import held, rows_of
 
 FIRST = "_first"
 # Append-only datasets come from landing files: a row is its file and line.
@@ -26,6 +27,7 @@ class Repeats:
     kept: pl.DataFrame  # the valid rows silver loads: each key's first arrival, once
     identical: int  # repeats of a first arrival's content
     conflicting: pl.DataFrame  # the file and line of each repeat with other content, and why
+    held: pl.DataFrame  # the keys of `kept` silver already holds (a load read again after a crash)
 
 
 def _stored(silver_uri: str | None, keys: pl.DataFrame, columns: list[str], like: pl.Schema) -> pl.DataFrame:
@@ -36,19 +38,13 @@ def _stored(silver_uri: str | None, keys: pl.DataFrame, columns: list[str], like
         return none
     names = set(delta.arrow_schema(table).names)
     rows = pl.scan_delta(table)
-    # The keys silver holds, read through the key columns alone, then those keys' rows through a
-    # filter the scan applies before reading the other columns: a join of the whole rows would
-    # hold every column of the table in memory.
-    held = rows.select(keys.columns).join(keys.lazy(), on=keys.columns, how="semi")
-    held = held.collect(engine="streaming").unique()
-    if held.is_empty():
+    found = held(rows, keys)
+    if found.is_empty():
         return none
-    first = keys.columns[0]
     # Each key's earliest row, should silver hold a key twice.
     stored = (
-        rows.filter(pl.col(first).is_in(held.get_column(first).implode()))
+        rows_of(rows, found)
         .select(name for name in columns if name in names)
-        .join(held.lazy(), on=keys.columns, how="semi")
         .sort(IDENTITY)
         .unique(keys.columns, keep="first", maintain_order=True)
         .collect(engine="streaming")
@@ -89,4 +85,4 @@ def split_repeats(
             ERROR_COLUMN
         ),
     )
-    return Repeats(kept, compared.height - conflicting.height, conflicting)
+    return Repeats(kept, compared.height - conflicting.height, conflicting, stored.select(key).unique())
