@@ -27,7 +27,7 @@ class Repeats:
     kept: pl.DataFrame  # the valid rows silver loads: each key's first arrival, once
     identical: int  # repeats of a first arrival's content
     conflicting: pl.DataFrame  # the file and line of each repeat with other content, and why
-    held: pl.DataFrame  # the keys of `kept` silver already holds (a load read again after a crash)
+    held: pl.DataFrame  # the keys silver already holds; of `kept`, only rows read again after a crash
 
 
 def _stored(silver_uri: str | None, keys: pl.DataFrame, columns: list[str], like: pl.Schema) -> pl.DataFrame:
