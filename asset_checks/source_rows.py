@@ -26,25 +26,11 @@ from lakehouse.bronze.watermark import MARGIN, WatermarkRange
 from lakehouse.resources import LakehouseStorage, SourceDatabase
 from lakehouse.silver.changes import read_bronze_changes
 from lakehouse.sources.contract import Contract
-from lakehouse.storage import delta, ledger
+from lakehouse.storage import delta, keys, ledger
 
 
 def _duplicates(rows: pl.LazyFrame, identity: list[str]) -> pl.LazyFrame:
     return rows.filter(pl.len().over(identity) > 1)
-
-
-def _near(stored: pl.LazyFrame, rows: pl.DataFrame) -> pl.LazyFrame:
-    """The bronze rows within the range of `rows` in each of its columns: a change's rows lie
-    in few of bronze's files (the first load's hold key ranges, each batch's its own watermarks),
-    and the scan skips the others by their statistics."""
-    within = []
-    for column in rows.iter_columns():
-        near = pl.col(column.name).is_null() if column.has_nulls() else pl.lit(False)
-        if column.null_count() < column.len():
-            low, high = (pl.lit(bound, dtype=column.dtype) for bound in (column.min(), column.max()))
-            near |= pl.col(column.name).is_between(low, high)
-        within.append(near)
-    return stored.filter(pl.all_horizontal(within)) if within else stored
 
 
 @dataclass(frozen=True)
@@ -106,7 +92,7 @@ def _compare_changed(
 
     def compare() -> None:
         rows = pl.concat(group).unique()
-        near = _near(stored, rows)
+        near = keys.near(stored, rows)
         missing.append(rows.lazy().join(near, on=identity, how="anti", nulls_equal=True).collect())
         group.clear()
 
@@ -120,7 +106,7 @@ def _compare_changed(
     duplicated = pl.DataFrame(schema=schema)
     appended = tombstones.versions(appended).select(identity).cast(schema).unique()
     if not appended.is_empty():
-        near = _near(stored, appended).join(appended.lazy(), on=identity, how="semi", nulls_equal=True)
+        near = keys.near(stored, appended).join(appended.lazy(), on=identity, how="semi", nulls_equal=True)
         duplicated = _duplicates(near, identity).collect()
     return _Compared(checked, pl.concat(missing), duplicated)
 

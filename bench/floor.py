@@ -24,18 +24,6 @@ from lakehouse.storage import delta
 from lakehouse.storage.sql import qualified
 
 
-class _Counted:
-    """Frames passed through, counting their rows."""
-
-    def __init__(self, frames: Iterator[pl.DataFrame]) -> None:
-        self.frames, self.rows = frames, 0
-
-    def __iter__(self) -> Iterator[pl.DataFrame]:
-        for frame in self.frames:
-            self.rows += frame.height
-            yield frame
-
-
 def _table(source: SourceDatabase, table: str) -> Iterator[pl.DataFrame]:
     with source.connect() as connection, connection.cursor() as cursor:
         if source.dialect == "sqlite":
@@ -62,11 +50,10 @@ def copy_in(target: Path) -> int:
     for contract in load_contracts(Path(setting("LAKEHOUSE_CONTRACTS"))):
         if contract.is_database:
             assert contract.source.kind == "database"
-            frames = _Counted(_table(source, contract.source.table))
+            frames = _table(source, contract.source.table)
         else:
-            frames = _Counted(_lines(sorted(landing.glob(contract.source.glob))))
-        delta.write(str(target / contract.name), iter(frames), mode="overwrite")
-        rows += frames.rows
+            frames = _lines(sorted(landing.glob(contract.source.glob)))
+        rows += delta.row_count(delta.write(str(target / contract.name), frames, mode="overwrite"))
     return rows
 
 
