@@ -36,12 +36,18 @@ def test_incremental_gold_equals_a_full_rebuild(lake: Lake, monkeypatch: pytest.
     assert first["periods_rewritten"].value == "all" and first["delta_version"].value == 0
     assert first["rows_written"].value == first["dagster/row_count"].value > 0
     assert_gold_equals_a_rebuild_in_one_piece(lake)
+    # Then parts of 100 input rows: each day a run rebuilds is larger, so the order facts build
+    # it in ranges of its orders.
+    monkeypatch.setattr(build, "PART_ROWS", 100)
     for _ in range(3):
         lake.advance()
         result = lake.materialize()
     for name in ("fct_orders", *EVENT_TABLES):
         rewritten = result.asset_materializations_for_node(f"gold__{name}")[0].metadata["periods_rewritten"]
         assert rewritten.value not in ("all", "none"), f"gold/{name} should have rebuilt only touched periods"
+    facts = next(table for table in GOLD_TABLES if table.name == "fct_order_items")
+    today = lake.clock.date().isoformat()
+    assert len(build._parts_of(facts, silver_reader(lake.storage), [today])) > 1, "today is split"
     assert_gold_equals_a_rebuild_in_one_piece(lake)
 
 

@@ -295,12 +295,10 @@ def test_a_load_killed_at_a_silver_commit_then_run_again_equals_one_not_killed(
     assert_same_tables(killed, steady, tables, f"differs after a load killed {killed_at} and run again")
 
 
-def test_a_first_load_in_slices_crashed_between_two_equals_one_in_one_piece(
+def test_a_load_in_slices_crashed_between_two_equals_one_in_one_piece(
     tmp_path: Path, demo_lake: DemoLake, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     whole, sliced = demo_lakes(tmp_path, demo_lake, "whole", "sliced")
-    whole.materialize(THROUGH_SILVER)
-    monkeypatch.setattr(bronze_changes, "SLICE_ROWS", 900)  # several slices of each larger test-size table
     original, slices = silver_load._newest_per_key, Counter()
 
     def crash_at_second_slice(frame: pl.DataFrame, contract: Contract) -> pl.DataFrame:
@@ -311,13 +309,6 @@ def test_a_first_load_in_slices_crashed_between_two_equals_one_in_one_piece(
                 raise OSError("killed after the first slice was committed")
         return original(frame, contract)
 
-    monkeypatch.setattr(silver_load, "_newest_per_key", crash_at_second_slice)
-    assert not sliced.materialize(THROUGH_SILVER, raise_on_error=False).success
-    monkeypatch.setattr(silver_load, "_newest_per_key", original)
-    for name in ("order_items", "events"):
-        assert 0 < sliced.table("silver", name).height < whole.table("silver", name).height
-    sliced.materialize(THROUGH_SILVER)
-
     tables = [
         ("silver", "orders", "order_id"),
         ("silver", "order_items", "order_item_id"),
@@ -326,7 +317,23 @@ def test_a_first_load_in_slices_crashed_between_two_equals_one_in_one_piece(
         ("silver", "events", "event_id"),
         ("quarantine", "orders", ["order_id", "updated_at"]),
     ]
-    assert_same_tables(sliced, whole, tables, "loaded in slices differs from the load in one piece")
+    # A first load, then one of three batches, each in several slices of the larger tables.
+    names = ("order_items", "events")
+    for number, (load, slice_rows) in enumerate((("first load", 900), ("load of three batches", 100))):
+        whole.materialize(THROUGH_SILVER)
+        before = {name: sliced.table("silver", name).height if number else 0 for name in names}
+        slices.clear()
+        with monkeypatch.context() as patched:
+            patched.setattr(bronze_changes, "SLICE_ROWS", slice_rows)
+            patched.setattr(silver_load, "_newest_per_key", crash_at_second_slice)
+            assert not sliced.materialize(THROUGH_SILVER, raise_on_error=False).success
+            for name in names:
+                assert before[name] < sliced.table("silver", name).height < whole.table("silver", name).height
+            patched.setattr(silver_load, "_newest_per_key", original)
+            sliced.materialize(THROUGH_SILVER)
+        assert_same_tables(sliced, whole, tables, f"after a {load} in slices differs from one in one piece")
+        for lake in (whole, sliced):
+            lake.advance(batches=3)
 
 
 def test_orphan_items_are_kept_flagged_and_released_when_the_product_arrives(

@@ -6,7 +6,8 @@ since, rebuilds exactly those days from silver, and replaces them with a predica
 in one commit that also moves the positions. A table without a period is rebuilt whole when
 any input changed. Rebuilding a day from silver, rather than patching it, is what makes the
 result equal to a full rebuild. The days are built a part at a time, each holding about
-`PART_ROWS` input rows, and written as one stream: memory follows the part, not the table.
+`PART_ROWS` input rows, and written as one stream: memory follows the part, not the table. A
+day larger than a part is built in ranges of the table's `split_by` key, where it has one.
 
 Rows silver deletes leave no `_loaded_at` behind: silver's deleting commits name the days the
 deleted rows held, and a gold table also remembers the silver version it has read those
@@ -31,6 +32,7 @@ from lakehouse.gold.transforms import DAY, Reader, day_bounds
 from lakehouse.resources import LakehouseStorage
 from lakehouse.storage import delta, ledger
 from lakehouse.storage.ledger import DELETED_DAYS, LOADED_AT
+from lakehouse.storage.slices import bounds, key_cuts
 from lakehouse.storage.sql import quoted
 
 PART_ROWS = 2_000_000  # input rows a build of days holds at a time
@@ -114,16 +116,51 @@ def _parts(rows_per_day: dict[str, int], limit: int) -> list[list[str]]:
     return parts
 
 
+@dataclass(frozen=True)
+class _Part:
+    days: list[str]
+    keys: pl.Expr | None = None  # the range of the table's `split_by` it holds; None: all
+
+
+def _split(table: GoldTable, read: Reader, day: str) -> list[_Part]:
+    """`day` in parts of about PART_ROWS input rows by ranges of `split_by`, every row of one
+    key value in the same part."""
+    assert table.split_by is not None
+    start, end = day_bounds([day])
+    keys = pl.concat(
+        read(name).filter(pl.col(moment).is_between(start, end, closed="left")).select(table.split_by)
+        for name, moment in table.upstream.items()
+    )
+    cuts = key_cuts(keys, table.split_by, PART_ROWS)
+    return [_Part([day], bound) for bound in bounds(pl.col(table.split_by), cuts)]
+
+
+def _parts_of(table: GoldTable, read: Reader, days: list[str]) -> list[_Part]:
+    rows = _rows_per_day(table, read, days)
+    # Days left without rows (all moved elsewhere) build empty: their old rows go.
+    parts: list[_Part] = []
+    for part in _parts(rows, PART_ROWS) or [days]:
+        large = len(part) == 1 and rows.get(part[0], 0) > PART_ROWS
+        parts += _split(table, read, part[0]) if large and table.split_by else [_Part(part)]
+    return parts
+
+
 class _Built:
     """The frames of a build's parts, one at a time, counting the rows they hold."""
 
-    def __init__(self, table: GoldTable, read: Reader, parts: list[list[str]]) -> None:
+    def __init__(self, table: GoldTable, read: Reader, parts: list[_Part]) -> None:
         self.table, self.read, self.parts, self.rows = table, read, parts, 0
+
+    def _reader(self, keys: pl.Expr | None) -> Reader:
+        """The silver tables as a part reads them: its upstream tables within its `keys`."""
+        if keys is None:
+            return self.read
+        return lambda name: self.read(name).filter(keys) if name in self.table.upstream else self.read(name)
 
     def __iter__(self) -> Iterator[pl.DataFrame]:
         self.rows = 0  # a write that retries iterates again
         for part in self.parts:
-            frame = self.table.build(self.read, part)
+            frame = self.table.build(self._reader(part.keys), part.days)
             self.rows += frame.height
             yield frame
 
@@ -183,11 +220,6 @@ def _build_once(table: GoldTable, lakehouse: LakehouseStorage, run_id: str) -> G
     return _rebuild_days(
         uri, table, read, sorted(days), metadata=metadata, transactions=positions, claim=claim
     )
-
-
-def _parts_of(table: GoldTable, read: Reader, days: list[str]) -> list[list[str]]:
-    # Days left without rows (all moved elsewhere) build empty: their old rows go.
-    return _parts(_rows_per_day(table, read, days), PART_ROWS) or [days]
 
 
 def _rebuild_days(uri: str, table: GoldTable, read: Reader, days: list[str], **commit: Any) -> GoldBuild:

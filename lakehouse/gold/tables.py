@@ -36,6 +36,9 @@ class GoldTable:
     its day holds each day in files of its own, so concurrent runs rebuild distinct days
     without a commit conflict (`by_day`). A table partitioned more coarsely (the order facts by
     month) is still rebuilt by day: only the files holding the touched days are rewritten.
+    `split_by` is a column every upstream table holds that decides alone which rows one output
+    row is built from (an order's facts come from that order and its items): a day too large
+    to build at once is built in ranges of it.
     """
 
     name: str
@@ -45,6 +48,7 @@ class GoldTable:
     upstream: dict[str, str]
     period: str | None = None
     partition_by: str | None = None
+    split_by: str | None = None
     lineage: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     @property
@@ -62,7 +66,9 @@ def _same_columns(table: str, *columns: str) -> dict[str, tuple[str, str]]:
 # within days of its creation, so a run rebuilds the last few days, not their months; months
 # name the folders, which keeps the files few.
 ORDER_SOURCES = {"orders": "created_at", "order_items": "created_at"}
-ORDER_FACT = {"upstream": ORDER_SOURCES, "period": "order_date", "partition_by": "order_month"}
+ORDER_FACT = {
+    "upstream": ORDER_SOURCES, "period": "order_date", "partition_by": "order_month", "split_by": "order_id",
+}  # fmt: skip
 GOLD_TABLES = (
     GoldTable(
         name="dim_customers",

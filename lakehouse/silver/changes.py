@@ -2,8 +2,9 @@
 
 A load reads the bronze rows committed after the version silver last consumed, through bronze's
 change data feed, skipping the commits a RESTORE has rolled back. The first load reads bronze
-whole instead, in slices of about `SLICE_ROWS` rows split by ranges of the key (every version
-of a key in the same slice), so its memory follows the slice and not the table.
+whole instead. Either is loaded in slices of about `SLICE_ROWS` rows split by ranges of the key
+(every version of a key in the same slice), so that the work on them follows the slice and not
+the table or the number of batches.
 """
 
 from __future__ import annotations
@@ -85,3 +86,9 @@ def bronze_slices(table: delta.DeltaTable, contract: Contract) -> list[pl.LazyFr
     files hold a first extraction in key order, so each slice's scan skips the others' rows
     and the load reads bronze about once, not once per slice."""
     return key_ranges(pl.scan_delta(table), contract.primary_key[0], SLICE_ROWS)
+
+
+def change_slices(changes: pl.DataFrame, contract: Contract) -> list[pl.LazyFrame]:
+    """The rows since silver's position in slices like a first load's: a run after many
+    batches types, validates and MERGEs one slice at a time."""
+    return key_ranges(changes.lazy(), contract.primary_key[0], SLICE_ROWS)

@@ -12,8 +12,8 @@ first arrival; a later row with the key and other content is quarantined with th
 (lakehouse/silver/repeats.py). Rows whose parents silver lacks are loaded flagged as orphans
 (lakehouse/silver/orphans.py).
 
-The first load reads bronze whole, in slices; only the last slice's commit moves silver's
-position.
+A load goes a slice of keys at a time (the first load reads bronze whole, in slices); only
+the last slice's commit moves silver's position.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from lakehouse.bronze import tombstones
 from lakehouse.bronze.columns import LSN, OP, PARTITION_COLUMN
 from lakehouse.resources import LakehouseStorage, PiiHasher
 from lakehouse.silver import history
-from lakehouse.silver.changes import bronze_identity, bronze_slices, read_bronze_changes
+from lakehouse.silver.changes import bronze_identity, bronze_slices, change_slices, read_bronze_changes
 from lakehouse.silver.orphans import Orphans, ParentKeys, flag_orphans, parent_keys, resolve_orphans
 from lakehouse.silver.repeats import split_repeats
 from lakehouse.silver.validate import split_valid
@@ -316,7 +316,7 @@ def _load_once(
             # No new rows, but parents may have arrived for rows flagged as orphans.
             still = resolve_orphans(silver_uri, contract, lakehouse, seen=orphans)
             return SilverLoad(since, version, 0, 0, 0, 0, still, None, None)
-        slices = [changes.lazy()]
+        slices = change_slices(changes, contract)
     loaded_at = now or datetime.now(UTC)
     parents = parent_keys(contract, lakehouse)
     metadata = {

@@ -64,17 +64,20 @@ def split_repeats(
     content = [name for name in valid.columns if name not in (*key, *IDENTITY, *AUDIT_COLUMNS)]
     columns = [*key, *IDENTITY, *content]
     stored = _stored(silver_uri, first.select(key), columns, valid.schema)
-    reference = pl.concat(
-        [stored, first.select(columns).join(stored, on=key, how="anti")], how="vertical_relaxed"
-    )
+    new = first if stored.is_empty() else first.join(stored.select(key), on=key, how="anti")
+    arrivals = pl.concat([stored.select(IDENTITY), new.select(IDENTITY)], how="vertical_relaxed")
     # A row with the file and line of its key's first arrival is that arrival (a re-read of a row
-    # silver took in a load that crashed before moving its position counts as it too).
-    kept = valid.join(reference.select(IDENTITY), on=IDENTITY, how="semi")
-    compared = (
-        valid.join(reference.select(IDENTITY), on=IDENTITY, how="anti")
-        .select(columns)
-        .join(reference, on=key, suffix=FIRST)
+    # silver took in a load that crashed before moving its position counts as it too). With no
+    # such re-reads the first arrivals are the batch's own: taken as they are, not copied again.
+    kept = new if stored.is_empty() else valid.join(arrivals, on=IDENTITY, how="semi")
+    repeated = valid.join(arrivals, on=IDENTITY, how="anti").select(columns)
+    # The first arrivals of the repeated keys only, to compare the repeats' content with.
+    keys = repeated.select(key).unique()
+    reference = pl.concat(
+        [part.select(columns).join(keys, on=key, how="semi") for part in (stored, new)],
+        how="vertical_relaxed",
     )
+    compared = repeated.join(reference, on=key, suffix=FIRST)
     differs = pl.any_horizontal(
         pl.lit(False), *(~pl.col(name).eq_missing(pl.col(f"{name}{FIRST}")) for name in content)
     )
