@@ -72,9 +72,9 @@ def split_repeats(
     kept = new if stored.is_empty() else valid.join(arrivals, on=IDENTITY, how="semi")
     repeated = valid.join(arrivals, on=IDENTITY, how="anti").select(columns)
     # The first arrivals of the repeated keys only, to compare the repeats' content with.
-    keys = repeated.select(key).unique()
+    repeated_keys = repeated.select(key).unique()
     reference = pl.concat(
-        [part.select(columns).join(keys, on=key, how="semi") for part in (stored, new)],
+        [part.select(columns).join(repeated_keys, on=key, how="semi") for part in (stored, new)],
         how="vertical_relaxed",
     )
     compared = repeated.join(reference, on=key, suffix=FIRST)
