@@ -4,9 +4,11 @@ watermark is in bronze, once.
 The first evaluation compares every source row. Later ones compare the source's summary per day
 of its watermark (`asset_checks.watermark_days`) with the one their last pass recorded, and read
 only the rows of the days whose summary changed and those since that pass's watermark; a day
-whose rows up to that watermark still summarise as recorded (the day new rows join) is not read
-again. The duplicates bronze can have gained since are among the rows it appended since. Cost
-follows the change, as long as the last pass stands (see `asset_checks.last_pass`).
+whose rows up to that watermark still summarise as that pass recorded them (the day new rows
+join: the pass records its rows up to the watermark apart, as the source keeps gaining rows
+past it) is not read again. The duplicates bronze can have gained since are among the rows it
+appended since. Cost follows the change, as long as the last pass stands (see
+`asset_checks.last_pass`).
 """
 
 from collections.abc import Iterable, Iterator
@@ -22,7 +24,7 @@ from asset_checks.sample import sample
 from lakehouse.bronze import tombstones
 from lakehouse.bronze.columns import OP
 from lakehouse.bronze.database import CHUNK_ROWS, read_watermark, source_chunks, source_range
-from lakehouse.bronze.watermark import MARGIN, WatermarkRange
+from lakehouse.bronze.watermark import WatermarkRange
 from lakehouse.resources import LakehouseStorage, SourceDatabase
 from lakehouse.silver.changes import read_bronze_changes
 from lakehouse.sources.contract import Contract
@@ -164,12 +166,12 @@ def _changed_periods(
     every row would be read again at each pass."""
     changed = last_pass.changed(days.digests, last["periods"])
     since = ledger.moment(last["watermark"])
-    # The rows since reach back a day before it in a text column (`WatermarkRange.sql`).
-    reached = (since - MARGIN).date()
+    # A record without digests up to its watermark has only its whole periods' to go by.
+    before = {int(number): digest for number, digest in last.get("before", {}).items()}
     recent = {
-        number: last["periods"][number]
-        for number in changed
-        if number < len(last["periods"]) and (days.grid.days(number)[1] or date.max) > reached
+        number: before.get(number, last["periods"][number])
+        for number in watermark_days.recent(days.grid, since, changed)
+        if number < len(last["periods"])
     }
     settled = set(watermark_days.unchanged_before(contract, source, bounds, days.grid, recent, since))
     return [number for number in changed if number not in settled], len(settled)
@@ -199,6 +201,10 @@ def source_rows_check(contract: Contract) -> Check:
         grid = watermark_days.Grid(date.fromisoformat(last["grid"][0]), *last["grid"][1:]) if last else None
         # Summarised before any row is read: a row that changes meanwhile changes the next summary.
         days = watermark_days.summarise(contract, source, bounds, grid)
+        before = {}
+        if days is not None:
+            reached = watermark_days.recent(days.grid, watermark, range(days.grid.count))
+            before = watermark_days.before(contract, source, bounds, days.grid, watermark, reached)
         changed, only_since = None, 0
         if days is not None and last is not None:
             changed, only_since = _changed_periods(contract, source, bounds, days, last)
@@ -218,6 +224,7 @@ def source_rows_check(contract: Contract) -> Check:
                 watermark=ledger.micros(watermark),
                 grid=[days.grid.first.isoformat(), days.grid.width, days.grid.count],
                 periods=days.digests,
+                before={str(number): digest for number, digest in before.items()},
             )
         return dg.AssetCheckResult(
             passed=passed,

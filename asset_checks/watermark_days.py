@@ -28,7 +28,7 @@ import polars as pl
 
 from asset_checks import last_pass
 from lakehouse.bronze.deletes import PRIME, TERMS_PER_QUERY
-from lakehouse.bronze.watermark import WatermarkRange
+from lakehouse.bronze.watermark import MARGIN, WatermarkRange
 from lakehouse.resources import SourceDatabase
 from lakehouse.sources.contract import Contract
 from lakehouse.sources.errors import reading
@@ -197,6 +197,40 @@ def _summaries(
     return found
 
 
+def recent(grid: Grid, since: datetime, numbers: Sequence[int]) -> list[int]:
+    """Those of the periods `numbers` that the rows a read from `since` admits can reach: the
+    read reaches back a day before it in a text column (`WatermarkRange.sql`)."""
+    reached = (since - MARGIN).date()
+    return [number for number in numbers if (grid.days(number)[1] or date.max) > reached]
+
+
+def before(
+    contract: Contract,
+    source: SourceDatabase,
+    bounds: WatermarkRange,
+    grid: Grid,
+    since: datetime,
+    numbers: Sequence[int],
+) -> dict[int, str]:
+    """The digest of each of the periods `numbers`, of its rows up to `since`: the rows a read
+    from `since` does not admit (`source_chunks(..., keep_admitted=True)` reads the others).
+
+    A pass records these beside its whole periods' digests: the source gains rows past bronze's
+    watermark while bronze loads and its checks run, and those rows are in the period's whole
+    digest but not among its rows up to the watermark."""
+    cut = _Cut(bounds)
+    # The first period holds the rows without a watermark, which no condition admits.
+    numbers = [number for number in numbers if number > 0]
+    if not cut.supported or not numbers:
+        return {}
+    # The column's least step past `since`: the rows at `since` itself are rows up to it.
+    epoch = bounds.form.epoch
+    step = timedelta(seconds=1 / EPOCH_UNITS[epoch]) if epoch else timedelta(microseconds=1)
+    after = WatermarkRange(bounds.column, bounds.kind, bounds.form, lower=since + step)
+    found = _summaries(contract, source, cut, grid, numbers, excluding=after)
+    return {row[0]: last_pass.digest(row[1:]) for row in found}
+
+
 def unchanged_before(
     contract: Contract,
     source: SourceDatabase,
@@ -206,22 +240,13 @@ def unchanged_before(
     since: datetime,
 ) -> list[int]:
     """Those of the periods `recorded` (number: the digest a pass whose watermark was `since`
-    recorded) whose rows up to `since` are as that pass found them: their rows since are the
-    ones a read from `since` admits (`source_chunks(..., keep_admitted=True)`).
+    recorded, by `before` or of the whole period) whose rows up to `since` are as that pass
+    found them: their rows since are the ones a read from `since` admits.
 
-    The rows up to `since` are the period's rows the source's condition for rows from `since`
-    does not admit; a period that held admitted rows at that pass is not one of these."""
-    cut = _Cut(bounds)
-    # The first period holds the rows without a watermark, which no condition admits.
-    numbers = [number for number in sorted(recorded) if number > 0]
-    if not cut.supported or not numbers:
-        return []
-    # The column's least step past `since`: the rows at `since` itself are rows up to it.
-    epoch = bounds.form.epoch
-    step = timedelta(seconds=1 / EPOCH_UNITS[epoch]) if epoch else timedelta(microseconds=1)
-    after = WatermarkRange(bounds.column, bounds.kind, bounds.form, lower=since + step)
-    found = _summaries(contract, source, cut, grid, numbers, excluding=after)
-    return [row[0] for row in found if last_pass.digest(row[1:]) == recorded[row[0]]]
+    A whole period's digest matches only when that period held no row the read admits at the
+    pass."""
+    now = before(contract, source, bounds, grid, since, sorted(recorded))
+    return [number for number in sorted(recorded) if number in now and now[number] == recorded[number]]
 
 
 def period_rows(

@@ -82,6 +82,24 @@ def test_a_row_written_late_into_the_day_of_the_pass_s_watermark_is_found(passed
     assert (value(result, "periods_read"), value(result, "periods_changed_only_since")) == (1, 0)
 
 
+def test_rows_the_source_gains_while_bronze_loads_leave_the_day_they_join_unread(passed: Library) -> None:
+    # Bronze loads a loan; the source gains another before the checks run, past bronze's
+    # watermark: in the last day's summary the pass records, not among its rows up to it.
+    passed.add("loans", [(1_000, 1, "open")])
+    passed.materialize(dg.AssetSelection.assets(LOANS).without_checks())
+    passed.add("loans", [(1_001, 2, "open")])
+    assert _check(passed.materialize(dg.AssetSelection.checks_for_assets(LOANS))).passed
+
+    passed.add("loans", [(1_002, 1, "open")])
+    result = _check(passed.materialize())
+
+    assert result.passed
+    # The last day is not read whole: only the rows from the pass's watermark on (the loan at
+    # it and the two since).
+    assert (value(result, "periods_read"), value(result, "periods_changed_only_since")) == (0, 1)
+    assert value(result, "rows_checked") == 3
+
+
 def test_a_duplicate_bronze_gains_after_a_pass_is_found_from_the_rows_it_appended(passed: Library) -> None:
     uri = passed.storage.table_uri("bronze", "loans")
     copied = pl.read_delta(uri).filter(pl.col("loan_id") == 42)

@@ -161,3 +161,31 @@ def test_a_day_that_gained_rows_only_since_a_pass_s_watermark_is_told_from_one_w
         )
         == []
     )
+
+
+def test_a_pass_s_digests_up_to_its_watermark_settle_the_days_the_next_rows_join(visits: Visits) -> None:
+    bounds, _ = source_range(visits.contract, visits.source, upper=FIRST + timedelta(days=DAYS))
+    watermark = max(_moments())
+    # The source gained a visit past the watermark while bronze loaded: it is in its day's
+    # whole digest, not among the day's rows up to the watermark.
+    visits.add([(1_000, watermark + timedelta(hours=1))])
+    passed = watermark_days.summarise(visits.contract, visits.source, bounds)
+    assert passed is not None
+    last = passed.grid.count - 1
+    # A read from the watermark reaches back a day in text: the day before it too.
+    reached = watermark_days.recent(passed.grid, watermark, range(passed.grid.count))
+    assert reached == [last - 1, last]
+    recorded = watermark_days.before(visits.contract, visits.source, bounds, passed.grid, watermark, reached)
+
+    def settled() -> list[int]:
+        return watermark_days.unchanged_before(
+            visits.contract, visits.source, bounds, passed.grid, recorded, watermark
+        )
+
+    # In every form, text the read admits from the day before included.
+    visits.add([(1_001, watermark + timedelta(hours=2))])
+    assert settled() == reached
+    # A visit written late into that day, before the watermark: the day is read, unless the
+    # read from the watermark admits it (text not in the canonical form: read with the rows since).
+    visits.add([(1_002, watermark - timedelta(hours=1))])
+    assert settled() == (reached if visits.form == "sqlite-text" else [last - 1])
