@@ -293,15 +293,21 @@ def test_history_adds_a_version_per_change_and_ignores_replays_and_late_older_ve
     tmp_path: Path,
 ) -> None:
     uri, contract = str(tmp_path / "members_history"), members_contract()
-    record_changes(uri, versions((1, "Ada", 0), (2, "Bo", 0)), contract)
-    # Member 1 renamed twice in one load; member 2 touched without a change.
-    record_changes(uri, versions((1, "Ada L", 2), (1, "Ada K", 3), (2, "Bo", 2)), contract)
+    record_changes(uri, versions((1, "Ada", 0), (2, "Bo", 0), (3, "Bo", 0)), contract)
+    # Member 1 renamed twice in one load; member 2 touched without a change; member 3, named
+    # as member 2, renamed and named back.
+    record_changes(
+        uri, versions((1, "Ada L", 2), (1, "Ada K", 3), (2, "Bo", 2), (3, "Cy", 2), (3, "Bo", 3)), contract
+    )
 
     expected = [
         (1, "Ada", at(0), at(2), False),
         (1, "Ada L", at(2), at(3), False),
         (1, "Ada K", at(3), None, True),
         (2, "Bo", at(0), None, True),
+        (3, "Bo", at(0), at(2), False),
+        (3, "Cy", at(2), at(3), False),
+        (3, "Bo", at(3), None, True),
     ]
     assert history_of(uri) == expected
     assert record_changes(uri, versions((1, "Ada K", 3)), contract) is None  # a replay

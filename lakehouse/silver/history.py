@@ -9,6 +9,7 @@ import polars as pl
 from lakehouse.bronze.tombstones import DELETED_AT
 from lakehouse.sources.contract import Contract
 from lakehouse.storage import delta
+from lakehouse.storage.keys import rows_of
 from lakehouse.storage.ledger import LOADED_AT
 from lakehouse.storage.merge import MergeCounts, merge
 from lakehouse.storage.sql import quoted
@@ -35,33 +36,44 @@ def record_changes(uri: str, versions: pl.DataFrame, contract: Contract) -> Merg
     keys, moment, tracked = contract.primary_key, contract.watermark.column, tracked_columns(contract)
     incoming = versions.select(*keys, *tracked, pl.col(moment).alias(VALID_FROM)).unique([*keys, VALID_FROM])
     table = delta.open_table(uri)
+    # Only the incoming keys' rows are read past the key columns: a batch costs its keys.
     current = (
-        delta.scan(uri)
-        .filter(pl.col(IS_CURRENT))
+        rows_of(delta.scan(uri).filter(pl.col(IS_CURRENT)), incoming.select(keys).unique())
         .select(*keys, *tracked, VALID_FROM)
-        .join(incoming.lazy().select(keys).unique(), on=keys, how="semi")
         .collect()
         if table
         else incoming.head(0)
     )
-    newer = incoming.join(
-        current.select(*keys, pl.col(VALID_FROM).alias("_since")), on=keys, how="left"
-    ).filter(pl.col("_since").is_null() | (pl.col(VALID_FROM) > pl.col("_since")))
+    newer = (
+        incoming.lazy()
+        .join(current.lazy().select(*keys, pl.col(VALID_FROM).alias("_since")), on=keys, how="left")
+        .filter(pl.col("_since").is_null() | (pl.col(VALID_FROM) > pl.col("_since")))
+    )
     timeline = pl.concat(
         [
-            current.with_columns(_stored=pl.lit(True)),
+            current.lazy().with_columns(_stored=pl.lit(True)),
             newer.drop("_since").with_columns(_stored=pl.lit(False)),
         ],
         how="diagonal_relaxed",
     ).sort(*keys, VALID_FROM)
-    fingerprint = pl.struct(tracked).hash()
-    changes = timeline.filter((fingerprint != fingerprint.shift(1).over(keys)).fill_null(True)).with_columns(
-        pl.col(VALID_FROM).shift(-1).over(keys).alias(VALID_TO)
+    # The timeline is in key order: a key's neighbours tell where its versions start and end,
+    # with no grouping by key (which holds a table of every key).
+    first, last = (
+        pl.any_horizontal(pl.col(key).ne_missing(pl.col(key).shift(n)) for key in keys) for n in (1, -1)
     )
-    changes = changes.with_columns(pl.col(VALID_TO).is_null().alias(IS_CURRENT))
+    fingerprint = pl.struct(tracked).hash()
+    changed = (fingerprint != fingerprint.shift(1)).fill_null(True)
+    changes = timeline.filter(first | changed).with_columns(
+        pl.when(last).then(None).otherwise(pl.col(VALID_FROM).shift(-1)).alias(VALID_TO)
+    )
     # Stored rows are written again only when a newer version closes them.
-    rows = changes.filter(~pl.col("_stored") | pl.col(VALID_TO).is_not_null()).drop("_stored")
-    rows = rows.with_columns(pl.lit(versions.get_column(LOADED_AT).max()).alias(LOADED_AT))
+    rows = (
+        changes.with_columns(pl.col(VALID_TO).is_null().alias(IS_CURRENT))
+        .filter(~pl.col("_stored") | pl.col(VALID_TO).is_not_null())
+        .drop("_stored")
+        .with_columns(pl.lit(versions.get_column(LOADED_AT).max()).alias(LOADED_AT))
+        .collect()
+    )
     if rows.is_empty():
         return None
     return merge(
@@ -80,7 +92,8 @@ def close_deleted(uri: str, gone: pl.DataFrame, contract: Contract, loaded_at: d
     schema = current.collect_schema()
     found = gone.cast({key: schema[key] for key in keys})
     closed = (
-        current.join(found.lazy(), on=keys, how="inner")
+        rows_of(current, found.select(keys).unique())
+        .join(found.lazy(), on=keys, how="inner")
         .with_columns(
             # A source clock ahead of the lakehouse's must not end a version before it began.
             pl.max_horizontal(VALID_FROM, pl.col(DELETED_AT).cast(schema[VALID_FROM])).alias(VALID_TO),
