@@ -130,10 +130,14 @@ def _compare_since(
     identity = list(stored.collect_schema())
     since = ledger.moment(last["watermark"])
 
+    read_since = bounds.upper is not None and (since < bounds.upper or only_since)
+
     def reading() -> Iterator[pl.DataFrame]:
+        # A period's rows the read from `since` admits are read there, not twice.
+        excluding = watermark_days.after(bounds, since) if read_since else None
         for number in changed:
-            yield watermark_days.period_rows(contract, source, bounds, days.grid, number, identity)
-        if bounds.upper is not None and (since < bounds.upper or only_since):
+            yield watermark_days.period_rows(contract, source, bounds, days.grid, number, identity, excluding)
+        if read_since:
             # Every row the source's condition admits, even with the watermark where it was: a
             # period that changed only since is compared through these alone (`_changed_periods`).
             from_since = replace(bounds, lower=since)

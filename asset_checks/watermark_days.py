@@ -123,13 +123,23 @@ class _Cut:
 
 
 def _conditions(
-    cut: _Cut, column: str, days: tuple[date | None, date | None], source: SourceDatabase, first: int
+    cut: _Cut,
+    column: str,
+    days: tuple[date | None, date | None],
+    source: SourceDatabase,
+    first: int,
+    excluding: WatermarkRange | None = None,
 ) -> tuple[list[str], list[Any]]:
+    """The rows of `days`, less those the source's condition for `excluding` admits."""
     conditions, values = [], []
     for day, operator in zip(days, (">=", "<"), strict=True):
         if day is not None:
             values.append(cut.bound(day))
             conditions.append(f"{column} {operator} {source.placeholder(first + len(values) - 1)}")
+    if excluding is not None:
+        admitted, bound = excluding.sql(column, source.placeholder, first + len(values))
+        values.extend(bound)
+        conditions.append(f"NOT ({' AND '.join(admitted)})")
     return conditions or ["TRUE"], values
 
 
@@ -182,12 +192,10 @@ def _summaries(
     for start in range(0, len(numbers), TERMS_PER_QUERY):
         terms, values = [], []
         for number in numbers[start : start + TERMS_PER_QUERY]:
-            conditions, bound = _conditions(cut, column, grid.days(number), source, len(values) + 1)
+            conditions, bound = _conditions(
+                cut, column, grid.days(number), source, len(values) + 1, excluding
+            )
             values.extend(bound)
-            if excluding is not None:
-                admitted, bound = excluding.sql(column, source.placeholder, len(values) + 1)
-                values.extend(bound)
-                conditions.append(f"NOT ({' AND '.join(admitted)})")
             terms.append(
                 f"SELECT {number} AS period, count(*) AS rows{sums}, CAST(min({column}) AS TEXT) AS low, "
                 f"CAST(max({column}) AS TEXT) AS high FROM {table} WHERE {' AND '.join(conditions)}"
@@ -202,6 +210,13 @@ def recent(grid: Grid, since: datetime, numbers: Sequence[int]) -> list[int]:
     read reaches back a day before it in a text column (`WatermarkRange.sql`)."""
     reached = (since - MARGIN).date()
     return [number for number in numbers if (grid.days(number)[1] or date.max) > reached]
+
+
+def after(bounds: WatermarkRange, since: datetime) -> WatermarkRange:
+    """The column's values past `since`; the rows at `since` itself are rows up to it."""
+    epoch = bounds.form.epoch
+    step = timedelta(seconds=1 / EPOCH_UNITS[epoch]) if epoch else timedelta(microseconds=1)
+    return WatermarkRange(bounds.column, bounds.kind, bounds.form, lower=since + step)
 
 
 def before(
@@ -223,11 +238,7 @@ def before(
     numbers = [number for number in numbers if number > 0]
     if not cut.supported or not numbers:
         return {}
-    # The column's least step past `since`: the rows at `since` itself are rows up to it.
-    epoch = bounds.form.epoch
-    step = timedelta(seconds=1 / EPOCH_UNITS[epoch]) if epoch else timedelta(microseconds=1)
-    after = WatermarkRange(bounds.column, bounds.kind, bounds.form, lower=since + step)
-    found = _summaries(contract, source, cut, grid, numbers, excluding=after)
+    found = _summaries(contract, source, cut, grid, numbers, excluding=after(bounds, since))
     return {row[0]: last_pass.digest(row[1:]) for row in found}
 
 
@@ -256,10 +267,12 @@ def period_rows(
     grid: Grid,
     number: int,
     columns: list[str],
+    excluding: WatermarkRange | None = None,
 ) -> pl.DataFrame:
-    """The `columns` of the source rows of period `number` that lie in `bounds`."""
+    """The `columns` of the source rows of period `number` that lie in `bounds`, less those the
+    source's condition for `excluding` admits (a read of those reads them)."""
     name = contract.watermark.column
-    conditions, values = _conditions(_Cut(bounds), quoted(name), grid.days(number), source, 1)
+    conditions, values = _conditions(_Cut(bounds), quoted(name), grid.days(number), source, 1, excluding)
     rows = source.read(
         f"SELECT {', '.join(map(quoted, dict.fromkeys([*columns, name])))} "
         f"FROM {qualified(contract.source.table)} WHERE {' AND '.join(conditions)}",

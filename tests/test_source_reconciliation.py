@@ -80,6 +80,9 @@ def test_a_row_written_late_into_the_day_of_the_pass_s_watermark_is_found(passed
     assert not result.passed
     assert [row.data["loan_id"] for row in result.metadata["sample"].value.records] == [999]
     assert (value(result, "periods_read"), value(result, "periods_changed_only_since")) == (1, 0)
+    # The day's rows up to the watermark (its loans and the late one), then the rows from the
+    # watermark on (the loan at it and the new one): the new loan is read once.
+    assert value(result, "rows_checked") == (PER_DAY + 1) + 2
 
 
 def test_rows_the_source_gains_while_bronze_loads_leave_the_day_they_join_unread(passed: Library) -> None:

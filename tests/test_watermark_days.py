@@ -6,6 +6,7 @@ value with an offset) and epoch milliseconds, PostgreSQL `TIMESTAMPTZ` and `TIME
 import sqlite3
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 from conftest import postgres_source
 
 from asset_checks import last_pass, watermark_days
-from lakehouse.bronze.database import source_range
+from lakehouse.bronze.database import source_chunks, source_range
 from lakehouse.resources import SourceDatabase
 from lakehouse.sources.contract import Contract
 from lakehouse.sources.contract_files import load_contract
@@ -189,3 +190,25 @@ def test_a_pass_s_digests_up_to_its_watermark_settle_the_days_the_next_rows_join
     # read from the watermark admits it (text not in the canonical form: read with the rows since).
     visits.add([(1_002, watermark - timedelta(hours=1))])
     assert settled() == (reached if visits.form == "sqlite-text" else [last - 1])
+
+    # The day read less the rows a read from the watermark admits, and that read: every row of
+    # the day, the newest once.
+    bounds, _ = source_range(visits.contract, visits.source, upper=watermark + timedelta(hours=3))
+    up_to = watermark_days.after(bounds, watermark)
+    day = watermark_days.period_rows(
+        visits.contract, visits.source, bounds, passed.grid, last, ["visit_id"], up_to
+    )
+    since = source_chunks(
+        visits.contract,
+        visits.source,
+        replace(bounds, lower=watermark),
+        ["visit_id", "seen"],
+        "reconciling",
+        keep_admitted=True,
+    )
+    read = pl.concat([day.get_column("visit_id"), *(chunk.get_column("visit_id") for chunk in since)])
+    whole = watermark_days.period_rows(
+        visits.contract, visits.source, bounds, passed.grid, last, ["visit_id"]
+    )
+    assert {1_000, 1_001, 1_002} <= set(whole.get_column("visit_id")) <= set(read)
+    assert read.filter(read == 1_001).len() == 1
