@@ -6,9 +6,10 @@ of its watermark (`asset_checks.watermark_days`) with the one their last pass re
 only the rows of the days whose summary changed and those since that pass's watermark; a day
 whose rows up to that watermark still summarise as that pass recorded them (the day new rows
 join: the pass records its rows up to the watermark apart, as the source keeps gaining rows
-past it) is not read again. The duplicates bronze can have gained since are among the rows it
-appended since. Cost follows the change, as long as the last pass stands (see
-`asset_checks.last_pass`).
+past it) is not read again, nor is a day whose rows changed only by the deletes and updates
+bronze captured since (their counts balance, `watermark_days.balanced`). The duplicates bronze
+can have gained since are among the versions of the keys it appended rows of since. Cost
+follows the change, as long as the last pass stands (see `asset_checks.last_pass`).
 """
 
 from collections.abc import Iterable, Iterator
@@ -84,11 +85,11 @@ def _compare_whole(
 
 
 def _compare_changed(
-    stored: pl.LazyFrame, identity: list[str], reading: Iterable[pl.DataFrame], appended: pl.DataFrame
+    stored: pl.LazyFrame, identity: list[str], reading: Iterable[pl.DataFrame], events: pl.DataFrame
 ) -> _Compared:
     """The source rows `reading` yields against bronze, in groups of about CHUNK_ROWS, and the
-    rows appended to bronze since the last pass against bronze's other versions (only they can
-    have made a duplicate)."""
+    versions of the keys bronze appended rows of since the last pass (`events`) against each
+    other (only those rows can have made a duplicate)."""
     schema = dict(stored.collect_schema())
     checked, missing, group = 0, [pl.DataFrame(schema=schema)], []
 
@@ -105,12 +106,37 @@ def _compare_changed(
             compare()
     if group:
         compare()
-    duplicated = pl.DataFrame(schema=schema)
-    appended = tombstones.versions(appended).select(identity).cast(schema).unique()
-    if not appended.is_empty():
-        near = keys.near(stored, appended).join(appended.lazy(), on=identity, how="semi", nulls_equal=True)
-        duplicated = _duplicates(near, identity).collect()
+    duplicated = _duplicates(tombstones.versions(events).select(identity).lazy(), identity).collect()
     return _Compared(checked, pl.concat(missing), duplicated)
+
+
+@dataclass(frozen=True)
+class _Appended:
+    """The events (row versions and tombstones) bronze appended since the last pass, and every
+    event of their keys (`events`)."""
+
+    rows: pl.DataFrame
+    events: pl.DataFrame
+
+    @classmethod
+    def read(cls, contract: Contract, table: delta.DeltaTable, uri: str, since: int) -> "_Appended":
+        identity = [*contract.primary_key, contract.watermark.column]
+        wanted = [*identity, OP, tombstones.order_column(contract)]
+        appended, _ = read_bronze_changes(uri, since, table.version(), columns=wanted)
+        if appended.is_empty():
+            return cls(appended, appended)
+        scan = pl.scan_delta(table).select(appended.columns)
+        held = appended.select(contract.primary_key).unique()
+        events = keys.near(scan, held).join(held.lazy(), on=contract.primary_key, how="semi")
+        return cls(appended, events.collect())
+
+    def moved(self, contract: Contract) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """The source rows these events took out of the source and put into it, as bronze saw
+        them: each key's version before them and after them."""
+        identity = [*contract.primary_key, contract.watermark.column]
+        earlier = self.events.join(self.rows, on=self.rows.columns, how="anti", nulls_equal=True)
+        before, after = (tombstones.held_versions(rows, contract) for rows in (earlier, self.events))
+        return before.select(identity), after.select(identity)
 
 
 def _compare_since(
@@ -120,17 +146,17 @@ def _compare_since(
     days: watermark_days.Summary,
     changed: list[int],
     last: dict,
-    bronze: tuple[str, int],
+    appended: _Appended,
     stored: pl.LazyFrame,
-    only_since: int,
+    settled: dict[str, int],
 ) -> tuple[_Compared, dict]:
     """What changed since the `last` pass: the source rows of the `changed` periods and those
-    since its watermark (`only_since` periods changed by these alone), and the rows appended to
-    `bronze` (uri, version) since."""
+    since its watermark (the other changed periods, `settled`, are read through these alone),
+    and the rows `appended` to bronze since."""
     identity = list(stored.collect_schema())
     since = ledger.moment(last["watermark"])
 
-    read_since = bounds.upper is not None and (since < bounds.upper or only_since)
+    read_since = bounds.upper is not None and (since < bounds.upper or any(settled.values()))
 
     def reading() -> Iterator[pl.DataFrame]:
         # A period's rows the read from `since` admits are read there, not twice.
@@ -145,15 +171,13 @@ def _compare_since(
                 contract, source, from_since, identity, "reconciling", keep_admitted=True
             )
 
-    uri, version = bronze
-    appended, _ = read_bronze_changes(uri, last["version"], version, columns=[*identity, OP])
     how = {
         "compared": f"the days whose summary changed since the last pass, and the rows since {since}",
         "periods_read": len(changed),
-        "periods_changed_only_since": only_since,
-        "bronze_rows_appended_since": appended.height,
+        **settled,
+        "bronze_rows_appended_since": appended.rows.height,
     }
-    return _compare_changed(stored, identity, reading(), appended), how
+    return _compare_changed(stored, identity, reading(), appended.events), how
 
 
 def _changed_periods(
@@ -162,12 +186,15 @@ def _changed_periods(
     bounds: WatermarkRange,
     days: watermark_days.Summary,
     last: dict,
-) -> tuple[list[int], int]:
+    appended: _Appended,
+) -> tuple[list[int], dict[str, int]]:
     """The periods whose summary changed since the `last` pass, less those that changed only
-    by rows since its watermark (the rows since are read whole); and how many those were.
+    by rows since its watermark (the rows since are read whole) and those that changed only by
+    the rows bronze appended since (`appended`) took out and put in; and how many each were.
 
     The day a pass's watermark falls on is the one the next rows join: without this, its
-    every row would be read again at each pass."""
+    every row would be read again at each pass. A row deleted in the source or updated to a
+    later watermark leaves its day: without the second, such a day would be read whole."""
     changed = last_pass.changed(days.digests, last["periods"])
     since = ledger.moment(last["watermark"])
     # A record without digests up to its watermark has only its whole periods' to go by.
@@ -178,7 +205,17 @@ def _changed_periods(
         if number < len(last["periods"])
     }
     settled = set(watermark_days.unchanged_before(contract, source, bounds, days.grid, recent, since))
-    return [number for number in changed if number not in settled], len(settled)
+    changed = [number for number in changed if number not in settled]
+    balanced = []
+    if changed and days.counts and "counts" in last:
+        moved = appended.moved(contract)
+        balanced = watermark_days.balanced(
+            contract, source, bounds, days.grid, last["counts"], since, changed, moved
+        )
+    return [number for number in changed if number not in balanced], {
+        "periods_changed_only_since": len(settled),
+        "periods_changed_only_as_bronze_saw": len(balanced),
+    }
 
 
 def source_rows_check(contract: Contract) -> Check:
@@ -209,15 +246,16 @@ def source_rows_check(contract: Contract) -> Check:
         if days is not None:
             reached = watermark_days.recent(days.grid, watermark, range(days.grid.count))
             before = watermark_days.before(contract, source, bounds, days.grid, watermark, reached)
-        changed, only_since = None, 0
+        changed = None
         if days is not None and last is not None:
-            changed, only_since = _changed_periods(contract, source, bounds, days, last)
+            appended = _Appended.read(contract, table, uri, last["version"])
+            changed, settled = _changed_periods(contract, source, bounds, days, last, appended)
         if changed is None or sum(days.rows[number] for number in changed) > sum(days.rows) / 2:
             compared = _compare_whole(contract, source, bounds, stored, identity)
             how: dict = {"compared": "every source row"}
         else:
             compared, how = _compare_since(
-                contract, source, bounds, days, changed, last, (uri, table.version()), stored, only_since
+                contract, source, bounds, days, changed, last, appended, stored, settled
             )
         missing, duplicated = compared.missing, compared.duplicated
         passed = missing.is_empty() and duplicated.is_empty()
@@ -228,7 +266,12 @@ def source_rows_check(contract: Contract) -> Check:
                 watermark=ledger.micros(watermark),
                 grid=[days.grid.first.isoformat(), days.grid.width, days.grid.count],
                 periods=days.digests,
-                before={str(number): digest for number, digest in before.items()},
+                before={str(number): last_pass.digest(summary) for number, summary in before.items()},
+                # Each period's counts up to the watermark, that the next pass balances.
+                counts=[
+                    watermark_days.counts(before[number]) if number in before else counted
+                    for number, counted in enumerate(days.counts)
+                ],
             )
         return dg.AssetCheckResult(
             passed=passed,

@@ -12,9 +12,12 @@ that a period is compared with the same period. The first period also holds ever
 and the last every later one; more than MAX_PERIODS periods widen each period instead.
 
 A period's summary changes when a row enters or leaves it, when its key changes, or when its
-first or last watermark does. A row updated to another watermark within its period, keeping
-its key, changes it only at the period's edges: such a row is found by a whole comparison (a
-changed contract or code, or a lost pass), not by this one.
+first or last watermark does. For a key of one integer column its counts (rows and the two
+sums) also add up: a pass records them, and the next takes from them the rows bronze saw leave
+the period since (deleted, or updated to a later watermark) and adds those it saw join, so a
+period changed only by what bronze captured is not read (`balanced`). A row updated to another
+watermark within its period, keeping its key, leaves the counts as they were: such a row is
+found by a whole comparison (a changed contract or code, or a lost pass), not by this one.
 """
 
 from __future__ import annotations
@@ -70,11 +73,13 @@ class Grid:
 
 @dataclass(frozen=True)
 class Summary:
-    """A digest of each period's summary, by period number, and each period's rows."""
+    """A digest of each period's summary, by period number, each period's rows and, for a key
+    of one integer column, its counts (`counts`)."""
 
     grid: Grid
     digests: list[str]
     rows: list[int]
+    counts: list[list[int]]
 
 
 def _day_of(value: Any) -> date | None:
@@ -166,7 +171,23 @@ def summarise(
     if grid is None:
         return None
     found = _summaries(contract, source, cut, grid, range(grid.count))
-    return Summary(grid, [last_pass.digest(row[1:]) for row in found], [int(row[1]) for row in found])
+    return Summary(
+        grid,
+        [last_pass.digest(row[1:]) for row in found],
+        [int(row[1]) for row in found],
+        [counts(row[1:]) for row in found] if _key_sums(contract) else [],
+    )
+
+
+def counts(summary: tuple) -> list[int]:
+    """A period's summary (rows, sums..., low, high) less its first and last watermark: the
+    parts that rows entering and leaving it add to and take from."""
+    return [int(value or 0) for value in summary[:-2]]
+
+
+def _key_sums(contract: Contract) -> bool:
+    key = contract.primary_key[0]
+    return len(contract.primary_key) == 1 and contract.columns[key].type == "int"
 
 
 def _summaries(
@@ -182,7 +203,7 @@ def _summaries(
     column, table = quoted(contract.watermark.column), qualified(contract.source.table)
     key = contract.primary_key[0]
     sums = ""
-    if len(contract.primary_key) == 1 and contract.columns[key].type == "int":
+    if _key_sums(contract):
         residue = f"(CAST({quoted(key)} AS BIGINT) % {PRIME})"
         sums = (
             f", CAST(sum({residue}) AS BIGINT) AS key_sum, "
@@ -226,20 +247,20 @@ def before(
     grid: Grid,
     since: datetime,
     numbers: Sequence[int],
-) -> dict[int, str]:
-    """The digest of each of the periods `numbers`, of its rows up to `since`: the rows a read
+) -> dict[int, tuple]:
+    """The summary of each of the periods `numbers`, of its rows up to `since`: the rows a read
     from `since` does not admit (`source_chunks(..., keep_admitted=True)` reads the others).
 
-    A pass records these beside its whole periods' digests: the source gains rows past bronze's
-    watermark while bronze loads and its checks run, and those rows are in the period's whole
-    digest but not among its rows up to the watermark."""
+    A pass records these beside its whole periods' summaries: the source gains rows past
+    bronze's watermark while bronze loads and its checks run, and those rows are in the
+    period's whole summary but not among its rows up to the watermark."""
     cut = _Cut(bounds)
     # The first period holds the rows without a watermark, which no condition admits.
     numbers = [number for number in numbers if number > 0]
     if not cut.supported or not numbers:
         return {}
     found = _summaries(contract, source, cut, grid, numbers, excluding=after(bounds, since))
-    return {row[0]: last_pass.digest(row[1:]) for row in found}
+    return {row[0]: row[1:] for row in found}
 
 
 def unchanged_before(
@@ -257,7 +278,61 @@ def unchanged_before(
     A whole period's digest matches only when that period held no row the read admits at the
     pass."""
     now = before(contract, source, bounds, grid, since, sorted(recorded))
-    return [number for number in sorted(recorded) if number in now and now[number] == recorded[number]]
+    return [
+        number
+        for number in sorted(recorded)
+        if number in now and last_pass.digest(now[number]) == recorded[number]
+    ]
+
+
+def counted(
+    rows: pl.DataFrame, contract: Contract, bounds: WatermarkRange, grid: Grid, since: datetime
+) -> dict[int, list[int]]:
+    """The counts (`counts`) of `rows` (source rows: the key and the raw watermark, as the
+    driver types them) up to `since`, by period, as the source summarises its rows."""
+    key, column = contract.primary_key[0], contract.watermark.column
+    kind = rows.schema[column]
+    admitted = replace(after(bounds, since), kind=kind).read().fill_null(False)
+    rows = rows.filter(pl.col(column).is_not_null() & ~admitted)
+    starts = [_Cut(replace(bounds, kind=kind)).bound(grid.days(number)[0]) for number in range(1, grid.count)]
+    # A period starts at its first day: a value on it is the period's, not the one before's.
+    periods = pl.Series(starts, dtype=kind).search_sorted(rows.get_column(column), side="right")
+    # SQL's remainder takes the sign of the key, polars' that of the divisor.
+    residue = pl.col(key).cast(pl.Int64).abs() % PRIME * pl.col(key).cast(pl.Int64).sign()
+    found = (
+        rows.with_columns(period=periods)
+        .group_by("period")
+        .agg(pl.len().cast(pl.Int64), residue.sum(), (residue * residue % PRIME).sum().alias("squares"))
+    )
+    return {int(period): [int(value) for value in values] for period, *values in found.iter_rows()}
+
+
+def balanced(
+    contract: Contract,
+    source: SourceDatabase,
+    bounds: WatermarkRange,
+    grid: Grid,
+    recorded: list[list[int]],
+    since: datetime,
+    numbers: Sequence[int],
+    moved: tuple[pl.DataFrame, pl.DataFrame],
+) -> list[int]:
+    """Those of the periods `numbers` whose rows up to `since` count as a pass whose watermark
+    was `since` counted them (`recorded`, by period), less the rows that left them and plus
+    those that joined them (`moved`, as `counted` takes them): the periods changed only by the
+    rows bronze saw leave and join.
+
+    A row the source gained or lost that bronze did not see leaves its period unbalanced, and
+    read."""
+    numbers = [number for number in numbers if 0 < number < len(recorded)]
+    now = before(contract, source, bounds, grid, since, numbers)
+    expected = {number: list(recorded[number]) for number in numbers}
+    for sign, rows in zip((-1, 1), moved, strict=True):
+        for number, values in counted(rows, contract, bounds, grid, since).items():
+            if number in expected:
+                was = expected[number]
+                expected[number] = [total + sign * part for total, part in zip(was, values, strict=True)]
+    return [number for number in numbers if number in now and counts(now[number]) == expected[number]]
 
 
 def period_rows(

@@ -103,6 +103,32 @@ def test_rows_the_source_gains_while_bronze_loads_leave_the_day_they_join_unread
     assert value(result, "rows_checked") == 3
 
 
+def test_days_that_lost_rows_bronze_saw_go_are_not_read_and_one_that_also_gained_a_late_row_is(
+    passed: Library,
+) -> None:
+    # Two old loans deleted (bronze tombstones them) and one returned (bronze appends its new
+    # version, past the watermark): three days lost a row, each as bronze saw it.
+    passed.delete("loans", "loan_id", [2 * PER_DAY + 5, 6 * PER_DAY + 7])
+    passed.update("loans", "loan_id", 4 * PER_DAY + 2, status="returned")
+    result = _check(passed.materialize())
+
+    assert result.passed
+    assert (value(result, "periods_read"), value(result, "periods_changed_only_as_bronze_saw")) == (0, 3)
+    # Only the rows from the pass's watermark on: the loan at it and the returned one.
+    assert value(result, "rows_checked") == 2
+
+    # Another loan deleted from the sixth day, and one written late into it that no
+    # extraction reads: that day is read, and the late loan found.
+    passed.delete("loans", "loan_id", [5 * PER_DAY + 1])
+    late = CLOCK - timedelta(days=DAYS - 5, minutes=PER_DAY + 1)
+    passed.insert("loans", [(999, 2, "open", timestamp_text(late))])
+    result = _check(passed.materialize())
+
+    assert not result.passed
+    assert [row.data["loan_id"] for row in result.metadata["sample"].value.records] == [999]
+    assert (value(result, "periods_read"), value(result, "periods_changed_only_as_bronze_saw")) == (1, 0)
+
+
 def test_a_duplicate_bronze_gains_after_a_pass_is_found_from_the_rows_it_appended(passed: Library) -> None:
     uri = passed.storage.table_uri("bronze", "loans")
     copied = pl.read_delta(uri).filter(pl.col("loan_id") == 42)

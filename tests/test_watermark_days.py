@@ -97,6 +97,9 @@ class Visits:
     def add(self, rows: list[tuple[int, datetime]]) -> None:
         self._run([], [(key, _value(self.form, moment, key)) for key, moment in rows])
 
+    def remove(self, keys: list[int]) -> None:
+        self._run([f"delete from {self.table} where visit_id in ({', '.join(map(str, keys))})"])
+
     def drop(self) -> None:
         if not self.form.startswith("sqlite"):
             self._run([f"drop schema {self.schema} cascade"])
@@ -176,7 +179,8 @@ def test_a_pass_s_digests_up_to_its_watermark_settle_the_days_the_next_rows_join
     # A read from the watermark reaches back a day in text: the day before it too.
     reached = watermark_days.recent(passed.grid, watermark, range(passed.grid.count))
     assert reached == [last - 1, last]
-    recorded = watermark_days.before(visits.contract, visits.source, bounds, passed.grid, watermark, reached)
+    summaries = watermark_days.before(visits.contract, visits.source, bounds, passed.grid, watermark, reached)
+    recorded = {number: last_pass.digest(summary) for number, summary in summaries.items()}
 
     def settled() -> list[int]:
         return watermark_days.unchanged_before(
@@ -212,3 +216,50 @@ def test_a_pass_s_digests_up_to_its_watermark_settle_the_days_the_next_rows_join
     )
     assert {1_000, 1_001, 1_002} <= set(whole.get_column("visit_id")) <= set(read)
     assert read.filter(read == 1_001).len() == 1
+
+
+def test_the_rows_bronze_saw_leave_and_join_a_day_balance_it_and_a_row_it_did_not_see_does_not(
+    visits: Visits,
+) -> None:
+    bounds, _ = source_range(visits.contract, visits.source, upper=FIRST + timedelta(days=DAYS))
+    watermark = max(_moments())
+    passed = watermark_days.summarise(visits.contract, visits.source, bounds)
+    assert passed is not None
+    reached = watermark_days.recent(passed.grid, watermark, range(passed.grid.count))
+    up_to = watermark_days.before(visits.contract, visits.source, bounds, passed.grid, watermark, reached)
+    counts = [
+        watermark_days.counts(up_to[number]) if number in up_to else counted
+        for number, counted in enumerate(passed.counts)
+    ]
+
+    def raw(keys: set[int]) -> pl.DataFrame:
+        """The rows of `keys` as the driver types them, as bronze holds them."""
+        rows = [
+            watermark_days.period_rows(
+                visits.contract, visits.source, bounds, passed.grid, number, ["visit_id", "seen"]
+            )
+            for number in range(passed.grid.count)
+        ]
+        return pl.concat(rows).filter(pl.col("visit_id").is_in(keys))
+
+    # Deleted in the second and third days; the fourth day's visit 13 updated past the
+    # watermark; the last day's visit 17 moved back into the third day.
+    left = raw({6, 9, 13, 17})
+    visits.remove([6, 9, 13, 17])
+    visits.add([(13, watermark + timedelta(hours=1)), (17, FIRST + timedelta(days=2, hours=1))])
+    joined = raw({13, 17})
+    now = watermark_days.summarise(visits.contract, visits.source, bounds, passed.grid)
+    assert now is not None
+    changed = last_pass.changed(now.digests, passed.digests)
+
+    def balanced() -> list[int]:
+        return watermark_days.balanced(
+            visits.contract, visits.source, bounds, passed.grid, counts, watermark, changed, (left, joined)
+        )
+
+    assert changed == [1, 2, 3, 4] and balanced() == [1, 2, 3, 4]
+    # A visit written late into the third day and one deleted from the second, which bronze
+    # did not see: those days no longer balance and are read.
+    visits.add([(2_000, FIRST + timedelta(days=2, hours=2))])
+    visits.remove([5])
+    assert balanced() == [3, 4]

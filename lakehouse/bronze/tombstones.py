@@ -23,8 +23,13 @@ Rows = TypeVar("Rows", pl.DataFrame, pl.LazyFrame)
 DELETED_AT = "_deleted_at"
 
 
+def order_column(contract: Contract) -> str:
+    """The column that orders a key's events."""
+    return LSN if contract.is_cdc else EXTRACTED_AT
+
+
 def _order(contract: Contract) -> pl.Expr:
-    return pl.col(LSN) if contract.is_cdc else pl.col(EXTRACTED_AT)
+    return pl.col(order_column(contract))
 
 
 def _is_delete(rows: pl.DataFrame | pl.LazyFrame) -> pl.Expr:
@@ -48,6 +53,14 @@ def standing(rows: Rows, contract: Contract, events: Rows | None = None) -> Rows
         .filter(pl.col("_last_delete").is_null() | (order > pl.col("_last_delete")))
         .drop("_last_delete")
     )
+
+
+def held_versions(rows: Rows, contract: Contract) -> Rows:
+    """The version of each key that its events in `rows` leave in the source: its last event,
+    unless that is a tombstone (which, found in the same run, follows a version)."""
+    keys, delete = contract.primary_key, _is_delete(rows)
+    last = rows.sort(_order(contract), delete).group_by(keys, maintain_order=True).last()
+    return versions(last)
 
 
 def versions(rows: Rows) -> Rows:

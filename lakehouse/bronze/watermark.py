@@ -140,6 +140,16 @@ class WatermarkRange:
                 condition &= raw <= pl.lit(self._bound(self.upper, math.ceil))
         return condition
 
+    def read(self) -> pl.Expr:
+        """The rows `sql` admits, `newest` aside: `admits` and, in text, the canonical form's
+        values from the lower bound's instant on."""
+        condition = self.admits()
+        if self.lower is not None and self.is_text:
+            raw = pl.col(self.column)
+            canonical = raw.str.contains(f"^(?s:{CANONICAL.pattern})$")
+            condition &= (raw >= timestamp_text(self.lower)) | ~canonical
+        return condition
+
     def exact(self) -> pl.Expr:
         """The rows in the range. A value that names no instant is kept where `admits` keeps
         it: whether it is read depends on its text alone, so every run treats it alike."""

@@ -16,6 +16,7 @@ from lakehouse.resources import LakehouseStorage
 from lakehouse.sources.contract import Contract
 from lakehouse.storage import delta, ledger
 from lakehouse.storage.slices import key_ranges
+from lakehouse.storage.sql import quoted
 
 CHANGE_FEED_COLUMNS = ("_change_type", "_commit_version", "_commit_timestamp")
 SLICE_ROWS = 1_000_000  # bronze rows a first load holds at a time
@@ -49,7 +50,8 @@ def read_bronze_changes(
     wanted = None
     if columns is not None:
         empty = empty.select(name for name in columns if name in empty.columns)
-        wanted = [*empty.columns, "_change_type"]
+        # The feed's columns are parsed as SQL: a name like `order` or `Name` only quoted.
+        wanted = [quoted(name) for name in [*empty.columns, "_change_type"]]
     feeds = [
         pl.DataFrame(table.load_cdf(starting_version=first, ending_version=last, columns=wanted).read_all())
         for first, last in live_versions(table, since, version)
