@@ -1,9 +1,9 @@
 """A source table summarised per period of days of its watermark, by the database.
 
 `source_rows_in_bronze` compares these summaries with those of its last pass and reads the rows
-of the periods whose summary differs, not the table. Each period's summary (its rows; for a key
-of one integer column, two sums of the keys modulo a prime; its first and last watermark) is
-one aggregate over the watermark's index, so only the summaries cross the wire.
+of the periods whose summary differs, not the table. Each period's summary (its rows and, for
+a key of one integer column, two sums of the keys modulo a prime, otherwise its first and last
+watermark) is one aggregate over the watermark's index, so only the summaries cross the wire.
 
 Periods are cut on the column's raw values: text by the date it starts with (every accepted
 text form does), timestamps at midnight, epoch numbers at UTC midnight. The cut does not depend
@@ -11,12 +11,12 @@ on the rows: a grid (its first day and its width in days) is kept from one pass 
 that a period is compared with the same period. The first period also holds every earlier value
 and the last every later one; more than MAX_PERIODS periods widen each period instead.
 
-A period's summary changes when a row enters or leaves it, when its key changes, or when its
-first or last watermark does. For a key of one integer column its counts (rows and the two
-sums) also add up: a pass records them, and the next takes from them the rows bronze saw leave
-the period since (deleted, or updated to a later watermark) and adds those it saw join, so a
-period changed only by what bronze captured is not read (`balanced`). A row updated to another
-watermark within its period, keeping its key, leaves the counts as they were: such a row is
+A period's summary changes when a row enters or leaves it, or when its key changes; without
+key sums, when its first or last watermark does. The sums also add up: a pass records them
+(`counts`), and the next takes from them the rows bronze saw leave the period since (deleted,
+or updated to a later watermark) and adds those it saw join, so a period changed only by what
+bronze captured is not read (`balanced`). A row updated to another watermark within its
+period, keeping its key, changes no sum (and the edges only when it is at one): such a row is
 found by a whole comparison (a changed contract or code, or a lost pass), not by this one.
 """
 
@@ -74,7 +74,7 @@ class Grid:
 @dataclass(frozen=True)
 class Summary:
     """A digest of each period's summary, by period number, each period's rows and, for a key
-    of one integer column, its counts (`counts`)."""
+    of one integer column, the summary as counts (`counts`)."""
 
     grid: Grid
     digests: list[str]
@@ -180,9 +180,9 @@ def summarise(
 
 
 def counts(summary: tuple) -> list[int]:
-    """A period's summary (rows, sums..., low, high) less its first and last watermark: the
-    parts that rows entering and leaving it add to and take from."""
-    return [int(value or 0) for value in summary[:-2]]
+    """A period's summary (rows, key sum, key squares) as counts, which rows entering and
+    leaving it add to and take from (an empty period sums to null)."""
+    return [int(value or 0) for value in summary]
 
 
 def _key_sums(contract: Contract) -> bool:
@@ -199,16 +199,18 @@ def _summaries(
     excluding: WatermarkRange | None = None,
 ) -> list[tuple]:
     """Each of the periods `numbers` summarised, less the rows the source's condition for
-    `excluding` admits: (number, rows, sums..., low, high)."""
+    `excluding` admits: (number, rows, key sum, key squares), or (number, rows, low, high)
+    for a key that has no sums."""
     column, table = quoted(contract.watermark.column), qualified(contract.source.table)
-    key = contract.primary_key[0]
-    sums = ""
     if _key_sums(contract):
-        residue = f"(CAST({quoted(key)} AS BIGINT) % {PRIME})"
-        sums = (
-            f", CAST(sum({residue}) AS BIGINT) AS key_sum, "
+        residue = f"(CAST({quoted(contract.primary_key[0])} AS BIGINT) % {PRIME})"
+        measures = (
+            f"CAST(sum({residue}) AS BIGINT) AS key_sum, "
             f"CAST(sum({residue} * {residue} % {PRIME}) AS BIGINT) AS key_squares"
         )
+    else:
+        # Comparing text costs more than the sums: a period's edges only where there are none.
+        measures = f"CAST(min({column}) AS TEXT) AS low, CAST(max({column}) AS TEXT) AS high"
     found: list[tuple] = []
     for start in range(0, len(numbers), TERMS_PER_QUERY):
         terms, values = [], []
@@ -218,8 +220,8 @@ def _summaries(
             )
             values.extend(bound)
             terms.append(
-                f"SELECT {number} AS period, count(*) AS rows{sums}, CAST(min({column}) AS TEXT) AS low, "
-                f"CAST(max({column}) AS TEXT) AS high FROM {table} WHERE {' AND '.join(conditions)}"
+                f"SELECT {number} AS period, count(*) AS rows, {measures} FROM {table} "
+                f"WHERE {' AND '.join(conditions)}"
             )
         read = source.read(" UNION ALL ".join(terms), values, what=reading(contract, "summarising"))
         found.extend(read.sort("period").rows())
