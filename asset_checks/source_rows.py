@@ -199,18 +199,22 @@ def _changed_periods(
     since = ledger.moment(last["watermark"])
     # A record without digests up to its watermark has only its whole periods' to go by.
     before = {int(number): digest for number, digest in last.get("before", {}).items()}
-    recent = {
-        number: before.get(number, last["periods"][number])
-        for number in watermark_days.recent(days.grid, since, changed)
-        if number < len(last["periods"])
-    }
-    settled = set(watermark_days.unchanged_before(contract, source, bounds, days.grid, recent, since))
+    reached = [
+        number for number in watermark_days.recent(days.grid, since, changed) if number < len(last["periods"])
+    ]
+    now = watermark_days.before(contract, source, bounds, days.grid, since, reached)
+    recorded = {number: before.get(number, last["periods"][number]) for number in reached}
+    settled = set(watermark_days.unchanged_before(now, recorded))
     changed = [number for number in changed if number not in settled]
     balanced = []
     if changed and days.counts and "counts" in last:
-        moved = appended.moved(contract)
+        # A period no read from `since` reaches holds only rows up to it: its whole counts.
+        counts = {
+            number: watermark_days.counts(now[number]) if number in now else days.counts[number]
+            for number in changed
+        }
         balanced = watermark_days.balanced(
-            contract, source, bounds, days.grid, last["counts"], since, changed, moved
+            contract, bounds, days.grid, last["counts"], counts, since, appended.moved(contract)
         )
     return [number for number in changed if number not in balanced], {
         "periods_changed_only_since": len(settled),

@@ -265,21 +265,14 @@ def before(
     return {row[0]: row[1:] for row in found}
 
 
-def unchanged_before(
-    contract: Contract,
-    source: SourceDatabase,
-    bounds: WatermarkRange,
-    grid: Grid,
-    recorded: dict[int, str],
-    since: datetime,
-) -> list[int]:
+def unchanged_before(now: dict[int, tuple], recorded: dict[int, str]) -> list[int]:
     """Those of the periods `recorded` (number: the digest a pass whose watermark was `since`
-    recorded, by `before` or of the whole period) whose rows up to `since` are as that pass
-    found them: their rows since are the ones a read from `since` admits.
+    recorded, by `before` or of the whole period) whose rows up to `since` (`now`, by
+    `before`) are as that pass found them: their rows since are the ones a read from `since`
+    admits.
 
     A whole period's digest matches only when that period held no row the read admits at the
     pass."""
-    now = before(contract, source, bounds, grid, since, sorted(recorded))
     return [
         number
         for number in sorted(recorded)
@@ -311,30 +304,28 @@ def counted(
 
 def balanced(
     contract: Contract,
-    source: SourceDatabase,
     bounds: WatermarkRange,
     grid: Grid,
     recorded: list[list[int]],
+    now: dict[int, list[int]],
     since: datetime,
-    numbers: Sequence[int],
     moved: tuple[pl.DataFrame, pl.DataFrame],
 ) -> list[int]:
-    """Those of the periods `numbers` whose rows up to `since` count as a pass whose watermark
-    was `since` counted them (`recorded`, by period), less the rows that left them and plus
-    those that joined them (`moved`, as `counted` takes them): the periods changed only by the
-    rows bronze saw leave and join.
+    """Those of the periods `now` (number: the counts of its rows up to `since`) whose counts
+    are those a pass whose watermark was `since` recorded (`recorded`, by period), less the
+    rows that left them and plus those that joined them (`moved`, as `counted` takes them):
+    the periods changed only by the rows bronze saw leave and join.
 
     A row the source gained or lost that bronze did not see leaves its period unbalanced, and
     read."""
-    numbers = [number for number in numbers if 0 < number < len(recorded)]
-    now = before(contract, source, bounds, grid, since, numbers)
-    expected = {number: list(recorded[number]) for number in numbers}
+    # The first period holds the rows without a watermark, which no count up to `since` does.
+    expected = {number: list(recorded[number]) for number in now if 0 < number < len(recorded)}
     for sign, rows in zip((-1, 1), moved, strict=True):
         for number, values in counted(rows, contract, bounds, grid, since).items():
             if number in expected:
                 was = expected[number]
                 expected[number] = [total + sign * part for total, part in zip(was, values, strict=True)]
-    return [number for number in numbers if number in now and counts(now[number]) == expected[number]]
+    return [number for number in sorted(expected) if now[number] == expected[number]]
 
 
 def period_rows(

@@ -17,6 +17,7 @@ from conftest import postgres_source
 
 from asset_checks import last_pass, watermark_days
 from lakehouse.bronze.database import source_chunks, source_range
+from lakehouse.bronze.watermark import WatermarkRange
 from lakehouse.resources import SourceDatabase
 from lakehouse.sources.contract import Contract
 from lakehouse.sources.contract_files import load_contract
@@ -105,6 +106,17 @@ class Visits:
             self._run([f"drop schema {self.schema} cascade"])
 
 
+def _unchanged_before(
+    visits: Visits,
+    bounds: WatermarkRange,
+    grid: watermark_days.Grid,
+    recorded: dict[int, str],
+    since: datetime,
+) -> list[int]:
+    now = watermark_days.before(visits.contract, visits.source, bounds, grid, since, sorted(recorded))
+    return watermark_days.unchanged_before(now, recorded)
+
+
 @pytest.fixture(params=FORMS)
 def visits(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Visits]:
     table = Visits(request.param, tmp_path)
@@ -150,21 +162,14 @@ def test_a_day_that_gained_rows_only_since_a_pass_s_watermark_is_told_from_one_w
 
     # A visit after the watermark, on its day: the day's rows up to the watermark are unchanged.
     visits.add([(1_000, watermark + timedelta(hours=1))])
-    since = watermark_days.unchanged_before(
-        visits.contract, visits.source, bounds, passed.grid, recorded, watermark
-    )
+    since = _unchanged_before(visits, bounds, passed.grid, recorded, watermark)
     # Text in another form than the canonical one is admitted from the day before the watermark
     # on (`WatermarkRange.sql`): such a day is read whole.
     assert since == ([] if visits.form == "sqlite-text" else [last])
 
     # A visit written late into that day, before the watermark: the day is read.
     visits.add([(1_001, watermark - timedelta(hours=1))])
-    assert (
-        watermark_days.unchanged_before(
-            visits.contract, visits.source, bounds, passed.grid, recorded, watermark
-        )
-        == []
-    )
+    assert _unchanged_before(visits, bounds, passed.grid, recorded, watermark) == []
 
 
 def test_a_pass_s_digests_up_to_its_watermark_settle_the_days_the_next_rows_join(visits: Visits) -> None:
@@ -183,9 +188,7 @@ def test_a_pass_s_digests_up_to_its_watermark_settle_the_days_the_next_rows_join
     recorded = {number: last_pass.digest(summary) for number, summary in summaries.items()}
 
     def settled() -> list[int]:
-        return watermark_days.unchanged_before(
-            visits.contract, visits.source, bounds, passed.grid, recorded, watermark
-        )
+        return _unchanged_before(visits, bounds, passed.grid, recorded, watermark)
 
     # In every form, text the read admits from the day before included.
     visits.add([(1_001, watermark + timedelta(hours=2))])
@@ -253,8 +256,10 @@ def test_the_rows_bronze_saw_leave_and_join_a_day_balance_it_and_a_row_it_did_no
     changed = last_pass.changed(now.digests, passed.digests)
 
     def balanced() -> list[int]:
+        now = watermark_days.before(visits.contract, visits.source, bounds, passed.grid, watermark, changed)
+        up_to = {number: watermark_days.counts(summary) for number, summary in now.items()}
         return watermark_days.balanced(
-            visits.contract, visits.source, bounds, passed.grid, counts, watermark, changed, (left, joined)
+            visits.contract, bounds, passed.grid, counts, up_to, watermark, (left, joined)
         )
 
     assert changed == [1, 2, 3, 4] and balanced() == [1, 2, 3, 4]
