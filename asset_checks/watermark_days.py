@@ -266,10 +266,9 @@ def before(
 
 
 def unchanged_before(now: dict[int, tuple], recorded: dict[int, str]) -> list[int]:
-    """Those of the periods `recorded` (number: the digest a pass whose watermark was `since`
-    recorded, by `before` or of the whole period) whose rows up to `since` (`now`, by
-    `before`) are as that pass found them: their rows since are the ones a read from `since`
-    admits.
+    """Those of the periods `recorded` (number: the digest a pass recorded, by `before` or of
+    the whole period) whose rows up to that pass's watermark (`now`, by `before`) are as it
+    found them: their rows since are the ones a read from that watermark admits.
 
     A whole period's digest matches only when that period held no row the read admits at the
     pass."""
@@ -289,7 +288,8 @@ def counted(
     kind = rows.schema[column]
     admitted = replace(after(bounds, since), kind=kind).read().fill_null(False)
     rows = rows.filter(pl.col(column).is_not_null() & ~admitted)
-    starts = [_Cut(replace(bounds, kind=kind)).bound(grid.days(number)[0]) for number in range(1, grid.count)]
+    cut = _Cut(replace(bounds, kind=kind))
+    starts = [cut.bound(grid.days(number)[0]) for number in range(1, grid.count)]
     # A period starts at its first day: a value on it is the period's, not the one before's.
     periods = pl.Series(starts, dtype=kind).search_sorted(rows.get_column(column), side="right")
     # SQL's remainder takes the sign of the key, polars' that of the divisor.

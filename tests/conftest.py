@@ -34,6 +34,7 @@ from lakehouse.demo import initial, simulation, store
 from lakehouse.demo.manifest import Manifest
 from lakehouse.gold.assets import attached_tables, gold_assets
 from lakehouse.gold.build import silver_reader
+from lakehouse.marts import MODEL_GROUPS
 from lakehouse.marts.assets import DBT_EXECUTABLE, DbtCli, dbt_models, dbt_project
 from lakehouse.resources import Clock, LakehouseStorage, LandingZone, PiiHasher, SourceDatabase, Warehouse
 from lakehouse.settings import DEFAULTS
@@ -82,7 +83,7 @@ os.environ.setdefault("LAKEHOUSE_LANDING_RETRY_SECONDS", "0")
 # Tests of killed runs wait for the dead-run sweep (every 30 s by default) to fail them.
 os.environ.setdefault("LAKEHOUSE_DEAD_RUN_SWEEP_SECONDS", "5")
 # dbt costs seconds per build: tests that are not about the marts leave them out.
-WITHOUT_DBT = dg.AssetSelection.all() - dg.AssetSelection.groups("staging", "marts")
+WITHOUT_DBT = dg.AssetSelection.all() - dg.AssetSelection.groups(*MODEL_GROUPS)
 # Tests of the generic layers leave the shop's gold tables out too.
 THROUGH_SILVER = dg.AssetSelection.groups("bronze", "silver")
 

@@ -14,6 +14,7 @@ import pytest
 from conftest import Lake
 
 from lakehouse.definitions import defs
+from lakehouse.marts import MODEL_GROUPS
 from lakehouse.orchestration.jobs import schedules
 from lakehouse.orchestration.sensors import alert_on_run_failure, landing_sensor
 from lakehouse.resources import AlertSink, LandingZone
@@ -43,7 +44,7 @@ def test_schedules_tick_when_the_docs_say_and_start_stopped() -> None:
     assert next_tick("ingest_hourly", moment) == datetime(2026, 11, 21, 11, 0, tzinfo=UTC)
     assert next_tick("transform_daily", moment) == datetime(2026, 11, 22, 2, 0, tzinfo=UTC)
     for name, job, groups in (("ingest_hourly", "ingest", {"bronze", "silver"}),
-                              ("transform_daily", "transform", {"gold", "staging", "marts"})):  # fmt: skip
+                              ("transform_daily", "transform", {"gold", *MODEL_GROUPS})):  # fmt: skip
         schedule = defs.get_schedule_def(name)
         assert schedule.job_name == job
         assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
@@ -197,8 +198,8 @@ def test_an_unreachable_webhook_never_crashes_the_sensor(lake: Lake, tmp_path: P
 
 def test_gold_and_dbt_follow_their_upstreams_and_silver_is_fresh_per_contract(lake: Lake) -> None:
     graph = defs.resolve_asset_graph()
-    downstream = [key for key in graph.get_all_asset_keys() if key.path[0] in ("gold", "staging", "marts")]
-    assert len(downstream) == 7 + 6 + 5  # gold tables, dbt staging views, dbt marts
+    downstream = [key for key in graph.get_all_asset_keys() if key.path[0] in ("gold", *MODEL_GROUPS)]
+    assert len(downstream) == 7 + 6 + 1 + 5  # gold tables, dbt staging views, intermediate models, marts
     assert all(graph.get(key).automation_condition == dg.AutomationCondition.eager() for key in downstream)
     # No asset is partitioned: `dagster asset materialize --select '*'` needs no other option.
     assert not [key for key in graph.get_all_asset_keys() if graph.get(key).partitions_def is not None]

@@ -21,6 +21,7 @@ from dagster_dbt import DbtCliResource
 from deltalake import DeltaTable
 
 from lakehouse.definitions import defs
+from lakehouse.marts import MODEL_GROUPS
 from lakehouse.marts.assets import DBT_EXECUTABLE, DbtCli, dbt_models, dbt_project
 from lakehouse.storage import delta
 
@@ -52,7 +53,8 @@ def test_every_materialisation_reports_rows_duration_and_bytes(built_demo: Built
         name = event.asset_key.to_user_string()
         assert metadata["dagster/row_count"].value >= 0, name
         assert metadata["duration_seconds"].value >= 0, name
-        if event.asset_key.path[0] != "staging":  # Delta tables, the marts' copies too; views live in DuckDB
+        # Delta tables, the marts' copies too; the other models live in DuckDB alone.
+        if event.asset_key.path[0] not in ("staging", "intermediate"):
             stored = metadata["delta_bytes"].value > 0 and metadata["delta_files"].value > 0
             assert stored == (metadata["dagster/row_count"].value > 0), name
             assert not stored or metadata["delta_version"].value >= 0, name
@@ -111,7 +113,7 @@ def test_dbt_tests_are_asset_checks_models_report_rows_and_schema_and_columns_ar
     checks = {
         (e.asset_key.path[-1], e.check_name): e.passed
         for e in result.get_asset_check_evaluations()
-        if e.asset_key.path[0] in ("staging", "marts")
+        if e.asset_key.path[0] in MODEL_GROUPS
     }
     assert checks[
         ("stg_orders", "accepted_values_stg_orders_status__pending__confirmed__shipped__delivered__cancelled")
@@ -147,11 +149,11 @@ def test_dbt_tests_are_asset_checks_models_report_rows_and_schema_and_columns_ar
 
 
 def test_the_marts_unit_tests_pass_in_each_build_and_are_no_asset_checks(built_demo: BuiltDemo) -> None:
-    """The first build of the marts runs their unit tests before it builds them; dagster-dbt
+    """The first build of the models runs their unit tests before it builds them; dagster-dbt
     reports data tests as asset checks and leaves unit tests to dbt, whose failure fails the step."""
     manifest = json.loads(dbt_project.manifest_path.read_text())
     unit_tests = {unique_id: test["model"] for unique_id, test in manifest["unit_tests"].items()}
-    assert set(unit_tests.values()) == set(MARTS)
+    assert set(unit_tests.values()) == {*MARTS, "int_product_sales_daily"}
 
     outcomes = built_demo.dbt_outcomes
     assert {unique_id: outcomes.get(unique_id) for unique_id in unit_tests} == dict.fromkeys(
@@ -219,16 +221,19 @@ def test_the_incremental_model_takes_late_updates_and_deletes(tmp_path: Path, bu
     )
     late = (lake.clock + timedelta(minutes=1)).isoformat(sep=" ", timespec="microseconds")
     held = warehouse_table(lake, "mart_order_status")
-    erased = held.get_column("order_id").max()
-    erased_day = held.filter(pl.col("order_id") == erased).get_column("order_date").item()
+    # The newest order's day, every order of which the shop deletes: that day sells nothing.
+    erased_day = (
+        held.filter(pl.col("order_id") == held.get_column("order_id").max()).get_column("order_date").item()
+    )
+    erased = held.filter(pl.col("order_date") == erased_day).get_column("order_id").to_list()
     with sqlite3.connect(lake.source.sqlite_path) as connection:  # a return booked weeks later
         connection.execute(
             "UPDATE orders SET status = 'cancelled', updated_at = ? WHERE order_id = ?",
             (late, old["order_id"]),
         )
-        # ... and an order the shop deleted with its lines.
-        connection.execute("DELETE FROM order_items WHERE order_id = ?", (erased,))
-        connection.execute("DELETE FROM orders WHERE order_id = ?", (erased,))
+        # ... and a day's orders the shop deleted with their lines.
+        connection.executemany("DELETE FROM order_items WHERE order_id = ?", [(order,) for order in erased])
+        connection.executemany("DELETE FROM orders WHERE order_id = ?", [(order,) for order in erased])
 
     lake.materialize("*")
 
@@ -237,8 +242,8 @@ def test_the_incremental_model_takes_late_updates_and_deletes(tmp_path: Path, bu
     assert (row["status"], row["is_cancelled"]) == ("cancelled", True)
     expected = lake.table("gold", "fct_orders").select("order_id", "status").sort("order_id")
     assert status.select("order_id", "status").equals(expected)
-    assert erased not in status.get_column("order_id")
-    # dbt took the two days gold rebuilt, the late order's and the deleted one's, not the table.
+    assert not set(erased) & set(status.get_column("order_id"))
+    # dbt took the two days gold rebuilt, the late order's and the deleted ones', not the table.
     with duckdb.connect(str(lake.warehouse), read_only=True) as connection:
         rebuilt = connection.sql("select day from gold.rebuilt_days where table_name = 'fct_orders'")
         days = sorted(day for (day,) in rebuilt.fetchall())
@@ -248,6 +253,24 @@ def test_the_incremental_model_takes_late_updates_and_deletes(tmp_path: Path, bu
     assert all(day.isoformat() in replaced["operationParameters"]["predicate"] for day in days)
     copied = lake.table("marts", "mart_order_status").select("order_id", "status", "order_date")
     assert copied.sort("order_id").equals(status.select("order_id", "status", "order_date"))
+    # The products' sales were added up again from the days gold rebuilt in the order lines,
+    # the day that sells nothing now taken out: the lines of orders not cancelled, as a build
+    # from nothing counts them.
+    sold = (
+        lake.table("gold", "fct_order_items")
+        .filter(pl.col("has_order") & (pl.col("status") != "cancelled"))
+        .group_by("product_id")
+        .agg(
+            units_sold=pl.col("quantity").sum(),
+            orders=pl.col("order_id").n_unique(),
+            revenue=pl.col("line_amount").sum(),
+        )
+    )
+    performance = warehouse_table(lake, "mart_product_performance")
+    expected = sold.join(performance, on="product_id", how="semi").sort("product_id")
+    counted = performance.filter(pl.col("units_sold") > 0).select(expected.columns).sort("product_id")
+    assert counted.equals(expected.cast(dict(counted.schema)))
+    assert erased_day not in warehouse_table(lake, "int_product_sales_daily").get_column("order_date")
 
 
 READER = """

@@ -14,6 +14,7 @@ from conftest import TEST_SALT, BuiltDemo, Lake, run_command
 from library import Library
 
 from lakehouse.definitions import defs
+from lakehouse.marts import MODEL_GROUPS
 
 # Its tests share a module's built lake: under pytest-xdist one worker runs them all.
 pytestmark = pytest.mark.xdist_group("test_selection")
@@ -38,6 +39,7 @@ ORDERS_DOWNSTREAM = {
     "staging/stg_orders",
     "staging/stg_order_items",
     "staging/stg_daily_revenue",
+    "intermediate/int_product_sales_daily",
     "marts/mart_customer_ltv",
     "marts/mart_order_status",
     "marts/mart_product_performance",
@@ -70,12 +72,12 @@ SELECTIONS = {
     "kind:deltalake": {
         key for key in ALL_KEYS if key.split("/")[0] in ("bronze", "silver", "quarantine", "gold")
     },
-    "kind:dbt": {key for key in ALL_KEYS if key.split("/")[0] in ("staging", "marts")},
+    "kind:dbt": {key for key in ALL_KEYS if key.split("/")[0] in MODEL_GROUPS},
     "tag:lakehouse/source=landing": {"bronze/events"},
     'key:"silver/orders"+': ORDERS_DOWNSTREAM,
     '+key:"marts/mart_sales_daily"': SALES_DAILY_UPSTREAM,
     "silver/orders,gold/fct_orders": {"silver/orders", "gold/fct_orders"},
-    'owner:"team:analytics"': {key for key in ALL_KEYS if key.split("/")[0] in ("gold", "staging", "marts")},
+    'owner:"team:analytics"': {key for key in ALL_KEYS if key.split("/")[0] in ("gold", *MODEL_GROUPS)},
 }
 
 

@@ -200,7 +200,7 @@ def test_a_run_killed_in_dbt_is_failed_freed_and_alerted_by_the_next_cli_run(
 
     again = subprocess.run(
         [str(Path(sys.executable).parent / "dagster"), "asset", "materialize",
-         "-m", "lakehouse.definitions", "--select", "group:staging or group:marts"],
+         "-m", "lakehouse.definitions", "--select", "kind:dbt"],
         cwd=PROJECT, env=deployment.environment, capture_output=True, text=True, timeout=RUN_SECONDS,
     )  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
@@ -245,7 +245,7 @@ def test_a_run_waiting_for_the_warehouse_pool_names_the_live_run_holding_it(
     deployment: Deployment, live_holder: tuple[subprocess.Popen, str]
 ) -> None:
     holder, holding = live_holder
-    process = start_materialize(deployment, "group:staging or group:marts")
+    process = start_materialize(deployment, "kind:dbt")
     try:
 
         def holder_line() -> str | None:
@@ -283,7 +283,7 @@ def test_a_run_waiting_for_a_pool_stops_on_sigterm_and_leaves_the_queue(
     deployment: Deployment, live_holder: tuple[subprocess.Popen, str]
 ) -> None:
     _holder, holding = live_holder
-    with waiting_for_the_pool(deployment, "group:staging or group:marts") as (process, instance, stopped):
+    with waiting_for_the_pool(deployment, "kind:dbt") as (process, instance, stopped):
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=STOP_SECONDS)
         assert instance.get_run_by_id(stopped).status == dg.DagsterRunStatus.CANCELED

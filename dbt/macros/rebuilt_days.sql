@@ -6,3 +6,15 @@
 {% macro rebuilt_days(table_name) -%}
 (select day from gold.rebuilt_days where table_name = '{{ table_name }}')
 {%- endmacro %}
+
+{#- The post-hook of a model that delete+inserts the days gold rebuilt in `table_name`: delete
+    its rows of those days (by its `day` column) whose `key` the days' rows of `relation` that
+    meet `condition` no longer hold, which the insert cannot replace. -#}
+{% macro delete_what_rebuilt_days_lost(table_name, day, key, relation, condition='true') -%}
+delete from {{ this }}
+where {{ day }} in {{ rebuilt_days(table_name) }}
+  and {{ key }} not in (
+      select {{ key }} from {{ relation }}
+      where {{ day }} in {{ rebuilt_days(table_name) }} and {{ condition }}
+  )
+{%- endmacro %}

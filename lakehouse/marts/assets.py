@@ -69,8 +69,8 @@ class DbtCli(DbtCliResource):
 
 
 class LakehouseTranslator(DagsterDbtTranslator):
-    """Models keyed and grouped by their folder (`staging/...`, `marts/...`); sources keep the
-    Dagster keys their `meta.dagster.asset_key` names (the gold assets)."""
+    """Models keyed and grouped by their folder (`staging/...`, `intermediate/...`, `marts/...`);
+    sources keep the Dagster keys their `meta.dagster.asset_key` names (the gold assets)."""
 
     def get_asset_key(self, dbt_resource_props: Mapping[str, Any]) -> dg.AssetKey:
         if dbt_resource_props["resource_type"] == "source":

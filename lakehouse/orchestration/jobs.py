@@ -25,13 +25,14 @@ from datetime import date, datetime
 import dagster as dg
 
 from lakehouse.gold.tables import GoldTable
+from lakehouse.marts import MODEL_GROUPS
 from lakehouse.monitoring.logs import run_config
 from lakehouse.orchestration import lanes
 from lakehouse.orchestration.maintenance import JOB_NAME as MAINTENANCE
 from lakehouse.settings import SettingsError, setting
 
 INGEST = dg.AssetSelection.groups("bronze", "silver")
-TRANSFORM = dg.AssetSelection.groups("gold", "staging", "marts")
+TRANSFORM = dg.AssetSelection.groups("gold", *MODEL_GROUPS)
 EVENT_DAYS = "backfill_event_days"
 
 ingest_job = dg.define_asset_job(

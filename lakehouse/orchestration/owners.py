@@ -9,14 +9,15 @@ from collections.abc import Iterable
 
 import dagster as dg
 
+from lakehouse.marts import MODEL_GROUPS
+
 PLATFORM = "team:data-platform"
 ANALYTICS = "team:analytics"
 OWNERS_BY_GROUP = {
     "bronze": PLATFORM,
     "silver": PLATFORM,
     "gold": ANALYTICS,
-    "staging": ANALYTICS,
-    "marts": ANALYTICS,
+    **dict.fromkeys(MODEL_GROUPS, ANALYTICS),
 }
 
 

@@ -10,14 +10,7 @@
         unique_key='order_id',
         incremental_strategy='delete+insert',
         on_schema_change='append_new_columns',
-        post_hook="""
-            delete from {{ this }}
-            where order_date in {{ rebuilt_days('fct_orders') }}
-              and order_id not in (
-                  select order_id from {{ ref('stg_orders') }}
-                  where order_date in {{ rebuilt_days('fct_orders') }}
-              )
-        """
+        post_hook="{{ delete_what_rebuilt_days_lost('fct_orders', 'order_date', 'order_id', ref('stg_orders')) }}"
     )
 }}
 

@@ -8,11 +8,10 @@ sold as (
     select
         product_id,
         -- DuckDB sums bigints to a 128-bit hugeint; the contract, and BI tools, take a bigint.
-        cast(sum(quantity) as bigint) as units_sold,
-        count(distinct order_id) as orders,
-        sum(line_amount) as revenue
-    from {{ ref('stg_order_items') }}
-    where has_order and status <> 'cancelled'
+        cast(sum(units_sold) as bigint) as units_sold,
+        cast(sum(orders) as bigint) as orders,
+        sum(revenue) as revenue
+    from {{ ref('int_product_sales_daily') }}
     group by product_id
 )
 
