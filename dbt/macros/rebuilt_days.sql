@@ -14,7 +14,8 @@
 delete from {{ this }}
 where {{ day }} in {{ rebuilt_days(table_name) }}
   and {{ key }} not in (
-      select {{ key }} from {{ relation }}
+      {# Distinct: NOT IN holds its subquery's every row (30M order lines in a first build). #}
+      select distinct {{ key }} from {{ relation }}
       where {{ day }} in {{ rebuilt_days(table_name) }} and {{ condition }}
   )
 {%- endmacro %}
