@@ -14,8 +14,7 @@
 delete from {{ this }}
 where {{ day }} in {{ rebuilt_days(table_name) }}
   and {{ key }} not in (
-      {# Distinct: NOT IN holds its subquery's every row (30M order lines in a first build). #}
-      select distinct {{ key }} from {{ relation }}
+      select {{ key }} from {{ relation }}
       where {{ day }} in {{ rebuilt_days(table_name) }} and {{ condition }}
   )
 {%- endmacro %}
