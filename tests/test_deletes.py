@@ -7,6 +7,7 @@ SQLite and PostgreSQL, whose `demo advance` deletes abandoned orders and idle cu
 
 import shutil
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -23,8 +24,8 @@ from library import Library
 
 from asset_checks.quality_report import quality_report
 from asset_checks.row_checks import read_columns
-from lakehouse.bronze import deletes
-from lakehouse.bronze.columns import DELETE, OP
+from lakehouse.bronze import deletes, tombstones
+from lakehouse.bronze.columns import DELETE, EXTRACTED_AT, OP
 from lakehouse.orchestration.maintenance import maintain_table
 from lakehouse.resources import SourceDatabase
 from lakehouse.sources.contract import Contract
@@ -417,3 +418,23 @@ def test_the_live_keys_summary_carried_from_the_last_run_finds_what_reading_ever
     again = _metadata(library.materialize(), "bronze/members")
     assert again["deletes_checked"] == "compared key ranges: 1, read the keys of 1: 0 deleted"
     assert again["live_keys"]["rows"] == [5]
+
+
+def test_a_key_s_held_version_is_its_last_event_unless_that_deleted_it() -> None:
+    """Sensor 1 changed and was deleted in the run that found its change; sensor 2 was deleted
+    and inserted again; sensor 3 only changed. Bronze from before tombstones has no `_op`."""
+    contract = _contract(["sensor_id"], {"sensor_id": "int", "taken_at": "timestamp"})
+    runs = [datetime(2026, 1, day, tzinfo=UTC) for day in (1, 2, 3)]
+    events = pl.DataFrame(
+        {
+            "sensor_id": [1, 1, 1, 2, 2, 2, 3, 3],
+            "taken_at": ["a", "b", None, "a", None, "c", "a", "b"],
+            OP: [None, None, DELETE, None, DELETE, None, None, None],
+            EXTRACTED_AT: [runs[0], runs[1], runs[1], runs[0], runs[1], runs[2], runs[0], runs[2]],
+        }
+    )
+
+    held = tombstones.held_versions(events, contract).sort("sensor_id")
+    assert held.select("sensor_id", "taken_at").rows() == [(2, "c"), (3, "b")]
+    before_tombstones = tombstones.held_versions(events.filter(pl.col(OP).is_null()).drop(OP), contract)
+    assert before_tombstones.sort("sensor_id").select("taken_at").to_series().to_list() == ["b", "c", "b"]

@@ -58,9 +58,10 @@ def standing(rows: Rows, contract: Contract, events: Rows | None = None) -> Rows
 def held_versions(rows: Rows, contract: Contract) -> Rows:
     """The version of each key that its events in `rows` leave in the source: its last event,
     unless that is a tombstone (which, found in the same run, follows a version)."""
-    keys, delete = contract.primary_key, _is_delete(rows)
-    last = rows.sort(_order(contract), delete).group_by(keys, maintain_order=True).last()
-    return versions(last)
+    order = [_order(contract)]
+    if OP in rows.collect_schema():
+        order.append(_is_delete(rows))
+    return versions(rows.sort(order).group_by(contract.primary_key, maintain_order=True).last())
 
 
 def versions(rows: Rows) -> Rows:
