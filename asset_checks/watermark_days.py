@@ -286,7 +286,7 @@ def counted(
     driver types them) up to `since`, by period, as the source summarises its rows."""
     key, column = contract.primary_key[0], contract.watermark.column
     kind = rows.schema[column]
-    admitted = replace(after(bounds, since), kind=kind).read().fill_null(False)
+    admitted = replace(after(bounds, since), kind=kind).sql_admits().fill_null(False)
     rows = rows.filter(pl.col(column).is_not_null() & ~admitted)
     cut = _Cut(replace(bounds, kind=kind))
     starts = [cut.bound(grid.days(number)[0]) for number in range(1, grid.count)]

@@ -118,7 +118,8 @@ def test_days_that_lost_rows_bronze_saw_go_are_not_read_and_one_that_also_gained
     assert value(result, "rows_checked") == 2
 
     # Another loan deleted from the sixth day, and one written late into it that no
-    # extraction reads: that day is read, and the late loan found.
+    # extraction reads: the day holds as many loans as bronze expects, but not the same keys,
+    # so it is read and the late loan found.
     passed.delete("loans", "loan_id", [5 * PER_DAY + 1])
     late = CLOCK - timedelta(days=DAYS - 5, minutes=PER_DAY + 1)
     passed.insert("loans", [(999, 2, "open", timestamp_text(late))])

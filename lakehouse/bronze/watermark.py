@@ -140,9 +140,9 @@ class WatermarkRange:
                 condition &= raw <= pl.lit(self._bound(self.upper, math.ceil))
         return condition
 
-    def read(self) -> pl.Expr:
-        """The rows `sql` admits, `newest` aside: `admits` and, in text, the canonical form's
-        values from the lower bound's instant on."""
+    def sql_admits(self) -> pl.Expr:
+        """The rows `sql` admits, `newest` aside, as a condition on the raw column: `admits`
+        and, in text, the canonical form's values from the lower bound's instant on."""
         condition = self.admits()
         if self.lower is not None and self.is_text:
             raw = pl.col(self.column)
