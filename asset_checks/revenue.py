@@ -42,14 +42,17 @@ def _silver_revenue_by_day(lakehouse: LakehouseStorage) -> pl.LazyFrame:
     items = scan_columns(
         lakehouse.table_uri("silver", "order_items"), ["order_id", "quantity", "unit_price", "created_at"]
     )
-    orders = scan_columns(lakehouse.table_uri("silver", "orders"), ["order_id", "status"])
+    # The join holds every order: as a flag, not its status text, which took 0.3 GiB more at 10M orders.
+    orders = scan_columns(lakehouse.table_uri("silver", "orders"), ["order_id", "status"]).select(
+        "order_id", cancelled=CANCELLED
+    )
     line = pl.col("unit_price") * pl.col("quantity")
     return (
         items.join(orders, on="order_id", how="inner")
         .group_by(order_date=pl.col("created_at").dt.date())
         .agg(
-            gross_revenue=line.filter(~CANCELLED).sum().cast(MONEY),
-            cancelled_revenue=line.filter(CANCELLED).sum().cast(MONEY),
+            gross_revenue=line.filter(~pl.col("cancelled")).sum().cast(MONEY),
+            cancelled_revenue=line.filter(pl.col("cancelled")).sum().cast(MONEY),
         )
     )
 
