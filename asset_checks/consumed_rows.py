@@ -54,24 +54,6 @@ def _order(contract: Contract) -> list[str]:
     return [LSN] if contract.is_cdc else [contract.watermark.column] if contract.watermark else []
 
 
-def _rows_changed(
-    uri: str, table: delta.DeltaTable, since: int | None, columns: list[str]
-) -> pl.DataFrame | None:
-    """The `columns` of the rows the table gained or lost since version `since` (None: since
-    before it existed): those of the files added since that no removed file holds alike, and
-    the other way round. None when they cannot be read (`delta.rows_since`)."""
-    read = delta.rows_since(table, uri, since, columns, removed=True)
-    if read is None:
-        return None
-    gained, lost = read
-    return pl.concat(
-        [
-            gained.join(lost, on=columns, how="anti", nulls_equal=True),
-            lost.join(gained, on=columns, how="anti", nulls_equal=True),
-        ]
-    )
-
-
 def _typed_keys(rows: pl.DataFrame, contract: Contract) -> pl.DataFrame:
     """Bronze's keys as silver holds them, in the contract's types."""
     return typed(rows.select(contract.primary_key), contract)
@@ -97,7 +79,7 @@ def _changed_keys(
         )
     except (OSError, DeltaError):
         return None  # vacuum has deleted files of those commits, after a compaction
-    silver = _rows_changed(
+    silver = delta.rows_changed(
         lakehouse.table_uri("silver", contract.name), tables.silver, last["version"], [*key, *order]
     )
     if silver is None:
@@ -106,7 +88,7 @@ def _changed_keys(
     if tables.quarantine is not None:
         since = None if quarantined is None else quarantined[1]
         columns = list(dict.fromkeys([*bronze_identity(contract), *key]))
-        rows = _rows_changed(
+        rows = delta.rows_changed(
             lakehouse.table_uri("quarantine", contract.name), tables.quarantine, since, columns
         )
         if rows is None:

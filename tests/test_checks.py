@@ -392,6 +392,46 @@ def test_reconciliation_names_wrong_gold_periods_and_lost_silver_rows(loaded_lak
     assert not evaluations(lost, "gold", "fct_orders")["orders_match_silver"].passed
 
 
+def test_after_a_pass_revenue_is_compared_on_the_days_silver_or_gold_changed(loaded_lake: Lake) -> None:
+    daily_revenue = checks_of(dg.AssetKey(["gold", "daily_revenue"]))
+    first = evaluations(loaded_lake.materialize(daily_revenue), "gold", "daily_revenue")[
+        "revenue_matches_silver"
+    ]
+    assert first.passed and values(first, "scope") == "every day"
+
+    items = loaded_lake.table("silver", "order_items").with_columns(day=pl.col("created_at").dt.date())
+    orders = loaded_lake.table("silver", "orders")
+    # Behind gold's back: an order cancelled in silver (its lines unchanged), a line of another
+    # day whose quantity changed, and gold's revenue of a third day.
+    open_order = orders.filter(pl.col("status") != "cancelled").join(items, on="order_id", how="semi")
+    order_id = open_order.get_column("order_id")[0]
+    cancelled_days = set(items.filter(pl.col("order_id") == order_id).get_column("day"))
+    line = items.filter(~pl.col("day").is_in(cancelled_days) & (pl.col("quantity") < 100)).row(0, named=True)
+    gold_day = next(
+        day
+        for day in loaded_lake.table("gold", "daily_revenue").get_column("order_date").unique().sort()
+        if day not in cancelled_days and day != line["day"]
+    )
+    delta.open_table(loaded_lake.uri("silver", "orders")).update(
+        predicate=f"order_id = {order_id}", updates={"status": "'cancelled'"}
+    )
+    delta.open_table(loaded_lake.uri("silver", "order_items")).update(
+        predicate=f"order_item_id = {line['order_item_id']}", updates={"quantity": "quantity + 1"}
+    )
+    delta.open_table(loaded_lake.uri("gold", "daily_revenue")).update(
+        predicate=f"order_date = '{gold_day}'", updates={"gross_revenue": "gross_revenue + 1"}
+    )
+
+    result = loaded_lake.materialize(daily_revenue, raise_on_error=False)
+
+    check = evaluations(result, "gold", "daily_revenue")["revenue_matches_silver"]
+    changed = sorted({*cancelled_days, line["day"], gold_day})
+    assert not check.passed
+    assert values(check, "scope").startswith("the days changed since gold version")
+    assert values(check, "periods_checked") == len(changed) < values(first, "periods_checked")
+    assert sample_column(check, "order_date") == [str(day) for day in changed]
+
+
 def report(lake: Lake, *args: str) -> tuple[int, str]:
     done = run_command(
         ["lakehouse", "quality", "report", "--now", lake.clock.isoformat(), *args], lake.folder

@@ -138,6 +138,24 @@ def rows_since(
         return None
 
 
+def rows_changed(uri: str, table: DeltaTable, since: int | None, columns: list[str]) -> pl.DataFrame | None:
+    """The `columns` of the rows the table gained or lost since version `since` (None: since
+    before it existed): those of the files added since that no removed file holds alike, and
+    the other way round, so that the rows a MERGE rewrote unchanged cancel out. Name a key among
+    the columns: two rows alike in all of them cancel each other too. None when they cannot be
+    read (`rows_since`)."""
+    read = rows_since(table, uri, since, columns, removed=True)
+    if read is None:
+        return None
+    gained, lost = read
+    return pl.concat(
+        [
+            gained.join(lost, on=columns, how="anti", nulls_equal=True),
+            lost.join(gained, on=columns, how="anti", nulls_equal=True),
+        ]
+    )
+
+
 def row_count(table: DeltaTable) -> int:
     """Rows in the current version, from the log's file statistics (no data is read)."""
     counts = pl.DataFrame(table.get_add_actions(flatten=True)).get_column("num_records")
