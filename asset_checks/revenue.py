@@ -14,7 +14,6 @@ gold skipped is still compared.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from datetime import UTC, date, datetime, time, timedelta
 
 import dagster as dg
 import polars as pl
@@ -24,6 +23,7 @@ from asset_checks.check import Check
 from asset_checks.row_checks import scan_columns
 from asset_checks.sample import sample
 from lakehouse.gold.tables import GoldTable
+from lakehouse.gold.transforms import created_in
 from lakehouse.resources import LakehouseStorage
 from lakehouse.storage import delta
 
@@ -45,34 +45,20 @@ def _gold_orders_by_month(lakehouse: LakehouseStorage) -> pl.LazyFrame:
     )
 
 
-def _on_days(column: str, dtype: pl.DataType, days: pl.Series) -> pl.Expr:
-    """The rows of a timestamp `column` on one of `days`. The range comes first: a scan prunes
-    the files outside it by their statistics."""
-    assert isinstance(dtype, pl.Datetime)
-    if days.is_empty():
-        return pl.lit(False)
-
-    def start(day: date) -> pl.Expr:
-        moment = datetime.combine(day, time(), tzinfo=UTC if dtype.time_zone else None)
-        return pl.lit(moment).cast(dtype)
-
-    first, last = days.min(), days.max()
-    assert isinstance(first, date) and isinstance(last, date)
-    within = pl.col(column).is_between(start(first), start(last + timedelta(days=1)), closed="left")
-    return within & pl.col(column).dt.date().is_in(days.implode())
-
-
 def _silver_revenue_by_day(lakehouse: LakehouseStorage, days: pl.Series | None = None) -> pl.LazyFrame:
     """Line amounts of the items whose order silver holds, by the item's day (of `days` only,
     when given), split by whether the order is cancelled: the definition `daily_revenue` must
     keep."""
-    uri = lakehouse.table_uri("silver", "order_items")
-    columns = ["order_id", "quantity", "unit_price", "created_at"]
-    items = scan_columns(uri, columns)
+    # Filtered before its columns are picked: the days' filter prunes by the month partition.
+    on_days = None if days is None else created_in([day.isoformat() for day in days])
+    items = scan_columns(
+        lakehouse.table_uri("silver", "order_items"),
+        ["order_id", "quantity", "unit_price", "created_at"],
+        on_days,
+    )
     orders = scan_columns(lakehouse.table_uri("silver", "orders"), ["order_id", "status"])
     if days is not None:
-        on_days = _on_days("created_at", items.collect_schema()["created_at"], days)
-        lines = scan_columns(uri, columns, on_days).collect(engine="streaming")
+        lines = items.collect(engine="streaming")
         # Only the orders of those days' lines, by the range of their ids, which prunes files.
         ids = lines.get_column("order_id")
         orders = orders.filter(pl.col("order_id").is_between(ids.min(), ids.max()))

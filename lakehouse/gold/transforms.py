@@ -29,7 +29,7 @@ def day_bounds(days: list[str]) -> tuple[datetime, datetime]:
     return datetime.combine(start, time(), UTC), datetime.combine(end, time(), UTC)
 
 
-def _created_in(days: Days) -> pl.Expr:
+def created_in(days: Days) -> pl.Expr:
     """Orders or order items created on `days` (of `created_at`, in UTC).
 
     Filtered first on the month silver partitions them by, so the scan reads only those
@@ -38,6 +38,8 @@ def _created_in(days: Days) -> pl.Expr:
     time, so the same days select an order and its items."""
     if days is None:
         return pl.lit(True)
+    if not days:
+        return pl.lit(False)
     created = pl.col("created_at")
     return (
         pl.col("created_at_month").is_in(sorted({day[: len("YYYY-MM")] for day in days}))
@@ -96,7 +98,7 @@ def dim_products(read: Reader, days: Days = None) -> pl.DataFrame:
 
 
 def _orders(read: Reader, days: Days) -> pl.LazyFrame:
-    return read("orders").filter(_created_in(days))
+    return read("orders").filter(created_in(days))
 
 
 def _with_customer_key(orders: pl.LazyFrame, read: Reader) -> pl.LazyFrame:
@@ -123,7 +125,7 @@ def _with_customer_key(orders: pl.LazyFrame, read: Reader) -> pl.LazyFrame:
 def fct_orders(read: Reader, days: Days) -> pl.DataFrame:
     items = (
         read("order_items")
-        .filter(_created_in(days))
+        .filter(created_in(days))
         .group_by("order_id")
         .agg(item_count=pl.len().cast(pl.Int64), quantity=pl.col("quantity").sum())
     )
@@ -163,7 +165,7 @@ def order_lines(read: Reader, days: Days) -> pl.LazyFrame:
     products = read("products").select("product_id", "category")
     return (
         read("order_items")
-        .filter(_created_in(days))
+        .filter(created_in(days))
         .join(orders, on="order_id", how="left")
         .join(products, on="product_id", how="left")
         .select(
