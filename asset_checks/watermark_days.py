@@ -30,7 +30,7 @@ from typing import Any
 import polars as pl
 
 from asset_checks import last_pass
-from lakehouse.bronze.deletes import PRIME, TERMS_PER_QUERY
+from lakehouse.bronze.deletes import PRIME, TERMS_PER_QUERY, summarised
 from lakehouse.bronze.watermark import MARGIN, WatermarkRange
 from lakehouse.resources import SourceDatabase
 from lakehouse.sources.contract import Contract
@@ -294,11 +294,7 @@ def counted(
     periods = pl.Series(starts, dtype=kind).search_sorted(rows.get_column(column), side="right")
     # SQL's remainder takes the sign of the key, polars' that of the divisor.
     residue = pl.col(key).cast(pl.Int64).abs() % PRIME * pl.col(key).cast(pl.Int64).sign()
-    found = (
-        rows.with_columns(period=periods)
-        .group_by("period")
-        .agg(pl.len().cast(pl.Int64), residue.sum(), (residue * residue % PRIME).sum().alias("squares"))
-    )
+    found = rows.with_columns(period=periods).group_by("period").agg(summarised(residue))
     return {int(period): [int(value) for value in values] for period, *values in found.iter_rows()}
 
 

@@ -139,15 +139,24 @@ class SourceKeys:
         return numbers.join(self.summary, on="range", how="left").fill_null(0)
 
 
+def summarised(residue: pl.Expr) -> list[pl.Expr]:
+    """A group's `SUMMARY`: its rows, and the sums of each row's `residue` (of its key, modulo
+    `PRIME`) and of that residue's square."""
+    return [
+        pl.len().cast(pl.Int64).alias("rows"),
+        residue.sum().alias("sum"),
+        (residue * residue % PRIME).sum().alias("squares"),
+    ]
+
+
 def summary(live: pl.DataFrame, key: str, ranges: KeyRanges) -> pl.DataFrame:
     """The summary of each range of the keys `live`, added up from parts of `SUMMARY_PART` keys:
     the whole at once would hold each intermediate column for every key (1.3 GiB for 30M)."""
     offset = pl.col(key) - ranges.low
-    residue = offset % PRIME
     parts = [
         live.slice(start, SUMMARY_PART)
         .group_by((offset // ranges.width).alias("range"))
-        .agg(rows=pl.len().cast(pl.Int64), sum=residue.sum(), squares=(residue * residue % PRIME).sum())
+        .agg(summarised(offset % PRIME))
         for start in range(0, max(live.height, 1), SUMMARY_PART)
     ]
     return pl.concat(parts).group_by("range").agg(pl.col(SUMMARY).sum())
