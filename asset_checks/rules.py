@@ -19,21 +19,46 @@ from lakehouse.sources.contract import Column
 from lakehouse.storage.slices import key_ranges
 
 FAILURE_CASES = {"column": pl.String, "check": pl.String, "failure_case": pl.String}
-# Row rules validate this many rows at a time, so a check's memory follows the slice, not the table.
+# Pandera validates at most this many suspects at a time, so a check's memory follows the slice.
 SLICE_ROWS = 1_000_000
 
 
 @dataclass(frozen=True)
 class Rule:
-    """Row rules as a Pandera schema and, for a rule that compares a row with other rows, how to
-    find the few rows that can break it without validating the others."""
+    """Row rules as a Pandera schema, and how to find the rows that can break it (its
+    suspects, usually few) in a streamed pass of polars, so Pandera validates only those."""
 
     schema: pa.DataFrameSchema
-    suspects: Callable[[pl.LazyFrame], pl.LazyFrame] | None = None
+    suspects: Callable[[pl.LazyFrame], pl.LazyFrame]
+    # Whether it judges each row alone, so that its suspects can be validated in parts.
+    row_local: bool = True
 
 
 def not_null(columns: Iterable[str]) -> Rule:
-    return Rule(pa.DataFrameSchema({name: pa.Column(nullable=False, required=False) for name in columns}))
+    columns = list(columns)
+
+    def unfilled(rows: pl.LazyFrame) -> pl.LazyFrame:
+        schema = rows.collect_schema()
+        filled = {
+            # Pandera counts a float's NaN as missing too.
+            name: pl.col(name).is_not_null() & (~pl.col(name).is_nan() if schema[name].is_float() else True)
+            for name in columns
+            if name in schema
+        }
+        return _breaking(rows, filled)
+
+    return Rule(
+        pa.DataFrameSchema({name: pa.Column(nullable=False, required=False) for name in columns}), unfilled
+    )
+
+
+def _breaking(rows: pl.LazyFrame, holds: dict[str, pl.Expr]) -> pl.LazyFrame:
+    """The rows on which a column's condition in `holds` is not true for certain, of the columns
+    `rows` has: the rows a schema of those conditions can fail, found in one streamed pass so
+    that Pandera validates only them."""
+    present = rows.collect_schema()
+    conditions = [holds[name].fill_null(False) for name in holds if name in present]
+    return rows.filter(~pl.all_horizontal(conditions)) if conditions else rows.head(0)
 
 
 def _no_repeats(columns: list[str]) -> pa.Check:
@@ -49,21 +74,29 @@ def unique(column_sets: Sequence[Sequence[str]]) -> Rule:
     return Rule(
         pa.DataFrameSchema(checks=[_no_repeats(list(columns)) for columns in column_sets]),
         lambda rows: could_repeat(rows, column_sets),
+        row_local=False,
     )
 
 
 def valid_values(columns: dict[str, Column]) -> Rule:
     """Allowed values and ranges of the contract's columns; nulls are `not_null`'s business."""
-    schema = {}
+    schema, holds = {}, {}
     for name, spec in columns.items():
-        checks = [pa.Check.isin(spec.allowed_values)] if spec.allowed_values else []
+        # Each Pandera check beside the polars condition it evaluates.
+        column, checks, conditions = pl.col(name), [], []
+        if spec.allowed_values:
+            checks.append(pa.Check.isin(spec.allowed_values))
+            conditions.append(column.is_in(spec.allowed_values))
         if spec.range and spec.range.min is not None:
             checks.append(pa.Check.ge(spec.range.min))
+            conditions.append(column.ge(spec.range.min))
         if spec.range and spec.range.max is not None:
             checks.append(pa.Check.le(spec.range.max))
+            conditions.append(column.le(spec.range.max))
         if checks:
             schema[name] = pa.Column(nullable=True, required=False, checks=checks)
-    return Rule(pa.DataFrameSchema(schema))
+            holds[name] = column.is_null() | pl.all_horizontal(conditions)
+    return Rule(pa.DataFrameSchema(schema), lambda rows: _breaking(rows, holds))
 
 
 def references(parents: dict[str, tuple[str, pl.Series]]) -> Rule:
@@ -134,26 +167,27 @@ def rule_result(
     """Validate the rows (the key and the rule's columns); the metadata shows how many rows
     fail, which checks, and the first ten failing rows.
 
-    Row rules judge each row alone, so the rows are validated a slice at a time, by ranges of
-    the `key` column. A rule that finds its suspects (`unique`, `references`) has only those
-    validated, at once. Either way memory follows the slice or the suspects, not the table."""
-    schema, total = rule.schema, None
-    if rule.suspects is not None:
-        count, suspects = pl.collect_all([rows.select(pl.len()), rule.suspects(rows)], engine="streaming")
-        # In key order, as the slices come, so that the sample shows the same rows each time.
-        slices: Iterable[pl.DataFrame] = [suspects.sort(key, maintain_order=True)]
-        total = count.item()
-    else:
-        slices = (part.collect() for part in key_ranges(rows, key, SLICE_ROWS))
-    validated, failing, shown = 0, 0, []
+    Only the rule's suspects are validated: all at once when they are at most a slice's worth
+    or the rule compares rows with each other; otherwise (a column a foreign source leaves
+    empty on every row) a slice at a time by ranges of the `key` column, so that memory
+    follows the slice, not the table."""
+    suspects = rule.suspects(rows)
+    held = suspects.head(SLICE_ROWS + 1) if rule.row_local else suspects
+    count, first = pl.collect_all([rows.select(pl.len()), held], engine="streaming")
+    slices: Iterable[pl.DataFrame] = (
+        [first]
+        if first.height <= SLICE_ROWS or not rule.row_local
+        else (part.collect() for part in key_ranges(suspects, key, SLICE_ROWS))
+    )
+    failing, shown = 0, []
     counts = [pl.DataFrame(schema=FAILURE_CASES).group_by("column", "check").len()]
     for frame in slices:
-        bad, cases = failing_rows(frame, schema)
-        validated += frame.height
+        # In key order, so that the sample shows the same rows each time.
+        bad, cases = failing_rows(frame.sort(key, maintain_order=True), rule.schema)
         failing += bad.height
         counts.append(cases.group_by("column", "check").len())
         shown.append(bad.head(SAMPLE_ROWS))
-    checked = validated if total is None else total
+    checked = count.item()
     by_check = (
         pl.concat(counts).group_by("column", "check").agg(rows=pl.col("len").sum()).sort("column", "check")
     )
