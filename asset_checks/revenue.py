@@ -25,7 +25,7 @@ from asset_checks.sample import sample
 from lakehouse.gold.tables import GoldTable
 from lakehouse.gold.transforms import created_in
 from lakehouse.resources import LakehouseStorage
-from lakehouse.storage import delta
+from lakehouse.storage import delta, keys
 
 MONEY = pl.Decimal(38, 2)
 CANCELLED = pl.col("status") == "cancelled"
@@ -60,8 +60,7 @@ def _silver_revenue_by_day(lakehouse: LakehouseStorage, days: pl.Series | None =
     if days is not None:
         lines = items.collect(engine="streaming")
         # Only the orders of those days' lines, by the range of their ids, which prunes files.
-        ids = lines.get_column("order_id")
-        orders = orders.filter(pl.col("order_id").is_between(ids.min(), ids.max()))
+        orders = keys.near(orders, lines.select("order_id"))
         items = lines.lazy()
     # The join holds every order: as a flag, not its status text, which took 0.3 GiB more at 10M orders.
     orders = orders.select("order_id", cancelled=CANCELLED)
@@ -121,14 +120,12 @@ def _days_changed(
     if gold is None or items is None or orders is None:
         return None
     # An order whose status changed moves its lines' amounts between gross and cancelled.
-    ids = orders.get_column("order_id").unique()
+    ids = orders.select("order_id").unique()
     lines_of_orders = (
-        pl.scan_delta(tables["items"])
-        .filter(pl.col("order_id").is_between(ids.min(), ids.max()) & pl.col("order_id").is_in(ids.implode()))
+        keys.near(pl.scan_delta(tables["items"]), ids)
+        .join(ids.lazy(), on="order_id", how="semi")
         .select(pl.col("created_at").dt.date())
         .collect()
-        if not ids.is_empty()
-        else pl.DataFrame(schema={"created_at": pl.Date})
     )
     days = [
         gold.get_column("order_date"),
