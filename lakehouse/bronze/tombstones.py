@@ -69,6 +69,11 @@ def versions(rows: Rows) -> Rows:
     return rows.filter(~_is_delete(rows))
 
 
+def deletes(rows: Rows) -> Rows:
+    """The tombstones among the rows."""
+    return rows.filter(_is_delete(rows))
+
+
 def deleted_keys(rows: Rows, contract: Contract) -> Rows:
     """The keys whose last event in `rows` is a tombstone, with when it was found (`_deleted_at`)."""
     keys, delete, order = contract.primary_key, _is_delete(rows), _order(contract)

@@ -16,6 +16,7 @@ from lakehouse.storage.sql import quoted
 
 VALID_FROM, VALID_TO, IS_CURRENT = "valid_from", "valid_to", "is_current"
 DELETED = "_deleted"  # true on the version a delete in the source closed
+_AT, _SINCE, _FINGERPRINT = "_at", "_since", "_fingerprint"
 
 
 def tracked_columns(contract: Contract) -> list[str]:
@@ -34,7 +35,7 @@ def record_changes(uri: str, versions: pl.DataFrame, contract: Contract) -> Merg
     """
     assert contract.watermark is not None
     keys, moment, tracked = contract.primary_key, contract.watermark.column, tracked_columns(contract)
-    incoming = versions.select(*keys, *tracked, pl.col(moment).alias(VALID_FROM)).unique([*keys, VALID_FROM])
+    incoming = versions.select(*keys, *tracked, pl.col(moment).alias(VALID_FROM))
     table = delta.open_table(uri)
     # Only the incoming keys' rows are read past the key columns: a batch costs its keys.
     current = (
@@ -44,35 +45,39 @@ def record_changes(uri: str, versions: pl.DataFrame, contract: Contract) -> Merg
         if table
         else incoming.head(0)
     )
-    newer = (
-        incoming.lazy()
-        .join(current.lazy().select(*keys, pl.col(VALID_FROM).alias("_since")), on=keys, how="left")
-        .filter(pl.col("_since").is_null() | (pl.col(VALID_FROM) > pl.col("_since")))
+    # Stored rows first, so that a row's position below tells where it comes from.
+    both = pl.concat([current, incoming], how="diagonal_relaxed")
+    stored = current.height
+    # Which versions start or change a key is decided on a narrow timeline (key, moment and a
+    # fingerprint of the tracked columns); only the rows written are then taken whole. Sorting
+    # every tracked column of a first load's million keys was the load's peak memory.
+    timeline = (
+        both.lazy()
+        .select(*keys, VALID_FROM, pl.struct(tracked).hash().alias(_FINGERPRINT))
+        .with_row_index(_AT)
+        .join(current.lazy().select(*keys, pl.col(VALID_FROM).alias(_SINCE)), on=keys, how="left")
+        .filter((pl.col(_AT) < stored) | pl.col(_SINCE).is_null() | (pl.col(VALID_FROM) > pl.col(_SINCE)))
+        .unique([*keys, VALID_FROM])
+        .sort(*keys, VALID_FROM)
     )
-    timeline = pl.concat(
-        [
-            current.lazy().with_columns(_stored=pl.lit(True)),
-            newer.drop("_since").with_columns(_stored=pl.lit(False)),
-        ],
-        how="diagonal_relaxed",
-    ).sort(*keys, VALID_FROM)
     # The timeline is in key order: a key's neighbours tell where its versions start and end,
     # with no grouping by key (which holds a table of every key).
     first, last = (
         pl.any_horizontal(pl.col(key).ne_missing(pl.col(key).shift(n)) for key in keys) for n in (1, -1)
     )
-    fingerprint = pl.struct(tracked).hash()
-    changed = (fingerprint != fingerprint.shift(1)).fill_null(True)
-    changes = timeline.filter(first | changed).with_columns(
-        pl.when(last).then(None).otherwise(pl.col(VALID_FROM).shift(-1)).alias(VALID_TO)
-    )
+    changed = (pl.col(_FINGERPRINT) != pl.col(_FINGERPRINT).shift(1)).fill_null(True)
     # Stored rows are written again only when a newer version closes them.
-    rows = (
-        changes.with_columns(pl.col(VALID_TO).is_null().alias(IS_CURRENT))
-        .filter(~pl.col("_stored") | pl.col(VALID_TO).is_not_null())
-        .drop("_stored")
-        .with_columns(pl.lit(versions.get_column(LOADED_AT).max()).alias(LOADED_AT))
+    written = (
+        timeline.filter(first | changed)
+        .with_columns(pl.when(last).then(None).otherwise(pl.col(VALID_FROM).shift(-1)).alias(VALID_TO))
+        .filter((pl.col(_AT) >= stored) | pl.col(VALID_TO).is_not_null())
+        .select(_AT, VALID_TO)
         .collect()
+    )
+    rows = both[written.get_column(_AT)].with_columns(
+        written.get_column(VALID_TO),
+        written.get_column(VALID_TO).is_null().alias(IS_CURRENT),
+        pl.lit(versions.get_column(LOADED_AT).max()).alias(LOADED_AT),
     )
     if rows.is_empty():
         return None

@@ -152,8 +152,9 @@ def _load_slice(
     `position`, one before it `unmoved`; both carry `metadata`. The MERGE also deletes the rows
     of the keys whose last change is a tombstone; their history is closed before it."""
     gone = tombstones.deleted_keys(changes, contract)
-    versions = tombstones.versions(changes)
-    valid, invalid = split_valid(versions, contract)
+    deletes = tombstones.deletes(changes)
+    valid, invalid = split_valid(tombstones.versions(changes), contract)
+    rows_read = changes.height
     valid = hasher.protect(valid, contract)
     silver_uri = lakehouse.table_uri("silver", contract.name)
     repeats = None
@@ -168,6 +169,9 @@ def _load_slice(
         # The conflicting rows as bronze holds them, like every quarantined row.
         conflicting = changes.join(repeats.conflicting, on=bronze_identity(contract), how="inner")
         invalid = pl.concat([invalid, conflicting.select(invalid.columns)])
+    # The slice as bronze holds it is not needed past here: released, it is not held beside the
+    # copies the steps below make (a first load's peak memory is during its writes).
+    del changes
     if not invalid.is_empty():
         # PII is hashed here too: raw values stay in bronze only.
         quarantined = (
@@ -190,9 +194,14 @@ def _load_slice(
 
     # The versions after the last delete of their key; append-only rows are each key's first
     # arrival already.
-    standing = tombstones.standing(valid, contract, changes).drop(OP, strict=False)
+    standing = (valid if deletes.is_empty() else tombstones.standing(valid, contract, deletes)).drop(
+        OP, strict=False
+    )
+    before_a_delete = valid.height - standing.height
+    del valid
     newest = standing if repeats is not None else _newest_per_key(standing, contract)
     collapsed = standing.height - newest.height
+    del standing
     # Keys silver does not hold are appended, with no MERGE reading every row of their
     # partitions: a load that added keys since moved the position, which the claim refuses.
     if keys_are_new or claim.version is None:
@@ -209,8 +218,10 @@ def _load_slice(
             else keys.held(delta.scan(silver_uri), newest.select(contract.primary_key))
         )
     held = held.cast(dict(newest.select(contract.primary_key).schema))
-    fresh = newest.join(held, on=contract.primary_key, how="anti")
-    known = newest.join(held, on=contract.primary_key, how="semi")
+    # A join copies every row, even with no keys to join: a first load's slices have none.
+    fresh = newest if held.is_empty() else newest.join(held, on=contract.primary_key, how="anti")
+    known = newest.head(0) if held.is_empty() else newest.join(held, on=contract.primary_key, how="semi")
+    del newest
     doomed = None if keys_are_new else _doomed(silver_uri, gone, contract)
     if doomed is not None:
         metadata = {**metadata, DELETED_DAYS: _deleted_days(doomed, contract)}
@@ -248,15 +259,15 @@ def _load_slice(
     counts = _summed(parts)
     assert counts is not None
     return _Slice(
-        changes.height,
+        rows_read,
         repeats.identical if repeats is not None else collapsed,
         invalid.height,
         repeats.conflicting.height if repeats is not None else 0,
         counts,
         changed,
         closed,
-        changes.height - versions.height,
-        valid.height - standing.height,
+        deletes.height,
+        before_a_delete,
     )
 
 
