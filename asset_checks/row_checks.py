@@ -12,6 +12,7 @@ keys on gold.
 """
 
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 
 import dagster as dg
 import polars as pl
@@ -57,25 +58,60 @@ def whole_table(layer: str, name: str) -> Reader:
     return read
 
 
+def _since_last_pass(
+    context: dg.AssetCheckExecutionContext, uri: str, check: dg.AssetCheckKey, wanted: list[str]
+) -> tuple[pl.LazyFrame, pl.DataFrame | None, dict]:
+    """The table's wanted columns, those of the rows in the files it added since the check's
+    last pass (None when there is no pass to start from, when they are every row, or when a
+    wanted column is a partition column, whose values live in the paths) and the metadata
+    naming what was read."""
+    table = delta.open_table(uri)
+    if table is None:
+        return pl.LazyFrame(), None, {"scope": "no table yet"}
+    stored = delta.arrow_schema(table).names
+    columns = [column for column in dict.fromkeys(wanted) if column in stored]
+    kept = last_pass.record(table)
+    last = last_pass.recorded(context, check, table, additive=False)
+    read = None if last is None else delta.rows_since(table, uri, last["version"], columns)
+    # A table rewritten whole since (a dimension rebuilt) is streamed, not held and filtered.
+    if read is None or read[0].height == delta.row_count(table):
+        return pl.scan_delta(table).select(columns), None, {"scope": "whole table", **kept}
+    return pl.scan_delta(table).select(columns), read[0], {"since": last["version"], **kept}
+
+
 def gained_rows(layer: str, name: str, check: dg.AssetCheckKey) -> Reader:
     """The rows the table gained since the check's last pass, those of the files added since:
     a rule that judges each row alone cannot newly fail on the others. Every row when there is
-    no pass to start from, or a rule column lives in the paths (a partition column)."""
+    no pass to start from."""
 
     def read(context: dg.AssetCheckExecutionContext, lakehouse: LakehouseStorage, wanted: list[str]):
-        uri = lakehouse.table_uri(layer, name)
-        table = delta.open_table(uri)
-        if table is None:
-            return pl.LazyFrame(), {"scope": "no table yet"}
-        stored = delta.arrow_schema(table).names
-        columns = [column for column in dict.fromkeys(wanted) if column in stored]
-        kept = last_pass.record(table)
-        last = last_pass.recorded(context, check, table, additive=False)
-        read = None if last is None else delta.rows_since(table, uri, last["version"], columns)
-        if read is None:
-            return pl.scan_delta(table).select(columns), {"scope": "whole table", **kept}
-        scope = f"rows of the files added since version {last['version']}"
-        return read[0].lazy(), {"scope": scope, **kept}
+        rows, gained, scope = _since_last_pass(context, lakehouse.table_uri(layer, name), check, wanted)
+        if gained is None:
+            return rows, scope
+        since = scope.pop("since")
+        return gained.lazy(), {"scope": f"rows of the files added since version {since}", **scope}
+
+    return read
+
+
+def sharing_values(layer: str, name: str, check: dg.AssetCheckKey, leading: Sequence[str]) -> Reader:
+    """For `unique`: the rows sharing a value of one of the `leading` columns (the first of each
+    column set) with a row the table gained since the check's last pass. Rows that were
+    distinct at the pass can repeat each other now only through a row gained since, so a batch's
+    check groups the batch's keys, not the table. Every row when there is no pass to start from."""
+
+    def read(context: dg.AssetCheckExecutionContext, lakehouse: LakehouseStorage, wanted: list[str]):
+        rows, gained, scope = _since_last_pass(context, lakehouse.table_uri(layer, name), check, wanted)
+        if gained is None:
+            return rows, scope
+        since = scope.pop("since")
+        shared = [
+            pl.col(column).is_in(gained.get_column(column).unique().implode())
+            for column in leading
+            if column in gained.columns
+        ]
+        scope = {"scope": f"rows sharing a value with the files added since version {since}", **scope}
+        return rows.filter(pl.any_horizontal(shared)), scope
 
     return read
 
@@ -181,10 +217,10 @@ def _silver(
     rule: RuleFor,
     blocking: bool,
     parents: tuple[str, ...] = (),
-    row_local: bool = False,
+    since_pass: Callable[[str, str, dg.AssetCheckKey], Reader] | None = None,
 ) -> Check:
-    """`row_local`: the rule judges each row alone, so it reads only the rows gained since its
-    last pass."""
+    """`since_pass`: the reader that starts from the check's last pass (`gained_rows` for a rule
+    that judges each row alone); without one, the check reads the whole table."""
     table = ("silver", contract.name)
     asset = dg.AssetKey(table)
     return _check(
@@ -194,7 +230,7 @@ def _silver(
         contract.primary_key,
         columns,
         rule,
-        gained_rows(*table, dg.AssetCheckKey(asset, name)) if row_local else whole_table(*table),
+        since_pass(*table, dg.AssetCheckKey(asset, name)) if since_pass else whole_table(*table),
         ERROR,
         blocking,
         reads=(table, *(("silver", parent) for parent in parents)),
@@ -231,7 +267,7 @@ def contract_checks(contract: Contract) -> list[Check]:
             required,
             _fixed(rules.not_null(required)),
             blocking=True,
-            row_local=True,
+            since_pass=gained_rows,
         ),
         _silver(
             contract,
@@ -240,6 +276,7 @@ def contract_checks(contract: Contract) -> list[Check]:
             singles,
             _fixed(rules.unique(distinct)),
             blocking=True,
+            since_pass=partial(sharing_values, leading=[columns[0] for columns in distinct]),
         ),
     ]
     if ruled:
@@ -259,7 +296,7 @@ def contract_checks(contract: Contract) -> list[Check]:
                 list(ruled),
                 _fixed(rules.valid_values(ruled)),
                 blocking=False,
-                row_local=True,
+                since_pass=gained_rows,
             ),
         ]
     if referencing:
@@ -304,7 +341,7 @@ def gold_checks(tables: Iterable[GoldTable]) -> list[Check]:
                 key,
                 [],
                 _fixed(rules.unique([key])),
-                whole_table(*stored),
+                sharing_values(*stored, dg.AssetCheckKey(asset, "unique"), key[:1]),
                 ERROR,
                 blocking=True,
                 reads=(stored,),
