@@ -98,7 +98,8 @@ def _newest_per_key(frame: pl.DataFrame, contract: Contract) -> pl.DataFrame:
         .group_by(contract.primary_key)
         .agg(pick(pl.col(ROW).sort_by([*order, ROW])))
     )
-    return frame[rows.get_column(ROW).sort()]
+    # Usually every key comes once: the frame itself, not a copy of it.
+    return frame if rows.height == frame.height else frame[rows.get_column(ROW).sort()]
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,11 @@ def split_repeats(
     content = [name for name in valid.columns if name not in (*key, *IDENTITY, *AUDIT_COLUMNS)]
     columns = [*key, *IDENTITY, *content]
     stored = _stored(silver_uri, first.select(key), columns, valid.schema)
+    if stored.is_empty() and first.height == valid.height:
+        # Every key arrives once and silver holds none of them: nothing repeats, and no join
+        # need hold the rows' files and lines.
+        none = valid.select(*IDENTITY, pl.lit(None, dtype=pl.String).alias(ERROR_COLUMN)).head(0)
+        return Repeats(first, 0, none, stored.select(key))
     new = first if stored.is_empty() else first.join(stored.select(key), on=key, how="anti")
     arrivals = pl.concat([stored.select(IDENTITY), new.select(IDENTITY)], how="vertical_relaxed")
     # A row with the file and line of its key's first arrival is that arrival (a re-read of a row
