@@ -59,24 +59,24 @@ def whole_table(layer: str, name: str) -> Reader:
 
 
 def _since_last_pass(
-    context: dg.AssetCheckExecutionContext, uri: str, check: dg.AssetCheckKey, wanted: list[str]
+    context: dg.AssetCheckExecutionContext, uri: str, check: dg.AssetCheckKey, wanted: list[str], scope: str
 ) -> tuple[pl.LazyFrame, pl.DataFrame | None, dict]:
     """The table's wanted columns, those of the rows in the files it added since the check's
     last pass (None when there is no pass to start from, when they are every row, or when a
     wanted column is a partition column, whose values live in the paths) and the metadata
-    naming what was read."""
+    naming what was read: `scope`, with the pass's version in place of `{}`, when they are read."""
     table = delta.open_table(uri)
     if table is None:
         return pl.LazyFrame(), None, {"scope": "no table yet"}
     stored = delta.arrow_schema(table).names
     columns = [column for column in dict.fromkeys(wanted) if column in stored]
-    kept = last_pass.record(table)
+    rows, kept = pl.scan_delta(table).select(columns), last_pass.record(table)
     last = last_pass.recorded(context, check, table, additive=False)
     read = None if last is None else delta.rows_since(table, uri, last["version"], columns)
     # A table rewritten whole since (a dimension rebuilt) is streamed, not held and filtered.
     if read is None or read[0].height == delta.row_count(table):
-        return pl.scan_delta(table).select(columns), None, {"scope": "whole table", **kept}
-    return pl.scan_delta(table).select(columns), read[0], {"since": last["version"], **kept}
+        return rows, None, {"scope": "whole table", **kept}
+    return rows, read[0], {"scope": scope.format(last["version"]), **kept}
 
 
 def gained_rows(layer: str, name: str, check: dg.AssetCheckKey) -> Reader:
@@ -85,11 +85,9 @@ def gained_rows(layer: str, name: str, check: dg.AssetCheckKey) -> Reader:
     no pass to start from."""
 
     def read(context: dg.AssetCheckExecutionContext, lakehouse: LakehouseStorage, wanted: list[str]):
-        rows, gained, scope = _since_last_pass(context, lakehouse.table_uri(layer, name), check, wanted)
-        if gained is None:
-            return rows, scope
-        since = scope.pop("since")
-        return gained.lazy(), {"scope": f"rows of the files added since version {since}", **scope}
+        uri, scope = lakehouse.table_uri(layer, name), "rows of the files added since version {}"
+        rows, gained, metadata = _since_last_pass(context, uri, check, wanted, scope)
+        return (rows if gained is None else gained.lazy()), metadata
 
     return read
 
@@ -101,17 +99,19 @@ def sharing_values(layer: str, name: str, check: dg.AssetCheckKey, leading: Sequ
     check groups the batch's keys, not the table. Every row when there is no pass to start from."""
 
     def read(context: dg.AssetCheckExecutionContext, lakehouse: LakehouseStorage, wanted: list[str]):
-        rows, gained, scope = _since_last_pass(context, lakehouse.table_uri(layer, name), check, wanted)
+        uri, scope = (
+            lakehouse.table_uri(layer, name),
+            "rows sharing a value with the files added since version {}",
+        )
+        rows, gained, metadata = _since_last_pass(context, uri, check, wanted, scope)
         if gained is None:
-            return rows, scope
-        since = scope.pop("since")
+            return rows, metadata
         shared = [
             pl.col(column).is_in(gained.get_column(column).unique().implode())
             for column in leading
             if column in gained.columns
         ]
-        scope = {"scope": f"rows sharing a value with the files added since version {since}", **scope}
-        return rows.filter(pl.any_horizontal(shared)), scope
+        return rows.filter(pl.any_horizontal(shared)), metadata
 
     return read
 

@@ -74,13 +74,13 @@ def record_changes(uri: str, versions: pl.DataFrame, contract: Contract) -> Merg
         .select(_AT, VALID_TO)
         .collect()
     )
+    if written.is_empty():
+        return None
     rows = both[written.get_column(_AT)].with_columns(
         written.get_column(VALID_TO),
         written.get_column(VALID_TO).is_null().alias(IS_CURRENT),
         pl.lit(versions.get_column(LOADED_AT).max()).alias(LOADED_AT),
     )
-    if rows.is_empty():
-        return None
     return merge(
         uri, rows, [*keys, VALID_FROM], update_when=f"t.{quoted(IS_CURRENT)} AND NOT s.{quoted(IS_CURRENT)}"
     )
